@@ -1,0 +1,12 @@
+//! pbchat: a primary-backup chat daemon.
+//!
+//! Layout:
+//! - `entry`: the committed message, shared by core, log and codecs.
+//! - `wire`: pure codecs (client JSON lines, line splitting).
+//! - `log`: the append-only, checksummed segment log and its indexes.
+//! - `core`: the pure node state machine: inputs in, actions out; no I/O.
+//! - `config`: TOML to validated `Config`.
+//! - `daemon`: the only code with threads, sockets, clocks and signals.
+
+pub mod entry;
+pub mod wire;
