@@ -114,7 +114,9 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
     fn u64(&mut self) -> Result<u64, PayloadError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self) -> Result<String, PayloadError> {
         let len = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;

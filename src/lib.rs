@@ -8,5 +8,10 @@
 //! - `config`: TOML to validated `Config`.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod daemon;
 pub mod entry;
+pub mod log;
 pub mod wire;

@@ -1,1 +1,568 @@
-fn main(){}
+//! `pbchat-client`: the interactive chat client and its scripted modes (`--send`,
+//! `--listen`, `--history`).
+//!
+//! Thin: parses arguments, runs the terminal (rustyline) or the script around the
+//! `pbchat::client` library, and turns outcomes into messages and exit codes. Protocol
+//! state, reconnects and resends live in the library, never here.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use rand::Rng;
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
+use thiserror::Error;
+
+use pbchat::client::display::{status_line, View};
+use pbchat::client::input::{parse_input, Input, MessageIds, HELP};
+use pbchat::client::net::{self, Command, Event, NetConfig, PING_INTERVAL_MS, QUIT_ACK_WAIT_MS};
+use pbchat::client::session::Position;
+use pbchat::client::{COMMANDS_QUEUE_MAX, DEFAULT_SERVERS, EVENTS_QUEUE_MAX};
+use pbchat::wire::client::{check_nick, check_printable, check_room, HISTORY_LIMIT_MAX};
+use pbchat::wire::client::{ID_CHARS_MAX, SESSION_CHARS_MAX};
+
+/// How long to wait, after asking the network thread to quit, for it to finish: its own
+/// wait for acks, plus a connect and a write.
+const QUIT_WAIT_MS: u64 = QUIT_ACK_WAIT_MS + 2_000;
+
+/// Exit code for a command line that makes no sense (as clap uses).
+const EXIT_USAGE: u8 = 2;
+
+/// A chat client for pbchatd: interactive by default, or one scripted action.
+#[derive(Parser, Debug)]
+#[command(name = "pbchat-client", version)]
+struct Args {
+    /// Client address of a node, HOST:PORT; repeat for several, tried in turn
+    /// [default: 127.0.0.1:7400, 127.0.0.1:7410]
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    servers: Vec<String>,
+
+    /// Nick to chat as (required interactively; scripted modes make one up)
+    #[arg(long)]
+    nick: Option<String>,
+
+    /// Room to join; repeat for several (the first is where typed lines go)
+    #[arg(long = "room", value_name = "ROOM")]
+    rooms: Vec<String>,
+
+    /// Session id, stable across reconnects [default: random, new per process]
+    #[arg(long)]
+    session: Option<String>,
+
+    /// Token for nodes that require authentication
+    #[arg(long)]
+    token: Option<String>,
+
+    /// Send TEXT to the room, wait for its ack, exit
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["listen", "history"])]
+    send: Option<String>,
+
+    /// Message id for --send [default: made up, unique]
+    #[arg(long, value_name = "ID", requires = "send")]
+    id: Option<String>,
+
+    /// Print each message of the room(s) as one JSON line, as received, until killed
+    #[arg(long, conflicts_with = "history")]
+    listen: bool,
+
+    /// With --listen: replay from after this seq
+    #[arg(long, value_name = "SEQ", requires = "listen")]
+    after: Option<u64>,
+
+    /// With --after: the epoch of message SEQ, so a node whose history parted from the
+    /// one it came from replays from the parting
+    #[arg(long, value_name = "EPOCH", requires = "after")]
+    after_epoch: Option<u64>,
+
+    /// Print the last N messages of the room as JSON lines, exit
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=HISTORY_LIMIT_MAX as u64))]
+    history: Option<u64>,
+
+    /// Scripted modes: give up after this long (--send: until the ack; --history: until
+    /// the end of the answer)
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout_ms: u64,
+
+    /// Say more on stderr: connection progress, --send prints the seq
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Debug, Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("error {code}: {message}")]
+    Node { code: String, message: String },
+    #[error("{0}")]
+    Failed(String),
+    #[error("cannot start the network thread: {0}")]
+    Spawn(io::Error),
+    #[error("terminal: {0}")]
+    Terminal(#[from] ReadlineError),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pbchat-client: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// What the scripted modes and the terminal share: the checked arguments and the channels
+/// to a running network thread.
+struct Client {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+}
+
+impl Client {
+    fn start(config: NetConfig) -> Result<Client, CliError> {
+        let (command_tx, command_rx) = bounded(COMMANDS_QUEUE_MAX);
+        let (event_tx, event_rx) = bounded(EVENTS_QUEUE_MAX);
+        // The thread ends by itself on quit or a fatal refusal; nobody needs to join it.
+        net::spawn(config, command_rx, event_tx).map_err(CliError::Spawn)?;
+        Ok(Client {
+            commands: command_tx,
+            events: event_rx,
+        })
+    }
+
+    fn command(&self, command: Command) -> Result<(), CliError> {
+        self.commands
+            .send(command)
+            .map_err(|_| CliError::Failed("the network thread ended".into()))
+    }
+
+    /// Asks the network thread to quit and waits (bounded) until it has.
+    fn quit(self) {
+        let _ = self.commands.send(Command::Quit);
+        let deadline = Instant::now() + Duration::from_millis(QUIT_WAIT_MS);
+        // The thread is done when it drops its event sender.
+        while self.events.recv_deadline(deadline).is_ok() {}
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, CliError> {
+    let scripted = args.send.is_some() || args.listen || args.history.is_some();
+    let nick = match (&args.nick, scripted) {
+        (Some(nick), _) => nick.clone(),
+        (None, true) => format!("pbchat-{:06x}", rand::thread_rng().gen::<u32>() & 0xff_ffff),
+        (None, false) => return Err(CliError::Usage("--nick is required".into())),
+    };
+    check_nick(&nick).map_err(|e| CliError::Usage(format!("--nick: {e}")))?;
+    let mut rooms: Vec<String> = Vec::new();
+    for room in &args.rooms {
+        check_room(room).map_err(|e| CliError::Usage(format!("--room {room}: {e}")))?;
+        if !rooms.contains(room) {
+            rooms.push(room.clone());
+        }
+    }
+    if (args.send.is_some() || args.history.is_some()) && rooms.len() != 1 {
+        return Err(CliError::Usage(
+            "--send and --history need exactly one --room".into(),
+        ));
+    }
+    if args.listen && rooms.is_empty() {
+        return Err(CliError::Usage("--listen needs a --room".into()));
+    }
+    let session_given = args.session.is_some();
+    let session = match &args.session {
+        Some(session) => {
+            check_printable("--session", session, SESSION_CHARS_MAX)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            session.clone()
+        }
+        None => format!("{:016x}", rand::thread_rng().gen::<u64>()),
+    };
+    // Ids need only be unique within the session: a session of our own starts clean, but
+    // one given on the command line may have sent `m-1` before, and a resend of that
+    // would be acknowledged without being stored. See `MessageIds`.
+    let mut ids = if session_given {
+        MessageIds::new(format!("m-{:08x}-", rand::thread_rng().gen::<u32>()))
+    } else {
+        MessageIds::new("m-")
+    };
+    let servers = if args.servers.is_empty() {
+        DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.servers.clone()
+    };
+    let config = NetConfig {
+        servers,
+        nick,
+        session,
+        token: args.token.clone(),
+        ping_interval: Duration::from_millis(PING_INTERVAL_MS),
+        seed: None,
+    };
+    if let Some(body) = &args.send {
+        let id = match &args.id {
+            Some(id) => {
+                check_printable("--id", id, ID_CHARS_MAX)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                id.clone()
+            }
+            None => ids.next_id(),
+        };
+        send_once(&args, config, &rooms[0], id, body)
+    } else if let Some(limit) = args.history {
+        print_history(&args, config, &rooms[0], limit as usize)
+    } else if args.listen {
+        listen(&args, config, &rooms)
+    } else {
+        interactive(config, rooms, ids)
+    }
+}
+
+/// Status lines of the scripted modes, on stderr: every reconnect, but the first connect
+/// only with `--verbose`, so a quiet success prints nothing.
+struct ScriptStatus {
+    verbose: bool,
+    connected_once: bool,
+}
+
+impl ScriptStatus {
+    fn show(&mut self, event: &Event) {
+        let first = !self.connected_once
+            && matches!(
+                event,
+                Event::Connecting { attempt: 1, .. } | Event::Connected { .. }
+            );
+        if let Event::Connected { .. } = event {
+            self.connected_once = true;
+        }
+        // Each failed attempt is followed by the next "reconnecting" line anyway.
+        let detail = matches!(event, Event::AttemptFailed { .. });
+        if (first || detail) && !self.verbose {
+            return;
+        }
+        if let Some(line) = status_line(event) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn deadline_after(timeout_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(timeout_ms)
+}
+
+/// The next event before `deadline`, or why there is none.
+fn next_event(client: &Client, deadline: Instant, waiting_for: &str) -> Result<Event, CliError> {
+    match client.events.recv_deadline(deadline) {
+        Ok(event) => Ok(event),
+        Err(RecvTimeoutError::Timeout) => Err(CliError::Failed(format!(
+            "timed out waiting for {waiting_for}"
+        ))),
+        Err(RecvTimeoutError::Disconnected) => {
+            Err(CliError::Failed("the network thread ended".into()))
+        }
+    }
+}
+
+fn send_once(
+    args: &Args,
+    config: NetConfig,
+    room: &str,
+    id: String,
+    body: &str,
+) -> Result<ExitCode, CliError> {
+    let client = Client::start(config)?;
+    client.command(Command::Join {
+        room: room.to_string(),
+        after: None,
+    })?;
+    client.command(Command::Send {
+        room: room.to_string(),
+        id: id.clone(),
+        body: body.to_string(),
+    })?;
+    let deadline = deadline_after(args.timeout_ms);
+    let waiting_for = format!("the ack of {id} ({} ms)", args.timeout_ms);
+    let mut status = ScriptStatus {
+        verbose: args.verbose,
+        connected_once: false,
+    };
+    loop {
+        match next_event(&client, deadline, &waiting_for)? {
+            Event::Acked { id: acked, seq } if acked == id => {
+                if args.verbose {
+                    println!("{seq}");
+                }
+                client.quit();
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::SendFailed { code, message, .. }
+            | Event::Error { code, message }
+            | Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
+            Event::Rejected { message } => return Err(CliError::Failed(message)),
+            other => status.show(&other),
+        }
+    }
+}
+
+fn print_history(
+    args: &Args,
+    config: NetConfig,
+    room: &str,
+    limit: usize,
+) -> Result<ExitCode, CliError> {
+    let client = Client::start(config)?;
+    client.command(Command::History {
+        room: room.to_string(),
+        limit,
+    })?;
+    let deadline = deadline_after(args.timeout_ms);
+    let waiting_for = format!("the history of {room} ({} ms)", args.timeout_ms);
+    let mut status = ScriptStatus {
+        verbose: args.verbose,
+        connected_once: false,
+    };
+    let mut stdout = io::stdout().lock();
+    loop {
+        match next_event(&client, deadline, &waiting_for)? {
+            Event::Msg {
+                raw, history: true, ..
+            } => {
+                if writeln!(stdout, "{raw}").is_err() {
+                    // The reader went away (`| head`): nothing left to do.
+                    break;
+                }
+            }
+            Event::HistoryEnd { .. } => break,
+            Event::Error { code, message } | Event::Fatal { code, message } => {
+                return Err(CliError::Node { code, message })
+            }
+            Event::Rejected { message } => return Err(CliError::Failed(message)),
+            other => status.show(&other),
+        }
+    }
+    let _ = stdout.flush();
+    client.quit();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, CliError> {
+    let client = Client::start(config)?;
+    let after = args.after.map(|seq| Position {
+        seq,
+        epoch: args.after_epoch,
+    });
+    for room in rooms {
+        client.command(Command::Join {
+            room: room.clone(),
+            after,
+        })?;
+    }
+    let mut status = ScriptStatus {
+        verbose: args.verbose,
+        connected_once: false,
+    };
+    let mut stdout = io::stdout().lock();
+    loop {
+        let event = client
+            .events
+            .recv()
+            .map_err(|_| CliError::Failed("the network thread ended".into()))?;
+        match event {
+            Event::Msg { raw, .. } => {
+                // One line per message, flushed, so a reader sees it at once. A closed
+                // stdout (the reader left) ends listening.
+                if writeln!(stdout, "{raw}")
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    client.quit();
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
+            Event::Error { code, message } => eprintln!("pbchat-client: error {code}: {message}"),
+            Event::Rejected { message } => eprintln!("pbchat-client: {message}"),
+            other => status.show(&other),
+        }
+    }
+}
+
+/// Prints lines above the one being typed.
+type Printer = Box<dyn FnMut(String) + Send>;
+
+fn interactive(
+    config: NetConfig,
+    rooms: Vec<String>,
+    mut ids: MessageIds,
+) -> Result<ExitCode, CliError> {
+    let client = Client::start(config)?;
+    for room in &rooms {
+        client.command(Command::Join {
+            room: room.clone(),
+            after: None,
+        })?;
+    }
+    // Until the first session opens the line editor is not up: plain stderr, and Ctrl-C
+    // simply ends the process.
+    loop {
+        let event = client
+            .events
+            .recv()
+            .map_err(|_| CliError::Failed("the network thread ended".into()))?;
+        match event {
+            Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
+            Event::Connected { .. } => {
+                if let Some(line) = status_line(&event) {
+                    println!("{line}");
+                }
+                break;
+            }
+            other => {
+                if let Some(line) = status_line(&other) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    let mut editor = DefaultEditor::new()?;
+    // Lines from the network go through rustyline, which redraws the line being typed
+    // below them. Without a terminal (input piped in) there is no line to protect.
+    let printer: Printer = match editor.create_external_printer() {
+        Ok(mut external) => Box::new(move |text| {
+            let _ = external.print(text);
+        }),
+        Err(_) => Box::new(|text| {
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }),
+    };
+    let fatal = Arc::new(AtomicBool::new(false));
+    let printer_done = spawn_printer(client.events.clone(), printer, fatal.clone())?;
+
+    let mut joined = rooms;
+    let mut current = joined.first().cloned();
+    let outcome = loop {
+        if fatal.load(Ordering::SeqCst) {
+            break ExitCode::FAILURE;
+        }
+        let prompt = match &current {
+            Some(room) => format!("[{room}]> "),
+            None => "> ".to_string(),
+        };
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break ExitCode::SUCCESS,
+            Err(e) => return Err(e.into()),
+        };
+        if !line.trim().is_empty() {
+            let _ = editor.add_history_entry(line.as_str());
+        }
+        match parse_input(&line) {
+            Input::Empty => {}
+            Input::Say(body) => match &current {
+                Some(room) => client.command(Command::Send {
+                    room: room.clone(),
+                    id: ids.next_id(),
+                    body,
+                })?,
+                None => println!("-- join a room first: /join ROOM"),
+            },
+            Input::Join(room) => {
+                if !joined.contains(&room) {
+                    joined.push(room.clone());
+                    client.command(Command::Join {
+                        room: room.clone(),
+                        after: None,
+                    })?;
+                }
+                current = Some(room);
+            }
+            Input::Leave(room) => {
+                if joined.contains(&room) {
+                    joined.retain(|r| *r != room);
+                    client.command(Command::Leave { room: room.clone() })?;
+                    if current.as_ref() == Some(&room) {
+                        current = joined.last().cloned();
+                    }
+                } else {
+                    println!("-- not in {room}");
+                }
+            }
+            Input::Room(room) => {
+                if joined.contains(&room) {
+                    current = Some(room);
+                } else {
+                    println!("-- not in {room}; /join {room} first");
+                }
+            }
+            Input::History(limit) => match &current {
+                Some(room) => client.command(Command::History {
+                    room: room.clone(),
+                    limit,
+                })?,
+                None => println!("-- join a room first: /join ROOM"),
+            },
+            Input::Who => match &current {
+                Some(room) => client.command(Command::Who { room: room.clone() })?,
+                None => println!("-- join a room first: /join ROOM"),
+            },
+            Input::Quit => break ExitCode::SUCCESS,
+            Input::Help => println!("{HELP}"),
+            Input::Invalid(why) => println!("-- {why}"),
+        }
+    };
+    // The printer thread shows what still arrives (acks, last messages) and ends when the
+    // network thread does.
+    let _ = client.commands.send(Command::Quit);
+    let _ = printer_done.recv_deadline(deadline_after(QUIT_WAIT_MS));
+    // Dropping the editor here, before exit, leaves the terminal as we found it.
+    drop(editor);
+    Ok(outcome)
+}
+
+/// The thread that shows network events while the person types. The returned channel
+/// disconnects when it has shown the last one.
+fn spawn_printer(
+    events: Receiver<Event>,
+    mut printer: Printer,
+    fatal: Arc<AtomicBool>,
+) -> Result<Receiver<()>, CliError> {
+    let (done_tx, done_rx) = bounded::<()>(1);
+    thread::Builder::new()
+        .name("pbchat-printer".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let mut view = View::new();
+            for event in events {
+                let is_fatal = matches!(event, Event::Fatal { .. });
+                for line in view.lines(&event) {
+                    printer(format!("{line}\n"));
+                }
+                if is_fatal {
+                    fatal.store(true, Ordering::SeqCst);
+                    printer("-- cannot go on; press Enter to exit\n".to_string());
+                }
+            }
+        })
+        .map(|_| done_rx)
+        .map_err(CliError::Spawn)
+}

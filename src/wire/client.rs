@@ -149,7 +149,9 @@ pub fn decode_request(line: &[u8], max_body_bytes: usize) -> Result<Request, Dec
             if version != PROTOCOL_VERSION {
                 return Err(DecodeError {
                     code: ErrorCode::UnsupportedVersion,
-                    message: format!("protocol version {version} is not supported; this node speaks 1"),
+                    message: format!(
+                        "protocol version {version} is not supported; this node speaks 1"
+                    ),
                     id: None,
                 });
             }
@@ -452,8 +454,8 @@ mod tests {
                 token: None
             })
         );
-        let err = decode(r#"{"type":"hello","version":2,"nick":"alice","session":"s"}"#)
-            .unwrap_err();
+        let err =
+            decode(r#"{"type":"hello","version":2,"nick":"alice","session":"s"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedVersion);
     }
 
@@ -471,7 +473,11 @@ mod tests {
             r#"[1,2]"#,
             r#"{"type":"send","room":"r","id":"","body":"x"}"#,
         ] {
-            assert_eq!(decode(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(
+                decode(bad).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
         }
         assert!(decode(r##"{"type":"join","room":"a.b-c_d#e"}"##).is_ok());
     }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds pbchat and runs the local primary+backup pair from config/ in the foreground.
+# Ctrl-C (or TERM) stops both cleanly: each node gets SIGTERM, says goodbye to its
+# clients, and exits; this script waits for both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins
+bin=target/release/pbchatd
+for role in primary backup; do
+  "$bin" --check -c "config/$role.toml" >/dev/null
+done
+# Own sessions: a terminal Ctrl-C reaches only this script, which stops each node once.
+setsid "$bin" -c config/primary.toml & primary=$!
+setsid "$bin" -c config/backup.toml & backup=$!
+stop() {
+  trap - INT TERM
+  kill -TERM "$primary" "$backup" 2>/dev/null || true
+  wait "$primary" "$backup" 2>/dev/null || true
+  echo "pbchat pair stopped"
+}
+trap stop INT TERM
+echo "pbchat pair running: primary clients on 127.0.0.1:7400, backup on 127.0.0.1:7410 (Ctrl-C stops both)"
+# If either node exits by itself, stop the other too.
+wait -n "$primary" "$backup" || true
+stop

@@ -1,0 +1,37 @@
+//! The chat client library behind `pbchat-client`: protocol session state, reconnect
+//! policy, the network thread, and the pure text helpers of the terminal front end.
+//!
+//! It must not touch the terminal: the binary owns stdin/stdout and rustyline; this module
+//! hands it typed [`net::Event`]s and takes [`net::Command`]s over bounded channels.
+//!
+//! Layout:
+//! - `session`: PURE state kept across reconnects: rooms with the position of the last
+//!   message shown, unacknowledged sends, pending history requests, duplicate skipping.
+//! - `reconnect`: PURE reconnect policy: which server next, backoff with jitter, which
+//!   refusals are final.
+//! - `frames`: builders of the client frames (JSON lines).
+//! - `input`: PURE parsing of typed lines (`/join`, `/history`, …) and message ids.
+//! - `display`: PURE formatting of events for people.
+//! - `net`: the network thread: owns the `TcpStream`, drives `session` and `reconnect`.
+
+pub mod display;
+pub mod frames;
+pub mod input;
+pub mod net;
+pub mod reconnect;
+pub mod session;
+
+/// Bound of the UI → network command channel. A person types far slower than the network
+/// thread drains it; scripted modes send a handful. Full means the network thread is stuck
+/// on a write, and blocking the typist then is the honest back-pressure.
+pub const COMMANDS_QUEUE_MAX: usize = 256;
+
+/// Bound of the network → UI event channel. When the terminal (or a `--listen` pipe) is
+/// slower than the node, the network thread blocks here, stops reading, and the node
+/// eventually drops it as `slow_consumer`; the client then resumes with `after`, so a
+/// bounded queue loses nothing.
+pub const EVENTS_QUEUE_MAX: usize = 1024;
+
+/// The default `--server` list: the client addresses of the two shipped configs
+/// (`config/primary.toml`, `config/backup.toml`), primary first.
+pub const DEFAULT_SERVERS: [&str; 2] = ["127.0.0.1:7400", "127.0.0.1:7410"];

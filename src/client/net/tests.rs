@@ -1,0 +1,368 @@
+//! The network thread against scripted fake nodes on 127.0.0.1: each test plays the node's
+//! side of the exchange line by line and checks what the client sends and reports.
+//!
+//! Every wait has a deadline; nothing sleeps a fixed time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde_json::{json, Value};
+
+use super::*;
+
+/// Longest wait for any one step; generous for a loaded 2-core CI machine.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node's end of one client connection.
+struct Peer {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Peer {
+    fn accept(listener: &TcpListener) -> Peer {
+        listener.set_nonblocking(false).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        Peer {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("a frame from the client");
+        assert!(line.ends_with('\n'), "frame without newline: {line:?}");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Reads frames until one of `kind` (pings may come in between).
+    fn recv_kind(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv();
+            if frame["type"] == kind {
+                return frame;
+            }
+            assert_eq!(frame["type"], "ping", "expected {kind}, got {frame}");
+        }
+    }
+
+    fn send(&mut self, frame: Value) {
+        let mut line = frame.to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).unwrap();
+    }
+
+    /// Accepts the client's hello and answers `welcome`.
+    fn welcome(listener: &TcpListener, node: &str, epoch: u64) -> Peer {
+        let mut peer = Peer::accept(listener);
+        let hello = peer.recv_kind("hello");
+        assert_eq!(hello["version"], 1);
+        assert_eq!(hello["nick"], "alice");
+        assert_eq!(hello["session"], "s-1");
+        peer.send(json!({"type":"welcome","version":1,"node":node,"role":"primary","epoch":epoch,"head":10}));
+        peer
+    }
+}
+
+fn msg(seq: u64, epoch: u64, from: &str, id: &str, body: &str) -> Value {
+    json!({"type":"msg","room":"general","seq":seq,"epoch":epoch,"ts":1_764_084_000_123u64,
+           "from":from,"id":id,"body":body})
+}
+
+fn start(servers: Vec<String>) -> (Sender<Command>, Receiver<Event>, JoinHandle<()>) {
+    let (command_tx, command_rx) = bounded(16);
+    let (event_tx, event_rx) = bounded(64);
+    let config = NetConfig {
+        servers,
+        nick: "alice".into(),
+        session: "s-1".into(),
+        token: None,
+        ping_interval: Duration::from_millis(PING_INTERVAL_MS),
+        seed: Some(7),
+    };
+    let handle = spawn(config, command_rx, event_tx).unwrap();
+    (command_tx, event_rx, handle)
+}
+
+/// The next event that is not about connection attempts.
+fn next_event(events: &Receiver<Event>) -> Event {
+    loop {
+        let event = events.recv_timeout(STEP_TIMEOUT).expect("an event in time");
+        match event {
+            Event::Connecting { .. } | Event::AttemptFailed { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+fn shown_seq(event: Event) -> (u64, bool) {
+    match event {
+        Event::Msg { frame, history, .. } => (frame.seq.unwrap(), history),
+        other => panic!("expected a msg, got {other:?}"),
+    }
+}
+
+fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    (listener, address)
+}
+
+fn quit(
+    commands: &Sender<Command>,
+    events: &Receiver<Event>,
+    peer: &mut Peer,
+    handle: JoinHandle<()>,
+) {
+    commands.send(Command::Quit).unwrap();
+    assert_eq!(peer.recv_kind("quit")["type"], "quit");
+    // The thread ends and drops its sender.
+    loop {
+        match events.recv_timeout(STEP_TIMEOUT) {
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => panic!("network thread did not end"),
+        }
+    }
+    handle.join().unwrap();
+}
+
+#[test]
+fn dropped_connection_resumes_after_last_shown_and_resends_unacked_send() {
+    let (first, first_address) = listener();
+    let (second, second_address) = listener();
+    let (commands, events, handle) = start(vec![first_address.clone()]);
+    commands
+        .send(Command::Join {
+            room: "general".into(),
+            after: None,
+        })
+        .unwrap();
+
+    // Connection 1: join, one message shown, a send that is never acknowledged.
+    let mut peer = Peer::welcome(&first, "a", 1);
+    let join = peer.recv_kind("join");
+    assert_eq!(join["room"], "general");
+    assert!(join.get("after").is_none());
+    peer.send(json!({"type":"joined","room":"general","members":["alice","bob"],"head":10}));
+    peer.send(msg(11, 1, "bob", "b-1", "hi"));
+    assert!(
+        matches!(next_event(&events), Event::Connected { ref node, epoch: 1, .. } if node == "a")
+    );
+    assert!(matches!(next_event(&events), Event::Joined { ref members, .. } if members.len() == 2));
+    assert_eq!(shown_seq(next_event(&events)), (11, false));
+    commands
+        .send(Command::Send {
+            room: "general".into(),
+            id: "m-1".into(),
+            body: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(peer.recv_kind("send")["id"], "m-1");
+    drop(peer);
+    assert!(matches!(next_event(&events), Event::Disconnected { .. }));
+
+    // Connection 2: rejoin after (11, epoch 1), resend m-1 with its id; replays skipped.
+    let mut peer = Peer::welcome(&first, "b", 2);
+    let join = peer.recv_kind("join");
+    assert_eq!(join["after"], 11);
+    assert_eq!(join["after_epoch"], 1);
+    let resend = peer.recv_kind("send");
+    assert_eq!(resend["id"], "m-1");
+    assert_eq!(resend["body"], "hello");
+    peer.send(json!({"type":"joined","room":"general","members":["alice"],"head":11}));
+    peer.send(msg(11, 1, "bob", "b-1", "hi"));
+    peer.send(msg(12, 2, "alice", "m-1", "hello"));
+    peer.send(json!({"type":"ack","id":"m-1","seq":12}));
+    let mut copy = msg(13, 2, "bob", "b-1", "hi");
+    copy["orig"] = json!({"epoch":1,"seq":11});
+    peer.send(copy);
+    peer.send(msg(14, 2, "bob", "b-2", "again"));
+    assert!(matches!(
+        next_event(&events),
+        Event::Connected { epoch: 2, .. }
+    ));
+    assert!(matches!(next_event(&events), Event::Joined { .. }));
+    assert_eq!(shown_seq(next_event(&events)), (12, false));
+    assert_eq!(
+        next_event(&events),
+        Event::Acked {
+            id: "m-1".into(),
+            seq: 12
+        }
+    );
+    assert_eq!(shown_seq(next_event(&events)), (14, false));
+
+    // A goodbye naming the new primary sends the client there, resuming after 14.
+    peer.send(json!({"type":"goodbye","reason":"failover","primary":second_address}));
+    assert!(
+        matches!(next_event(&events), Event::Disconnected { ref reason, .. } if reason.contains("failover"))
+    );
+    let mut peer = Peer::welcome(&second, "c", 3);
+    let join = peer.recv_kind("join");
+    assert_eq!(
+        (join["after"].clone(), join["after_epoch"].clone()),
+        (json!(14), json!(2))
+    );
+    assert!(
+        matches!(next_event(&events), Event::Connected { ref server, .. } if *server == second_address)
+    );
+    quit(&commands, &events, &mut peer, handle);
+}
+
+#[test]
+fn redirect_leads_to_the_named_primary() {
+    let (backup, backup_address) = listener();
+    let (primary, primary_address) = listener();
+    let (commands, events, handle) = start(vec![backup_address.clone()]);
+    let mut peer = Peer::accept(&backup);
+    peer.recv_kind("hello");
+    peer.send(json!({"type":"redirect","primary":primary_address,"epoch":2}));
+    drop(peer);
+    assert_eq!(
+        next_event(&events),
+        Event::Redirected {
+            server: backup_address,
+            primary: Some(primary_address.clone())
+        }
+    );
+    let mut peer = Peer::welcome(&primary, "a", 2);
+    assert!(
+        matches!(next_event(&events), Event::Connected { ref server, .. } if *server == primary_address)
+    );
+    quit(&commands, &events, &mut peer, handle);
+}
+
+#[test]
+fn slow_consumer_reconnects_and_rejoins_without_loss() {
+    let (node, address) = listener();
+    let (commands, events, handle) = start(vec![address]);
+    commands
+        .send(Command::Join {
+            room: "general".into(),
+            after: Some(Position {
+                seq: 3,
+                epoch: None,
+            }),
+        })
+        .unwrap();
+    let mut peer = Peer::welcome(&node, "a", 1);
+    let join = peer.recv_kind("join");
+    assert_eq!(join["after"], 3);
+    peer.send(json!({"type":"joined","room":"general","members":["alice"],"head":20}));
+    peer.send(msg(4, 1, "bob", "b-4", "four"));
+    peer.send(json!({"type":"error","code":"slow_consumer","message":"queue overflowed"}));
+    drop(peer);
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    assert!(matches!(next_event(&events), Event::Joined { .. }));
+    assert_eq!(shown_seq(next_event(&events)), (4, false));
+    assert!(
+        matches!(next_event(&events), Event::Disconnected { ref reason, .. } if reason.contains("slow_consumer"))
+    );
+    let mut peer = Peer::welcome(&node, "a", 1);
+    let join = peer.recv_kind("join");
+    assert_eq!(
+        (join["after"].clone(), join["after_epoch"].clone()),
+        (json!(4), json!(1))
+    );
+    quit(&commands, &events, &mut peer, handle);
+}
+
+#[test]
+fn rate_limited_send_is_retried_with_the_same_id() {
+    let (node, address) = listener();
+    let (commands, events, handle) = start(vec![address]);
+    commands
+        .send(Command::Join {
+            room: "general".into(),
+            after: None,
+        })
+        .unwrap();
+    commands
+        .send(Command::Send {
+            room: "general".into(),
+            id: "m-1".into(),
+            body: "x".into(),
+        })
+        .unwrap();
+    let mut peer = Peer::welcome(&node, "a", 1);
+    peer.recv_kind("join");
+    assert_eq!(peer.recv_kind("send")["id"], "m-1");
+    peer.send(json!({"type":"error","code":"rate_limited","message":"slow down","id":"m-1"}));
+    let again = peer.recv_kind("send");
+    assert_eq!(
+        (again["id"].clone(), again["body"].clone()),
+        (json!("m-1"), json!("x"))
+    );
+    peer.send(json!({"type":"ack","id":"m-1","seq":5}));
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    assert_eq!(
+        next_event(&events),
+        Event::Acked {
+            id: "m-1".into(),
+            seq: 5
+        }
+    );
+    quit(&commands, &events, &mut peer, handle);
+}
+
+#[test]
+fn final_refusal_ends_the_thread() {
+    let (node, address) = listener();
+    let (_commands, events, handle) = start(vec![address]);
+    let mut peer = Peer::accept(&node);
+    peer.recv_kind("hello");
+    peer.send(json!({"type":"error","code":"nick_in_use","message":"alice is taken"}));
+    assert_eq!(
+        next_event(&events),
+        Event::Fatal {
+            code: "nick_in_use".into(),
+            message: "alice is taken".into()
+        }
+    );
+    assert_eq!(
+        events.recv_timeout(STEP_TIMEOUT),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    handle.join().unwrap();
+}
+
+#[test]
+fn history_answer_is_told_from_live_messages() {
+    let (node, address) = listener();
+    let (commands, events, handle) = start(vec![address]);
+    let mut peer = Peer::welcome(&node, "a", 1);
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    commands
+        .send(Command::History {
+            room: "lobby".into(),
+            limit: 2,
+        })
+        .unwrap();
+    let request = peer.recv_kind("history");
+    assert_eq!(
+        (request["room"].clone(), request["limit"].clone()),
+        (json!("lobby"), json!(2))
+    );
+    for seq in [7, 9] {
+        let mut frame = msg(seq, 1, "bob", "b", "old");
+        frame["room"] = json!("lobby");
+        peer.send(frame);
+    }
+    peer.send(json!({"type":"history_end","room":"lobby"}));
+    assert_eq!(shown_seq(next_event(&events)), (7, true));
+    assert_eq!(shown_seq(next_event(&events)), (9, true));
+    assert_eq!(
+        next_event(&events),
+        Event::HistoryEnd {
+            room: "lobby".into()
+        }
+    );
+    quit(&commands, &events, &mut peer, handle);
+}

@@ -1,0 +1,500 @@
+//! Node configuration: TOML text to a validated [`Config`].
+//!
+//! Parsing rejects unknown keys; [`RawConfig::validate`] checks every value and names the
+//! key and the problem. This module reads one file and touches nothing else.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+use crate::log::FsyncMode;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {problem}")]
+    Invalid {
+        file: String,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The file as written, before validation. Defaults are the documented ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: RawNode,
+    #[serde(default)]
+    pub client: RawClient,
+    #[serde(default)]
+    pub log: RawLog,
+    pub peer: Option<RawPeer>,
+    #[serde(default)]
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub id: String,
+    pub role: Role,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClient {
+    pub listen: String,
+    pub max_clients: usize,
+    pub io_threads: usize,
+    pub max_line_bytes: usize,
+    pub max_body_bytes: usize,
+    pub hello_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub send_queue_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_errors: u32,
+    pub max_rooms_per_client: usize,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        RawClient {
+            listen: "127.0.0.1:7400".into(),
+            max_clients: 10_000,
+            io_threads: 2,
+            max_line_bytes: 65_536,
+            max_body_bytes: 4_096,
+            hello_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            send_queue_bytes: 1 << 20,
+            rate_per_sec: 1_000,
+            rate_burst: 2_000,
+            max_errors: 20,
+            max_rooms_per_client: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub fsync: FsyncMode,
+    pub segment_bytes: u64,
+    pub retain_messages: u64,
+    pub retain_bytes: u64,
+    pub max_pending: usize,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            fsync: FsyncMode::Batch,
+            segment_bytes: 64 << 20,
+            retain_messages: 1_000_000,
+            retain_bytes: 1 << 30,
+            max_pending: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    pub id: String,
+    pub client_address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogging {
+    pub level: LogLevel,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// A validated configuration: every value here was checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub file: PathBuf,
+    pub node_id: String,
+    pub role: Role,
+    pub data_dir: PathBuf,
+    pub client: ClientConfig,
+    pub log: LogConfig,
+    pub peer: Option<PeerConfig>,
+    pub log_level: LogLevel,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub listen: SocketAddr,
+    pub max_clients: usize,
+    pub io_threads: usize,
+    pub max_line_bytes: usize,
+    pub max_body_bytes: usize,
+    pub hello_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub send_queue_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_errors: u32,
+    pub max_rooms_per_client: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub fsync: FsyncMode,
+    pub segment_bytes: u64,
+    pub retain_messages: u64,
+    pub retain_bytes: u64,
+    pub max_pending: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub id: String,
+    /// Where this node sends clients when it is not the primary (as `host:port` text, so a
+    /// DNS name reaches clients unchanged).
+    pub client_address: String,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file)?.validate(path)
+}
+
+/// Parses TOML text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        message: e.to_string().trim_end().replace('\n', "\n  "),
+    })
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    file: &str,
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            problem: format!("{value} is out of range ({min} to {max})"),
+        });
+    }
+    Ok(value)
+}
+
+fn check_node_id(file: &str, key: &'static str, id: &str) -> Result<String, ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        return Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            problem: format!("{id:?} must be 1-32 characters of ASCII letters, digits, `_`, `-`"),
+        });
+    }
+    Ok(id.to_string())
+}
+
+fn parse_socket(file: &str, key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        file: file.to_string(),
+        key,
+        problem: format!("{text:?} is not an IP address with a port (e.g. 127.0.0.1:7400)"),
+    })
+}
+
+/// `host:port` where host may be a name; checked for shape only, as clients resolve it.
+fn check_host_port(file: &str, key: &'static str, text: &str) -> Result<String, ConfigError> {
+    let bad = |problem: String| ConfigError::Invalid {
+        file: file.to_string(),
+        key,
+        problem,
+    };
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| bad(format!("{text:?} is not host:port")))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad(format!("{text:?}: port {port:?} is not 1-65535")))?;
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(bad(format!("{text:?}: {host:?} is not a host name")));
+    }
+    Ok(text.to_string())
+}
+
+impl RawConfig {
+    pub fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let file = &path.display().to_string();
+        let node_id = check_node_id(file, "node.id", &self.node.id)?;
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "node.data_dir",
+                problem: "must not be empty".into(),
+            });
+        }
+        let c = &self.client;
+        let client = ClientConfig {
+            listen: parse_socket(file, "client.listen", &c.listen)?,
+            max_clients: check_range(file, "client.max_clients", c.max_clients, 1, 1_000_000)?,
+            io_threads: check_range(file, "client.io_threads", c.io_threads, 1, 64)?,
+            max_line_bytes: check_range(
+                file,
+                "client.max_line_bytes",
+                c.max_line_bytes,
+                256,
+                16 << 20,
+            )?,
+            max_body_bytes: check_range(
+                file,
+                "client.max_body_bytes",
+                c.max_body_bytes,
+                1,
+                1 << 20,
+            )?,
+            hello_timeout_ms: check_range(
+                file,
+                "client.hello_timeout_ms",
+                c.hello_timeout_ms,
+                100,
+                600_000,
+            )?,
+            idle_timeout_ms: check_range(
+                file,
+                "client.idle_timeout_ms",
+                c.idle_timeout_ms,
+                1_000,
+                86_400_000,
+            )?,
+            send_queue_bytes: check_range(
+                file,
+                "client.send_queue_bytes",
+                c.send_queue_bytes,
+                4_096,
+                1 << 30,
+            )?,
+            rate_per_sec: check_range(file, "client.rate_per_sec", c.rate_per_sec, 1, 10_000_000)?,
+            rate_burst: check_range(file, "client.rate_burst", c.rate_burst, 1, 10_000_000)?,
+            max_errors: check_range(file, "client.max_errors", c.max_errors, 1, 1_000_000)?,
+            max_rooms_per_client: check_range(
+                file,
+                "client.max_rooms_per_client",
+                c.max_rooms_per_client,
+                1,
+                100_000,
+            )?,
+        };
+        // A body must fit in a line with its JSON around it, or no send could pass.
+        if client.max_body_bytes + 256 > client.max_line_bytes {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "client.max_body_bytes",
+                problem: format!(
+                    "{} leaves no room for the frame around it within client.max_line_bytes ({}); keep it at least 256 bytes smaller",
+                    client.max_body_bytes, client.max_line_bytes
+                ),
+            });
+        }
+        let l = &self.log;
+        let log = LogConfig {
+            fsync: l.fsync,
+            segment_bytes: check_range(
+                file,
+                "log.segment_bytes",
+                l.segment_bytes,
+                64 << 10,
+                1 << 32,
+            )?,
+            retain_messages: check_range(
+                file,
+                "log.retain_messages",
+                l.retain_messages,
+                1_000,
+                1 << 40,
+            )?,
+            retain_bytes: check_range(file, "log.retain_bytes", l.retain_bytes, 1 << 20, 1 << 50)?,
+            max_pending: check_range(file, "log.max_pending", l.max_pending, 16, 1 << 22)?,
+        };
+        if log.retain_bytes < 2 * log.segment_bytes {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "log.retain_bytes",
+                problem: format!(
+                    "{} must be at least two segments (2 x log.segment_bytes = {}), as retention drops whole segments",
+                    log.retain_bytes,
+                    2 * log.segment_bytes
+                ),
+            });
+        }
+        let peer = match self.peer {
+            None => None,
+            Some(p) => {
+                let id = check_node_id(file, "peer.id", &p.id)?;
+                if id == node_id {
+                    return Err(ConfigError::Invalid {
+                        file: file.clone(),
+                        key: "peer.id",
+                        problem: format!("{id:?} is this node's own id (node.id)"),
+                    });
+                }
+                Some(PeerConfig {
+                    id,
+                    client_address: check_host_port(
+                        file,
+                        "peer.client_address",
+                        &p.client_address,
+                    )?,
+                })
+            }
+        };
+        Ok(Config {
+            file: path.to_path_buf(),
+            node_id,
+            role: self.node.role,
+            data_dir: self.node.data_dir,
+            client,
+            log,
+            peer,
+            log_level: self.logging.level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(text, "t.toml")?.validate(Path::new("t.toml"))
+    }
+
+    const MINIMAL: &str = "[node]\nid = \"a\"\nrole = \"primary\"\ndata_dir = \"d\"\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = check(MINIMAL).unwrap();
+        assert_eq!(config.client.max_body_bytes, 4096);
+        assert_eq!(config.client.max_line_bytes, 65536);
+        assert_eq!(config.log.fsync, FsyncMode::Batch);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let err = check(&format!("{MINIMAL}[client]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.toml: client.listen: \"nowhere\""),
+            "{err}"
+        );
+        let err = check(&format!("{MINIMAL}[client]\nmax_clients = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("client.max_clients: 0 is out of range"),
+            "{err}"
+        );
+        let err = check(&format!("{MINIMAL}[client]\nlisten_port = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml") && err.contains("unknown field `listen_port`"),
+            "{err}"
+        );
+        let err = check(&format!(
+            "{MINIMAL}[peer]\nid = \"a\"\nclient_address = \"x:1\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("peer.id"), "{err}");
+        let err = check("[node]\nid = \"a\"\nrole = \"boss\"\ndata_dir = \"d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("role") && err.contains("boss"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_validate() {
+        for name in ["config/primary.toml", "config/backup.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Epoch history: which `seq` each epoch began at. Decides where two histories part.
+
+/// Epochs in increasing order with the first seq each one committed (or would commit).
+///
+/// Invariant: epochs strictly increase, and so do start seqs (non-strictly: an epoch that
+/// committed nothing shares its start with the next one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochHistory {
+    spans: Vec<(u64, u64)>,
+}
+
+impl EpochHistory {
+    pub fn from_spans(spans: Vec<(u64, u64)>) -> Self {
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1,
+                "bad epoch history {spans:?}"
+            );
+        }
+        EpochHistory { spans }
+    }
+
+    pub fn spans(&self) -> &[(u64, u64)] {
+        &self.spans
+    }
+
+    /// The current (highest) epoch, 0 when there is none yet.
+    pub fn current(&self) -> u64 {
+        self.spans.last().map_or(0, |s| s.0)
+    }
+
+    /// Starts `epoch` at `first_seq`.
+    pub fn begin(&mut self, epoch: u64, first_seq: u64) {
+        if let Some(&(last_epoch, last_start)) = self.spans.last() {
+            assert!(
+                epoch > last_epoch,
+                "epoch {epoch} does not follow {last_epoch}"
+            );
+            assert!(
+                first_seq >= last_start,
+                "epoch start {first_seq} before {last_start}"
+            );
+        }
+        self.spans.push((epoch, first_seq));
+    }
+
+    /// Epoch that the message numbered `seq` belongs to in this history.
+    pub fn epoch_of(&self, seq: u64) -> Option<u64> {
+        self.spans
+            .iter()
+            .rev()
+            .find(|&&(_, start)| start <= seq)
+            .map(|&(epoch, _)| epoch)
+    }
+
+    /// Where to replay from for a client that last saw (`after`, `after_epoch`) while this
+    /// history's head is `head`: the last seq the client's history and ours surely share.
+    ///
+    /// A client whose message `after` came from epoch `after_epoch` shares our history only up
+    /// to the end of that epoch here (the next epoch's start - 1).
+    pub fn replay_point(&self, after: u64, after_epoch: Option<u64>, head: u64) -> u64 {
+        let after = after.min(head);
+        let Some(client_epoch) = after_epoch else {
+            return after;
+        };
+        if self.epoch_of(after) == Some(client_epoch) {
+            return after;
+        }
+        let end_of_client_epoch = self
+            .spans
+            .iter()
+            .find(|&&(epoch, _)| epoch > client_epoch)
+            .map_or(head, |&(_, start)| start.saturating_sub(1));
+        after.min(end_of_client_epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_point_finds_where_histories_part() {
+        // Common history to seq 100 in epoch 3; this node took over in epoch 4 at 101.
+        let history = EpochHistory::from_spans(vec![(1, 1), (3, 40), (4, 101)]);
+        assert_eq!(history.replay_point(120, Some(4), 130), 120);
+        // The client saw seq 120 of the losing epoch-3 history: resume from 100.
+        assert_eq!(history.replay_point(120, Some(3), 130), 100);
+        assert_eq!(history.replay_point(90, Some(3), 130), 90);
+        // Without after_epoch the client's word is taken as is.
+        assert_eq!(history.replay_point(120, None, 130), 120);
+        // Beyond our head: only up to what we have.
+        assert_eq!(history.replay_point(500, Some(4), 130), 130);
+        // An epoch newer than ours: we share up to our head at most.
+        assert_eq!(history.replay_point(120, Some(9), 130), 120);
+        assert_eq!(history.epoch_of(100), Some(3));
+        assert_eq!(history.epoch_of(101), Some(4));
+    }
+}

@@ -1,0 +1,381 @@
+//! Scenario tests of the pure core: inputs in, actions checked. No sockets, no sleeps.
+
+use super::*;
+use crate::wire::client::{decode_server_frame, ServerFrame};
+
+fn config(role: Role) -> CoreConfig {
+    CoreConfig {
+        node_id: "a".into(),
+        role,
+        peer_client_address: Some("127.0.0.1:7410".into()),
+        hello_timeout_ms: 1_000,
+        rate_per_sec: 10,
+        rate_burst: 5,
+        max_errors: 3,
+        max_rooms_per_client: 2,
+        max_pending: 4,
+    }
+}
+
+struct Harness {
+    node: Node,
+    now_ms: u64,
+    actions: Vec<Action>,
+}
+
+impl Harness {
+    fn new(role: Role) -> Self {
+        Harness {
+            node: Node::new(config(role), EpochHistory::from_spans(vec![(1, 1)])),
+            now_ms: 1_000,
+            actions: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.actions.clear();
+        self.node.step(input, &mut self.actions);
+        std::mem::take(&mut self.actions)
+    }
+
+    fn request(&mut self, conn: ConnId, json: &str) -> Vec<Action> {
+        let input = match crate::wire::client::decode_request(json.as_bytes(), 4096) {
+            Ok(request) => Input::Request {
+                conn,
+                request,
+                now_ms: self.now_ms,
+            },
+            Err(error) => Input::BadFrame { conn, error },
+        };
+        self.step(input)
+    }
+
+    fn connect(&mut self, conn: ConnId, nick: &str, session: &str) -> Vec<ServerFrame> {
+        self.step(Input::Connected {
+            conn,
+            now_ms: self.now_ms,
+        });
+        frames_to(
+            conn,
+            &self.request(
+                conn,
+                &format!(r#"{{"type":"hello","version":1,"nick":"{nick}","session":"{session}"}}"#),
+            ),
+        )
+    }
+
+    /// Sends and makes everything durable; returns all actions of both steps.
+    fn send_committed(&mut self, conn: ConnId, room: &str, id: &str) -> Vec<Action> {
+        let mut actions = self.request(
+            conn,
+            &format!(r#"{{"type":"send","room":"{room}","id":"{id}","body":"b-{id}"}}"#),
+        );
+        let last = actions.iter().rev().find_map(|a| match a {
+            Action::Append(e) => Some(e.seq),
+            _ => None,
+        });
+        if let Some(seq) = last {
+            actions.extend(self.step(Input::Durable { seq }));
+        }
+        actions
+    }
+}
+
+fn frames_to(conn: ConnId, actions: &[Action]) -> Vec<ServerFrame> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn: c, frame } if *c == conn => {
+                Some(decode_server_frame(&frame[..frame.len() - 1]).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(frames: &[ServerFrame]) -> Vec<&str> {
+    frames.iter().map(|f| f.kind.as_str()).collect()
+}
+
+fn published(actions: &[Action]) -> Vec<(String, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { room, seq, .. } => Some((room.to_string(), *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hello_is_welcomed_with_role_epoch_and_head() {
+    let mut h = Harness::new(Role::Primary);
+    let frames = h.connect(1, "alice", "s1");
+    assert_eq!(kinds(&frames), ["welcome"]);
+    assert_eq!(frames[0].role.as_deref(), Some("primary"));
+    assert_eq!(frames[0].epoch, Some(1));
+    assert_eq!(frames[0].head, Some(0));
+}
+
+#[test]
+fn backup_redirects_hello_to_the_peer_and_closes() {
+    let mut h = Harness::new(Role::Backup);
+    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    let actions = h.request(
+        1,
+        r#"{"type":"hello","version":1,"nick":"a","session":"s"}"#,
+    );
+    let frames = frames_to(1, &actions);
+    assert_eq!(kinds(&frames), ["redirect"]);
+    assert_eq!(frames[0].primary.as_deref(), Some("127.0.0.1:7410"));
+    assert!(actions.contains(&Action::Close { conn: 1 }));
+}
+
+#[test]
+fn frames_before_hello_are_bad_requests_and_too_many_errors_close() {
+    let mut h = Harness::new(Role::Primary);
+    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    let frames = frames_to(1, &h.request(1, r#"{"type":"join","room":"r"}"#));
+    assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+    // Ping works before hello and is not an error.
+    let frames = frames_to(1, &h.request(1, r#"{"type":"ping","token":"x"}"#));
+    assert_eq!(frames[0].kind, "pong");
+    assert_eq!(frames[0].token, Some(serde_json::json!("x")));
+    h.request(1, "not json");
+    let actions = h.request(1, "{}");
+    assert!(
+        actions.contains(&Action::Close { conn: 1 }),
+        "third error closes: {actions:?}"
+    );
+}
+
+#[test]
+fn nick_in_use_is_refused_and_takeover_closes_the_older_connection() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    let frames = h.connect(2, "alice", "s2");
+    assert_eq!(frames[0].code.as_deref(), Some("nick_in_use"));
+    // Same session takes over; the same nick is fine then.
+    h.step(Input::Connected { conn: 3, now_ms: 0 });
+    let actions = h.request(
+        3,
+        r#"{"type":"hello","version":1,"nick":"alice","session":"s1"}"#,
+    );
+    assert!(actions.contains(&Action::Close { conn: 1 }));
+    assert_eq!(kinds(&frames_to(3, &actions)), ["welcome"]);
+    assert_eq!(h.node.clients(), 1);
+}
+
+#[test]
+fn send_is_acked_and_published_only_once_durable() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"general"}"#);
+    let actions = h.request(
+        1,
+        r#"{"type":"send","room":"general","id":"m-1","body":"hi"}"#,
+    );
+    assert!(matches!(actions.as_slice(), [Action::Append(e)] if e.seq == 1 && e.body == "hi"));
+    let actions = h.step(Input::Durable { seq: 1 });
+    let frames = frames_to(1, &actions);
+    assert_eq!(kinds(&frames), ["ack"]);
+    assert_eq!(frames[0].seq, Some(1));
+    assert_eq!(published(&actions), [("general".to_string(), 1)]);
+    assert_eq!(h.node.head(), 1);
+}
+
+#[test]
+fn resend_of_a_committed_id_is_acked_with_the_original_seq_and_not_stored() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    h.send_committed(1, "r", "m-1");
+    // Reconnect as the same session and resend.
+    h.step(Input::Disconnected { conn: 1 });
+    h.connect(2, "alice", "s1");
+    h.request(2, r#"{"type":"join","room":"r"}"#);
+    let actions = h.send_committed(2, "r", "m-1");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Append(_))));
+    assert!(published(&actions).is_empty());
+    let frames = frames_to(2, &actions);
+    assert_eq!((frames[0].kind.as_str(), frames[0].seq), ("ack", Some(1)));
+}
+
+#[test]
+fn resend_while_pending_is_acked_once_to_the_current_connection() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    h.request(1, r#"{"type":"send","room":"r","id":"m-1","body":"x"}"#);
+    h.step(Input::Disconnected { conn: 1 });
+    h.connect(2, "alice", "s1");
+    h.request(2, r#"{"type":"join","room":"r"}"#);
+    let actions = h.request(2, r#"{"type":"send","room":"r","id":"m-1","body":"x"}"#);
+    assert!(actions.is_empty(), "{actions:?}");
+    let actions = h.step(Input::Durable { seq: 1 });
+    assert_eq!(kinds(&frames_to(2, &actions)), ["ack"]);
+    assert_eq!(published(&actions).len(), 1);
+}
+
+#[test]
+fn send_errors_name_the_id() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    let frames = frames_to(
+        1,
+        &h.request(1, r#"{"type":"send","room":"r","id":"m-9","body":"x"}"#),
+    );
+    assert_eq!(frames[0].code.as_deref(), Some("not_joined"));
+    assert_eq!(frames[0].id.as_deref(), Some("m-9"));
+}
+
+#[test]
+fn rate_limit_refuses_beyond_the_burst_until_time_passes() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    for i in 0..5 {
+        h.send_committed(1, "r", &format!("m-{i}"));
+    }
+    let frames = frames_to(1, &h.send_committed(1, "r", "m-5"));
+    assert_eq!(frames[0].code.as_deref(), Some("rate_limited"));
+    h.now_ms += 100;
+    let frames = frames_to(1, &h.send_committed(1, "r", "m-5"));
+    assert_eq!(frames[0].kind, "ack");
+}
+
+#[test]
+fn pending_is_bounded() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    for i in 0..4 {
+        h.request(
+            1,
+            &format!(r#"{{"type":"send","room":"r","id":"m-{i}","body":"x"}}"#),
+        );
+    }
+    let frames = frames_to(
+        1,
+        &h.request(1, r#"{"type":"send","room":"r","id":"m-4","body":"x"}"#),
+    );
+    assert_eq!(frames[0].code.as_deref(), Some("unavailable"));
+    let actions = h.step(Input::Durable { seq: 4 });
+    assert_eq!(published(&actions).len(), 4);
+}
+
+#[test]
+fn join_answers_members_then_subscribes_and_tells_the_others() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.connect(2, "bob", "s2");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    let actions = h.request(2, r#"{"type":"join","room":"r","after":0}"#);
+    let frames = frames_to(2, &actions);
+    assert_eq!(
+        frames[0].members.as_deref(),
+        Some(&["alice".to_string(), "bob".to_string()][..])
+    );
+    let joined_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::Send { conn: 2, .. }))
+        .unwrap();
+    let subscribe_at = actions
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Subscribe {
+                    conn: 2,
+                    replay_after: Some(0),
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(
+        joined_at < subscribe_at,
+        "joined goes out before any replayed msg"
+    );
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Presence { except: 2, .. })));
+}
+
+#[test]
+fn rooms_per_client_are_bounded() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"a"}"#);
+    h.request(1, r#"{"type":"join","room":"b"}"#);
+    let frames = frames_to(1, &h.request(1, r#"{"type":"join","room":"c"}"#));
+    assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+}
+
+#[test]
+fn disconnect_frees_the_nick_and_announces_leave() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    let actions = h.step(Input::Disconnected { conn: 1 });
+    assert!(actions.iter().any(|a| matches!(a, Action::Presence { .. })));
+    assert_eq!(kinds(&h.connect(2, "alice", "s2")), ["welcome"]);
+}
+
+#[test]
+fn hello_timeout_closes_silent_connections_only() {
+    let mut h = Harness::new(Role::Primary);
+    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    h.now_ms = 0;
+    h.connect(2, "bob", "s2");
+    let actions = h.step(Input::Tick { now_ms: 999 });
+    assert!(actions.is_empty());
+    let actions = h.step(Input::Tick { now_ms: 1_000 });
+    assert!(actions.contains(&Action::Close { conn: 1 }));
+    assert!(!actions.contains(&Action::Close { conn: 2 }));
+}
+
+#[test]
+fn shutdown_commits_pending_then_says_goodbye_and_exits() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    h.request(1, r#"{"type":"send","room":"r","id":"m-1","body":"x"}"#);
+    let actions = h.step(Input::Shutdown);
+    assert!(
+        !actions.contains(&Action::Exit),
+        "waits for the pending message"
+    );
+    let frames = frames_to(
+        1,
+        &h.request(1, r#"{"type":"send","room":"r","id":"m-2","body":"x"}"#),
+    );
+    assert_eq!(frames[0].code.as_deref(), Some("unavailable"));
+    let actions = h.step(Input::Durable { seq: 1 });
+    assert_eq!(kinds(&frames_to(1, &actions)), ["ack", "goodbye"]);
+    assert_eq!(actions.last(), Some(&Action::Exit));
+}
+
+#[test]
+fn recovery_continues_seq_and_remembers_ids() {
+    let mut h = Harness::new(Role::Primary);
+    for seq in 1..=3 {
+        h.node.recover(&Entry {
+            epoch: 1,
+            seq,
+            ts_ms: 0,
+            room: "r".into(),
+            from: "alice".into(),
+            session: "s1".into(),
+            id: format!("m-{seq}"),
+            body: String::new(),
+            orig: None,
+        });
+    }
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    let frames = frames_to(1, &h.send_committed(1, "r", "m-2"));
+    assert_eq!(frames[0].seq, Some(2));
+    let actions = h.send_committed(1, "r", "m-4");
+    assert_eq!(published(&actions), [("r".to_string(), 4)]);
+}

@@ -1,0 +1,728 @@
+//! Client I/O workers: each owns a share of the connections on its own mio poll.
+//!
+//! A worker reads bytes, splits and decodes lines, and passes requests to the core; it
+//! carries out the core's actions for its connections: queueing frames, fanning published
+//! messages out to its local room subscribers, pacing replays and history from the log as
+//! each client drains, and dropping a client whose queue overflows. It never blocks except
+//! in `poll`, so the core may block sending to it without a deadlock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::core::{Action, ConnId, Frame, Input};
+use crate::entry::Entry;
+use crate::log::LogReader;
+use crate::wire::client::{decode_request, encode_msg, encode_reply, ErrorCode, Reply};
+use crate::wire::lines::Lines;
+
+const WAKER: Token = Token(usize::MAX);
+/// Inputs a worker holds for the core while the core's channel is full; past it, the worker
+/// stops reading sockets until the core catches up (backpressure instead of growth).
+const OUTBOX_MAX: usize = 4096;
+/// Bytes read per `read` call; also the scratch buffer each worker owns.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Replay and history refill a connection only while less than this is queued to it, so a
+/// catch-up of any length costs bounded memory.
+const REPLAY_LOW_WATER_BYTES: usize = 64 * 1024;
+/// Messages read from the log per replay refill.
+const REPLAY_BATCH: usize = 256;
+/// Frames gathered into one `writev`.
+const WRITEV_FRAMES_MAX: usize = 64;
+/// A closing connection that will not drain its queue is dropped after this.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// History requests one connection may have queued.
+const HISTORY_JOBS_MAX: usize = 4;
+/// How often idle and closing connections are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Work for a worker, from the acceptor or the core.
+#[derive(Debug)]
+pub enum Command {
+    Adopt {
+        conn: ConnId,
+        stream: std::net::TcpStream,
+    },
+    Core(Action),
+    /// Close what is left and stop, within `CLOSE_LINGER`.
+    Shutdown,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerLimits {
+    pub max_line_bytes: usize,
+    pub max_body_bytes: usize,
+    pub send_queue_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+/// A room a connection receives; `replay_cursor` is `Some(seq)` while stored messages after
+/// `seq` are still being read from the log, and live messages are skipped meanwhile.
+#[derive(Debug)]
+struct Subscription {
+    room: Arc<str>,
+    replay_cursor: Option<u64>,
+}
+
+#[derive(Debug)]
+struct HistoryJob {
+    room: Arc<str>,
+    before: u64,
+    upto: u64,
+    limit: usize,
+    /// Loaded on the first refill, then drained into the queue as the client reads.
+    entries: Option<VecDeque<Entry>>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Unfinished line; empty (and unallocated) between frames.
+    inbuf: Vec<u8>,
+    out: VecDeque<Frame>,
+    /// Bytes of `out.front()` already written.
+    out_offset: usize,
+    out_bytes: usize,
+    subs: Vec<Subscription>,
+    history: VecDeque<HistoryJob>,
+    /// No more frames are queued; dropped once `out` drains or at `close_deadline`.
+    closing: bool,
+    close_deadline: Option<Instant>,
+    /// Input is ignored from now on (after `too_large` or a slow-consumer drop).
+    discard_input: bool,
+    /// Reading stopped with data possibly left in the socket (outbox full).
+    read_pending: bool,
+    last_read: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            inbuf: Vec::new(),
+            out: VecDeque::new(),
+            out_offset: 0,
+            out_bytes: 0,
+            subs: Vec::new(),
+            history: VecDeque::new(),
+            closing: false,
+            close_deadline: None,
+            discard_input: false,
+            read_pending: false,
+            last_read: Instant::now(),
+        }
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
+}
+
+pub struct Worker {
+    poll: Poll,
+    commands: Receiver<Command>,
+    inputs: Sender<Input>,
+    outbox: VecDeque<Input>,
+    conns: HashMap<ConnId, Conn>,
+    /// Local subscribers of each room.
+    rooms: HashMap<Arc<str>, Vec<ConnId>>,
+    /// Highest seq published to this worker: everything up to it is committed and in the log.
+    seen_seq: u64,
+    reader: LogReader,
+    limits: WorkerLimits,
+    /// Connections with queued output not yet handed to the socket.
+    dirty: HashSet<ConnId>,
+    /// Connections with replay or history still to read from the log.
+    catching_up: HashSet<ConnId>,
+    scratch: Vec<u8>,
+    clients: Arc<AtomicUsize>,
+    shutdown_deadline: Option<Instant>,
+    last_sweep: Instant,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Worker {
+    pub fn new(
+        commands: Receiver<Command>,
+        inputs: Sender<Input>,
+        reader: LogReader,
+        limits: WorkerLimits,
+        clients: Arc<AtomicUsize>,
+        committed_seq: u64,
+    ) -> io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let worker = Worker {
+            poll,
+            commands,
+            inputs,
+            outbox: VecDeque::new(),
+            conns: HashMap::new(),
+            rooms: HashMap::new(),
+            seen_seq: committed_seq,
+            reader,
+            limits,
+            dirty: HashSet::new(),
+            catching_up: HashSet::new(),
+            scratch: vec![0; READ_CHUNK_BYTES],
+            clients,
+            shutdown_deadline: None,
+            last_sweep: Instant::now(),
+        };
+        Ok((worker, waker))
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let busy = !self.outbox.is_empty() || !self.catching_up.is_empty();
+            let timeout = if busy {
+                Duration::from_millis(2)
+            } else {
+                SWEEP_INTERVAL
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("client I/O poll failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == WAKER {
+                    continue;
+                }
+                let conn = token.0 as ConnId;
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.read(conn);
+                }
+                if event.is_writable() {
+                    self.dirty.insert(conn);
+                }
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.on_command(command);
+            }
+            self.flush_outbox();
+            self.resume_reads();
+            self.refill_catch_ups();
+            self.flush_dirty();
+            if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
+                self.sweep();
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Adopt { conn, stream } => self.adopt(conn, stream),
+            Command::Shutdown => {
+                self.shutdown_deadline = Some(Instant::now() + CLOSE_LINGER);
+                let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+                for id in ids {
+                    self.close(id);
+                }
+            }
+            Command::Core(action) => self.on_action(action),
+        }
+    }
+
+    fn adopt(&mut self, conn: ConnId, stream: std::net::TcpStream) {
+        let mut stream = TcpStream::from_std(stream);
+        let registered = self.poll.registry().register(
+            &mut stream,
+            Token(conn as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Err(e) = registered {
+            log::warn!("connection {conn}: cannot register with poll: {e}");
+            self.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.conns.insert(conn, Conn::new(stream));
+        self.outbox.push_back(Input::Connected {
+            conn,
+            now_ms: now_ms(),
+        });
+    }
+
+    fn on_action(&mut self, action: Action) {
+        match action {
+            Action::Send { conn, frame } => self.enqueue(conn, frame),
+            Action::Close { conn } => self.close(conn),
+            Action::Publish { room, seq, frame } => {
+                self.seen_seq = self.seen_seq.max(seq);
+                self.fan_out(&room, None, &frame, true);
+            }
+            Action::Presence {
+                room,
+                except,
+                frame,
+            } => self.fan_out(&room, Some(except), &frame, false),
+            Action::Subscribe {
+                conn,
+                room,
+                replay_after,
+            } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if c.closing {
+                    return;
+                }
+                let replay_cursor = replay_after.filter(|&after| after < self.seen_seq);
+                if replay_cursor.is_some() {
+                    self.catching_up.insert(conn);
+                }
+                c.subs.push(Subscription {
+                    room: room.clone(),
+                    replay_cursor,
+                });
+                self.rooms.entry(room).or_default().push(conn);
+            }
+            Action::Unsubscribe { conn, room } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.subs.retain(|s| s.room != room);
+                }
+                self.remove_subscriber(&room, conn);
+            }
+            Action::History {
+                conn,
+                room,
+                before,
+                upto,
+                limit,
+            } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if c.history.len() >= HISTORY_JOBS_MAX {
+                    let frame = encode_reply(&Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many history requests in flight",
+                        id: None,
+                    });
+                    self.enqueue(conn, frame.into());
+                    return;
+                }
+                c.history.push_back(HistoryJob {
+                    room,
+                    before,
+                    upto,
+                    limit,
+                    entries: None,
+                });
+                self.catching_up.insert(conn);
+            }
+            Action::Append(_) | Action::Exit => {
+                unreachable!("the driver handles {action:?}")
+            }
+        }
+    }
+
+    fn remove_subscriber(&mut self, room: &Arc<str>, conn: ConnId) {
+        if let Some(subscribers) = self.rooms.get_mut(room) {
+            if let Some(at) = subscribers.iter().position(|&c| c == conn) {
+                subscribers.swap_remove(at);
+            }
+            if subscribers.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Queues one shared frame to every local subscriber of `room`. `live` frames skip a
+    /// subscriber still replaying that room (the replay will read them from the log).
+    fn fan_out(&mut self, room: &Arc<str>, except: Option<ConnId>, frame: &Frame, live: bool) {
+        let Some(subscribers) = self.rooms.get(room) else {
+            return;
+        };
+        let mut overflowed = Vec::new();
+        for &conn in subscribers {
+            if Some(conn) == except {
+                continue;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.closing {
+                continue;
+            }
+            if live
+                && c.subs
+                    .iter()
+                    .any(|s| &s.room == room && s.replay_cursor.is_some())
+            {
+                continue;
+            }
+            if c.out_bytes + frame.len() > self.limits.send_queue_bytes {
+                overflowed.push(conn);
+                continue;
+            }
+            c.push(frame.clone());
+            self.dirty.insert(conn);
+        }
+        for conn in overflowed {
+            self.drop_slow_consumer(conn);
+        }
+    }
+
+    fn enqueue(&mut self, conn: ConnId, frame: Frame) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        if c.out_bytes + frame.len() > self.limits.send_queue_bytes {
+            self.drop_slow_consumer(conn);
+            return;
+        }
+        c.push(frame);
+        self.dirty.insert(conn);
+    }
+
+    /// The client did not read fast enough: what is queued is dropped (but for a frame
+    /// half written), it gets `slow_consumer`, and the connection closes.
+    fn drop_slow_consumer(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let keep = usize::from(c.out_offset > 0);
+        while c.out.len() > keep {
+            let frame = c.out.pop_back().expect("len checked");
+            c.out_bytes -= frame.len();
+        }
+        let queued = self.limits.send_queue_bytes;
+        let message = format!(
+            "more than {queued} bytes queued to this connection; reconnect and rejoin with `after`"
+        );
+        let frame = encode_reply(&Reply::Error {
+            code: ErrorCode::SlowConsumer,
+            message: &message,
+            id: None,
+        });
+        c.push(frame.into());
+        c.discard_input = true;
+        log::info!("connection {conn}: dropped as a slow consumer ({queued} bytes queued)");
+        self.dirty.insert(conn);
+        self.close(conn);
+    }
+
+    /// Stops queueing to `conn`; it is dropped once its queue drains.
+    fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.closing {
+            c.closing = true;
+            c.close_deadline = Some(Instant::now() + CLOSE_LINGER);
+            c.history.clear();
+            self.catching_up.remove(&conn);
+            // The core learns at once, so the session and nick are free for a reconnect.
+            self.outbox.push_back(Input::Disconnected { conn });
+            self.dirty.insert(conn);
+        }
+    }
+
+    fn drop_conn(&mut self, conn: ConnId) {
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        for sub in &c.subs {
+            self.remove_subscriber(&sub.room, conn);
+        }
+        self.dirty.remove(&conn);
+        self.catching_up.remove(&conn);
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+        if !c.closing {
+            self.outbox.push_back(Input::Disconnected { conn });
+        }
+    }
+
+    fn read(&mut self, conn: ConnId) {
+        loop {
+            if self.outbox.len() >= OUTBOX_MAX {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.read_pending = true;
+                }
+                return;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            c.read_pending = false;
+            match c.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    // The peer closed its side: whatever is still queued cannot matter.
+                    self.drop_conn(conn);
+                    return;
+                }
+                Ok(n) => {
+                    c.last_read = Instant::now();
+                    if c.discard_input {
+                        continue;
+                    }
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    self.process_lines(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes the complete lines buffered for `conn` into inputs for the core.
+    fn process_lines(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut lines = Lines::new(&c.inbuf, self.limits.max_line_bytes);
+        let mut too_long = false;
+        let stamp = now_ms();
+        for line in lines.by_ref() {
+            match line {
+                Err(_) => {
+                    too_long = true;
+                    break;
+                }
+                Ok(line) => {
+                    let input = match decode_request(line, self.limits.max_body_bytes) {
+                        Ok(request) => Input::Request {
+                            conn,
+                            request,
+                            now_ms: stamp,
+                        },
+                        Err(error) => Input::BadFrame { conn, error },
+                    };
+                    self.outbox.push_back(input);
+                    if self.outbox.len() >= OUTBOX_MAX {
+                        c.read_pending = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let consumed = lines.consumed();
+        if too_long {
+            c.inbuf = Vec::new();
+            c.discard_input = true;
+            let limit = self.limits.max_line_bytes;
+            self.outbox.push_back(Input::BadFrame {
+                conn,
+                error: crate::wire::client::DecodeError {
+                    code: ErrorCode::TooLarge,
+                    message: format!("line longer than {limit} bytes; closing"),
+                    id: None,
+                },
+            });
+            return;
+        }
+        c.inbuf.drain(..consumed);
+        if c.inbuf.is_empty() && c.inbuf.capacity() > 0 {
+            // Idle connections hold no buffer.
+            c.inbuf = Vec::new();
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        while let Some(input) = self.outbox.pop_front() {
+            match self.inputs.try_send(input) {
+                Ok(()) => {}
+                Err(TrySendError::Full(input)) => {
+                    self.outbox.push_front(input);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.outbox.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads again from connections that stopped while the outbox was full.
+    fn resume_reads(&mut self) {
+        if self.outbox.len() >= OUTBOX_MAX / 2 {
+            return;
+        }
+        let pending: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.read_pending)
+            .map(|(&id, _)| id)
+            .collect();
+        for conn in pending {
+            // Lines already buffered go first, then the socket.
+            self.process_lines(conn);
+            self.read(conn);
+        }
+    }
+
+    fn refill_catch_ups(&mut self) {
+        let ids: Vec<ConnId> = self.catching_up.iter().copied().collect();
+        for conn in ids {
+            if let Err(message) = self.refill(conn) {
+                log::error!("connection {conn}: reading the log: {message}");
+                let frame = encode_reply(&Reply::Error {
+                    code: ErrorCode::Internal,
+                    message: "could not read stored messages; reconnect to resume",
+                    id: None,
+                });
+                self.enqueue(conn, frame.into());
+                self.close(conn);
+            }
+        }
+    }
+
+    /// Moves stored messages into `conn`'s queue while it is below the low-water mark.
+    fn refill(&mut self, conn: ConnId) -> Result<(), String> {
+        let seen_seq = self.seen_seq;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            self.catching_up.remove(&conn);
+            return Ok(());
+        };
+        while c.out_bytes < REPLAY_LOW_WATER_BYTES {
+            if let Some(sub) = c.subs.iter_mut().find(|s| s.replay_cursor.is_some()) {
+                let cursor = sub.replay_cursor.expect("found by is_some");
+                let entries = self
+                    .reader
+                    .room_after(&sub.room, cursor, seen_seq, REPLAY_BATCH)
+                    .map_err(|e| e.to_string())?;
+                sub.replay_cursor = match entries.last() {
+                    // A short batch reached everything published so far: go live.
+                    Some(last) if entries.len() == REPLAY_BATCH => Some(last.seq),
+                    _ => None,
+                };
+                for entry in &entries {
+                    c.push(encode_msg(entry).into());
+                }
+                self.dirty.insert(conn);
+                continue;
+            }
+            let Some(job) = c.history.front_mut() else {
+                self.catching_up.remove(&conn);
+                return Ok(());
+            };
+            if job.entries.is_none() {
+                let before = job.before.min(job.upto.saturating_add(1));
+                let entries = self
+                    .reader
+                    .room_before(&job.room, before, job.limit)
+                    .map_err(|e| e.to_string())?;
+                job.entries = Some(entries.into());
+            }
+            let next = job.entries.as_mut().expect("loaded above").pop_front();
+            match next {
+                Some(entry) => c.push(encode_msg(&entry).into()),
+                None => {
+                    let job = c.history.pop_front().expect("front exists");
+                    c.push(encode_reply(&Reply::HistoryEnd { room: &job.room }).into());
+                }
+            }
+            self.dirty.insert(conn);
+        }
+        Ok(())
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty: Vec<ConnId> = self.dirty.drain().collect();
+        for conn in dirty {
+            self.flush(conn);
+        }
+    }
+
+    /// Writes as much of `conn`'s queue as the socket takes, many frames per syscall.
+    fn flush(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        while !c.out.is_empty() {
+            let mut slices: Vec<IoSlice> = Vec::with_capacity(WRITEV_FRAMES_MAX.min(c.out.len()));
+            for (i, frame) in c.out.iter().take(WRITEV_FRAMES_MAX).enumerate() {
+                let start = if i == 0 { c.out_offset } else { 0 };
+                slices.push(IoSlice::new(&frame[start..]));
+            }
+            match c.stream.write_vectored(&slices) {
+                Ok(0) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+                Ok(mut written) => {
+                    c.out_bytes -= written;
+                    while written > 0 {
+                        let front_left = c.out[0].len() - c.out_offset;
+                        if written >= front_left {
+                            written -= front_left;
+                            c.out.pop_front();
+                            c.out_offset = 0;
+                        } else {
+                            c.out_offset += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+            }
+        }
+        if c.out.is_empty() {
+            if c.out.capacity() > 64 {
+                c.out = VecDeque::new();
+            }
+            if c.closing {
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                self.drop_conn(conn);
+            } else if self.catching_up.contains(&conn) {
+                // Drained: the next refill happens on this loop's next turn.
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let idle = self.limits.idle_timeout;
+        let mut expired = Vec::new();
+        let mut idle_conns = Vec::new();
+        for (&id, c) in &self.conns {
+            if c.close_deadline.is_some_and(|d| now >= d) {
+                expired.push(id);
+            } else if !c.closing && now.duration_since(c.last_read) >= idle {
+                idle_conns.push(id);
+            }
+        }
+        for id in expired {
+            self.drop_conn(id);
+        }
+        for id in idle_conns {
+            log::debug!("connection {id}: idle for {} ms; closing", idle.as_millis());
+            self.close(id);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The node's durable state beside the log: its epoch history, and the data-dir lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::core::epochs::EpochHistory;
+
+const EPOCHS_FILE: &str = "epochs";
+const LOCK_FILE: &str = "lock";
+
+/// Holds the data dir's lock for the life of the process, so two daemons never share it.
+pub struct DirLock {
+    _file: File,
+}
+
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, String> {
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("data dir {}: cannot create: {e}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another pbchatd (lock {} is held)",
+            dir.display(),
+            path.display()
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(format!("{}: cannot lock: {e}", path.display())),
+    }
+}
+
+/// Reads the epoch history, or starts one at epoch 1 when the data dir is new.
+pub fn load_epochs(dir: &Path) -> Result<EpochHistory, String> {
+    let path = dir.join(EPOCHS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let history = EpochHistory::from_spans(vec![(1, 1)]);
+            save_epochs(dir, &history)?;
+            return Ok(history);
+        }
+        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+    };
+    let mut spans = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.trim().parse::<u64>().ok()?)));
+        let Some(span) = parsed else {
+            return Err(format!(
+                "{}:{}: expected `EPOCH FIRST_SEQ`, found {line:?}",
+                path.display(),
+                n + 1
+            ));
+        };
+        if let Some(&(epoch, start)) = spans.last() {
+            if span.0 <= epoch || span.1 < start {
+                return Err(format!(
+                    "{}:{}: epoch {} starting at {} does not follow epoch {epoch} at {start}",
+                    path.display(),
+                    n + 1,
+                    span.0,
+                    span.1
+                ));
+            }
+        }
+        spans.push(span);
+    }
+    if spans.is_empty() {
+        return Err(format!("{}: holds no epoch", path.display()));
+    }
+    Ok(EpochHistory::from_spans(spans))
+}
+
+/// Writes the history atomically: temp file, fsync, rename, fsync of the directory.
+pub fn save_epochs(dir: &Path, history: &EpochHistory) -> Result<(), String> {
+    let path = dir.join(EPOCHS_FILE);
+    let tmp: PathBuf = dir.join(format!("{EPOCHS_FILE}.tmp"));
+    let mut text = String::from("# epoch first_seq: written by pbchatd, do not edit\n");
+    for (epoch, start) in history.spans() {
+        text.push_str(&format!("{epoch} {start}\n"));
+    }
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: cannot write: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_round_trip_and_bad_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_epochs(dir.path()).unwrap().spans(), &[(1, 1)]);
+        let history = EpochHistory::from_spans(vec![(1, 1), (4, 90)]);
+        save_epochs(dir.path(), &history).unwrap();
+        assert_eq!(load_epochs(dir.path()).unwrap(), history);
+        fs::write(dir.path().join(EPOCHS_FILE), "1 1\n3 x\n").unwrap();
+        let err = load_epochs(dir.path()).unwrap_err();
+        assert!(err.contains("epochs:2"), "{err}");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = lock_data_dir(dir.path()).unwrap();
+        let err = lock_data_dir(dir.path()).err().unwrap();
+        assert!(err.contains("in use"), "{err}");
+    }
+}

@@ -1,0 +1,260 @@
+//! Test harness: starts the real `pbchatd` binary on ephemeral ports and speaks the client
+//! protocol to it over TCP. Every wait has a deadline; nothing sleeps a fixed time.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pbchat::wire::client::{decode_server_frame, ServerFrame};
+use serde_json::{json, Value};
+
+/// How long any single expected event may take on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub addr: SocketAddr,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Writes a config into `dir` with `extra` TOML appended to the named sections.
+pub fn write_config(dir: &Path, role: &str, client_extra: &str, log_extra: &str) -> PathBuf {
+    let text = format!(
+        "[node]\nid = \"a\"\nrole = \"{role}\"\ndata_dir = \"{}\"\n\n\
+         [client]\nlisten = \"127.0.0.1:0\"\n{client_extra}\n\n\
+         [log]\n{log_extra}\n\n\
+         [peer]\nid = \"b\"\nclient_address = \"127.0.0.1:7999\"\n\n\
+         [logging]\nlevel = \"debug\"\n",
+        dir.join("data").display()
+    );
+    let path = dir.join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn pbchatd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pbchatd"))
+}
+
+impl Daemon {
+    /// Starts pbchatd with a fresh temp dir.
+    pub fn start(role: &str, client_extra: &str, log_extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let config_path = write_config(&dir, role, client_extra, log_extra);
+        Daemon::start_with(dir, config_path)
+    }
+
+    pub fn start_with(dir: PathBuf, config_path: PathBuf) -> Daemon {
+        let mut child = pbchatd()
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pbchatd");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(at) = line.find("clients on ") {
+                        let _ = tx.send(line[at + 11..].trim().to_string());
+                    }
+                    eprintln!("  pbchatd| {line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("pbchatd did not start: {:?}", log.lock().unwrap()));
+        Daemon {
+            child: Some(child),
+            dir,
+            config_path,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    /// Restarts on the same data dir (and a new ephemeral port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let mut next = Daemon::start_with(self.dir.clone(), self.config_path.clone());
+        self.child = next.child.take();
+        self.addr = next.addr;
+        self.log = next.log.clone();
+        // `next` owns nothing now but the shared dir, which must outlive it.
+        next.dir = PathBuf::new();
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY-free: libc::kill through a subprocess keeps the test crate unsafe-free.
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "pbchatd did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// A client that said hello and was welcomed.
+    pub fn hello(&self, nick: &str, session: &str) -> Client {
+        let mut client = self.client();
+        client.send(json!({"type":"hello","version":1,"nick":nick,"session":session}));
+        let welcome = client.recv();
+        assert_eq!(welcome.kind, "welcome", "{welcome:?}");
+        client
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// A client whose kernel receive buffer is tiny, so that not reading backs up quickly.
+    pub fn connect_small_receive_buffer(addr: SocketAddr) -> Client {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, frame: Value) {
+        let mut line = frame.to_string();
+        line.push('\n');
+        self.stream.write_all(line.as_bytes()).unwrap();
+    }
+
+    /// Sends, reporting a dead connection instead of panicking.
+    pub fn try_send(&mut self, frame: Value) -> bool {
+        let mut line = frame.to_string();
+        line.push('\n');
+        self.stream.write_all(line.as_bytes()).is_ok()
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame; panics at the deadline or on close.
+    pub fn recv(&mut self) -> ServerFrame {
+        self.try_recv()
+            .unwrap_or_else(|| panic!("connection closed while waiting for a frame"))
+    }
+
+    /// The next frame, or None when the node closed the connection.
+    pub fn try_recv(&mut self) -> Option<ServerFrame> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                decode_server_frame(line.trim_end().as_bytes())
+                    .unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("waiting for a frame: {e}"),
+        }
+    }
+
+    /// Skips frames until one of `kind` arrives (presence and the like may come between).
+    pub fn recv_kind(&mut self, kind: &str) -> ServerFrame {
+        loop {
+            let frame = self.recv();
+            if frame.kind == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// True once the node has closed the connection (reads to EOF).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+
+    pub fn join(&mut self, room: &str) -> ServerFrame {
+        self.send(json!({"type":"join","room":room}));
+        self.recv_kind("joined")
+    }
+
+    /// Sends and waits for the ack; returns its seq.
+    pub fn send_acked(&mut self, room: &str, id: &str, body: &str) -> u64 {
+        self.send(json!({"type":"send","room":room,"id":id,"body":body}));
+        loop {
+            let frame = self.recv();
+            match frame.kind.as_str() {
+                "ack" if frame.id.as_deref() == Some(id) => return frame.seq.unwrap(),
+                "error" => panic!("send {id}: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+}
