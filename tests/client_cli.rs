@@ -1,0 +1,142 @@
+//! `pbchat-client` in its scripted modes against the real `pbchatd`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{Daemon, DEADLINE};
+
+fn client(node: &Daemon) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+    cmd.arg("--server").arg(node.addr.to_string());
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn send_waits_for_the_ack_and_listen_prints_json_lines() {
+    let node = Daemon::start("primary", "", "");
+    let mut listener = client(&node)
+        .args(["--nick", "ears", "--room", "general", "--listen"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    // The listener must have joined before the send for a live delivery: wait until the
+    // node has it as a member.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut probe = node.hello("probe", &format!("probe-{}", rand_suffix()));
+        let joined = probe.join("general");
+        if joined.members.unwrap().iter().any(|m| m == "ears") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "listener never joined");
+    }
+    let out = client(&node)
+        .args([
+            "--nick",
+            "bot",
+            "--room",
+            "general",
+            "--send",
+            "hello, world",
+            "-v",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seq: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let line = lines.next().unwrap().unwrap();
+    let frame: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(frame["type"], "msg");
+    assert_eq!(frame["body"], "hello, world");
+    assert_eq!(frame["from"], "bot");
+    assert_eq!(frame["seq"], seq);
+    listener.kill().unwrap();
+    let _ = listener.wait();
+
+    // --history prints the stored message and exits 0.
+    let out = client(&node)
+        .args(["--nick", "h", "--room", "general", "--history", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("hello, world"));
+}
+
+#[test]
+fn send_reports_an_error_frame_and_exits_nonzero() {
+    let node = Daemon::start("primary", "max_body_bytes = 10", "");
+    let out = client(&node)
+        .args([
+            "--nick",
+            "bot",
+            "--room",
+            "r",
+            "--send",
+            "this body is too long",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("too_large"), "{stderr}");
+}
+
+#[test]
+fn the_client_follows_a_redirect_from_the_backup() {
+    let primary = Daemon::start("primary", "", "");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = dir.join("backup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"b\"\nrole = \"backup\"\ndata_dir = \"{}\"\n[client]\nlisten = \"127.0.0.1:0\"\n\
+             [peer]\nid = \"a\"\nclient_address = \"{}\"\n",
+            dir.join("data").display(),
+            primary.addr
+        ),
+    )
+    .unwrap();
+    let backup = Daemon::start_with(dir, config);
+    let out = client(&backup)
+        .args([
+            "--nick",
+            "bot",
+            "--room",
+            "r",
+            "--send",
+            "via the backup",
+            "-v",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = primary.hello("reader", "s");
+    reader.send(serde_json::json!({"type":"history","room":"r"}));
+    assert_eq!(
+        reader.recv_kind("msg").body.as_deref(),
+        Some("via the backup")
+    );
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
