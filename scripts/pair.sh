@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins
 bin=target/release/pbchatd
+# The pair's shared secret (both configs name it); made once, mode 0600.
+"$bin" --gen-secret data/pair.secret >/dev/null
 for role in primary backup; do
   "$bin" --check -c "config/$role.toml" >/dev/null
 done
@@ -14,8 +16,12 @@ setsid "$bin" -c config/primary.toml & primary=$!
 setsid "$bin" -c config/backup.toml & backup=$!
 stop() {
   trap - INT TERM
-  kill -TERM "$primary" "$backup" 2>/dev/null || true
-  wait "$primary" "$backup" 2>/dev/null || true
+  # The backup first, so that the primary does not try to hand over to a node that is
+  # leaving too; then the primary, which commits what is pending and says goodbye.
+  kill -TERM "$backup" 2>/dev/null || true
+  wait "$backup" 2>/dev/null || true
+  kill -TERM "$primary" 2>/dev/null || true
+  wait "$primary" 2>/dev/null || true
   echo "pbchat pair stopped"
 }
 trap stop INT TERM

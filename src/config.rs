@@ -75,6 +75,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub peer: Option<RawPeer>,
+    pub heartbeat: Option<RawHeartbeat>,
+    pub replication: Option<RawReplication>,
+    #[serde(default)]
+    pub failover: RawFailover,
     #[serde(default)]
     pub logging: RawLogging,
 }
@@ -150,6 +154,74 @@ impl Default for RawLog {
 pub struct RawPeer {
     pub id: String,
     pub client_address: String,
+    pub heartbeat_address: String,
+    pub replication_address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    pub listen: String,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_misses")]
+    pub misses: u32,
+    pub secret_file: PathBuf,
+}
+
+fn default_interval_ms() -> u64 {
+    200
+}
+fn default_misses() -> u32 {
+    5
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    pub listen: String,
+    #[serde(default = "default_mode")]
+    pub mode: ReplicationMode,
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    #[serde(default = "default_window")]
+    pub window: u64,
+}
+
+fn default_mode() -> ReplicationMode {
+    ReplicationMode::Sync
+}
+fn default_ack_timeout_ms() -> u64 {
+    1_000
+}
+fn default_window() -> u64 {
+    8_192
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFailover {
+    pub promotion_cooldown_ms: u64,
+    /// Empty: no check.
+    pub check_address: String,
+    pub check_timeout_ms: u64,
+}
+
+impl Default for RawFailover {
+    fn default() -> Self {
+        RawFailover {
+            promotion_cooldown_ms: 30_000,
+            check_address: String::new(),
+            check_timeout_ms: 300,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +283,27 @@ pub struct PeerConfig {
     /// Where this node sends clients when it is not the primary (as `host:port` text, so a
     /// DNS name reaches clients unchanged).
     pub client_address: String,
+    pub heartbeat_address: SocketAddr,
+    pub replication_address: SocketAddr,
+    pub heartbeat_listen: SocketAddr,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_misses: u32,
+    pub secret_file: PathBuf,
+    pub replication_listen: SocketAddr,
+    pub replication_mode: ReplicationMode,
+    pub ack_timeout_ms: u64,
+    /// Entries sent to the backup and not yet acknowledged, at most.
+    pub window: u64,
+    pub promotion_cooldown_ms: u64,
+    pub check_address: Option<SocketAddr>,
+    pub check_timeout_ms: u64,
+}
+
+impl PeerConfig {
+    /// How long the peer may be silent before it is declared dead.
+    pub fn detection_ms(&self) -> u64 {
+        self.heartbeat_interval_ms * u64::from(self.heartbeat_misses)
+    }
 }
 
 /// Reads and validates a config file.
@@ -403,8 +496,28 @@ impl RawConfig {
                 ),
             });
         }
+        let missing = |key: &'static str| ConfigError::Invalid {
+            file: file.clone(),
+            key,
+            problem: "is required when [peer] is set (a pair needs heartbeats and replication)"
+                .into(),
+        };
         let peer = match self.peer {
-            None => None,
+            None => {
+                for (present, key) in [
+                    (self.heartbeat.is_some(), "heartbeat"),
+                    (self.replication.is_some(), "replication"),
+                ] {
+                    if present {
+                        return Err(ConfigError::Invalid {
+                            file: file.clone(),
+                            key,
+                            problem: "makes sense only with a [peer] section".into(),
+                        });
+                    }
+                }
+                None
+            }
             Some(p) => {
                 let id = check_node_id(file, "peer.id", &p.id)?;
                 if id == node_id {
@@ -414,12 +527,76 @@ impl RawConfig {
                         problem: format!("{id:?} is this node's own id (node.id)"),
                     });
                 }
+                let hb = self.heartbeat.ok_or_else(|| missing("heartbeat"))?;
+                let repl = self.replication.ok_or_else(|| missing("replication"))?;
+                let f = &self.failover;
+                if hb.secret_file.as_os_str().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        file: file.clone(),
+                        key: "heartbeat.secret_file",
+                        problem: "must not be empty".into(),
+                    });
+                }
+                let check_address = if f.check_address.is_empty() {
+                    None
+                } else {
+                    Some(parse_socket(
+                        file,
+                        "failover.check_address",
+                        &f.check_address,
+                    )?)
+                };
                 Some(PeerConfig {
                     id,
                     client_address: check_host_port(
                         file,
                         "peer.client_address",
                         &p.client_address,
+                    )?,
+                    heartbeat_address: parse_socket(
+                        file,
+                        "peer.heartbeat_address",
+                        &p.heartbeat_address,
+                    )?,
+                    replication_address: parse_socket(
+                        file,
+                        "peer.replication_address",
+                        &p.replication_address,
+                    )?,
+                    heartbeat_listen: parse_socket(file, "heartbeat.listen", &hb.listen)?,
+                    heartbeat_interval_ms: check_range(
+                        file,
+                        "heartbeat.interval_ms",
+                        hb.interval_ms,
+                        10,
+                        60_000,
+                    )?,
+                    heartbeat_misses: check_range(file, "heartbeat.misses", hb.misses, 2, 1_000)?,
+                    secret_file: hb.secret_file,
+                    replication_listen: parse_socket(file, "replication.listen", &repl.listen)?,
+                    replication_mode: repl.mode,
+                    ack_timeout_ms: check_range(
+                        file,
+                        "replication.ack_timeout_ms",
+                        repl.ack_timeout_ms,
+                        10,
+                        600_000,
+                    )?,
+                    window: check_range(file, "replication.window", repl.window, 16, 1 << 20)?,
+                    promotion_cooldown_ms: check_range(
+                        file,
+                        "failover.promotion_cooldown_ms",
+                        f.promotion_cooldown_ms,
+                        0,
+                        86_400_000,
+                    )?,
+                    check_address,
+                    check_timeout_ms: check_range(
+                        file,
+                        "failover.check_timeout_ms",
+                        f.check_timeout_ms,
+                        10,
+                        60_000,
                     )?,
                 })
             }
@@ -478,12 +655,13 @@ mod tests {
             err.contains("t.toml") && err.contains("unknown field `listen_port`"),
             "{err}"
         );
-        let err = check(&format!(
-            "{MINIMAL}[peer]\nid = \"a\"\nclient_address = \"x:1\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
+        let peer = "[peer]\nid = \"a\"\nclient_address = \"x:1\"\nheartbeat_address = \"127.0.0.1:1\"\nreplication_address = \"127.0.0.1:2\"\n";
+        let err = check(&format!("{MINIMAL}{peer}")).unwrap_err().to_string();
         assert!(err.contains("peer.id"), "{err}");
+        let err = check(&format!("{MINIMAL}{}", peer.replace("\"a\"", "\"b\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml: heartbeat: is required"), "{err}");
         let err = check("[node]\nid = \"a\"\nrole = \"boss\"\ndata_dir = \"d\"\n")
             .unwrap_err()
             .to_string();

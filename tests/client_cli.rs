@@ -29,7 +29,11 @@ fn send_waits_for_the_ack_and_listen_prints_json_lines() {
     // node has it as a member.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let mut probe = node.hello("probe", &format!("probe-{}", rand_suffix()));
+        let suffix = rand_suffix();
+        let mut probe = node.hello(
+            &format!("probe{}", suffix % 1_000_000),
+            &format!("probe-{suffix}"),
+        );
         let joined = probe.join("general");
         if joined.members.unwrap().iter().any(|m| m == "ears") {
             break;
@@ -95,20 +99,11 @@ fn send_reports_an_error_frame_and_exits_nonzero() {
 
 #[test]
 fn the_client_follows_a_redirect_from_the_backup() {
-    let primary = Daemon::start("primary", "", "");
-    let dir = tempfile::tempdir().unwrap().keep();
-    let config = dir.join("backup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nid = \"b\"\nrole = \"backup\"\ndata_dir = \"{}\"\n[client]\nlisten = \"127.0.0.1:0\"\n\
-             [peer]\nid = \"a\"\nclient_address = \"{}\"\n",
-            dir.join("data").display(),
-            primary.addr
-        ),
-    )
-    .unwrap();
-    let backup = Daemon::start_with(dir, config);
+    let pair = common::PairFiles::new("");
+    let primary = pair.start_a();
+    let backup = pair.start_b();
+    backup.wait_log("following the primary");
+    // The backup knows the primary by now (heartbeats): it redirects there.
     let out = client(&backup)
         .args([
             "--nick",

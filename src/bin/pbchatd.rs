@@ -10,8 +10,16 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// Configuration file (TOML).
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        required_unless_present = "gen_secret"
+    )]
+    config: Option<PathBuf>,
+    /// Write a new shared secret for a pair to FILE (mode 0600; an existing file is kept) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "check"])]
+    gen_secret: Option<PathBuf>,
     /// Validate the configuration and exit (0 when valid, 2 when not).
     #[arg(long)]
     check: bool,
@@ -19,7 +27,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match pbchat::config::load(&args.config) {
+    if let Some(path) = &args.gen_secret {
+        return gen_secret(path);
+    }
+    let config_path = args.config.expect("clap requires --config");
+    let config = match pbchat::config::load(&config_path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("pbchatd: {e}");
@@ -27,7 +39,16 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("pbchatd: {}: ok", args.config.display());
+        if let Some(peer) = &config.peer {
+            if let Err(e) = pbchat::wire::auth::load_keyring(&peer.secret_file) {
+                eprintln!(
+                    "pbchatd: {}: heartbeat.secret_file: {e}",
+                    config_path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+        println!("pbchatd: {}: ok", config_path.display());
         return ExitCode::SUCCESS;
     }
     pbchat::daemon::logging::init(&config.node_id, config.log_level.to_filter());
@@ -39,4 +60,43 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Creates a secret file only the owner can read; never overwrites one.
+fn gen_secret(path: &std::path::Path) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("pbchatd: {}: cannot create: {e}", dir.display());
+            return ExitCode::from(1);
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    let mut file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("pbchatd: {}: exists; keeping it", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("pbchatd: {}: cannot create: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let line = pbchat::wire::auth::generate_secret_line(1);
+    let text = format!("# pbchat pair secret: copy to both nodes, mode 0600. KEY_ID HEX\n{line}\n");
+    if let Err(e) = file
+        .write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+    {
+        eprintln!("pbchatd: {}: cannot write: {e}", path.display());
+        return ExitCode::from(1);
+    }
+    println!("pbchatd: wrote a new secret to {}", path.display());
+    ExitCode::SUCCESS
 }

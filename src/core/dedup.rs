@@ -56,6 +56,19 @@ impl Dedup {
         }
     }
 
+    /// Forgets every key at `seq` or above (their messages were cut from the log).
+    pub fn forget_from(&mut self, seq: u64) {
+        while let Some(&(last, k)) = self.order.back() {
+            if last < seq {
+                break;
+            }
+            self.order.pop_back();
+            if self.seqs.get(&k) == Some(&last) {
+                self.seqs.remove(&k);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.seqs.len()
     }

@@ -75,9 +75,89 @@ impl EpochHistory {
     }
 }
 
+/// The last seq two logs share, given each one's epoch history and last seq.
+///
+/// Within one epoch a single primary wrote every entry, in seq order, so two logs that hold
+/// the same epoch at the same seq hold the same entry there, and agree on everything before
+/// it (the log matching rule). The answer is the largest `s` where both name the same epoch.
+pub fn common_prefix(
+    ours: &EpochHistory,
+    our_last: u64,
+    theirs: &EpochHistory,
+    their_last: u64,
+) -> u64 {
+    let mut seq = our_last.min(their_last);
+    while seq > 0 {
+        let (Some(a), Some(b)) = (ours.span_at(seq), theirs.span_at(seq)) else {
+            return 0;
+        };
+        if a.0 == b.0 {
+            return seq;
+        }
+        // Both histories are constant over [max(starts), seq]: skip below that.
+        seq = a.1.max(b.1).saturating_sub(1);
+    }
+    0
+}
+
+/// The epoch a node of `rank` (0 or 1, by node id order) takes when it promotes after seeing
+/// `seen`: the next number of its own parity, so two nodes never pick the same epoch.
+pub fn next_epoch(seen: u64, rank: u64) -> u64 {
+    let candidate = seen + 1;
+    if candidate % 2 == (rank + 1) % 2 {
+        candidate
+    } else {
+        candidate + 1
+    }
+}
+
+impl EpochHistory {
+    /// The (epoch, first seq) span that holds `seq`.
+    pub fn span_at(&self, seq: u64) -> Option<(u64, u64)> {
+        self.spans
+            .iter()
+            .rev()
+            .find(|&&(_, start)| start <= seq)
+            .copied()
+    }
+
+    /// Drops spans that start after `seq` (their entries were cut from the log).
+    pub fn truncate_after(&mut self, seq: u64) {
+        while self.spans.len() > 1 && self.spans.last().is_some_and(|&(_, start)| start > seq + 1) {
+            self.spans.pop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_prefix_is_where_two_histories_part() {
+        let a = EpochHistory::from_spans(vec![(1, 1), (3, 40)]);
+        let b = EpochHistory::from_spans(vec![(1, 1), (3, 40), (4, 101)]);
+        // a went on in epoch 3 to 120; b took over at 101.
+        assert_eq!(common_prefix(&a, 120, &b, 130), 100);
+        assert_eq!(common_prefix(&b, 130, &a, 120), 100);
+        // a backup that is simply behind shares all it has.
+        assert_eq!(common_prefix(&b, 130, &a, 90), 90);
+        // nothing shared.
+        let c = EpochHistory::from_spans(vec![(2, 1)]);
+        assert_eq!(common_prefix(&a, 120, &c, 50), 0);
+        let empty = EpochHistory::default();
+        assert_eq!(common_prefix(&a, 120, &empty, 0), 0);
+    }
+
+    #[test]
+    fn epochs_have_the_promoting_nodes_parity() {
+        assert_eq!(next_epoch(0, 0), 1);
+        assert_eq!(next_epoch(0, 1), 2);
+        assert_eq!(next_epoch(1, 0), 3);
+        assert_eq!(next_epoch(1, 1), 2);
+        assert_eq!(next_epoch(4, 1), 6);
+        assert_eq!(next_epoch(4, 0), 5);
+    }
 
     #[test]
     fn replay_point_finds_where_histories_part() {

@@ -11,6 +11,7 @@
 
 pub mod dedup;
 pub mod epochs;
+pub mod peer;
 pub mod rate;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -21,12 +22,26 @@ use crate::entry::Entry;
 use crate::wire::client::{encode_msg, encode_reply, DecodeError, ErrorCode, Reply, Request};
 use dedup::Dedup;
 use epochs::EpochHistory;
+pub use peer::PairConfig;
+use peer::{Handover, Link, PeerView, Resubmission};
 use rate::TokenBucket;
 
 /// An encoded frame, shared by every connection it goes to.
 pub type Frame = Arc<[u8]>;
 /// A connection, numbered by the daemon; never reused within a process.
 pub type ConnId = u64;
+/// A replication link to the peer, numbered by the daemon; never reused within a process.
+pub type LinkId = u64;
+
+/// Severity of a [`Action::Log`] line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Warn,
+    Info,
+}
+
+/// A node's own timers firing this much later than due means it was stopped or starved.
+pub const STALL_MIN_MS: u64 = 500;
 
 /// Limits and identity the core needs; validated by `config` before a node is built.
 #[derive(Clone, Debug)]
@@ -42,6 +57,8 @@ pub struct CoreConfig {
     pub max_rooms_per_client: usize,
     /// Messages ordered but not yet committed; sends beyond it get `unavailable`.
     pub max_pending: usize,
+    /// The pair, when this node has a peer.
+    pub pair: Option<PairConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,14 +75,71 @@ pub enum Input {
     BadFrame { conn: ConnId, error: DecodeError },
     /// The connection is gone (closed by the peer, an I/O error, or the daemon).
     Disconnected { conn: ConnId },
-    /// The local log is durable up to and including `seq`.
-    Durable { seq: u64 },
+    /// The local log is durable up to and including `seq`, as of the log's `generation`
+    /// (bumped by each truncation, so a report from before one is recognised as stale).
+    Durable { generation: u64, seq: u64 },
     /// Log retention dropped every message below `first_seq`.
     Retained { first_seq: u64 },
-    /// Time passes.
-    Tick { now_ms: u64 },
-    /// Stop taking sends, commit what is pending, say goodbye, then exit.
+    /// Time passes: wall clock for timestamps, monotonic for every timer.
+    Tick { now_ms: u64, mono_ms: u64 },
+    /// Stop: hand over to a caught-up backup, or commit what is pending; say goodbye; exit.
     Shutdown,
+    /// Fail-over drill: hand over to the backup and stay up as the new backup.
+    Drill,
+    /// An authenticated, fresh heartbeat from the peer.
+    Heartbeat {
+        primary: bool,
+        epoch: u64,
+        head: u64,
+        mono_ms: u64,
+    },
+    /// Primary side: a backup finished the handshake on `link`.
+    BackupHello {
+        link: LinkId,
+        epoch: u64,
+        last_seq: u64,
+        spans: Vec<(u64, u64)>,
+        mono_ms: u64,
+    },
+    /// Primary side: the backup has everything up to `durable_seq` durably.
+    BackupAck {
+        link: LinkId,
+        durable_seq: u64,
+        mono_ms: u64,
+    },
+    /// Either side: a frame that carries nothing but life.
+    LinkAlive { mono_ms: u64 },
+    /// Either side: the link is gone.
+    LinkDown { link: LinkId },
+    /// Primary side: the backup took over after our `Handover`.
+    TookOver { link: LinkId, epoch: u64 },
+    /// Primary side: messages only the backup had, to re-commit.
+    Resubmit { link: LinkId, entries: Vec<Entry> },
+    /// Backup side: the primary welcomed us on `link` in `epoch`.
+    PrimaryWelcome {
+        link: LinkId,
+        epoch: u64,
+        mono_ms: u64,
+    },
+    /// Backup side: our log matches the primary's up to `after_seq`; its epoch history.
+    PrimaryTruncate {
+        link: LinkId,
+        after_seq: u64,
+        spans: Vec<(u64, u64)>,
+    },
+    /// Backup side: the primary retains nothing below `first_seq`; start the log there.
+    PrimaryRestart { link: LinkId, first_seq: u64 },
+    /// Backup side: consecutive entries from the primary, and its committed head.
+    Replicate {
+        link: LinkId,
+        commit_seq: u64,
+        entries: Vec<Entry>,
+        mono_ms: u64,
+    },
+    /// Backup side: the primary asks us to take over now.
+    HandoverAsked { link: LinkId, epoch: u64 },
+    /// The `failover.check_address` probe answered (or not).
+    ProbeResult { ok: bool },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +189,60 @@ pub enum Action {
     },
     /// Everything is committed and everyone told: the process may exit.
     Exit,
+    /// Persist the epoch history and the highest epoch seen, before anything after it.
+    SaveEpochs {
+        spans: Vec<(u64, u64)>,
+        seen: u64,
+    },
+    /// Cut the log after `after_seq`, keeping what is cut aside for re-commit.
+    Truncate {
+        after_seq: u64,
+    },
+    /// Empty the log and continue at `first_seq`.
+    RestartLog {
+        first_seq: u64,
+    },
+    /// Primary side: the backup on `link` is accepted; it cuts its log after
+    /// `truncate_after` (and restarts it at `restart_at`), then receives entries from there.
+    AcceptBackup {
+        link: LinkId,
+        truncate_after: u64,
+        restart_at: Option<u64>,
+    },
+    CloseLink {
+        link: LinkId,
+        reason: String,
+    },
+    /// Backup side: tell the primary what is durable here.
+    AckPrimary {
+        link: LinkId,
+        durable_seq: u64,
+    },
+    /// Primary side: ask the backup to take over now.
+    Handover {
+        link: LinkId,
+        epoch: u64,
+    },
+    /// Backup side: tell the old primary we took over in `epoch`.
+    TookOver {
+        link: LinkId,
+        epoch: u64,
+    },
+    /// Primary side: resubmitted messages up to the one with orig (epoch, seq) are in.
+    ResubmitDone {
+        link: LinkId,
+        epoch: u64,
+        seq: u64,
+    },
+    /// Try a TCP connect to `failover.check_address`; answer with `ProbeResult`.
+    Probe,
+    /// Role or epoch changed: the daemon re-reads them.
+    RoleChanged,
+    /// A line for the node's log.
+    Log {
+        level: LogLevel,
+        message: String,
+    },
 }
 
 /// What the core knows of one connection.
@@ -133,6 +261,8 @@ struct Conn {
 #[derive(Debug)]
 struct Pending {
     entry: Entry,
+    /// Monotonic time it was ordered, for the sync-replication ack timeout.
+    appended_ms: u64,
 }
 
 pub struct Node {
@@ -160,17 +290,45 @@ pub struct Node {
     now_ms: u64,
     draining: bool,
     exited: bool,
+    /// Highest epoch seen anywhere (ours, the peer's); a promotion goes above it.
+    seen_epoch: u64,
+    /// Oldest retained seq in the log.
+    first_seq: u64,
+    /// Monotonic time as of the latest input that carried it.
+    mono_ms: u64,
+    last_tick_mono_ms: Option<u64>,
+    peer: PeerView,
+    link: Option<Link>,
+    /// Sync mode only: committing on local durability because the backup is away.
+    degraded: bool,
+    /// Primary woke from a stall at this time; commits wait for word from the peer.
+    fenced_since: Option<u64>,
+    last_promotion_ms: Option<u64>,
+    probing: bool,
+    probe_ok_ms: Option<u64>,
+    handover: Option<Handover>,
+    resubmission: Option<Resubmission>,
+    /// After a promotion, entries up to here (ordered by the old primary) commit once durable.
+    tail_commit: u64,
+    /// Bumped by each truncation; durable reports from an older generation are stale.
+    log_generation: u64,
+    /// Log lines from the current step, appended to its actions.
+    logs: Vec<Action>,
+    /// A stop signal arrived: exit once done (a drill only drains).
+    exit_requested: bool,
+    /// The tick just turned degraded on: commit what waited for the backup.
+    degraded_now: bool,
 }
 
 impl Node {
     /// Builds a node from its recovered state: the epoch history, and the committed log
     /// (every entry is offered to `recover` in order before the first step).
-    pub fn new(config: CoreConfig, epochs: EpochHistory) -> Self {
-        assert!(epochs.current() > 0, "a node starts with an epoch");
+    /// `role` is where the node starts (the daemon picks backup for a paired node with state);
+    /// `seen_epoch` is the persisted highest epoch seen.
+    pub fn new(config: CoreConfig, role: Role, epochs: EpochHistory, seen_epoch: u64) -> Self {
         Node {
-            role: config.role,
+            role,
             config,
-            epochs,
             head: 0,
             last_seq: 0,
             durable: 0,
@@ -184,6 +342,35 @@ impl Node {
             now_ms: 0,
             draining: false,
             exited: false,
+            seen_epoch: seen_epoch.max(epochs.current()),
+            epochs,
+            first_seq: 1,
+            mono_ms: 0,
+            last_tick_mono_ms: None,
+            peer: PeerView::default(),
+            link: None,
+            degraded: false,
+            fenced_since: None,
+            last_promotion_ms: None,
+            probing: false,
+            probe_ok_ms: None,
+            handover: None,
+            resubmission: None,
+            tail_commit: 0,
+            log_generation: 0,
+            logs: Vec::new(),
+            exit_requested: false,
+            degraded_now: false,
+        }
+    }
+
+    /// A primary without an epoch (a new node, or a standalone one that last served as
+    /// backup) begins one after its last seq. Call after recovery, before the first step.
+    pub fn begin_first_epoch(&mut self, rank: u64) {
+        if self.role == Role::Primary && self.epochs.current() == 0 {
+            let epoch = epochs::next_epoch(self.seen_epoch, rank);
+            self.epochs.begin(epoch, self.last_seq + 1);
+            self.seen_epoch = self.seen_epoch.max(epoch);
         }
     }
 
@@ -204,6 +391,7 @@ impl Node {
     /// Tells the node that retention left `first_seq` as the oldest message, at start-up or
     /// later; an empty log that starts past 1 continues from there.
     pub fn set_log_start(&mut self, first_seq: u64) {
+        self.first_seq = first_seq;
         if self.head == 0 && first_seq > 1 {
             self.head = first_seq - 1;
             self.last_seq = self.head;
@@ -230,6 +418,36 @@ impl Node {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
+    pub fn seen_epoch(&self) -> u64 {
+        self.seen_epoch
+    }
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+    pub fn log_generation(&self) -> u64 {
+        self.log_generation
+    }
+    /// What the backup has acknowledged (primary side), 0 without a backup.
+    pub fn peer_acked(&self) -> u64 {
+        self.backup_acked()
+    }
+    /// Where a client should go when this node is not the primary, if it knows.
+    pub fn known_primary(&self) -> Option<&str> {
+        match &self.config.pair {
+            Some(pair) if self.role == Role::Backup && self.peer.primary => {
+                Some(pair.peer_client_address.as_str())
+            }
+            Some(_) => None,
+            None => self.config.peer_client_address.as_deref(),
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.logs.push(Action::Log { level, message });
+    }
 
     /// Processes one input, appending what to do to `actions`.
     pub fn step(&mut self, input: Input, actions: &mut Vec<Action>) {
@@ -245,14 +463,106 @@ impl Node {
             }
             Input::BadFrame { conn, error } => self.on_bad_frame(conn, error, actions),
             Input::Disconnected { conn } => self.on_disconnected(conn, actions),
-            Input::Durable { seq } => self.on_durable(seq, actions),
-            Input::Retained { first_seq } => self.dedup.forget_below(first_seq),
-            Input::Tick { now_ms } => self.on_tick(now_ms, actions),
-            Input::Shutdown => {
-                self.draining = true;
-                self.maybe_exit(actions);
+            Input::Durable { generation, seq } => {
+                if generation == self.log_generation {
+                    self.on_durable(seq, actions)
+                }
             }
+            Input::Retained { first_seq } => {
+                self.first_seq = self.first_seq.max(first_seq);
+                self.dedup.forget_below(first_seq)
+            }
+            Input::Tick { now_ms, mono_ms } => self.on_tick(now_ms, mono_ms, actions),
+            Input::Shutdown => self.on_shutdown(true, actions),
+            Input::Drill => self.on_shutdown(false, actions),
+            Input::Heartbeat {
+                primary,
+                epoch,
+                head,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_heartbeat(primary, epoch, head, mono_ms, actions)
+            }
+            Input::BackupHello {
+                link,
+                epoch,
+                last_seq,
+                spans,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_backup_hello(link, epoch, last_seq, spans, mono_ms, actions)
+            }
+            Input::BackupAck {
+                link,
+                durable_seq,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_backup_ack(link, durable_seq, mono_ms, actions)
+            }
+            Input::LinkAlive { mono_ms } => {
+                self.advance(mono_ms);
+                self.heard(mono_ms);
+            }
+            Input::LinkDown { link } => self.on_link_down(link),
+            Input::TookOver { link, epoch } => self.on_took_over(link, epoch, actions),
+            Input::Resubmit { link, entries } => self.on_resubmit(link, entries, actions),
+            Input::PrimaryWelcome {
+                link,
+                epoch,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_primary_welcome(link, epoch, mono_ms, actions)
+            }
+            Input::PrimaryTruncate {
+                link,
+                after_seq,
+                spans,
+            } => self.on_primary_truncate(link, after_seq, None, spans, actions),
+            Input::PrimaryRestart { link, first_seq } => {
+                let spans = self.epochs.spans().to_vec();
+                let last = self.last_seq;
+                self.on_primary_truncate(link, last, Some(first_seq), spans, actions)
+            }
+            Input::Replicate {
+                link,
+                commit_seq,
+                entries,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_replicate(link, commit_seq, entries, mono_ms, actions)
+            }
+            Input::HandoverAsked { link, epoch } => self.on_handover_asked(link, epoch, actions),
+            Input::ProbeResult { ok } => self.on_probe_result(ok),
         }
+        actions.append(&mut self.logs);
+    }
+
+    fn advance(&mut self, mono_ms: u64) {
+        self.mono_ms = self.mono_ms.max(mono_ms);
+    }
+
+    fn on_shutdown(&mut self, exit: bool, actions: &mut Vec<Action>) {
+        if self.handover.is_some() || self.exited {
+            return;
+        }
+        if self.start_handover(exit, actions) {
+            return;
+        }
+        if !exit {
+            self.log(
+                LogLevel::Warn,
+                "fail-over drill refused: it needs a primary with a caught-up backup".into(),
+            );
+            return;
+        }
+        self.draining = true;
+        self.exit_requested = true;
+        self.maybe_exit(actions);
     }
 
     fn on_connected(&mut self, conn: ConnId, now_ms: u64) {
@@ -271,8 +581,24 @@ impl Node {
             .push_back((now_ms + self.config.hello_timeout_ms, conn));
     }
 
-    fn on_tick(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+    fn on_tick(&mut self, now_ms: u64, mono_ms: u64, actions: &mut Vec<Action>) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.advance(mono_ms);
+        if let Some(last) = self.last_tick_mono_ms {
+            let gap_ms = mono_ms.saturating_sub(last);
+            let threshold = self
+                .pair()
+                .map_or(u64::MAX, |p| (p.detection_ms / 2).max(STALL_MIN_MS));
+            if gap_ms >= threshold {
+                self.on_stall(gap_ms);
+            }
+        }
+        self.last_tick_mono_ms = Some(mono_ms);
+        self.on_pair_tick(actions);
+        if std::mem::take(&mut self.degraded_now) {
+            self.commit_ready(actions);
+            self.maybe_exit(actions);
+        }
         while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
             if deadline > self.now_ms {
                 break;
@@ -473,7 +799,7 @@ impl Node {
 
     fn on_hello(&mut self, conn: ConnId, nick: String, session: String, actions: &mut Vec<Action>) {
         if self.role != Role::Primary {
-            let primary = self.config.peer_client_address.as_deref();
+            let primary = self.known_primary();
             self.reply(
                 conn,
                 &Reply::Redirect {
@@ -645,6 +971,11 @@ impl Node {
             );
             return;
         }
+        if self.fenced_since.is_some() {
+            let message = "this node is confirming it is still the primary; retry";
+            self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
+            return;
+        }
         if self.pending.len() >= self.config.max_pending {
             self.error(
                 conn,
@@ -679,25 +1010,41 @@ impl Node {
         };
         self.dedup.insert(&entry.session, &entry.id, entry.seq);
         actions.push(Action::Append(entry.clone()));
-        self.pending.push_back(Pending { entry });
+        self.pending.push_back(Pending {
+            entry,
+            appended_ms: self.mono_ms,
+        });
     }
 
     fn on_durable(&mut self, seq: u64, actions: &mut Vec<Action>) {
-        assert!(
-            seq <= self.last_seq,
-            "durable {seq} beyond appended {}",
-            self.last_seq
-        );
+        let seq = seq.min(self.last_seq);
         self.durable = self.durable.max(seq);
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| p.entry.seq <= self.durable)
-        {
-            let Pending { entry } = self.pending.pop_front().expect("front exists");
+        if let Some(Link::ToPrimary { id }) = &self.link {
+            actions.push(Action::AckPrimary {
+                link: *id,
+                durable_seq: self.durable,
+            });
+        }
+        self.commit_ready(actions);
+        self.maybe_handover(actions);
+        self.maybe_exit(actions);
+    }
+
+    /// Commits every pending message the replication mode allows, in order.
+    fn commit_ready(&mut self, actions: &mut Vec<Action>) {
+        if self.role != Role::Primary {
+            return;
+        }
+        let limit = self.commit_limit();
+        if self.head < self.tail_commit {
+            // Entries a promotion inherited: nobody waits for their ack here.
+            self.head = self.head.max(limit.min(self.tail_commit));
+        }
+        while self.pending.front().is_some_and(|p| p.entry.seq <= limit) {
+            let Pending { entry, .. } = self.pending.pop_front().expect("front exists");
             self.commit(entry, actions);
         }
-        self.maybe_exit(actions);
+        self.check_resubmission(actions);
     }
 
     fn commit(&mut self, entry: Entry, actions: &mut Vec<Action>) {
@@ -722,24 +1069,16 @@ impl Node {
     }
 
     fn maybe_exit(&mut self, actions: &mut Vec<Action>) {
-        if !self.draining || self.exited || !self.pending.is_empty() {
+        if !self.exit_requested || self.exited || self.handover.is_some() {
+            return;
+        }
+        // A primary commits what it ordered first (in sync mode that waits for the backup
+        // or the degrade timeout).
+        if self.role == Role::Primary && !self.pending.is_empty() {
             return;
         }
         self.exited = true;
-        let goodbye = encode_reply(&Reply::Goodbye {
-            reason: "shutdown",
-            primary: None,
-        });
-        let frame: Frame = goodbye.into();
-        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        conns.sort_unstable();
-        for conn in conns {
-            actions.push(Action::Send {
-                conn,
-                frame: frame.clone(),
-            });
-            self.close(conn, actions);
-        }
+        self.goodbye_all("shutdown", actions);
         actions.push(Action::Exit);
     }
 }

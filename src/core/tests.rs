@@ -14,6 +14,7 @@ fn config(role: Role) -> CoreConfig {
         max_errors: 3,
         max_rooms_per_client: 2,
         max_pending: 4,
+        pair: None,
     }
 }
 
@@ -26,7 +27,12 @@ struct Harness {
 impl Harness {
     fn new(role: Role) -> Self {
         Harness {
-            node: Node::new(config(role), EpochHistory::from_spans(vec![(1, 1)])),
+            node: Node::new(
+                config(role),
+                role,
+                EpochHistory::from_spans(vec![(1, 1)]),
+                1,
+            ),
             now_ms: 1_000,
             actions: Vec::new(),
         }
@@ -75,7 +81,7 @@ impl Harness {
             _ => None,
         });
         if let Some(seq) = last {
-            actions.extend(self.step(Input::Durable { seq }));
+            actions.extend(self.step(Input::Durable { generation: 0, seq }));
         }
         actions
     }
@@ -176,7 +182,10 @@ fn send_is_acked_and_published_only_once_durable() {
         r#"{"type":"send","room":"general","id":"m-1","body":"hi"}"#,
     );
     assert!(matches!(actions.as_slice(), [Action::Append(e)] if e.seq == 1 && e.body == "hi"));
-    let actions = h.step(Input::Durable { seq: 1 });
+    let actions = h.step(Input::Durable {
+        generation: 0,
+        seq: 1,
+    });
     let frames = frames_to(1, &actions);
     assert_eq!(kinds(&frames), ["ack"]);
     assert_eq!(frames[0].seq, Some(1));
@@ -212,7 +221,10 @@ fn resend_while_pending_is_acked_once_to_the_current_connection() {
     h.request(2, r#"{"type":"join","room":"r"}"#);
     let actions = h.request(2, r#"{"type":"send","room":"r","id":"m-1","body":"x"}"#);
     assert!(actions.is_empty(), "{actions:?}");
-    let actions = h.step(Input::Durable { seq: 1 });
+    let actions = h.step(Input::Durable {
+        generation: 0,
+        seq: 1,
+    });
     assert_eq!(kinds(&frames_to(2, &actions)), ["ack"]);
     assert_eq!(published(&actions).len(), 1);
 }
@@ -260,7 +272,10 @@ fn pending_is_bounded() {
         &h.request(1, r#"{"type":"send","room":"r","id":"m-4","body":"x"}"#),
     );
     assert_eq!(frames[0].code.as_deref(), Some("unavailable"));
-    let actions = h.step(Input::Durable { seq: 4 });
+    let actions = h.step(Input::Durable {
+        generation: 0,
+        seq: 4,
+    });
     assert_eq!(published(&actions).len(), 4);
 }
 
@@ -328,9 +343,15 @@ fn hello_timeout_closes_silent_connections_only() {
     h.step(Input::Connected { conn: 1, now_ms: 0 });
     h.now_ms = 0;
     h.connect(2, "bob", "s2");
-    let actions = h.step(Input::Tick { now_ms: 999 });
+    let actions = h.step(Input::Tick {
+        now_ms: 999,
+        mono_ms: 999,
+    });
     assert!(actions.is_empty());
-    let actions = h.step(Input::Tick { now_ms: 1_000 });
+    let actions = h.step(Input::Tick {
+        now_ms: 1_000,
+        mono_ms: 1_000,
+    });
     assert!(actions.contains(&Action::Close { conn: 1 }));
     assert!(!actions.contains(&Action::Close { conn: 2 }));
 }
@@ -351,7 +372,10 @@ fn shutdown_commits_pending_then_says_goodbye_and_exits() {
         &h.request(1, r#"{"type":"send","room":"r","id":"m-2","body":"x"}"#),
     );
     assert_eq!(frames[0].code.as_deref(), Some("unavailable"));
-    let actions = h.step(Input::Durable { seq: 1 });
+    let actions = h.step(Input::Durable {
+        generation: 0,
+        seq: 1,
+    });
     assert_eq!(kinds(&frames_to(1, &actions)), ["ack", "goodbye"]);
     assert_eq!(actions.last(), Some(&Action::Exit));
 }

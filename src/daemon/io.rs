@@ -330,9 +330,7 @@ impl Worker {
                 });
                 self.catching_up.insert(conn);
             }
-            Action::Append(_) | Action::Exit => {
-                unreachable!("the driver handles {action:?}")
-            }
+            other => unreachable!("the driver handles {other:?}"),
         }
     }
 

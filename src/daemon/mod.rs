@@ -2,33 +2,42 @@
 //!
 //! Threads (see docs/architecture.md):
 //! - `core`: owns the [`Node`]; takes inputs from one bounded channel, steps the node, and
-//!   routes its actions to the log writer and the I/O workers.
-//! - `log-writer`: appends and fsyncs (see `storage`).
+//!   routes its actions to the log writer, the I/O workers and the replication links.
+//! - `log-writer`: appends, fsyncs, cuts, saves epochs (see `storage`).
 //! - `io-N`: client sockets on a mio poll each (see `io`).
-//! - `accept`: accepts connections and deals them to the workers.
+//! - `accept`: accepts client connections and deals them to the workers.
+//! - `heartbeat`: UDP heartbeats both ways (see `heartbeat`), when paired.
+//! - `repl-*`: the replication link (see `link`), when paired.
 //! - `signals`: turns TERM/INT/HUP/USR1 into inputs; no work happens in a signal handler.
 //!
-//! Layout: `acceptor`, `io`, `storage`, `state` (epochs file, data-dir lock), `logging`.
+//! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
+//! data-dir lock), `logging`.
 
 pub mod acceptor;
+pub mod heartbeat;
 pub mod io;
+pub mod link;
 pub mod logging;
 pub mod state;
 pub mod storage;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 
-use crate::config::{self, Config};
-use crate::core::{Action, CoreConfig, Input, Node};
+use crate::config::{self, Config, Role};
+use crate::core::epochs::EpochHistory;
+use crate::core::{Action, CoreConfig, Input, LogLevel, Node, PairConfig};
 use crate::entry::Entry;
 use crate::log::{Log, LogOptions};
 use acceptor::{worker_of, WorkerHandle};
+use heartbeat::{HeartbeatConfig, HeartbeatStats, LocalStatus, Received};
 use io::{Command, Worker, WorkerLimits};
-use storage::Progress;
+use link::{LinkCommand, LinkContext, Snapshot};
+use storage::{unpack_durable, LogCommand, Progress, Writer};
 
 /// Inputs waiting for the core; workers hold back (and stop reading) when it is full.
 const CORE_INPUTS_MAX: usize = 16_384;
@@ -38,8 +47,12 @@ const WORKER_COMMANDS_MAX: usize = 65_536;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
 /// cannot starve ticks.
 const CORE_BATCH_MAX: usize = 1_024;
-/// The core's tick: hello timeouts, retention.
-const TICK: Duration = Duration::from_millis(100);
+/// The core's tick: timeouts, failure detection, retention.
+const TICK: Duration = Duration::from_millis(50);
+/// Heartbeats waiting for the core; a newer one follows within an interval.
+const HEARTBEATS_MAX: usize = 64;
+/// Commands waiting for the log writer, at most (appends are bounded by `log.max_pending`).
+const LOG_COMMANDS_EXTRA: usize = 1_024;
 
 /// What the signal thread tells the core.
 #[derive(Debug, Clone, Copy)]
@@ -55,13 +68,52 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// True when the log dir holds any segment (a node with history, even without an epochs file).
+fn has_log(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    })
+}
+
 /// Runs the node until a signal stops it. Errors here are start-up failures, for people.
 pub fn run(config: Config) -> Result<(), String> {
     let _lock = state::lock_data_dir(&config.data_dir)?;
-    let epochs = state::load_epochs(&config.data_dir)?;
+    let base = Instant::now();
+    let log_dir = config.data_dir.join("log");
+    let loaded = state::load_epochs(&config.data_dir)?;
+    let fresh = loaded.is_none() && !has_log(&log_dir);
+    let pair = config.peer.as_ref().map(|p| PairConfig {
+        rank: u64::from(config.node_id > p.id),
+        peer_client_address: p.client_address.clone(),
+        interval_ms: p.heartbeat_interval_ms,
+        detection_ms: p.detection_ms(),
+        mode: p.replication_mode,
+        ack_timeout_ms: p.ack_timeout_ms,
+        promotion_cooldown_ms: p.promotion_cooldown_ms,
+        check_address: p.check_address.is_some(),
+    });
+    let keys = match &config.peer {
+        Some(p) => Some(Arc::new(
+            crate::wire::auth::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let rank = pair.as_ref().map_or(0, |p| p.rank);
+    // Where the node starts: a paired node with history starts as backup and finds the
+    // primary, or promotes when the peer stays silent; a new one takes its configured role.
+    let (role, history, seen) = match (&pair, loaded) {
+        (None, Some(e)) => (Role::Primary, e.history, e.seen),
+        (None, None) => (Role::Primary, EpochHistory::default(), 0),
+        (Some(_), Some(e)) => (Role::Backup, e.history, e.seen),
+        (Some(_), None) if fresh => (config.role, EpochHistory::default(), 0),
+        (Some(_), None) => (Role::Backup, EpochHistory::default(), 0),
+    };
+
     let core_config = CoreConfig {
         node_id: config.node_id.clone(),
-        role: config.role,
+        role,
         peer_client_address: config.peer.as_ref().map(|p| p.client_address.clone()),
         hello_timeout_ms: config.client.hello_timeout_ms,
         rate_per_sec: config.client.rate_per_sec,
@@ -69,12 +121,11 @@ pub fn run(config: Config) -> Result<(), String> {
         max_errors: config.client.max_errors,
         max_rooms_per_client: config.client.max_rooms_per_client,
         max_pending: config.log.max_pending,
+        pair: pair.clone(),
     };
-    let mut node = Node::new(core_config, epochs);
-
+    let mut node = Node::new(core_config, role, history, seen);
     let started = Instant::now();
-    let log_dir = config.data_dir.join("log");
-    let (log, recovery) = Log::open(
+    let (mut log, recovery) = Log::open(
         LogOptions {
             dir: log_dir.clone(),
             segment_bytes: config.log.segment_bytes,
@@ -84,8 +135,10 @@ pub fn run(config: Config) -> Result<(), String> {
         |entry| node.recover(entry),
     )
     .map_err(|e| format!("log {}: {e}", log_dir.display()))?;
-    // Retention may have been tightened since the last run.
-    let mut log = log;
+    // A primary without an epoch yet (new, or standalone after serving as backup) begins one.
+    node.begin_first_epoch(rank);
+    state::save_epochs(&config.data_dir, node.epochs(), node.seen_epoch())?;
+    let reader = log.reader();
     log.enforce_retention()
         .map_err(|e| format!("log {}: retention: {e}", log_dir.display()))?;
     node.set_log_start(log.first_seq());
@@ -105,26 +158,30 @@ pub fn run(config: Config) -> Result<(), String> {
     let bound = listener
         .local_addr()
         .map_err(|e| format!("client.listen {}: {e}", config.client.listen))?;
-    // Tests and scripts read the bound address (the port may be 0 in the config) from here.
-    log::info!(
-        "node {} serving as {} in epoch {} at head {}; clients on {bound}",
-        config.node_id,
-        node.role().as_str(),
-        node.epoch(),
-        node.head(),
-    );
 
     let (input_tx, input_rx) = bounded::<Input>(CORE_INPUTS_MAX);
-    let (append_tx, append_rx) = bounded::<Vec<Entry>>(config.log.max_pending);
+    let (log_tx, log_rx) = bounded::<LogCommand>(config.log.max_pending + LOG_COMMANDS_EXTRA);
     let (durable_tx, durable_rx) = bounded::<()>(1);
+    let (appended_tx, appended_rx) = bounded::<()>(1);
     let progress = Arc::new(Progress::default());
-    progress.durable_seq.store(node.head(), Ordering::Release);
+    progress
+        .durable
+        .store(storage::pack_durable(0, node.head()), Ordering::Release);
+    progress
+        .appended_seq
+        .store(log.last_seq(), Ordering::Release);
     progress.first_seq.store(log.first_seq(), Ordering::Release);
-    let reader = log.reader();
-    let fsync = config.log.fsync;
     let writer = spawn("log-writer", {
-        let progress = progress.clone();
-        move || storage::run(log, fsync, append_rx, progress, durable_tx)
+        let writer = Writer {
+            log,
+            mode: config.log.fsync,
+            data_dir: config.data_dir.clone(),
+            commands: log_rx,
+            progress: progress.clone(),
+            durable_wake: durable_tx,
+            appended_wake: appended_tx,
+        };
+        move || writer.run()
     })?;
 
     let clients = Arc::new(AtomicUsize::new(0));
@@ -160,34 +217,127 @@ pub fn run(config: Config) -> Result<(), String> {
             waker: h.waker.clone(),
         })
         .collect();
-    let stop_accepting = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(AtomicBool::new(false));
     {
         let clients = clients.clone();
-        let stop = stop_accepting.clone();
+        let stop = stopping.clone();
         let max_clients = config.client.max_clients;
         let next_conn = Arc::new(AtomicU64::new(1));
         spawn("accept", move || {
             acceptor::run(listener, workers, clients, max_clients, next_conn, stop)
         })?;
     }
+
+    // The pair: heartbeats and the replication link.
+    let status = Arc::new(LocalStatus::new(
+        node.role() == Role::Primary,
+        node.epoch(),
+        node.head(),
+    ));
+    let primary_flag = Arc::new(AtomicBool::new(node.role() == Role::Primary));
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let (heartbeat_tx, heartbeat_rx) = bounded::<Received>(HEARTBEATS_MAX);
+    let (role_tx, role_rx) = bounded::<()>(1);
+    let mut links = None;
+    let mut heartbeat_stats = None;
+    if let (Some(peer), Some(keys)) = (&config.peer, &keys) {
+        let stats = Arc::new(HeartbeatStats::default());
+        heartbeat::spawn(
+            HeartbeatConfig {
+                listen: peer.heartbeat_listen,
+                peer: peer.heartbeat_address,
+                peer_id: peer.id.clone(),
+                node_id: config.node_id.clone(),
+                interval_ms: peer.heartbeat_interval_ms,
+            },
+            keys.clone(),
+            status.clone(),
+            heartbeat_tx,
+            stats.clone(),
+            stopping.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        heartbeat_stats = Some(stats);
+        let repl_listener = bind(peer.replication_listen)
+            .map_err(|e| e.replace("client.listen", "replication.listen"))?;
+        let ctx = Arc::new(LinkContext::new(
+            config.node_id.clone(),
+            peer.id.clone(),
+            keys.clone(),
+            reader.clone(),
+            progress.clone(),
+            appended_rx,
+            input_tx.clone(),
+            snapshot.clone(),
+            primary_flag.clone(),
+            stopping.clone(),
+            peer.window,
+            Duration::from_millis(peer.heartbeat_interval_ms),
+            config.data_dir.clone(),
+            base,
+        ));
+        {
+            let ctx = ctx.clone();
+            spawn("repl-listen", move || {
+                link::run_listener(ctx, repl_listener)
+            })?;
+        }
+        {
+            let ctx = ctx.clone();
+            let address = peer.replication_address;
+            spawn("repl-dial", move || link::run_dialer(ctx, address, role_rx))?;
+        }
+        links = Some(ctx);
+    } else {
+        drop(heartbeat_tx);
+        drop(appended_rx);
+        drop(role_rx);
+    }
+
+    // Tests and scripts read the bound address (the port may be 0 in the config) from here.
+    log::info!(
+        "node {} serving as {} in epoch {} at head {}; clients on {bound}",
+        config.node_id,
+        node.role().as_str(),
+        node.epoch(),
+        node.head(),
+    );
     let (signal_tx, signal_rx) = bounded::<Signal>(16);
     spawn_signals(signal_tx)?;
 
     let mut driver = Driver {
         node,
         workers: handles,
-        appends: append_tx,
+        log: log_tx,
         progress,
         config,
         woken: Vec::new(),
         actions: Vec::new(),
         retained_seq: 0,
         clients,
+        status,
+        snapshot,
+        primary_flag,
+        role_changed: role_tx,
+        links,
+        inputs: input_tx,
+        base,
+        heartbeat_stats,
+        last_role: None,
     };
-    driver.run(&input_rx, &durable_rx, &signal_rx);
+    driver.publish();
+    let heartbeats = if driver.links.is_some() {
+        heartbeat_rx
+    } else {
+        never()
+    };
+    driver.run(&input_rx, &durable_rx, &signal_rx, &heartbeats);
 
-    // The core said goodbye to every client: let the workers flush it, then stop the writer.
-    stop_accepting.store(true, Ordering::Release);
+    // The core said goodbye to every client: let the workers flush it, then stop the rest.
+    stopping.store(true, Ordering::Release);
+    if let Some(links) = &driver.links {
+        links.close_all();
+    }
     for worker in &driver.workers {
         let _ = worker.commands.send(Command::Shutdown);
         let _ = worker.waker.wake();
@@ -211,7 +361,7 @@ fn spawn<F: FnOnce() + Send + 'static>(
         .map_err(|e| format!("cannot start thread {name}: {e}"))
 }
 
-fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
     use socket2::{Domain, Socket, Type};
     let fail = |what: &str, e: std::io::Error| format!("client.listen {addr}: {what}: {e}");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
@@ -248,7 +398,7 @@ fn spawn_signals(tx: Sender<Signal>) -> Result<(), String> {
 struct Driver {
     node: Node,
     workers: Vec<WorkerHandle>,
-    appends: Sender<Vec<Entry>>,
+    log: Sender<LogCommand>,
     progress: Arc<Progress>,
     config: Config,
     /// Workers sent a command this turn; each is woken once per turn.
@@ -256,17 +406,32 @@ struct Driver {
     actions: Vec<Action>,
     retained_seq: u64,
     clients: Arc<AtomicUsize>,
+    status: Arc<LocalStatus>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    primary_flag: Arc<AtomicBool>,
+    role_changed: Sender<()>,
+    links: Option<Arc<LinkContext>>,
+    inputs: Sender<Input>,
+    base: Instant,
+    #[allow(dead_code)]
+    heartbeat_stats: Option<Arc<HeartbeatStats>>,
+    last_role: Option<(Role, u64)>,
 }
 
 impl Driver {
+    fn mono_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
     fn run(
         &mut self,
         inputs: &Receiver<Input>,
         durable: &Receiver<()>,
         signals: &Receiver<Signal>,
+        heartbeats: &Receiver<Received>,
     ) {
         self.woken = vec![false; self.workers.len()];
-        let mut next_tick = Instant::now() + TICK;
+        let mut next_tick = Instant::now();
         let mut stopping = false;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -282,8 +447,23 @@ impl Driver {
                     }
                 }
                 recv(durable) -> _ => {
-                    let seq = self.progress.durable_seq.load(Ordering::Acquire);
-                    self.node.step(Input::Durable { seq }, &mut self.actions);
+                    let word = self.progress.durable.load(Ordering::Acquire);
+                    let (generation, seq) = unpack_durable(word);
+                    self.node.step(Input::Durable { generation, seq }, &mut self.actions);
+                }
+                recv(heartbeats) -> received => {
+                    if let Ok(Received { heartbeat, at }) = received {
+                        let mono_ms = at.saturating_duration_since(self.base).as_millis() as u64;
+                        self.node.step(
+                            Input::Heartbeat {
+                                primary: heartbeat.primary,
+                                epoch: heartbeat.epoch,
+                                head: heartbeat.head,
+                                mono_ms,
+                            },
+                            &mut self.actions,
+                        );
+                    }
                 }
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop) if stopping => {
@@ -292,21 +472,25 @@ impl Driver {
                     }
                     Ok(Signal::Stop) => {
                         stopping = true;
-                        log::info!("stop signal: committing what is pending, then closing clients");
+                        log::info!("stop signal: handing over or committing what is pending, then closing clients");
                         self.node.step(Input::Shutdown, &mut self.actions);
                     }
                     Ok(Signal::Reload) => self.reload(),
-                    Ok(Signal::Drill) => log::warn!(
-                        "SIGUSR1 (fail-over drill) needs a replicating backup; this node has none yet"
-                    ),
+                    Ok(Signal::Drill) => {
+                        log::info!("SIGUSR1: fail-over drill");
+                        self.node.step(Input::Drill, &mut self.actions);
+                    }
                     Err(_) => {}
                 },
                 default(timeout) => {}
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
-                self.node
-                    .step(Input::Tick { now_ms: wall_ms() }, &mut self.actions);
+                let tick = Input::Tick {
+                    now_ms: wall_ms(),
+                    mono_ms: self.mono_ms(),
+                };
+                self.node.step(tick, &mut self.actions);
                 let first_seq = self.progress.first_seq.load(Ordering::Acquire);
                 if first_seq > self.retained_seq {
                     self.retained_seq = first_seq;
@@ -314,20 +498,64 @@ impl Driver {
                         .step(Input::Retained { first_seq }, &mut self.actions);
                 }
             }
-            if self.route() {
+            let exit = self.route();
+            self.publish();
+            if exit {
                 return;
             }
+        }
+    }
+
+    /// Shares the node's role, epoch and head with the heartbeat and link threads.
+    fn publish(&mut self) {
+        let primary = self.node.role() == Role::Primary;
+        self.status.primary.store(primary, Ordering::Release);
+        self.status
+            .epoch
+            .store(self.node.epoch(), Ordering::Release);
+        self.status.head.store(self.node.head(), Ordering::Release);
+        self.primary_flag.store(primary, Ordering::Release);
+        {
+            let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+            snapshot.epoch = self.node.epoch();
+            snapshot.seen_epoch = self.node.seen_epoch();
+            snapshot.head = self.node.head();
+            snapshot.last_seq = self.node.last_seq();
+            snapshot.first_seq = self.retained_seq.max(1);
+            if snapshot.spans.len() != self.node.epochs().spans().len()
+                || snapshot.spans.as_slice() != self.node.epochs().spans()
+            {
+                snapshot.spans = self.node.epochs().spans().to_vec();
+            }
+        }
+        let now = (self.node.role(), self.node.epoch());
+        if self.last_role != Some(now) {
+            self.last_role = Some(now);
+            let _ = self.role_changed.try_send(());
         }
     }
 
     /// Carries out the turn's actions; true once the node may exit.
     fn route(&mut self) -> bool {
         let mut exit = false;
-        let mut appends = Vec::new();
+        let mut appends: Vec<Entry> = Vec::new();
         let n = self.workers.len();
-        for action in self.actions.drain(..) {
+        let actions = std::mem::take(&mut self.actions);
+        for action in actions {
             match action {
                 Action::Append(entry) => appends.push(entry),
+                Action::SaveEpochs { spans, seen } => {
+                    self.flush_appends(&mut appends);
+                    self.log_command(LogCommand::SaveEpochs { spans, seen });
+                }
+                Action::Truncate { after_seq } => {
+                    self.flush_appends(&mut appends);
+                    self.log_command(LogCommand::Truncate { after_seq });
+                }
+                Action::RestartLog { first_seq } => {
+                    self.flush_appends(&mut appends);
+                    self.log_command(LogCommand::Restart { first_seq });
+                }
                 Action::Exit => exit = true,
                 Action::Publish { .. } | Action::Presence { .. } => {
                     for (i, worker) in self.workers.iter().enumerate() {
@@ -344,18 +572,85 @@ impl Driver {
                     let _ = self.workers[i].commands.send(Command::Core(action));
                     self.woken[i] = true;
                 }
+                Action::AcceptBackup {
+                    link,
+                    truncate_after,
+                    restart_at,
+                } => self.link_command(
+                    link,
+                    LinkCommand::Accept {
+                        truncate_after,
+                        restart_at,
+                    },
+                ),
+                Action::Handover { link, epoch } => {
+                    self.link_command(link, LinkCommand::Handover { epoch })
+                }
+                Action::TookOver { link, epoch } => {
+                    self.link_command(link, LinkCommand::TookOver { epoch })
+                }
+                Action::ResubmitDone { link, epoch, seq } => {
+                    self.link_command(link, LinkCommand::ResubmitDone { epoch, seq })
+                }
+                Action::CloseLink { link, reason } => {
+                    if let Some(links) = &self.links {
+                        links.close(link, &reason);
+                    }
+                }
+                Action::AckPrimary { link, durable_seq } => {
+                    if let Some(links) = &self.links {
+                        links.ack(link, durable_seq);
+                    }
+                }
+                Action::Probe => self.probe(),
+                // Published after the turn (see `publish`); the core logged why.
+                Action::RoleChanged => {}
+                Action::Log { level, message } => match level {
+                    LogLevel::Warn => log::warn!("{message}"),
+                    LogLevel::Info => log::info!("{message}"),
+                },
             }
         }
-        if !appends.is_empty() {
-            // Bounded by max_pending, as the core never has more than that outstanding.
-            let _ = self.appends.send(appends);
-        }
+        self.flush_appends(&mut appends);
         for (i, woken) in self.woken.iter_mut().enumerate() {
             if std::mem::take(woken) {
                 let _ = self.workers[i].waker.wake();
             }
         }
         exit
+    }
+
+    fn flush_appends(&self, appends: &mut Vec<Entry>) {
+        if !appends.is_empty() {
+            self.log_command(LogCommand::Append(std::mem::take(appends)));
+        }
+    }
+
+    fn log_command(&self, command: LogCommand) {
+        // Bounded by max_pending plus the rare non-append commands: the writer drains it.
+        let _ = self.log.send(command);
+    }
+
+    fn link_command(&self, link: u64, command: LinkCommand) {
+        if let Some(links) = &self.links {
+            links.command(link, command);
+        }
+    }
+
+    /// Tries `failover.check_address` off the core thread.
+    fn probe(&self) {
+        let Some(peer) = &self.config.peer else {
+            return;
+        };
+        let Some(address) = peer.check_address else {
+            return;
+        };
+        let timeout = Duration::from_millis(peer.check_timeout_ms);
+        let inputs = self.inputs.clone();
+        let _ = spawn("probe", move || {
+            let ok = std::net::TcpStream::connect_timeout(&address, timeout).is_ok();
+            let _ = inputs.send(Input::ProbeResult { ok });
+        });
     }
 
     /// HUP: re-reads the config file and applies what can change at run time.

@@ -35,22 +35,36 @@ pub fn lock_data_dir(dir: &Path) -> Result<DirLock, String> {
     }
 }
 
-/// Reads the epoch history, or starts one at epoch 1 when the data dir is new.
-pub fn load_epochs(dir: &Path) -> Result<EpochHistory, String> {
+/// The persisted epoch state: the history and the highest epoch ever seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epochs {
+    pub history: EpochHistory,
+    pub seen: u64,
+}
+
+/// Reads the epoch state; `None` when the data dir has none yet (a new node).
+pub fn load_epochs(dir: &Path) -> Result<Option<Epochs>, String> {
     let path = dir.join(EPOCHS_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let history = EpochHistory::from_spans(vec![(1, 1)]);
-            save_epochs(dir, &history)?;
-            return Ok(history);
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
     };
     let mut spans = Vec::new();
+    let mut seen = 0;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(value) = line.strip_prefix("seen ") {
+            seen = value.trim().parse().map_err(|_| {
+                format!(
+                    "{}:{}: expected `seen EPOCH`, found {line:?}",
+                    path.display(),
+                    n + 1
+                )
+            })?;
             continue;
         }
         let parsed = line
@@ -76,17 +90,19 @@ pub fn load_epochs(dir: &Path) -> Result<EpochHistory, String> {
         }
         spans.push(span);
     }
-    if spans.is_empty() {
-        return Err(format!("{}: holds no epoch", path.display()));
-    }
-    Ok(EpochHistory::from_spans(spans))
+    let history = EpochHistory::from_spans(spans);
+    Ok(Some(Epochs {
+        seen: seen.max(history.current()),
+        history,
+    }))
 }
 
 /// Writes the history atomically: temp file, fsync, rename, fsync of the directory.
-pub fn save_epochs(dir: &Path, history: &EpochHistory) -> Result<(), String> {
+pub fn save_epochs(dir: &Path, history: &EpochHistory, seen: u64) -> Result<(), String> {
     let path = dir.join(EPOCHS_FILE);
     let tmp: PathBuf = dir.join(format!("{EPOCHS_FILE}.tmp"));
     let mut text = String::from("# epoch first_seq: written by pbchatd, do not edit\n");
+    text.push_str(&format!("seen {seen}\n"));
     for (epoch, start) in history.spans() {
         text.push_str(&format!("{epoch} {start}\n"));
     }
@@ -107,10 +123,17 @@ mod tests {
     #[test]
     fn epochs_round_trip_and_bad_files_are_explained() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load_epochs(dir.path()).unwrap().spans(), &[(1, 1)]);
+        assert_eq!(load_epochs(dir.path()).unwrap(), None);
         let history = EpochHistory::from_spans(vec![(1, 1), (4, 90)]);
-        save_epochs(dir.path(), &history).unwrap();
-        assert_eq!(load_epochs(dir.path()).unwrap(), history);
+        save_epochs(dir.path(), &history, 5).unwrap();
+        assert_eq!(
+            load_epochs(dir.path()).unwrap(),
+            Some(Epochs { history, seen: 5 })
+        );
+        // A backup that never followed anyone has no spans, only what it saw.
+        save_epochs(dir.path(), &EpochHistory::default(), 0).unwrap();
+        let empty = load_epochs(dir.path()).unwrap().unwrap();
+        assert_eq!((empty.history.current(), empty.seen), (0, 0));
         fs::write(dir.path().join(EPOCHS_FILE), "1 1\n3 x\n").unwrap();
         let err = load_epochs(dir.path()).unwrap_err();
         assert!(err.contains("epochs:2"), "{err}");

@@ -3,5 +3,8 @@
 //! Layout: `client` is protocol v1 (JSON lines); `lines` splits a byte stream into bounded
 //! lines.
 
+pub mod auth;
 pub mod client;
+pub mod heartbeat;
 pub mod lines;
+pub mod replication;

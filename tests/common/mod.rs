@@ -21,17 +21,19 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub addr: SocketAddr,
+    /// Removed on drop (a pair's nodes share a dir that `PairFiles` owns).
+    pub owns_dir: bool,
     /// Every stderr line so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Writes a config into `dir` with `extra` TOML appended to the named sections.
+/// Writes a standalone node's config into `dir` with `extra` TOML appended to the named
+/// sections.
 pub fn write_config(dir: &Path, role: &str, client_extra: &str, log_extra: &str) -> PathBuf {
     let text = format!(
         "[node]\nid = \"a\"\nrole = \"{role}\"\ndata_dir = \"{}\"\n\n\
          [client]\nlisten = \"127.0.0.1:0\"\n{client_extra}\n\n\
          [log]\n{log_extra}\n\n\
-         [peer]\nid = \"b\"\nclient_address = \"127.0.0.1:7999\"\n\n\
          [logging]\nlevel = \"debug\"\n",
         dir.join("data").display()
     );
@@ -86,6 +88,7 @@ impl Daemon {
             config_path,
             addr: addr.parse().unwrap(),
             log,
+            owns_dir: true,
         }
     }
 
@@ -97,7 +100,7 @@ impl Daemon {
         self.addr = next.addr;
         self.log = next.log.clone();
         // `next` owns nothing now but the shared dir, which must outlive it.
-        next.dir = PathBuf::new();
+        next.owns_dir = false;
     }
 
     pub fn kill9(&mut self) {
@@ -153,7 +156,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        if !self.dir.as_os_str().is_empty() {
+        if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -256,5 +259,140 @@ impl Client {
                 _ => {}
             }
         }
+    }
+}
+
+/// A free port on 127.0.0.1 for `kind` ("tcp" or "udp"): bound by the OS, then released for
+/// the daemon to take (the pair's configs must name each other's ports before either starts).
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// Two nodes' configs naming each other, a shared secret, and their data dirs, in one temp
+/// dir removed on drop.
+pub struct PairFiles {
+    pub dir: PathBuf,
+    pub config_a: PathBuf,
+    pub config_b: PathBuf,
+    pub secret: PathBuf,
+    /// Client addresses: fixed ports, so that each node can name the other's.
+    pub client_a: SocketAddr,
+    pub client_b: SocketAddr,
+    pub heartbeat_a: SocketAddr,
+    pub heartbeat_b: SocketAddr,
+}
+
+impl PairFiles {
+    /// `heartbeat_extra`: lines for both nodes' [heartbeat] section.
+    pub fn new(heartbeat_extra: &str) -> PairFiles {
+        PairFiles::with(heartbeat_extra, "", "")
+    }
+
+    pub fn with(heartbeat_extra: &str, replication_extra: &str, log_extra: &str) -> PairFiles {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let secret = dir.join("pair.secret");
+        let status = pbchatd().arg("--gen-secret").arg(&secret).output().unwrap();
+        assert!(status.status.success());
+        let port = |udp| free_port(udp);
+        let (ca, cb) = (port(false), port(false));
+        let (ha, hb) = (port(true), port(true));
+        let (ra, rb) = (port(false), port(false));
+        let write = |name: &str,
+                     id: &str,
+                     peer: &str,
+                     role: &str,
+                     mine: (u16, u16, u16),
+                     theirs: (u16, u16, u16)| {
+            let text = format!(
+                "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\
+                 [client]\nlisten = \"127.0.0.1:{c}\"\nrate_per_sec = 100000\nrate_burst = 100000\n\
+                 [log]\n{log_extra}\n\
+                 [peer]\nid = \"{peer}\"\nclient_address = \"127.0.0.1:{pc}\"\n\
+                 heartbeat_address = \"127.0.0.1:{ph}\"\nreplication_address = \"127.0.0.1:{pr}\"\n\
+                 [heartbeat]\nlisten = \"127.0.0.1:{h}\"\nsecret_file = \"{secret}\"\n{heartbeat_extra}\n\
+                 [replication]\nlisten = \"127.0.0.1:{r}\"\n{replication_extra}\n\
+                 [failover]\npromotion_cooldown_ms = 0\n\
+                 [logging]\nlevel = \"debug\"\n",
+                data = dir.join(format!("data-{id}")).display(),
+                c = mine.0,
+                h = mine.1,
+                r = mine.2,
+                pc = theirs.0,
+                ph = theirs.1,
+                pr = theirs.2,
+                secret = secret.display(),
+            );
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let config_a = write("a.toml", "a", "b", "primary", (ca, ha, ra), (cb, hb, rb));
+        let config_b = write("b.toml", "b", "a", "backup", (cb, hb, rb), (ca, ha, ra));
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        PairFiles {
+            dir,
+            config_a,
+            config_b,
+            secret,
+            client_a: addr(ca),
+            client_b: addr(cb),
+            heartbeat_a: addr(ha),
+            heartbeat_b: addr(hb),
+        }
+    }
+
+    pub fn start_a(&self) -> Daemon {
+        let mut d = Daemon::start_with(self.dir.clone(), self.config_a.clone());
+        d.owns_dir = false;
+        d
+    }
+
+    pub fn start_b(&self) -> Daemon {
+        let mut d = Daemon::start_with(self.dir.clone(), self.config_b.clone());
+        d.owns_dir = false;
+        d
+    }
+}
+
+impl Drop for PairFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Daemon {
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log_contains(needle) {
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 }

@@ -1,0 +1,735 @@
+//! The pair: failure detection, promotion, step-down, replication progress, hand-over and
+//! re-commit of messages from a history that lost. Pure, like the rest of the core: time is
+//! the monotonic milliseconds that inputs carry.
+
+use super::epochs::{common_prefix, next_epoch, EpochHistory};
+use super::{Action, LinkId, LogLevel, Node, Pending};
+use crate::config::{ReplicationMode, Role};
+use crate::entry::Entry;
+use crate::wire::client::{encode_reply, Reply};
+
+/// A planned hand-over gives up waiting for the backup's answer after this long, and the
+/// backup then takes over by failure detection instead.
+pub const HANDOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// The pair settings the core needs.
+#[derive(Clone, Debug)]
+pub struct PairConfig {
+    /// 0 or 1, by node id order: picks the parity of this node's epochs.
+    pub rank: u64,
+    pub peer_client_address: String,
+    pub interval_ms: u64,
+    /// Silence after which the peer is declared dead (interval × misses).
+    pub detection_ms: u64,
+    pub mode: ReplicationMode,
+    pub ack_timeout_ms: u64,
+    pub promotion_cooldown_ms: u64,
+    /// A promotion first needs a successful probe of `failover.check_address`.
+    pub check_address: bool,
+}
+
+/// What this node last heard from its peer.
+#[derive(Clone, Debug, Default)]
+pub(super) struct PeerView {
+    /// Monotonic time of the last heartbeat or replication frame from the peer.
+    pub last_heard_ms: u64,
+    /// Last time the peer said it was primary.
+    pub primary_seen_ms: u64,
+    pub primary: bool,
+    pub epoch: u64,
+    pub head: u64,
+}
+
+/// The replication link, seen from either end.
+#[derive(Clone, Debug)]
+pub(super) enum Link {
+    /// We are primary: the backup on `id` has `acked` durably.
+    ToBackup { id: LinkId, acked: u64 },
+    /// We are backup, following the primary on `id`.
+    ToPrimary { id: LinkId },
+}
+
+impl Link {
+    fn id(&self) -> LinkId {
+        match self {
+            Link::ToBackup { id, .. } | Link::ToPrimary { id } => *id,
+        }
+    }
+}
+
+/// A hand-over in progress (SIGTERM or SIGUSR1 on the primary).
+#[derive(Clone, Debug)]
+pub(super) struct Handover {
+    pub started_ms: u64,
+    /// Exit afterwards (TERM) or stay up as the new backup (USR1 drill).
+    pub exit: bool,
+    pub sent: bool,
+}
+
+/// Resubmitted messages waiting to commit before the backup is told they are done.
+#[derive(Clone, Debug)]
+pub(super) struct Resubmission {
+    pub link: LinkId,
+    /// The highest new seq given to a resubmitted entry of this batch.
+    pub upto: u64,
+    /// The orig (epoch, seq) of the batch's last entry, echoed in `ResubmitDone`.
+    pub last_orig: (u64, u64),
+}
+
+impl Node {
+    pub(super) fn pair(&self) -> Option<&PairConfig> {
+        self.config.pair.as_ref()
+    }
+
+    /// A sign of life from the peer (heartbeat or any replication frame).
+    pub(super) fn heard(&mut self, mono_ms: u64) {
+        self.peer.last_heard_ms = self.peer.last_heard_ms.max(mono_ms);
+        if self.fenced_since.take().is_some() {
+            self.log(
+                LogLevel::Info,
+                "heard from the peer after a stall: committing again".into(),
+            );
+        }
+    }
+
+    /// Records an epoch seen anywhere; persists a new high.
+    fn note_epoch(&mut self, epoch: u64, actions: &mut Vec<Action>) {
+        if epoch > self.seen_epoch {
+            self.seen_epoch = epoch;
+            self.save_epochs(actions);
+        }
+    }
+
+    pub(super) fn save_epochs(&self, actions: &mut Vec<Action>) {
+        actions.push(Action::SaveEpochs {
+            spans: self.epochs.spans().to_vec(),
+            seen: self.seen_epoch,
+        });
+    }
+
+    pub(super) fn on_heartbeat(
+        &mut self,
+        primary: bool,
+        epoch: u64,
+        head: u64,
+        mono_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        self.heard(mono_ms);
+        self.peer.primary = primary;
+        self.peer.epoch = epoch;
+        self.peer.head = head;
+        if primary {
+            self.peer.primary_seen_ms = mono_ms;
+        }
+        self.note_epoch(epoch, actions);
+        if self.role == Role::Primary && epoch > self.epoch() {
+            let why = format!(
+                "peer is {} in epoch {epoch}, newer than ours ({})",
+                if primary { "primary" } else { "backup" },
+                self.epoch()
+            );
+            self.step_down(&why, actions);
+        }
+    }
+
+    /// Loses the primary role: clients are told where to go, uncommitted messages wait in
+    /// the log for the new primary's verdict (the link handshake).
+    pub(super) fn step_down(&mut self, why: &str, actions: &mut Vec<Action>) {
+        if self.role != Role::Primary {
+            return;
+        }
+        self.log(LogLevel::Warn, format!("stepping down to backup: {why}"));
+        self.role = Role::Backup;
+        self.degraded = false;
+        self.fenced_since = None;
+        self.handover = None;
+        // A drill in progress ends here; a shutdown still exits (maybe_exit).
+        self.draining = self.exit_requested;
+        self.resubmission = None;
+        self.pending.clear();
+        if let Some(link) = self.link.take() {
+            actions.push(Action::CloseLink {
+                link: link.id(),
+                reason: "stepping down".into(),
+            });
+        }
+        self.goodbye_all("demoted", actions);
+        actions.push(Action::RoleChanged);
+    }
+
+    /// Tells every client where to go and closes it.
+    pub(super) fn goodbye_all(&mut self, reason: &str, actions: &mut Vec<Action>) {
+        let primary = self.pair().map(|p| p.peer_client_address.clone());
+        let frame: super::Frame = encode_reply(&Reply::Goodbye {
+            reason,
+            primary: primary.as_deref(),
+        })
+        .into();
+        let mut conns: Vec<_> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            actions.push(Action::Send {
+                conn,
+                frame: frame.clone(),
+            });
+            self.close(conn, actions);
+        }
+    }
+
+    /// Becomes primary in a new epoch of this node's parity, continuing `seq` from the log.
+    pub(super) fn promote(&mut self, why: &str, actions: &mut Vec<Action>) {
+        self.promote_keeping_link(why, false, actions);
+    }
+
+    /// `keep_link`: a hand-over promotes with the old primary still on the link, which must
+    /// carry our `TookOver` before it closes (the old primary closes it then).
+    fn promote_keeping_link(&mut self, why: &str, keep_link: bool, actions: &mut Vec<Action>) {
+        let rank = self.pair().map_or(0, |p| p.rank);
+        let epoch = next_epoch(self.seen_epoch.max(self.epoch()), rank);
+        self.epochs.begin(epoch, self.last_seq + 1);
+        self.seen_epoch = epoch;
+        self.save_epochs(actions);
+        self.role = Role::Primary;
+        // The peer was just declared dead (or is handing over and will return as backup):
+        // commit on local durability until it has caught up.
+        self.degraded = self.pair().is_some();
+        self.fenced_since = None;
+        self.last_promotion_ms = Some(self.mono_ms);
+        if let Some(link) = self.link.take() {
+            if !keep_link {
+                actions.push(Action::CloseLink {
+                    link: link.id(),
+                    reason: "promoted".into(),
+                });
+            }
+        }
+        // Everything this node holds is committed in the new epoch once durable.
+        self.tail_commit = self.last_seq;
+        self.head = self.head.max(self.durable.min(self.tail_commit));
+        self.log(
+            LogLevel::Warn,
+            format!(
+                "promoted to primary in epoch {epoch} at seq {} ({why})",
+                self.last_seq + 1
+            ),
+        );
+        actions.push(Action::RoleChanged);
+    }
+
+    pub(super) fn on_pair_tick(&mut self, actions: &mut Vec<Action>) {
+        let Some(pair) = self.pair().cloned() else {
+            return;
+        };
+        let now = self.mono_ms;
+        match self.role {
+            Role::Backup => {
+                let silent_ms = now.saturating_sub(self.peer.last_heard_ms);
+                let no_primary_ms = now.saturating_sub(self.peer.primary_seen_ms);
+                let silent = silent_ms >= pair.detection_ms;
+                // Both nodes backup and alive: the one with the better log takes over.
+                let standoff = !silent
+                    && !self.peer.primary
+                    && no_primary_ms >= pair.detection_ms
+                    && (self.epoch(), self.last_seq, pair.rank)
+                        > (self.peer.epoch, self.peer.head, 1 - pair.rank);
+                if !silent && !standoff {
+                    self.probe_ok_ms = None;
+                    return;
+                }
+                if let Some(last) = self.last_promotion_ms {
+                    if now < last + pair.promotion_cooldown_ms {
+                        return;
+                    }
+                }
+                if pair.check_address
+                    && self
+                        .probe_ok_ms
+                        .is_none_or(|at| at + pair.interval_ms < now)
+                {
+                    if !self.probing {
+                        self.probing = true;
+                        actions.push(Action::Probe);
+                    }
+                    return;
+                }
+                let why = if silent {
+                    format!("peer silent for {silent_ms} ms")
+                } else {
+                    "both nodes were backups; this one has the newer log".into()
+                };
+                self.promote(&why, actions);
+            }
+            Role::Primary => {
+                if let Some(since) = self.fenced_since {
+                    if now >= since + 2 * pair.detection_ms {
+                        self.fenced_since = None;
+                        self.log(
+                            LogLevel::Warn,
+                            "no word from the peer since the stall: committing again".into(),
+                        );
+                    }
+                }
+                if pair.mode == ReplicationMode::Sync && !self.degraded {
+                    let acked = self.backup_acked();
+                    let stuck = self.pending.front().is_some_and(|p| {
+                        acked < p.entry.seq && now >= p.appended_ms + pair.ack_timeout_ms
+                    });
+                    if stuck {
+                        self.degraded = true;
+                        self.degraded_now = true;
+                        self.log(
+                            LogLevel::Warn,
+                            format!(
+                                "degraded: the backup has not acknowledged for {} ms; acknowledging on local durability",
+                                pair.ack_timeout_ms
+                            ),
+                        );
+                    }
+                }
+                if let Some(handover) = &self.handover {
+                    if now >= handover.started_ms + HANDOVER_TIMEOUT_MS {
+                        self.log(
+                            LogLevel::Warn,
+                            "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
+                        );
+                        self.finish_handover(None, actions);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The node's own timers fired far too late (a pause, SIGSTOP, CPU starvation): what it
+    /// measured meanwhile cannot be trusted.
+    pub(super) fn on_stall(&mut self, gap_ms: u64) {
+        if self.pair().is_none() {
+            return;
+        }
+        match self.role {
+            Role::Backup => {
+                // Restart the silence window: promote only on fresh evidence.
+                self.peer.last_heard_ms = self.mono_ms;
+                self.peer.primary_seen_ms = self.mono_ms;
+            }
+            Role::Primary => {
+                self.fenced_since = Some(self.mono_ms);
+            }
+        }
+        self.log(
+            LogLevel::Warn,
+            format!("stalled for {gap_ms} ms: waiting for word from the peer before acting"),
+        );
+    }
+
+    pub(super) fn backup_acked(&self) -> u64 {
+        match &self.link {
+            Some(Link::ToBackup { acked, .. }) => *acked,
+            _ => 0,
+        }
+    }
+
+    /// Highest seq that may be committed now.
+    pub(super) fn commit_limit(&self) -> u64 {
+        if self.role != Role::Primary || self.fenced_since.is_some() {
+            return self.head;
+        }
+        match self.pair() {
+            Some(pair) if pair.mode == ReplicationMode::Sync && !self.degraded => {
+                self.durable.min(self.backup_acked())
+            }
+            _ => self.durable,
+        }
+    }
+
+    // ---- the link, primary side ----
+
+    pub(super) fn on_backup_hello(
+        &mut self,
+        link: LinkId,
+        epoch: u64,
+        last_seq: u64,
+        spans: Vec<(u64, u64)>,
+        mono_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        self.heard(mono_ms);
+        self.note_epoch(epoch, actions);
+        if self.role != Role::Primary {
+            actions.push(Action::CloseLink {
+                link,
+                reason: "this node is not the primary".into(),
+            });
+            return;
+        }
+        if epoch > self.epoch() {
+            actions.push(Action::CloseLink {
+                link,
+                reason: format!("backup has seen epoch {epoch}, newer than ours"),
+            });
+            self.step_down(&format!("the backup has seen epoch {epoch}"), actions);
+            return;
+        }
+        if let Some(old) = self.link.take() {
+            actions.push(Action::CloseLink {
+                link: old.id(),
+                reason: "replaced by a new link".into(),
+            });
+        }
+        let theirs = EpochHistory::from_spans(spans);
+        let common = common_prefix(&self.epochs, self.last_seq, &theirs, last_seq);
+        let restart_at = (common + 1 < self.first_seq).then_some(self.first_seq);
+        if common < last_seq {
+            self.log(
+                LogLevel::Warn,
+                format!(
+                    "backup's log parts from ours after seq {common}; it keeps {} later entries aside to re-commit",
+                    last_seq - common
+                ),
+            );
+        }
+        if let Some(first) = restart_at {
+            self.log(
+                LogLevel::Warn,
+                format!(
+                    "backup needs seq {} but this node retains from {first}: the backup restarts its log at {first}",
+                    common + 1
+                ),
+            );
+        }
+        self.link = Some(super::peer::Link::ToBackup { id: link, acked: 0 });
+        actions.push(Action::AcceptBackup {
+            link,
+            truncate_after: common,
+            restart_at,
+        });
+        self.log(
+            LogLevel::Info,
+            format!(
+                "backup connected at seq {last_seq}; streaming from {}",
+                restart_at.unwrap_or(common + 1)
+            ),
+        );
+    }
+
+    pub(super) fn on_backup_ack(
+        &mut self,
+        link: LinkId,
+        durable_seq: u64,
+        mono_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        self.heard(mono_ms);
+        let Some(Link::ToBackup { id, acked }) = &mut self.link else {
+            return;
+        };
+        if *id != link {
+            return;
+        }
+        *acked = (*acked).max(durable_seq.min(self.last_seq));
+        let acked = *acked;
+        if self.degraded && acked >= self.last_seq {
+            self.degraded = false;
+            self.log(
+                LogLevel::Info,
+                format!("backup caught up at seq {acked}: replication is synchronous again"),
+            );
+        }
+        self.commit_ready(actions);
+        self.maybe_handover(actions);
+    }
+
+    pub(super) fn on_link_down(&mut self, link: LinkId) {
+        if self.link.as_ref().is_some_and(|l| l.id() == link) {
+            self.link = None;
+            self.log(
+                LogLevel::Warn,
+                "replication link to the peer is down".into(),
+            );
+        }
+        if self.resubmission.as_ref().is_some_and(|r| r.link == link) {
+            self.resubmission = None;
+        }
+    }
+
+    pub(super) fn on_resubmit(
+        &mut self,
+        link: LinkId,
+        entries: Vec<Entry>,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.role != Role::Primary || self.draining {
+            actions.push(Action::CloseLink {
+                link,
+                reason: "cannot re-commit now: not serving as primary".into(),
+            });
+            return;
+        }
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let last_orig = last.orig.unwrap_or((last.epoch, last.seq));
+        let mut upto = self.head;
+        let mut merged = 0;
+        for entry in entries {
+            if self.dedup.get(&entry.session, &entry.id).is_some() {
+                continue;
+            }
+            self.last_seq += 1;
+            let merged_entry = Entry {
+                epoch: self.epoch(),
+                seq: self.last_seq,
+                orig: entry.orig.or(Some((entry.epoch, entry.seq))),
+                ..entry
+            };
+            upto = self.last_seq;
+            merged += 1;
+            self.dedup
+                .insert(&merged_entry.session, &merged_entry.id, merged_entry.seq);
+            actions.push(Action::Append(merged_entry.clone()));
+            self.pending.push_back(Pending {
+                entry: merged_entry,
+                appended_ms: self.mono_ms,
+            });
+        }
+        if merged > 0 {
+            self.log(
+                LogLevel::Info,
+                format!("re-committing {merged} messages from a history that lost"),
+            );
+        }
+        self.resubmission = Some(Resubmission {
+            link,
+            upto,
+            last_orig,
+        });
+        self.check_resubmission(actions);
+    }
+
+    pub(super) fn check_resubmission(&mut self, actions: &mut Vec<Action>) {
+        if let Some(r) = &self.resubmission {
+            if self.head >= r.upto {
+                actions.push(Action::ResubmitDone {
+                    link: r.link,
+                    epoch: r.last_orig.0,
+                    seq: r.last_orig.1,
+                });
+                self.resubmission = None;
+            }
+        }
+    }
+
+    // ---- the link, backup side ----
+
+    pub(super) fn on_primary_welcome(
+        &mut self,
+        link: LinkId,
+        epoch: u64,
+        mono_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        self.heard(mono_ms);
+        self.peer.primary = true;
+        self.peer.primary_seen_ms = mono_ms;
+        if self.role == Role::Primary && epoch > self.epoch() {
+            self.step_down(
+                &format!("the peer serves as primary in epoch {epoch}"),
+                actions,
+            );
+        }
+        if self.role == Role::Primary || epoch < self.seen_epoch {
+            actions.push(Action::CloseLink {
+                link,
+                reason: format!(
+                    "peer's epoch {epoch} is not newer than ours ({})",
+                    self.seen_epoch.max(self.epoch())
+                ),
+            });
+            return;
+        }
+        self.note_epoch(epoch, actions);
+        self.link = Some(Link::ToPrimary { id: link });
+    }
+
+    /// The primary told where our logs part (`restart_at`: it retains nothing before that),
+    /// and its epoch history, which ours follows from now on.
+    pub(super) fn on_primary_truncate(
+        &mut self,
+        link: LinkId,
+        after_seq: u64,
+        restart_at: Option<u64>,
+        spans: Vec<(u64, u64)>,
+        actions: &mut Vec<Action>,
+    ) {
+        if !matches!(self.link, Some(Link::ToPrimary { id }) if id == link) {
+            return;
+        }
+        if after_seq < self.last_seq {
+            actions.push(Action::Truncate { after_seq });
+            self.dedup.forget_from(after_seq + 1);
+            self.last_seq = after_seq;
+            self.head = self.head.min(after_seq);
+            self.durable = self.durable.min(after_seq);
+            self.tail_commit = self.tail_commit.min(after_seq);
+            self.log_generation += 1;
+        }
+        if let Some(first) = restart_at {
+            actions.push(Action::RestartLog { first_seq: first });
+            self.dedup.forget_from(0);
+            self.last_seq = first - 1;
+            self.head = self.last_seq;
+            self.durable = self.last_seq;
+            self.first_seq = first;
+            self.log_generation += 1;
+        }
+        // Only now, with the divergent tail cut, may our history say what the primary's does.
+        self.epochs = EpochHistory::from_spans(spans);
+        self.save_epochs(actions);
+        actions.push(Action::AckPrimary {
+            link,
+            durable_seq: self.durable,
+        });
+    }
+
+    pub(super) fn on_replicate(
+        &mut self,
+        link: LinkId,
+        commit_seq: u64,
+        entries: Vec<Entry>,
+        mono_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        self.heard(mono_ms);
+        self.peer.primary_seen_ms = mono_ms;
+        if !matches!(self.link, Some(Link::ToPrimary { id }) if id == link) {
+            return;
+        }
+        if let Some(first) = entries.first() {
+            if first.seq != self.last_seq + 1 {
+                actions.push(Action::CloseLink {
+                    link,
+                    reason: format!("expected seq {}, got {}", self.last_seq + 1, first.seq),
+                });
+                self.link = None;
+                return;
+            }
+        }
+        for entry in &entries {
+            self.dedup.insert(&entry.session, &entry.id, entry.seq);
+            self.last_seq = entry.seq;
+        }
+        self.head = self.head.max(commit_seq.min(self.last_seq));
+        for entry in entries {
+            actions.push(Action::Append(entry));
+        }
+    }
+
+    pub(super) fn on_handover_asked(
+        &mut self,
+        link: LinkId,
+        epoch: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.role != Role::Backup
+            || !matches!(self.link, Some(Link::ToPrimary { id }) if id == link)
+        {
+            return;
+        }
+        self.note_epoch(epoch, actions);
+        self.promote_keeping_link("planned hand-over from the primary", true, actions);
+        actions.push(Action::TookOver {
+            link,
+            epoch: self.epoch(),
+        });
+    }
+
+    // ---- hand-over, primary side ----
+
+    /// Starts a planned hand-over; false when there is no caught-up backup to hand to.
+    pub(super) fn start_handover(&mut self, exit: bool, actions: &mut Vec<Action>) -> bool {
+        if self.role != Role::Primary
+            || self.degraded
+            || !matches!(self.link, Some(Link::ToBackup { .. }))
+        {
+            return false;
+        }
+        self.handover = Some(Handover {
+            started_ms: self.mono_ms,
+            exit,
+            sent: false,
+        });
+        self.draining = true;
+        self.exit_requested = exit;
+        self.log(
+            LogLevel::Info,
+            "hand-over: no new sends; waiting for the backup to have everything".into(),
+        );
+        self.maybe_handover(actions);
+        true
+    }
+
+    pub(super) fn maybe_handover(&mut self, actions: &mut Vec<Action>) {
+        let acked = self.backup_acked();
+        let Some(Link::ToBackup { id, .. }) = self.link.clone() else {
+            return;
+        };
+        let Some(handover) = &mut self.handover else {
+            return;
+        };
+        if handover.sent || !self.pending.is_empty() || acked < self.last_seq {
+            return;
+        }
+        handover.sent = true;
+        actions.push(Action::Handover {
+            link: id,
+            epoch: self.epochs.current(),
+        });
+    }
+
+    pub(super) fn on_took_over(&mut self, link: LinkId, epoch: u64, actions: &mut Vec<Action>) {
+        if self.link.as_ref().is_none_or(|l| l.id() != link) || self.handover.is_none() {
+            return;
+        }
+        self.note_epoch(epoch, actions);
+        self.log(
+            LogLevel::Info,
+            format!("hand-over: the peer took over in epoch {epoch}"),
+        );
+        self.finish_handover(Some(epoch), actions);
+    }
+
+    fn finish_handover(&mut self, _epoch: Option<u64>, actions: &mut Vec<Action>) {
+        let Some(handover) = self.handover.take() else {
+            return;
+        };
+        if handover.exit {
+            self.goodbye_all("shutdown", actions);
+            self.exited = true;
+            actions.push(Action::Exit);
+        } else {
+            self.draining = false;
+            self.role = Role::Backup;
+            self.degraded = false;
+            if let Some(link) = self.link.take() {
+                actions.push(Action::CloseLink {
+                    link: link.id(),
+                    reason: "hand-over done".into(),
+                });
+            }
+            self.goodbye_all("failover", actions);
+            actions.push(Action::RoleChanged);
+        }
+    }
+
+    pub(super) fn on_probe_result(&mut self, ok: bool) {
+        self.probing = false;
+        if ok {
+            self.probe_ok_ms = Some(self.mono_ms);
+        } else {
+            self.log(
+                LogLevel::Warn,
+                "check_address did not answer: not promoting (this node may be cut off)".into(),
+            );
+        }
+    }
+}
