@@ -161,6 +161,11 @@ pub enum Action {
         seq: u64,
         frame: Frame,
     },
+    /// Everything up to `seq` is committed (without a `Publish` of its own: entries a
+    /// promotion inherited), so replays may read up to it.
+    CommittedTo {
+        seq: u64,
+    },
     /// A presence frame for every subscriber of `room` but `except`.
     Presence {
         room: Arc<str>,
@@ -1037,8 +1042,13 @@ impl Node {
         }
         let limit = self.commit_limit();
         if self.head < self.tail_commit {
-            // Entries a promotion inherited: nobody waits for their ack here.
-            self.head = self.head.max(limit.min(self.tail_commit));
+            // Entries a promotion inherited: nobody waits for their ack here, but replays
+            // must now reach them.
+            let head = self.head.max(limit.min(self.tail_commit));
+            if head > self.head {
+                self.head = head;
+                actions.push(Action::CommittedTo { seq: head });
+            }
         }
         while self.pending.front().is_some_and(|p| p.entry.seq <= limit) {
             let Pending { entry, .. } = self.pending.pop_front().expect("front exists");

@@ -84,7 +84,14 @@ impl Node {
     /// A sign of life from the peer (heartbeat or any replication frame).
     pub(super) fn heard(&mut self, mono_ms: u64) {
         self.peer.last_heard_ms = self.peer.last_heard_ms.max(mono_ms);
-        if self.fenced_since.take().is_some() {
+        // What the peer sent while we were stopped waits in our sockets and arrives at once
+        // when we wake; only word that arrives a while after waking is fresh evidence.
+        let fresh_after = self.pair().map_or(0, |p| 2 * p.interval_ms);
+        if self
+            .fenced_since
+            .is_some_and(|since| mono_ms >= since + fresh_after)
+        {
+            self.fenced_since = None;
             self.log(
                 LogLevel::Info,
                 "heard from the peer after a stall: committing again".into(),
@@ -207,6 +214,8 @@ impl Node {
         // Everything this node holds is committed in the new epoch once durable.
         self.tail_commit = self.last_seq;
         self.head = self.head.max(self.durable.min(self.tail_commit));
+        // Replays may read everything committed so far, including what was inherited.
+        actions.push(Action::CommittedTo { seq: self.head });
         self.log(
             LogLevel::Warn,
             format!(
@@ -270,7 +279,10 @@ impl Node {
                         );
                     }
                 }
-                if pair.mode == ReplicationMode::Sync && !self.degraded {
+                if pair.mode == ReplicationMode::Sync
+                    && !self.degraded
+                    && self.fenced_since.is_none()
+                {
                     let acked = self.backup_acked();
                     let stuck = self.pending.front().is_some_and(|p| {
                         acked < p.entry.seq && now >= p.appended_ms + pair.ack_timeout_ms

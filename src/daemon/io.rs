@@ -275,6 +275,7 @@ impl Worker {
                 except,
                 frame,
             } => self.fan_out(&room, Some(except), &frame, false),
+            Action::CommittedTo { seq } => self.seen_seq = self.seen_seq.max(seq),
             Action::Subscribe {
                 conn,
                 room,

@@ -438,6 +438,9 @@ impl Driver {
             select! {
                 recv(inputs) -> input => {
                     let Ok(input) = input else { return };
+                    // An overdue tick goes first: after a stall the node must learn it
+                    // stalled before it acts on what piled up meanwhile.
+                    self.tick_if_due(&mut next_tick);
                     self.node.step(input, &mut self.actions);
                     for _ in 1..CORE_BATCH_MAX {
                         match inputs.try_recv() {
@@ -447,11 +450,13 @@ impl Driver {
                     }
                 }
                 recv(durable) -> _ => {
+                    self.tick_if_due(&mut next_tick);
                     let word = self.progress.durable.load(Ordering::Acquire);
                     let (generation, seq) = unpack_durable(word);
                     self.node.step(Input::Durable { generation, seq }, &mut self.actions);
                 }
                 recv(heartbeats) -> received => {
+                    self.tick_if_due(&mut next_tick);
                     if let Ok(Received { heartbeat, at }) = received {
                         let mono_ms = at.saturating_duration_since(self.base).as_millis() as u64;
                         self.node.step(
@@ -484,25 +489,30 @@ impl Driver {
                 },
                 default(timeout) => {}
             }
-            if Instant::now() >= next_tick {
-                next_tick = Instant::now() + TICK;
-                let tick = Input::Tick {
-                    now_ms: wall_ms(),
-                    mono_ms: self.mono_ms(),
-                };
-                self.node.step(tick, &mut self.actions);
-                let first_seq = self.progress.first_seq.load(Ordering::Acquire);
-                if first_seq > self.retained_seq {
-                    self.retained_seq = first_seq;
-                    self.node
-                        .step(Input::Retained { first_seq }, &mut self.actions);
-                }
-            }
+            self.tick_if_due(&mut next_tick);
             let exit = self.route();
             self.publish();
             if exit {
                 return;
             }
+        }
+    }
+
+    fn tick_if_due(&mut self, next_tick: &mut Instant) {
+        if Instant::now() < *next_tick {
+            return;
+        }
+        *next_tick = Instant::now() + TICK;
+        let tick = Input::Tick {
+            now_ms: wall_ms(),
+            mono_ms: self.mono_ms(),
+        };
+        self.node.step(tick, &mut self.actions);
+        let first_seq = self.progress.first_seq.load(Ordering::Acquire);
+        if first_seq > self.retained_seq {
+            self.retained_seq = first_seq;
+            self.node
+                .step(Input::Retained { first_seq }, &mut self.actions);
         }
     }
 
@@ -557,7 +567,7 @@ impl Driver {
                     self.log_command(LogCommand::Restart { first_seq });
                 }
                 Action::Exit => exit = true,
-                Action::Publish { .. } | Action::Presence { .. } => {
+                Action::Publish { .. } | Action::Presence { .. } | Action::CommittedTo { .. } => {
                     for (i, worker) in self.workers.iter().enumerate() {
                         let _ = worker.commands.send(Command::Core(action.clone()));
                         self.woken[i] = true;

@@ -396,3 +396,22 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 }
+
+/// Sends `signal` (a name such as "STOP") to a process.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A welcomed client of the node at `addr`.
+pub fn hello_at(addr: SocketAddr, nick: &str, session: &str) -> Client {
+    let mut client = Client::connect(addr);
+    client.send(json!({"type":"hello","version":1,"nick":nick,"session":session}));
+    let welcome = client.recv();
+    assert_eq!(welcome.kind, "welcome", "{welcome:?}");
+    client
+}

@@ -1,0 +1,499 @@
+//! Fail-over with real processes on loopback: kill -9, SIGSTOP, restart, drills, hand-over,
+//! forged heartbeats. Every wait is on a condition with a deadline.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, PairFiles, DEADLINE};
+use pbchat::wire::client::{decode_server_frame, ServerFrame};
+use serde_json::json;
+
+const ROOM: &str = "general";
+
+/// A test client that survives fail-overs the way the protocol's recipe says: on a dropped
+/// connection, `goodbye` or `redirect` it reconnects (the announced primary first), rejoins,
+/// and resends its unacknowledged send with the same id.
+struct Sender {
+    nick: String,
+    servers: Vec<SocketAddr>,
+    /// id -> seq of every acknowledged send.
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// (time of the last ack before a break, time of the first ack after) per break.
+    gaps: Arc<Mutex<Vec<Duration>>>,
+}
+
+struct Connection {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr, nick: &str) -> Result<Connection, Option<SocketAddr>> {
+        let stream =
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|_| None)?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(2_000)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = Connection { stream, reader };
+        c.send(json!({"type":"hello","version":1,"nick":nick,"session":format!("session-{nick}")}))
+            .map_err(|_| None)?;
+        let welcome = c.recv().ok_or(None)?;
+        match welcome.kind.as_str() {
+            "welcome" => {}
+            "redirect" => return Err(welcome.primary.and_then(|p| p.parse().ok())),
+            _ => return Err(None),
+        }
+        c.send(json!({"type":"join","room":ROOM}))
+            .map_err(|_| None)?;
+        loop {
+            let frame = c.recv().ok_or(None)?;
+            if frame.kind == "joined" {
+                return Ok(c);
+            }
+        }
+    }
+
+    fn send(&mut self, frame: serde_json::Value) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(format!("{frame}\n").as_bytes())
+    }
+
+    fn recv(&mut self) -> Option<ServerFrame> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => decode_server_frame(line.trim_end().as_bytes()).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Sender {
+    fn new(nick: &str, servers: Vec<SocketAddr>) -> Sender {
+        Sender {
+            nick: nick.into(),
+            servers,
+            acked: Arc::default(),
+            gaps: Arc::default(),
+        }
+    }
+
+    /// Sends `m-0`, `m-1`, ... one at a time until `stop`, riding over fail-overs.
+    fn spawn(&self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        let nick = self.nick.clone();
+        let servers = self.servers.clone();
+        let acked = self.acked.clone();
+        let gaps = self.gaps.clone();
+        std::thread::spawn(move || {
+            let mut next = 0u64;
+            let mut target: Option<SocketAddr> = None;
+            let mut turn = 0usize;
+            let mut last_ack = Instant::now();
+            let mut broken = false;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let addr = target.take().unwrap_or_else(|| {
+                    turn += 1;
+                    servers[turn % servers.len()]
+                });
+                let mut c = match Connection::open(addr, &nick) {
+                    Ok(c) => c,
+                    Err(redirect) => {
+                        target = redirect;
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                };
+                // Send (or resend) the current id until acked; then the next.
+                'conn: while !stop.load(Ordering::Relaxed) {
+                    let id = format!("m-{next}");
+                    if c.send(
+                        json!({"type":"send","room":ROOM,"id":id,"body":format!("{nick} {next}")}),
+                    )
+                    .is_err()
+                    {
+                        break;
+                    }
+                    loop {
+                        let Some(frame) = c.recv() else { break 'conn };
+                        match frame.kind.as_str() {
+                            "ack" if frame.id.as_deref() == Some(id.as_str()) => {
+                                acked.lock().unwrap().insert(id.clone(), frame.seq.unwrap());
+                                let now = Instant::now();
+                                if broken {
+                                    gaps.lock().unwrap().push(now - last_ack);
+                                    broken = false;
+                                }
+                                last_ack = now;
+                                next += 1;
+                                continue 'conn;
+                            }
+                            "goodbye" => {
+                                target = frame.primary.and_then(|p| p.parse().ok());
+                                break 'conn;
+                            }
+                            "error" => match frame.code.as_deref() {
+                                // Retry the same id shortly.
+                                Some("unavailable") | Some("rate_limited")
+                                | Some("not_primary") => {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue 'conn;
+                                }
+                                _ => panic!("{nick}: {frame:?}"),
+                            },
+                            _ => {}
+                        }
+                    }
+                }
+                broken = true;
+            }
+        })
+    }
+
+    fn acked(&self) -> BTreeMap<String, u64> {
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// `pbchat-client --listen` processes: the real client's resume logic, recorded line by line.
+struct Listener {
+    child: Child,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Listener {
+    fn start(nick: &str, servers: &[SocketAddr]) -> Listener {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+        for s in servers {
+            cmd.arg("--server").arg(s.to_string());
+        }
+        let mut child = cmd
+            .args(["--nick", nick, "--room", ROOM, "--listen", "--after", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        lines.lock().unwrap().push(v);
+                    }
+                }
+            });
+        }
+        Listener { child, lines }
+    }
+
+    /// Waits until it has shown every (from, id) in `expected`, then checks the order.
+    fn check(&self, expected: &BTreeSet<(String, String)>) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let seen: BTreeSet<(String, String)> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["from"].as_str().unwrap().to_string(),
+                        v["id"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            if expected.is_subset(&seen) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let lines = self.lines.lock().unwrap();
+                let shown: Vec<String> = lines
+                    .iter()
+                    .map(|v| format!("{}/{}:{}:{}", v["epoch"], v["seq"], v["from"], v["id"]))
+                    .collect();
+                panic!(
+                    "listener missing {:?}; it showed {shown:?}",
+                    expected.difference(&seen).take(5).collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines = self.lines.lock().unwrap();
+        let mut keys = BTreeSet::new();
+        let mut last_seq = 0;
+        for v in lines.iter() {
+            let seq = v["seq"].as_u64().unwrap();
+            assert!(
+                seq > last_seq,
+                "seq {seq} after {last_seq}: out of order or doubled"
+            );
+            last_seq = seq;
+            let key = (
+                v["from"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            );
+            assert!(keys.insert(key.clone()), "{key:?} shown twice");
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn expected_keys(senders: &[Sender]) -> BTreeSet<(String, String)> {
+    senders
+        .iter()
+        .flat_map(|s| s.acked().into_keys().map(|id| (s.nick.clone(), id)))
+        .collect()
+}
+
+fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
+    let a = pair.start_a();
+    let b = pair.start_b();
+    b.wait_log("following the primary");
+    (a, b)
+}
+
+#[test]
+fn kill9_of_the_primary_under_load_loses_and_doubles_nothing() {
+    let pair = PairFiles::new("");
+    let (mut a, b) = start_pair(&pair);
+    let servers = vec![pair.client_a, pair.client_b];
+    let listeners: Vec<Listener> = (0..2)
+        .map(|i| Listener::start(&format!("ear{i}"), &servers))
+        .collect();
+    let senders: Vec<Sender> = (0..3)
+        .map(|i| Sender::new(&format!("mouth{i}"), servers.clone()))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = senders.iter().map(|s| s.spawn(stop.clone())).collect();
+    wait_until("traffic", || senders.iter().all(|s| s.acked().len() >= 20));
+
+    let killed_at = Instant::now();
+    a.kill9();
+    b.wait_log("promoted to primary");
+    let promoted_after = killed_at.elapsed();
+    // Detection is 1.0 s by default; the contract is detection + 1 s at most.
+    assert!(
+        promoted_after < Duration::from_millis(2_000),
+        "promotion took {promoted_after:?}"
+    );
+    let before: Vec<usize> = senders.iter().map(|s| s.acked().len()).collect();
+    wait_until("sends acked by the new primary", || {
+        senders
+            .iter()
+            .zip(&before)
+            .all(|(s, n)| s.acked().len() >= n + 10)
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Every acked seq is distinct; epochs moved on.
+    let all: Vec<u64> = senders
+        .iter()
+        .flat_map(|s| s.acked().into_values())
+        .collect();
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "two sends acked with one seq");
+    let expected = expected_keys(&senders);
+    for l in &listeners {
+        l.check(&expected);
+    }
+    for s in &senders {
+        let gaps = s.gaps.lock().unwrap();
+        eprintln!("{}: client-visible gaps {:?}", s.nick, *gaps);
+    }
+    drop(b);
+}
+
+#[test]
+fn sigstop_past_detection_then_sigcont_steps_down_without_committing() {
+    let pair = PairFiles::new("");
+    let (a, b) = start_pair(&pair);
+    let mut early = a.hello("early", "s-early");
+    early.join(ROOM);
+    early.send_acked(ROOM, "m-0", "before the stop");
+    common::signal_pid(a.pid(), "STOP");
+    // Sent while a is stopped: it sits in a's socket buffer.
+    early.send(json!({"type":"send","room":ROOM,"id":"m-1","body":"during the stop"}));
+    b.wait_log("promoted to primary");
+    common::signal_pid(a.pid(), "CONT");
+    a.wait_log("stepping down");
+    // a never acknowledged m-1; it told the client where to go.
+    loop {
+        let Some(frame) = early.try_recv() else { break };
+        assert!(
+            !(frame.kind == "ack" && frame.id.as_deref() == Some("m-1")),
+            "the stalled primary committed {frame:?}"
+        );
+        if frame.kind == "goodbye" {
+            assert_eq!(frame.reason.as_deref(), Some("demoted"));
+            assert_eq!(
+                frame.primary.as_deref(),
+                Some(pair.client_b.to_string().as_str())
+            );
+        }
+    }
+    a.wait_log("following the primary b");
+    // a was cut back to where it parted from b, and b holds m-0 exactly once.
+    let mut c = common::hello_at(pair.client_b, "reader", "s-reader");
+    c.send(json!({"type":"history","room":ROOM}));
+    let mut ids = Vec::new();
+    loop {
+        let f = c.recv();
+        if f.kind == "history_end" {
+            break;
+        }
+        ids.push(f.id.unwrap());
+    }
+    assert_eq!(ids.iter().filter(|i| *i == "m-0").count(), 1);
+}
+
+#[test]
+fn the_old_primary_rejoins_as_backup_catches_up_and_a_drill_moves_the_role_back() {
+    let pair = PairFiles::new("");
+    let (mut a, b) = start_pair(&pair);
+    let mut c = a.hello("alice", "s-alice");
+    c.join(ROOM);
+    for i in 0..50 {
+        c.send_acked(ROOM, &format!("m-{i}"), "x");
+    }
+    a.kill9();
+    b.wait_log("promoted to primary");
+    let mut d = common::hello_at(pair.client_b, "bob", "s-bob");
+    d.join(ROOM);
+    for i in 0..50 {
+        d.send_acked(ROOM, &format!("n-{i}"), "y");
+    }
+    // The old primary comes back: as backup, by itself.
+    a.restart();
+    a.wait_log("following the primary b");
+    b.wait_log("replication is synchronous again");
+    // Drill on b: a becomes primary without a detection wait.
+    common::signal_pid(b.pid(), "USR1");
+    a.wait_log("planned hand-over from the primary");
+    b.wait_log("hand-over: the peer took over");
+    let mut e = common::hello_at(pair.client_a, "carol", "s-carol");
+    e.send(json!({"type":"history","room":ROOM,"limit":1000}));
+    let mut count = 0;
+    loop {
+        let f = e.recv();
+        if f.kind == "history_end" {
+            break;
+        }
+        count += 1;
+    }
+    assert_eq!(count, 100, "a caught up with everything b committed");
+    e.join(ROOM);
+    assert_eq!(e.send_acked(ROOM, "after", "z"), 101);
+}
+
+#[test]
+fn kill9_of_the_backup_degrades_the_primary_which_resyncs_the_returning_backup() {
+    let pair = PairFiles::new("");
+    let (a, mut b) = start_pair(&pair);
+    let servers = vec![pair.client_a, pair.client_b];
+    let sender = Sender::new("mouth", servers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = sender.spawn(stop.clone());
+    wait_until("traffic", || sender.acked().len() >= 20);
+    b.kill9();
+    a.wait_log("degraded");
+    let n = sender.acked().len();
+    wait_until("acks while degraded", || sender.acked().len() >= n + 50);
+    b.restart();
+    a.wait_log("replication is synchronous again");
+    let n = sender.acked().len();
+    wait_until("acks in sync again", || sender.acked().len() >= n + 20);
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+    assert!(!a.log_contains("stepping down"));
+}
+
+#[test]
+fn forged_replayed_and_truncated_heartbeats_change_nothing() {
+    use pbchat::wire::auth::parse_keyring;
+    use pbchat::wire::heartbeat::{encode, Heartbeat};
+    let pair = PairFiles::new("");
+    let (a, b) = start_pair(&pair);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let real = parse_keyring("secret", &std::fs::read_to_string(&pair.secret).unwrap()).unwrap();
+    let forged_key = parse_keyring("forged", &pbchat::wire::auth::generate_secret_line(1)).unwrap();
+    // "b is primary in epoch 99": under a wrong key, replayed (an old boot) and cut short.
+    let claim = Heartbeat {
+        node_id: "b".into(),
+        primary: true,
+        epoch: 99,
+        head: 0,
+        boot: 1,
+        counter: 1,
+    };
+    let forged = encode(&claim, &forged_key);
+    let replayed = encode(&claim, &real);
+    for datagram in [&forged[..], &replayed[..], &replayed[..40], b"PBHB garbage"] {
+        for _ in 0..20 {
+            socket.send_to(datagram, pair.heartbeat_a).unwrap();
+        }
+    }
+    // a keeps serving as primary in its epoch; nothing stepped down or promoted.
+    let mut c = a.hello("alice", "s");
+    c.join(ROOM);
+    c.send_acked(ROOM, "m-1", "still primary");
+    a.wait_log("rejected");
+    assert!(!a.log_contains("stepping down"));
+    assert!(!b.log_contains("promoted"));
+}
+
+#[test]
+fn sigterm_hands_over_with_a_short_pause_and_loses_nothing() {
+    let pair = PairFiles::new("");
+    let (mut a, b) = start_pair(&pair);
+    let servers = vec![pair.client_a, pair.client_b];
+    let listener = Listener::start("ear", &servers);
+    let sender = Sender::new("mouth", servers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = sender.spawn(stop.clone());
+    wait_until("traffic", || sender.acked().len() >= 30);
+    common::signal_pid(a.pid(), "TERM");
+    assert_eq!(a.wait_exit(), Some(0));
+    b.wait_log("planned hand-over from the primary");
+    let n = sender.acked().len();
+    wait_until("acks after the hand-over", || {
+        sender.acked().len() >= n + 30
+    });
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+    listener.check(&expected_keys(std::slice::from_ref(&sender)));
+    let gaps = sender.gaps.lock().unwrap().clone();
+    eprintln!("hand-over gaps seen by the sender: {gaps:?}");
+    assert_eq!(gaps.len(), 1, "one break: {gaps:?}");
+    assert!(
+        gaps[0] < Duration::from_millis(300),
+        "hand-over pause {:?}",
+        gaps[0]
+    );
+}
