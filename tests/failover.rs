@@ -344,8 +344,7 @@ fn sigstop_past_detection_then_sigcont_steps_down_without_committing() {
     common::signal_pid(a.pid(), "CONT");
     a.wait_log("stepping down");
     // a never acknowledged m-1; it told the client where to go.
-    loop {
-        let Some(frame) = early.try_recv() else { break };
+    while let Some(frame) = early.try_recv() {
         assert!(
             !(frame.kind == "ack" && frame.id.as_deref() == Some("m-1")),
             "the stalled primary committed {frame:?}"
