@@ -496,3 +496,55 @@ fn sigterm_hands_over_with_a_short_pause_and_loses_nothing() {
         gaps[0]
     );
 }
+
+#[test]
+fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
+    let pair = PairFiles::new("");
+    let (mut a, mut b) = start_pair(&pair);
+    let mut alice = a.hello("alice", "s-alice");
+    alice.join(ROOM);
+    alice.send_acked(ROOM, "x-1", "both nodes have this");
+    // a alone (degraded) commits what b never sees.
+    b.kill9();
+    a.wait_log("replication link to the peer is down");
+    let mut only_a = BTreeMap::new();
+    for i in 1..=3 {
+        let id = format!("y-{i}");
+        only_a.insert(id.clone(), alice.send_acked(ROOM, &id, "only a has this"));
+    }
+    a.kill9();
+    // b comes back alone, takes over in a new epoch and commits its own.
+    b.restart();
+    b.wait_log("promoted to primary");
+    let mut bob = common::hello_at(pair.client_b, "bob", "s-bob");
+    bob.join(ROOM);
+    bob.send_acked(ROOM, "z-1", "only b has this");
+    // The old primary returns: it parts from b after x-1, keeps y-* aside, catches up, and
+    // re-commits them through b.
+    a.restart();
+    a.wait_log("following the primary b");
+    a.wait_log("every message kept aside is re-committed");
+    let mut reader = common::hello_at(pair.client_b, "reader", "s-reader");
+    reader.send(json!({"type":"history","room":ROOM}));
+    let mut history = Vec::new();
+    loop {
+        let f = reader.recv();
+        if f.kind == "history_end" {
+            break;
+        }
+        history.push(f);
+    }
+    let ids: Vec<&str> = history.iter().map(|f| f.id.as_deref().unwrap()).collect();
+    assert_eq!(ids, ["x-1", "z-1", "y-1", "y-2", "y-3"]);
+    for f in &history[2..] {
+        let orig = f.orig.expect("a re-committed message names where it was first seen");
+        assert_eq!(orig.epoch, 1);
+        assert_eq!(Some(orig.seq), only_a.get(f.id.as_deref().unwrap()).copied());
+        assert_eq!(f.epoch, Some(2));
+    }
+    // A resend of a re-committed message by its sender is not stored again.
+    let mut alice = common::hello_at(pair.client_b, "alice", "s-alice");
+    alice.join(ROOM);
+    let seq = alice.send_acked(ROOM, "y-2", "only a has this");
+    assert_eq!(seq, history[3].seq.unwrap());
+}
