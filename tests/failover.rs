@@ -537,9 +537,14 @@ fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
     let ids: Vec<&str> = history.iter().map(|f| f.id.as_deref().unwrap()).collect();
     assert_eq!(ids, ["x-1", "z-1", "y-1", "y-2", "y-3"]);
     for f in &history[2..] {
-        let orig = f.orig.expect("a re-committed message names where it was first seen");
+        let orig = f
+            .orig
+            .expect("a re-committed message names where it was first seen");
         assert_eq!(orig.epoch, 1);
-        assert_eq!(Some(orig.seq), only_a.get(f.id.as_deref().unwrap()).copied());
+        assert_eq!(
+            Some(orig.seq),
+            only_a.get(f.id.as_deref().unwrap()).copied()
+        );
         assert_eq!(f.epoch, Some(2));
     }
     // A resend of a re-committed message by its sender is not stored again.

@@ -335,3 +335,27 @@ fn a_silent_connection_is_closed_at_the_hello_timeout() {
     assert_eq!(frame.code.as_deref(), Some("bad_request"));
     assert!(c.closed());
 }
+
+#[test]
+fn sighup_reloads_limits_and_says_what_needs_a_restart() {
+    let node = Daemon::start("primary", "max_rooms_per_client = 1", "");
+    let mut c = node.hello("alice", "s");
+    c.join("r1");
+    c.send(json!({"type":"join","room":"r2"}));
+    assert_eq!(c.recv().code.as_deref(), Some("bad_request"));
+    let text = std::fs::read_to_string(&node.config_path).unwrap();
+    let text = text
+        .replace("max_rooms_per_client = 1", "max_rooms_per_client = 5")
+        .replace("[log]\n", "[log]\nfsync = \"always\"\n");
+    std::fs::write(&node.config_path, text).unwrap();
+    node.signal(1);
+    node.wait_log("client.max_rooms_per_client 1 -> 5");
+    node.wait_log("log.fsync changed; that takes a restart");
+    assert_eq!(c.join("r2").room.as_deref(), Some("r2"));
+    // A broken file is refused and the running config kept.
+    std::fs::write(&node.config_path, "[node]\nid = ").unwrap();
+    node.signal(1);
+    node.wait_log("reload refused, keeping the running config");
+    c.send(json!({"type":"ping"}));
+    assert_eq!(c.recv().kind, "pong");
+}

@@ -369,6 +369,16 @@ impl Node {
         }
     }
 
+    /// Applies limits re-read from the config (HUP); identity and the pair stay as they are.
+    pub fn set_limits(&mut self, limits: &CoreConfig) {
+        self.config.hello_timeout_ms = limits.hello_timeout_ms;
+        self.config.rate_per_sec = limits.rate_per_sec;
+        self.config.rate_burst = limits.rate_burst;
+        self.config.max_errors = limits.max_errors;
+        self.config.max_rooms_per_client = limits.max_rooms_per_client;
+        self.config.max_pending = limits.max_pending;
+    }
+
     /// A primary without an epoch (a new node, or a standalone one that last served as
     /// backup) begins one after its last seq. Call after recovery, before the first step.
     pub fn begin_first_epoch(&mut self, rank: u64) {

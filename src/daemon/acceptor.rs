@@ -30,7 +30,7 @@ pub fn run(
     listener: TcpListener,
     workers: Vec<WorkerHandle>,
     clients: Arc<AtomicUsize>,
-    max_clients: usize,
+    max_clients: Arc<AtomicUsize>,
     next_conn: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
@@ -52,7 +52,7 @@ pub fn run(
                 continue;
             }
         };
-        if clients.load(Ordering::Relaxed) >= max_clients {
+        if clients.load(Ordering::Relaxed) >= max_clients.load(Ordering::Relaxed) {
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let _ = stream.write_all(&full);
             continue;

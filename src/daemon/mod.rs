@@ -111,18 +111,7 @@ pub fn run(config: Config) -> Result<(), String> {
         (Some(_), None) => (Role::Backup, EpochHistory::default(), 0),
     };
 
-    let core_config = CoreConfig {
-        node_id: config.node_id.clone(),
-        role,
-        peer_client_address: config.peer.as_ref().map(|p| p.client_address.clone()),
-        hello_timeout_ms: config.client.hello_timeout_ms,
-        rate_per_sec: config.client.rate_per_sec,
-        rate_burst: config.client.rate_burst,
-        max_errors: config.client.max_errors,
-        max_rooms_per_client: config.client.max_rooms_per_client,
-        max_pending: config.log.max_pending,
-        pair: pair.clone(),
-    };
+    let core_config = core_config(&config, pair.clone());
     let mut node = Node::new(core_config, role, history, seen);
     let started = Instant::now();
     let (mut log, recovery) = Log::open(
@@ -185,6 +174,7 @@ pub fn run(config: Config) -> Result<(), String> {
     })?;
 
     let clients = Arc::new(AtomicUsize::new(0));
+    let max_clients = Arc::new(AtomicUsize::new(config.client.max_clients));
     let limits = WorkerLimits {
         max_line_bytes: config.client.max_line_bytes,
         max_body_bytes: config.client.max_body_bytes,
@@ -221,7 +211,7 @@ pub fn run(config: Config) -> Result<(), String> {
     {
         let clients = clients.clone();
         let stop = stopping.clone();
-        let max_clients = config.client.max_clients;
+        let max_clients = max_clients.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
         spawn("accept", move || {
             acceptor::run(listener, workers, clients, max_clients, next_conn, stop)
@@ -315,6 +305,7 @@ pub fn run(config: Config) -> Result<(), String> {
         actions: Vec::new(),
         retained_seq: 0,
         clients,
+        max_clients,
         status,
         snapshot,
         primary_flag,
@@ -349,6 +340,22 @@ pub fn run(config: Config) -> Result<(), String> {
     let _ = writer.join();
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// The core's view of a config: identity, limits and the pair.
+fn core_config(config: &Config, pair: Option<PairConfig>) -> CoreConfig {
+    CoreConfig {
+        node_id: config.node_id.clone(),
+        role: config.role,
+        peer_client_address: config.peer.as_ref().map(|p| p.client_address.clone()),
+        hello_timeout_ms: config.client.hello_timeout_ms,
+        rate_per_sec: config.client.rate_per_sec,
+        rate_burst: config.client.rate_burst,
+        max_errors: config.client.max_errors,
+        max_rooms_per_client: config.client.max_rooms_per_client,
+        max_pending: config.log.max_pending,
+        pair,
+    }
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(
@@ -406,6 +413,7 @@ struct Driver {
     actions: Vec<Action>,
     retained_seq: u64,
     clients: Arc<AtomicUsize>,
+    max_clients: Arc<AtomicUsize>,
     status: Arc<LocalStatus>,
     snapshot: Arc<Mutex<Snapshot>>,
     primary_flag: Arc<AtomicBool>,
@@ -663,35 +671,144 @@ impl Driver {
         });
     }
 
-    /// HUP: re-reads the config file and applies what can change at run time.
+    /// HUP: re-reads the config file and applies what can change at run time, saying what
+    /// changed and what waits for a restart.
     fn reload(&mut self) {
         let file = self.config.file.clone();
-        match config::load(&file) {
-            Err(e) => log::error!("reload refused, keeping the running config: {e}"),
-            Ok(new) => {
-                if new.log_level != self.config.log_level {
-                    log::info!(
-                        "reload: logging.level {:?} -> {:?}",
-                        self.config.log_level,
-                        new.log_level
-                    );
-                    log::set_max_level(new.log_level.to_filter());
-                }
-                let restart_needed = new.client.listen != self.config.client.listen
-                    || new.data_dir != self.config.data_dir
-                    || new.node_id != self.config.node_id;
-                if restart_needed {
-                    log::warn!(
-                        "reload: node.id, node.data_dir and client.listen change only on restart"
-                    );
-                }
-                log::info!(
-                    "reloaded {} ({} clients connected)",
-                    file.display(),
-                    self.clients.load(Ordering::Relaxed)
-                );
-                self.config.log_level = new.log_level;
+        let new = match config::load(&file) {
+            Ok(new) => new,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config: {e}");
+                return;
             }
+        };
+        let (old_c, new_c) = (&self.config.client, &new.client);
+        let mut changed = Vec::new();
+        macro_rules! note {
+            ($name:literal, $old:expr, $new:expr) => {
+                if $old != $new {
+                    changed.push(format!("{} {:?} -> {:?}", $name, $old, $new));
+                }
+            };
         }
+        note!("logging.level", self.config.log_level, new.log_level);
+        note!("client.max_clients", old_c.max_clients, new_c.max_clients);
+        note!(
+            "client.hello_timeout_ms",
+            old_c.hello_timeout_ms,
+            new_c.hello_timeout_ms
+        );
+        note!(
+            "client.rate_per_sec",
+            old_c.rate_per_sec,
+            new_c.rate_per_sec
+        );
+        note!("client.rate_burst", old_c.rate_burst, new_c.rate_burst);
+        note!("client.max_errors", old_c.max_errors, new_c.max_errors);
+        note!(
+            "client.max_rooms_per_client",
+            old_c.max_rooms_per_client,
+            new_c.max_rooms_per_client
+        );
+        note!(
+            "log.max_pending",
+            self.config.log.max_pending,
+            new.log.max_pending
+        );
+        let mut restart = Vec::new();
+        macro_rules! needs_restart {
+            ($name:literal, $old:expr, $new:expr) => {
+                if $old != $new {
+                    restart.push($name);
+                }
+            };
+        }
+        needs_restart!("node.id", self.config.node_id, new.node_id);
+        needs_restart!("node.data_dir", self.config.data_dir, new.data_dir);
+        needs_restart!("client.listen", old_c.listen, new_c.listen);
+        needs_restart!("client.io_threads", old_c.io_threads, new_c.io_threads);
+        needs_restart!(
+            "client.max_line_bytes",
+            old_c.max_line_bytes,
+            new_c.max_line_bytes
+        );
+        needs_restart!(
+            "client.max_body_bytes",
+            old_c.max_body_bytes,
+            new_c.max_body_bytes
+        );
+        needs_restart!(
+            "client.send_queue_bytes",
+            old_c.send_queue_bytes,
+            new_c.send_queue_bytes
+        );
+        needs_restart!(
+            "client.idle_timeout_ms",
+            old_c.idle_timeout_ms,
+            new_c.idle_timeout_ms
+        );
+        needs_restart!("log.fsync", self.config.log.fsync, new.log.fsync);
+        needs_restart!(
+            "log.segment_bytes",
+            self.config.log.segment_bytes,
+            new.log.segment_bytes
+        );
+        needs_restart!(
+            "log.retain_messages",
+            self.config.log.retain_messages,
+            new.log.retain_messages
+        );
+        needs_restart!(
+            "log.retain_bytes",
+            self.config.log.retain_bytes,
+            new.log.retain_bytes
+        );
+        needs_restart!(
+            "[peer], [heartbeat], [replication], [failover]",
+            format!("{:?}", self.config.peer),
+            format!("{:?}", new.peer)
+        );
+        log::set_max_level(new.log_level.to_filter());
+        self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
+        self.node.set_limits(&core_config(&new, None));
+        if changed.is_empty() {
+            log::info!(
+                "reload of {}: nothing that can change at run time changed",
+                file.display()
+            );
+        } else {
+            log::info!(
+                "reload of {} ({} clients connected): {}",
+                file.display(),
+                self.clients.load(Ordering::Relaxed),
+                changed.join(", ")
+            );
+        }
+        if !restart.is_empty() {
+            log::warn!(
+                "reload of {}: {} changed; that takes a restart (still running with the old values)",
+                file.display(),
+                restart.join(", ")
+            );
+        }
+        // Keep the old values of what did not apply, so the next reload compares right.
+        let mut kept = new;
+        kept.node_id = self.config.node_id.clone();
+        kept.data_dir = self.config.data_dir.clone();
+        kept.peer = self.config.peer.clone();
+        kept.log = crate::config::LogConfig {
+            max_pending: kept.log.max_pending,
+            ..self.config.log.clone()
+        };
+        kept.client = crate::config::ClientConfig {
+            max_clients: kept.client.max_clients,
+            hello_timeout_ms: kept.client.hello_timeout_ms,
+            rate_per_sec: kept.client.rate_per_sec,
+            rate_burst: kept.client.rate_burst,
+            max_errors: kept.client.max_errors,
+            max_rooms_per_client: kept.client.max_rooms_per_client,
+            ..self.config.client.clone()
+        };
+        self.config = kept;
     }
 }
