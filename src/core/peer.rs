@@ -440,7 +440,9 @@ impl Node {
         }
         *acked = (*acked).max(durable_seq.min(self.last_seq));
         let acked = *acked;
-        if self.degraded && acked >= self.last_seq {
+        // Caught up with everything committed: from here on commits wait for the backup
+        // again (under steady traffic it never holds *every* appended entry at once).
+        if self.degraded && acked >= self.head && self.link.is_some() {
             self.degraded = false;
             self.log(
                 LogLevel::Info,
