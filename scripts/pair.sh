@@ -26,6 +26,7 @@ stop() {
 }
 trap stop INT TERM
 echo "pbchat pair running: primary clients on 127.0.0.1:7400, backup on 127.0.0.1:7410 (Ctrl-C stops both)"
-# If either node exits by itself, stop the other too.
-wait -n "$primary" "$backup" || true
+# Wait for both: one node killed on purpose (try a fail-over: kill -9 the primary's pid and
+# restart it by hand with target/release/pbchatd -c config/primary.toml) leaves the other up.
+wait "$primary" "$backup" || true
 stop

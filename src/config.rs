@@ -504,9 +504,15 @@ impl RawConfig {
         };
         let peer = match self.peer {
             None => {
+                let failover_set = self.failover.check_address
+                    != RawFailover::default().check_address
+                    || self.failover.promotion_cooldown_ms
+                        != RawFailover::default().promotion_cooldown_ms
+                    || self.failover.check_timeout_ms != RawFailover::default().check_timeout_ms;
                 for (present, key) in [
                     (self.heartbeat.is_some(), "heartbeat"),
                     (self.replication.is_some(), "replication"),
+                    (failover_set, "failover"),
                 ] {
                     if present {
                         return Err(ConfigError::Invalid {

@@ -497,8 +497,9 @@ fn sigterm_hands_over_with_a_short_pause_and_loses_nothing() {
     );
 }
 
-#[test]
-fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
+/// `b_sends`: whether the new primary commits anything of its own before the old one
+/// returns (an idle pair must re-commit the kept-aside messages too).
+fn losing_history_is_recommitted(b_sends: bool) {
     let pair = PairFiles::new("");
     let (mut a, mut b) = start_pair(&pair);
     let mut alice = a.hello("alice", "s-alice");
@@ -516,9 +517,11 @@ fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
     // b comes back alone, takes over in a new epoch and commits its own.
     b.restart();
     b.wait_log("promoted to primary");
-    let mut bob = common::hello_at(pair.client_b, "bob", "s-bob");
-    bob.join(ROOM);
-    bob.send_acked(ROOM, "z-1", "only b has this");
+    if b_sends {
+        let mut bob = common::hello_at(pair.client_b, "bob", "s-bob");
+        bob.join(ROOM);
+        bob.send_acked(ROOM, "z-1", "only b has this");
+    }
     // The old primary returns: it parts from b after x-1, keeps y-* aside, catches up, and
     // re-commits them through b.
     a.restart();
@@ -535,8 +538,14 @@ fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
         history.push(f);
     }
     let ids: Vec<&str> = history.iter().map(|f| f.id.as_deref().unwrap()).collect();
-    assert_eq!(ids, ["x-1", "z-1", "y-1", "y-2", "y-3"]);
-    for f in &history[2..] {
+    let expected: &[&str] = if b_sends {
+        &["x-1", "z-1", "y-1", "y-2", "y-3"]
+    } else {
+        &["x-1", "y-1", "y-2", "y-3"]
+    };
+    assert_eq!(ids, expected);
+    let first_recommitted = expected.len() - 3;
+    for f in &history[first_recommitted..] {
         let orig = f
             .orig
             .expect("a re-committed message names where it was first seen");
@@ -551,5 +560,15 @@ fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
     let mut alice = common::hello_at(pair.client_b, "alice", "s-alice");
     alice.join(ROOM);
     let seq = alice.send_acked(ROOM, "y-2", "only a has this");
-    assert_eq!(seq, history[3].seq.unwrap());
+    assert_eq!(seq, history[first_recommitted + 1].seq.unwrap());
+}
+
+#[test]
+fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
+    losing_history_is_recommitted(true);
+}
+
+#[test]
+fn messages_kept_aside_are_recommitted_on_an_idle_pair_too() {
+    losing_history_is_recommitted(false);
 }

@@ -120,13 +120,6 @@ impl EpochHistory {
             .find(|&&(_, start)| start <= seq)
             .copied()
     }
-
-    /// Drops spans that start after `seq` (their entries were cut from the log).
-    pub fn truncate_after(&mut self, seq: u64) {
-        while self.spans.len() > 1 && self.spans.last().is_some_and(|&(_, start)| start > seq + 1) {
-            self.spans.pop();
-        }
-    }
 }
 
 #[cfg(test)]

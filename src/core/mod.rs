@@ -250,6 +250,34 @@ pub enum Action {
     },
 }
 
+/// The node's latest change of role, with the reason it logged: for operators (status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    /// Wall-clock milliseconds as of the input that caused it (the latest tick or request).
+    pub at_ms: u64,
+    /// What happened: `promoted`, `stepped down` or `handed over`.
+    pub what: &'static str,
+    /// The role and epoch it led to.
+    pub role: Role,
+    pub epoch: u64,
+    /// Why, as logged (`peer silent for 1018 ms`, `planned hand-over from the primary`, ...).
+    pub reason: String,
+}
+
+/// What this node knows of its peer, for operators (status). Read-only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Monotonic time of the last heartbeat or replication frame from the peer; `None`
+    /// until it is first heard.
+    pub heard_ms: Option<u64>,
+    /// What its latest heartbeat said.
+    pub primary: bool,
+    pub epoch: u64,
+    pub head: u64,
+    /// A replication link to the peer is up (to the backup, or to the primary).
+    pub link: bool,
+}
+
 /// What the core knows of one connection.
 #[derive(Debug)]
 struct Conn {
@@ -323,6 +351,15 @@ pub struct Node {
     exit_requested: bool,
     /// The tick just turned degraded on: commit what waited for the backup.
     degraded_now: bool,
+    /// A new paired node configured as primary: it starts as backup and takes over once it
+    /// has heard that the peer is no primary (or the peer stays silent).
+    start_as_primary: bool,
+    last_probe_ms: Option<u64>,
+    probe_failing: bool,
+    /// The latest role change and why, for status; `None` since start.
+    last_change: Option<RoleChange>,
+    /// Sends refused by a client's token bucket since start (a counter for metrics).
+    rate_limited_total: u64,
 }
 
 impl Node {
@@ -366,6 +403,11 @@ impl Node {
             logs: Vec::new(),
             exit_requested: false,
             degraded_now: false,
+            start_as_primary: false,
+            last_probe_ms: None,
+            probe_failing: false,
+            last_change: None,
+            rate_limited_total: 0,
         }
     }
 
@@ -377,6 +419,12 @@ impl Node {
         self.config.max_errors = limits.max_errors;
         self.config.max_rooms_per_client = limits.max_rooms_per_client;
         self.config.max_pending = limits.max_pending;
+    }
+
+    /// A new paired node whose config says primary: it serves once it knows the peer is no
+    /// primary, under an epoch above the peer's (see `on_pair_tick`).
+    pub fn start_as_primary(&mut self) {
+        self.start_as_primary = true;
     }
 
     /// A primary without an epoch (a new node, or a standalone one that last served as
@@ -448,6 +496,28 @@ impl Node {
     /// What the backup has acknowledged (primary side), 0 without a backup.
     pub fn peer_acked(&self) -> u64 {
         self.backup_acked()
+    }
+    /// Rooms with at least one member.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+    /// The latest role change and its reason; `None` since start.
+    pub fn last_change(&self) -> Option<&RoleChange> {
+        self.last_change.as_ref()
+    }
+    /// Sends refused as rate-limited since start.
+    pub fn rate_limited_total(&self) -> u64 {
+        self.rate_limited_total
+    }
+    /// What this node knows of its peer (all zero without a pair).
+    pub fn peer_status(&self) -> PeerStatus {
+        PeerStatus {
+            heard_ms: (self.peer.last_heard_ms > 0).then_some(self.peer.last_heard_ms),
+            primary: self.peer.primary,
+            epoch: self.peer.epoch,
+            head: self.peer.head,
+            link: self.link.is_some(),
+        }
     }
     /// Where a client should go when this node is not the primary, if it knows.
     pub fn known_primary(&self) -> Option<&str> {
@@ -1002,6 +1072,7 @@ impl Node {
             return;
         }
         if !c.bucket.take(rate, burst, now) {
+            self.rate_limited_total += 1;
             self.error(
                 conn,
                 ErrorCode::RateLimited,

@@ -148,6 +148,7 @@ impl Node {
         }
         self.log(LogLevel::Warn, format!("stepping down to backup: {why}"));
         self.role = Role::Backup;
+        self.note_change("stepped down", why);
         self.degraded = false;
         self.fenced_since = None;
         self.handover = None;
@@ -223,6 +224,7 @@ impl Node {
                 self.last_seq + 1
             ),
         );
+        self.note_change("promoted", why);
         actions.push(Action::RoleChanged);
     }
 
@@ -236,13 +238,23 @@ impl Node {
                 let silent_ms = now.saturating_sub(self.peer.last_heard_ms);
                 let no_primary_ms = now.saturating_sub(self.peer.primary_seen_ms);
                 let silent = silent_ms >= pair.detection_ms;
-                // Both nodes backup and alive: the one with the better log takes over.
-                let standoff = !silent
+                let heard = self.peer.last_heard_ms > 0 && !silent;
+                // A new node configured as primary takes over as soon as it knows the peer is
+                // no primary (its epoch then goes above what the peer reported), or once the
+                // peer stays silent; it follows a peer that is primary already.
+                if self.start_as_primary && heard && self.peer.primary {
+                    self.start_as_primary = false;
+                }
+                let configured_start = self.start_as_primary && heard && !self.peer.primary;
+                // Both nodes backup and alive: the one with the better log takes over. Both
+                // sides compare the same quantities (epoch, committed head), and the lower
+                // rank breaks a tie, so exactly one of them wins.
+                let standoff = heard
                     && !self.peer.primary
                     && no_primary_ms >= pair.detection_ms
-                    && (self.epoch(), self.last_seq, pair.rank)
-                        > (self.peer.epoch, self.peer.head, 1 - pair.rank);
-                if !silent && !standoff {
+                    && (self.epoch(), self.head, 1 - pair.rank)
+                        > (self.peer.epoch, self.peer.head, pair.rank);
+                if !silent && !standoff && !configured_start {
                     self.probe_ok_ms = None;
                     return;
                 }
@@ -251,22 +263,29 @@ impl Node {
                         return;
                     }
                 }
-                if pair.check_address
-                    && self
-                        .probe_ok_ms
-                        .is_none_or(|at| at + pair.interval_ms < now)
-                {
-                    if !self.probing {
+                let probe_stale = self
+                    .probe_ok_ms
+                    .is_none_or(|at| at + pair.interval_ms < now);
+                if pair.check_address && probe_stale {
+                    // One probe at a time, and at most one per heartbeat interval.
+                    let due = self
+                        .last_probe_ms
+                        .is_none_or(|at| at + pair.interval_ms <= now);
+                    if !self.probing && due {
                         self.probing = true;
+                        self.last_probe_ms = Some(now);
                         actions.push(Action::Probe);
                     }
                     return;
                 }
-                let why = if silent {
+                let why = if configured_start {
+                    "new node configured as primary; the peer is a backup".to_string()
+                } else if silent {
                     format!("peer silent for {silent_ms} ms")
                 } else {
                     "both nodes were backups; this one has the newer log".into()
                 };
+                self.start_as_primary = false;
                 self.promote(&why, actions);
             }
             Role::Primary => {
@@ -301,11 +320,21 @@ impl Node {
                 }
                 if let Some(handover) = &self.handover {
                     if now >= handover.started_ms + HANDOVER_TIMEOUT_MS {
-                        self.log(
-                            LogLevel::Warn,
-                            "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
-                        );
-                        self.finish_handover(None, actions);
+                        if handover.exit {
+                            self.log(
+                                LogLevel::Warn,
+                                "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
+                            );
+                            self.finish_handover(None, actions);
+                        } else {
+                            // A drill that got no answer changes nothing: stay primary.
+                            self.handover = None;
+                            self.draining = false;
+                            self.log(
+                                LogLevel::Warn,
+                                "fail-over drill aborted: the backup did not take over in time; still primary".into(),
+                            );
+                        }
                     }
                 }
             }
@@ -712,7 +741,7 @@ impl Node {
         self.finish_handover(Some(epoch), actions);
     }
 
-    fn finish_handover(&mut self, _epoch: Option<u64>, actions: &mut Vec<Action>) {
+    fn finish_handover(&mut self, epoch: Option<u64>, actions: &mut Vec<Action>) {
         let Some(handover) = self.handover.take() else {
             return;
         };
@@ -724,6 +753,15 @@ impl Node {
             self.draining = false;
             self.role = Role::Backup;
             self.degraded = false;
+            let why = match epoch {
+                Some(epoch) => format!("fail-over drill: the peer took over in epoch {epoch}"),
+                None => "fail-over drill: the backup did not answer in time".to_string(),
+            };
+            self.log(
+                LogLevel::Info,
+                format!("handed over: serving as backup ({why})"),
+            );
+            self.note_change("handed over", &why);
             if let Some(link) = self.link.take() {
                 actions.push(Action::CloseLink {
                     link: link.id(),
@@ -735,11 +773,28 @@ impl Node {
         }
     }
 
+    /// Remembers the latest role change and its reason, for status.
+    fn note_change(&mut self, what: &'static str, why: &str) {
+        self.last_change = Some(super::RoleChange {
+            at_ms: self.now_ms,
+            what,
+            role: self.role,
+            epoch: self.epoch(),
+            reason: why.to_string(),
+        });
+    }
+
     pub(super) fn on_probe_result(&mut self, ok: bool) {
         self.probing = false;
+        let was_failing = self.probe_failing;
+        self.probe_failing = !ok;
         if ok {
             self.probe_ok_ms = Some(self.mono_ms);
-        } else {
+            if was_failing {
+                self.log(LogLevel::Info, "check_address answers again".into());
+            }
+        } else if !was_failing {
+            // Logged when it starts failing, not on every retry.
             self.log(
                 LogLevel::Warn,
                 "check_address did not answer: not promoting (this node may be cut off)".into(),

@@ -665,17 +665,25 @@ fn backup_session(
         })
         .map_err(|_| "core gone".to_string())?;
     let commit_seq = Arc::new(AtomicU64::new(0));
+    let commit_known = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let (resubmitted_tx, resubmitted_rx) = bounded::<(u64, u64)>(16);
     let reader = {
         let ctx = ctx.clone();
         let commit_seq = commit_seq.clone();
+        let commit_known = commit_known.clone();
         let done = done.clone();
         std::thread::Builder::new()
             .name("repl-backup-rx".into())
             .spawn(move || {
-                let result =
-                    backup_reader(&ctx, link, &mut conn, spans, &commit_seq, &resubmitted_tx);
+                let result = backup_reader(
+                    &ctx,
+                    link,
+                    &mut conn,
+                    spans,
+                    (&commit_seq, &commit_known),
+                    &resubmitted_tx,
+                );
                 done.store(true, Ordering::Release);
                 ctx.close(link, "reader ended");
                 result
@@ -703,16 +711,20 @@ fn backup_session(
             }
             sent_ack = durable;
             last_sent = Instant::now();
-            // Caught up with the primary's commits: time to re-commit what only we had.
-            let commit = commit_seq.load(Ordering::Acquire);
-            if !orphans_checked && commit > 0 && durable >= commit {
-                orphans_checked = true;
-                match resubmit_orphans(ctx, &mut writer) {
-                    Ok(last) => orphans_waiting = last,
-                    Err(e) => break Err(e),
-                }
-            }
             continue;
+        }
+        // Caught up with the primary's commits (known from its entries or beats): time to
+        // re-commit what only we had. Checked every turn, so an idle pair gets there too.
+        if !orphans_checked
+            && commit_known.load(Ordering::Acquire)
+            && sent_ack != u64::MAX
+            && sent_ack >= commit_seq.load(Ordering::Acquire)
+        {
+            orphans_checked = true;
+            match resubmit_orphans(ctx, &mut writer) {
+                Ok(last) => orphans_waiting = last,
+                Err(e) => break Err(e),
+            }
         }
         let beat_due = ctx.beat_interval.saturating_sub(last_sent.elapsed());
         select! {
@@ -782,7 +794,7 @@ fn backup_reader(
     link: LinkId,
     conn: &mut Conn,
     spans: Vec<(u64, u64)>,
-    commit_seq: &AtomicU64,
+    (commit_seq, commit_known): (&AtomicU64, &AtomicBool),
     resubmitted: &Sender<(u64, u64)>,
 ) -> Result<(), String> {
     let mut spans = Some(spans);
@@ -801,6 +813,7 @@ fn backup_reader(
                 entries,
             } => {
                 commit_seq.fetch_max(commit, Ordering::AcqRel);
+                commit_known.store(true, Ordering::Release);
                 Input::Replicate {
                     link,
                     commit_seq: commit,
@@ -810,6 +823,7 @@ fn backup_reader(
             }
             PeerFrame::Beat { head, .. } => {
                 commit_seq.fetch_max(head, Ordering::AcqRel);
+                commit_known.store(true, Ordering::Release);
                 Input::LinkAlive { mono_ms }
             }
             PeerFrame::Handover { epoch } => Input::HandoverAsked { link, epoch },

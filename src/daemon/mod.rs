@@ -107,12 +107,17 @@ pub fn run(config: Config) -> Result<(), String> {
         (None, Some(e)) => (Role::Primary, e.history, e.seen),
         (None, None) => (Role::Primary, EpochHistory::default(), 0),
         (Some(_), Some(e)) => (Role::Backup, e.history, e.seen),
-        (Some(_), None) if fresh => (config.role, EpochHistory::default(), 0),
+        // A new node waits to hear its peer before serving, even when configured primary:
+        // the peer may be primary already, or have used epochs this node cannot know.
+        (Some(_), None) if fresh => (Role::Backup, EpochHistory::default(), 0),
         (Some(_), None) => (Role::Backup, EpochHistory::default(), 0),
     };
 
     let core_config = core_config(&config, pair.clone());
     let mut node = Node::new(core_config, role, history, seen);
+    if fresh && pair.is_some() && config.role == Role::Primary {
+        node.start_as_primary();
+    }
     let started = Instant::now();
     let (mut log, recovery) = Log::open(
         LogOptions {
@@ -710,11 +715,6 @@ impl Driver {
             old_c.max_rooms_per_client,
             new_c.max_rooms_per_client
         );
-        note!(
-            "log.max_pending",
-            self.config.log.max_pending,
-            new.log.max_pending
-        );
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($name:literal, $old:expr, $new:expr) => {
@@ -748,6 +748,12 @@ impl Driver {
             new_c.idle_timeout_ms
         );
         needs_restart!("log.fsync", self.config.log.fsync, new.log.fsync);
+        // The log writer's queue was sized for it at start.
+        needs_restart!(
+            "log.max_pending",
+            self.config.log.max_pending,
+            new.log.max_pending
+        );
         needs_restart!(
             "log.segment_bytes",
             self.config.log.segment_bytes,
@@ -770,7 +776,9 @@ impl Driver {
         );
         log::set_max_level(new.log_level.to_filter());
         self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
-        self.node.set_limits(&core_config(&new, None));
+        let mut limits = core_config(&new, None);
+        limits.max_pending = self.config.log.max_pending;
+        self.node.set_limits(&limits);
         if changed.is_empty() {
             log::info!(
                 "reload of {}: nothing that can change at run time changed",
@@ -796,10 +804,7 @@ impl Driver {
         kept.node_id = self.config.node_id.clone();
         kept.data_dir = self.config.data_dir.clone();
         kept.peer = self.config.peer.clone();
-        kept.log = crate::config::LogConfig {
-            max_pending: kept.log.max_pending,
-            ..self.config.log.clone()
-        };
+        kept.log = self.config.log.clone();
         kept.client = crate::config::ClientConfig {
             max_clients: kept.client.max_clients,
             hello_timeout_ms: kept.client.hello_timeout_ms,
