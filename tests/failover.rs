@@ -572,3 +572,32 @@ fn messages_only_the_losing_history_had_are_recommitted_once_with_orig() {
 fn messages_kept_aside_are_recommitted_on_an_idle_pair_too() {
     losing_history_is_recommitted(false);
 }
+
+#[test]
+fn a_backup_that_cannot_reach_check_address_does_not_promote() {
+    // A port nothing listens on: the probe is refused, as for a node cut off from everyone.
+    let unreachable = common::free_port(false);
+    let pair = PairFiles::with_failover(
+        "",
+        "",
+        "",
+        &format!("check_address = \"127.0.0.1:{unreachable}\"\ncheck_timeout_ms = 100"),
+    );
+    // The gateway answers while the pair starts (the first promotion needs it too) ...
+    let gateway = std::net::TcpListener::bind(("127.0.0.1", unreachable)).unwrap();
+    let (mut a, b) = start_pair(&pair);
+    // ... then b is cut off from it, and loses the primary.
+    drop(gateway);
+    a.kill9();
+    b.wait_log("check_address did not answer: not promoting");
+    // Well past detection (1 s), it is still a backup, and said so only once.
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        assert!(!b.log_contains("promoted to primary"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.log_count("check_address did not answer"), 1);
+    // Once the check address answers, it promotes.
+    let _gateway = std::net::TcpListener::bind(("127.0.0.1", unreachable)).unwrap();
+    b.wait_log("promoted to primary");
+}

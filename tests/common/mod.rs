@@ -301,6 +301,16 @@ impl PairFiles {
     }
 
     pub fn with(heartbeat_extra: &str, replication_extra: &str, log_extra: &str) -> PairFiles {
+        PairFiles::with_failover(heartbeat_extra, replication_extra, log_extra, "")
+    }
+
+    /// `failover_extra`: lines for both nodes' [failover] section.
+    pub fn with_failover(
+        heartbeat_extra: &str,
+        replication_extra: &str,
+        log_extra: &str,
+        failover_extra: &str,
+    ) -> PairFiles {
         let dir = tempfile::tempdir().unwrap().keep();
         let secret = dir.join("pair.secret");
         let status = pbchatd().arg("--gen-secret").arg(&secret).output().unwrap();
@@ -323,7 +333,7 @@ impl PairFiles {
                  heartbeat_address = \"127.0.0.1:{ph}\"\nreplication_address = \"127.0.0.1:{pr}\"\n\
                  [heartbeat]\nlisten = \"127.0.0.1:{h}\"\nsecret_file = \"{secret}\"\n{heartbeat_extra}\n\
                  [replication]\nlisten = \"127.0.0.1:{r}\"\n{replication_extra}\n\
-                 [failover]\npromotion_cooldown_ms = 0\n\
+                 [failover]\npromotion_cooldown_ms = 0\n{failover_extra}\n\
                  [logging]\nlevel = \"debug\"\n",
                 data = dir.join(format!("data-{id}")).display(),
                 c = mine.0,
