@@ -1175,4 +1175,6 @@ impl Node {
 }
 
 #[cfg(test)]
+mod pair_tests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,2014 @@
+//! Two-node scenario tests of the pair: two real [`Node`]s, one logical clock, and a router
+//! that turns each node's actions into the other's inputs the way the daemon does
+//! (`daemon::route`, `daemon::link`, `daemon::heartbeat`, `daemon::storage`).
+//!
+//! No sockets, threads or sleeps: a test is a sequence of inputs, so it replays exactly.
+//! The emulation keeps what matters for failover and leaves the rest out:
+//! - each process's monotonic clock starts at 0 when it starts (the daemon's `Instant` base);
+//! - heartbeats are datagrams: a cut network drops them, a stopped process finds them in
+//!   its socket when it wakes and stamps them with the time it reads them;
+//! - the replication link is a TCP stream: frames arrive in order, a cut network holds
+//!   them until it heals, and a closed end sends a FIN after what it sent;
+//! - the disk keeps what was fsynced (and, for a process crash, what was written), the
+//!   epochs file and the orphans side file that a log cut fills.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::*;
+use crate::config::ReplicationMode;
+use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
+
+const A: usize = 0;
+const B: usize = 1;
+const NODE_IDS: [&str; 2] = ["a", "b"];
+/// Each node's client address; a node announces the other's in `goodbye` and `redirect`.
+const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
+const INTERVAL_MS: u64 = 200;
+const DETECTION_MS: u64 = 1_000;
+const ACK_TIMEOUT_MS: u64 = 1_000;
+/// The daemon's core tick.
+const TICK_MS: u64 = 50;
+/// A backup dials again this long after a dial failed or its link ended.
+const REDIAL_MS: u64 = 50;
+/// Wall-clock milliseconds at sim time 0, so timestamps look like real ones.
+const WALL_BASE_MS: u64 = 1_700_000_000_000;
+const ROOM: &str = "r";
+/// The link id a primary's own resubmission of its orphans goes under (never a real link).
+const SELF_LINK: LinkId = u64::MAX;
+
+fn core_config(index: usize, cooldown_ms: u64) -> CoreConfig {
+    CoreConfig {
+        node_id: NODE_IDS[index].into(),
+        // Where a node starts is `Node::new`'s role argument; this field is not read here.
+        role: Role::Backup,
+        peer_client_address: Some(CLIENT_ADDRESSES[1 - index].into()),
+        hello_timeout_ms: 60_000,
+        rate_per_sec: 10_000,
+        rate_burst: 10_000,
+        max_errors: 3,
+        max_rooms_per_client: 4,
+        max_pending: 10_000,
+        pair: Some(PairConfig {
+            rank: index as u64,
+            peer_client_address: CLIENT_ADDRESSES[1 - index].into(),
+            interval_ms: INTERVAL_MS,
+            detection_ms: DETECTION_MS,
+            mode: ReplicationMode::Sync,
+            ack_timeout_ms: ACK_TIMEOUT_MS,
+            promotion_cooldown_ms: cooldown_ms,
+            check_address: false,
+        }),
+    }
+}
+
+/// xorshift64*: a tiny deterministic generator, so a seed replays a run exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What survives the process: the log file, the epochs file and the orphans side file.
+#[derive(Clone, Debug)]
+struct Disk {
+    /// Entries written to the log, consecutive by seq, durable or not.
+    log: Vec<Entry>,
+    /// The seq the log starts at (1 unless the primary made it restart).
+    first_seq: u64,
+    /// Everything up to here is fsynced: it survives even a power cut.
+    synced_seq: u64,
+    spans: Vec<(u64, u64)>,
+    seen: u64,
+    /// Batches cut from the log, kept to re-commit through the primary (`storage::ORPHANS_FILE`).
+    orphans: Vec<Vec<Entry>>,
+}
+
+impl Disk {
+    fn last_seq(&self) -> u64 {
+        self.log.last().map_or(self.first_seq - 1, |e| e.seq)
+    }
+    fn ids(&self) -> Vec<(u64, u64, String)> {
+        self.log
+            .iter()
+            .map(|e| (e.epoch, e.seq, format!("{}/{}", e.session, e.id)))
+            .collect()
+    }
+}
+
+/// A running pbchatd.
+struct Process {
+    node: Node,
+    /// Sim time the process started; its monotonic clock reads `now - started_ms`.
+    started_ms: u64,
+    next_tick_ms: u64,
+    next_beat_ms: u64,
+    /// The log writer's generation, bumped by each cut (the daemon's writer keeps its own).
+    writer_generation: u64,
+    /// Fsyncs in flight: (due, generation, seq).
+    fsyncs: VecDeque<(u64, u64, u64)>,
+    /// SIGSTOP: nothing in the process runs before this time.
+    stopped_until: Option<u64>,
+    /// Emulated fix: the orig of the last own orphan resubmitted while primary, if any.
+    own_orphans_waiting: Option<(u64, u64)>,
+    /// The dialer's next attempt.
+    redial_at_ms: u64,
+}
+
+struct SimNode {
+    disk: Disk,
+    process: Option<Process>,
+    /// A slow disk: fsyncs take this long.
+    fsync_ms: u64,
+    /// A stuck disk: no fsync completes until the test releases it.
+    hold_fsyncs: bool,
+    /// Every frame this node sent a client, across restarts.
+    frames: Vec<(ConnId, ServerFrame)>,
+    /// Every message this node published.
+    published: Vec<ServerFrame>,
+    /// Pair actions worth asserting on, with the sim time they were taken.
+    events: Vec<(u64, Action)>,
+    /// (time, epoch) of each promotion.
+    promotions: Vec<(u64, u64)>,
+    /// (time, epoch) of each loss of the primary role.
+    step_downs: Vec<(u64, u64)>,
+    /// Highest epoch a heartbeat ever brought this node (invariant iii).
+    heartbeat_epoch: u64,
+    /// Sim time of the last heartbeat or link frame from the peer that reached the core.
+    last_heard_ms: u64,
+}
+
+/// A replication-link frame (`wire::replication::PeerFrame`, as far as the core sees it).
+#[derive(Clone, Debug)]
+enum Frame {
+    Truncate {
+        after_seq: u64,
+    },
+    Restart {
+        first_seq: u64,
+    },
+    Entries {
+        commit_seq: u64,
+        entries: Vec<Entry>,
+    },
+    Handover {
+        epoch: u64,
+    },
+    ResubmitDone {
+        epoch: u64,
+        seq: u64,
+    },
+    Ack {
+        durable_seq: u64,
+    },
+    TookOver {
+        epoch: u64,
+    },
+    Resubmit {
+        entries: Vec<Entry>,
+    },
+    Beat {
+        head: u64,
+    },
+    /// The sender's socket closed: FIN after everything it sent.
+    Fin,
+}
+
+/// One TCP connection between the nodes, both ends.
+struct SimLink {
+    id: LinkId,
+    primary: usize,
+    backup: usize,
+    /// Which ends are still open, by node index.
+    open: [bool; 2],
+    /// Frames on their way to each node, in order: (due, frame).
+    inflight: [VecDeque<(u64, Frame)>; 2],
+    next_beat_ms: [u64; 2],
+    /// Primary end: the next seq to stream, once the core accepted the backup.
+    next_seq: Option<u64>,
+    /// Backup end: the primary's epoch history from its welcome, for `PrimaryTruncate`.
+    welcome_spans: Option<Vec<(u64, u64)>>,
+    /// Backup end: the primary's commit point, from entries and beats, once one came.
+    commit_seq: u64,
+    commit_known: bool,
+    /// Backup end: the newest durable seq the core asked to ack, and the last one sent.
+    ack_seq: u64,
+    sent_ack: Option<u64>,
+    /// Backup end: orphans were sent (once per link) and the last one's orig to hear done.
+    orphans_checked: bool,
+    orphans_waiting: Option<(u64, u64)>,
+}
+
+struct Datagram {
+    due_ms: u64,
+    to: usize,
+    primary: bool,
+    epoch: u64,
+    head: u64,
+}
+
+/// An acknowledgment a client received.
+#[derive(Clone, Debug)]
+struct Acked {
+    node: usize,
+    session: String,
+    id: String,
+    seq: u64,
+}
+
+struct Pair {
+    now_ms: u64,
+    nodes: [SimNode; 2],
+    cooldown_ms: u64,
+    /// cut[from][to]: datagrams from `from` to `to` are lost, link frames wait.
+    cut: [[bool; 2]; 2],
+    datagrams: Vec<Datagram>,
+    links: Vec<SimLink>,
+    /// Inputs a node gives itself (link down after its own close, probe results).
+    inbox: VecDeque<(usize, Input)>,
+    next_link: LinkId,
+    next_conn: ConnId,
+    /// Open client connections: conn -> (node, session).
+    conns: HashMap<ConnId, (usize, String)>,
+    /// Network latency, random up to `latency_max_ms` in the seeded test, else zero.
+    rng: Option<Rng>,
+    latency_max_ms: u64,
+    /// Every (epoch, seq) ever published, with the (session, id) it named (invariant i).
+    published: BTreeMap<(u64, u64), (String, String)>,
+    acked: Vec<Acked>,
+    /// Emulates a daemon that, while primary, re-commits its own orphans through its core
+    /// (`Input::Resubmit` on [`SELF_LINK`]); the daemon does not (see the ignored test).
+    primary_resubmits_own_orphans: bool,
+    /// Print every step (`PAIR_TRACE=1`).
+    trace: bool,
+}
+
+impl Pair {
+    /// Two new nodes start at time 0, `a` configured primary: as the daemon starts it, it
+    /// waits as backup until it has heard that `b` is no primary, then takes epoch 1.
+    fn new(cooldown_ms: u64) -> Self {
+        let mut pair = Pair::empty(cooldown_ms);
+        let mut a = Node::new(
+            core_config(A, cooldown_ms),
+            Role::Backup,
+            EpochHistory::default(),
+            0,
+        );
+        a.start_as_primary();
+        a.begin_first_epoch(A as u64);
+        pair.start(A, a);
+        let b = Node::new(
+            core_config(B, cooldown_ms),
+            Role::Backup,
+            EpochHistory::default(),
+            0,
+        );
+        pair.start(B, b);
+        pair
+    }
+
+    fn empty(cooldown_ms: u64) -> Self {
+        let node = || SimNode {
+            disk: Disk {
+                log: Vec::new(),
+                first_seq: 1,
+                synced_seq: 0,
+                spans: Vec::new(),
+                seen: 0,
+                orphans: Vec::new(),
+            },
+            process: None,
+            fsync_ms: 0,
+            hold_fsyncs: false,
+            frames: Vec::new(),
+            published: Vec::new(),
+            events: Vec::new(),
+            promotions: Vec::new(),
+            step_downs: Vec::new(),
+            heartbeat_epoch: 0,
+            last_heard_ms: 0,
+        };
+        Pair {
+            now_ms: 0,
+            nodes: [node(), node()],
+            cooldown_ms,
+            cut: [[false; 2]; 2],
+            datagrams: Vec::new(),
+            links: Vec::new(),
+            inbox: VecDeque::new(),
+            next_link: 1,
+            next_conn: 1,
+            conns: HashMap::new(),
+            rng: None,
+            latency_max_ms: 0,
+            published: BTreeMap::new(),
+            acked: Vec::new(),
+            primary_resubmits_own_orphans: false,
+            trace: std::env::var_os("PAIR_TRACE").is_some(),
+        }
+    }
+
+    /// Starts a process around `node`, as `daemon::run` does after recovery.
+    fn start(&mut self, i: usize, mut node: Node) {
+        node.set_log_start(self.nodes[i].disk.first_seq);
+        let disk = &mut self.nodes[i].disk;
+        // The daemon saves the epochs file at start-up.
+        disk.spans = node.epochs().spans().to_vec();
+        disk.seen = node.seen_epoch();
+        self.nodes[i].process = Some(Process {
+            node,
+            started_ms: self.now_ms,
+            next_tick_ms: self.now_ms,
+            next_beat_ms: self.now_ms,
+            writer_generation: 0,
+            fsyncs: VecDeque::new(),
+            stopped_until: None,
+            own_orphans_waiting: None,
+            redial_at_ms: self.now_ms,
+        });
+    }
+
+    /// Restarts a stopped node from its disk: a paired node with state starts as backup.
+    fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].process.is_none(), "node {i} is running");
+        let disk = &mut self.nodes[i].disk;
+        let mut node = Node::new(
+            core_config(i, self.cooldown_ms),
+            Role::Backup,
+            EpochHistory::from_spans(disk.spans.clone()),
+            disk.seen,
+        );
+        for entry in &disk.log {
+            node.recover(entry);
+        }
+        disk.synced_seq = disk.last_seq();
+        node.begin_first_epoch(i as u64);
+        self.trace(i, "restarted");
+        self.start(i, node);
+    }
+
+    /// kill -9: the process is gone; the kernel closes its sockets. `power_cut` also loses
+    /// what was written but not yet fsynced.
+    fn crash(&mut self, i: usize, power_cut: bool) {
+        if self.nodes[i].process.take().is_none() {
+            return;
+        }
+        self.trace(i, "crashed");
+        let disk = &mut self.nodes[i].disk;
+        if power_cut {
+            let synced = disk.synced_seq;
+            disk.log.retain(|e| e.seq <= synced);
+        }
+        self.process_gone(i);
+    }
+
+    /// The process ended (exit or crash): its link ends close and its clients are gone.
+    fn process_gone(&mut self, i: usize) {
+        for link in 0..self.links.len() {
+            if self.links[link].open[i] {
+                self.close_end(link, i);
+            }
+        }
+        self.conns.retain(|_, (node, _)| *node != i);
+        self.inbox.retain(|(node, _)| *node != i);
+    }
+
+    /// SIGSTOP for `ms`, then SIGCONT.
+    fn stop(&mut self, i: usize, ms: u64) {
+        if let Some(p) = &mut self.nodes[i].process {
+            p.stopped_until = Some(self.now_ms + ms);
+        }
+    }
+
+    fn partition(&mut self) {
+        self.cut = [[false, true], [true, false]];
+    }
+
+    fn heal(&mut self) {
+        self.cut = [[false; 2]; 2];
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+            .process
+            .as_ref()
+            .expect("node is running")
+            .node
+    }
+
+    fn running(&self, i: usize) -> bool {
+        self.nodes[i]
+            .process
+            .as_ref()
+            .is_some_and(|p| p.stopped_until.is_none())
+    }
+
+    fn mono(&self, i: usize) -> u64 {
+        self.now_ms - self.nodes[i].process.as_ref().map_or(0, |p| p.started_ms)
+    }
+
+    fn latency(&mut self) -> u64 {
+        let max = self.latency_max_ms;
+        self.rng.as_mut().map_or(0, |rng| rng.below(max + 1))
+    }
+
+    fn trace(&self, i: usize, what: &str) {
+        if self.trace {
+            eprintln!("{:>6} {}: {what}", self.now_ms, NODE_IDS[i]);
+        }
+    }
+
+    // ---- time ----
+
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now_ms + ms;
+        self.settle();
+        while self.now_ms < end {
+            self.now_ms += 1;
+            self.settle();
+        }
+    }
+
+    /// Runs until `done` holds, at most `max_ms`; true when it held.
+    fn run_until(&mut self, max_ms: u64, done: impl Fn(&Pair) -> bool) -> bool {
+        let end = self.now_ms + max_ms;
+        self.settle();
+        while !done(self) {
+            if self.now_ms >= end {
+                return false;
+            }
+            self.now_ms += 1;
+            self.settle();
+        }
+        true
+    }
+
+    /// Does everything due now, until nothing is.
+    fn settle(&mut self) {
+        loop {
+            let mut progressed = self.wake_and_tick();
+            progressed |= self.drain_inbox();
+            progressed |= self.complete_fsyncs();
+            progressed |= self.deliver_datagrams();
+            progressed |= self.deliver_frames();
+            progressed |= self.pump_links();
+            progressed |= self.send_beats();
+            progressed |= self.dial();
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// The core's 50 ms tick; a process that wakes from SIGSTOP ticks first, late.
+    fn wake_and_tick(&mut self) -> bool {
+        let mut progressed = false;
+        for i in [A, B] {
+            let now = self.now_ms;
+            let Some(p) = &mut self.nodes[i].process else {
+                continue;
+            };
+            if p.stopped_until.is_some_and(|until| until <= now) {
+                p.stopped_until = None;
+            }
+            if p.stopped_until.is_some() || p.next_tick_ms > now {
+                continue;
+            }
+            p.next_tick_ms = now + TICK_MS;
+            let mono_ms = self.mono(i);
+            self.step(
+                i,
+                Input::Tick {
+                    now_ms: WALL_BASE_MS + now,
+                    mono_ms,
+                },
+            );
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn drain_inbox(&mut self) -> bool {
+        let mut progressed = false;
+        let mut waiting = VecDeque::new();
+        while let Some((i, input)) = self.inbox.pop_front() {
+            if self.running(i) {
+                self.step(i, input);
+                progressed = true;
+            } else if self.nodes[i].process.is_some() {
+                waiting.push_back((i, input));
+            }
+        }
+        self.inbox = waiting;
+        progressed
+    }
+
+    fn complete_fsyncs(&mut self) -> bool {
+        let mut progressed = false;
+        for i in [A, B] {
+            if !self.running(i) || self.nodes[i].hold_fsyncs {
+                continue;
+            }
+            let now = self.now_ms;
+            let sim = &mut self.nodes[i];
+            let p = sim.process.as_mut().expect("running");
+            let mut done = Vec::new();
+            while p.fsyncs.front().is_some_and(|&(due, _, _)| due <= now) {
+                let (_, generation, seq) = p.fsyncs.pop_front().expect("front");
+                if generation == p.writer_generation {
+                    sim.disk.synced_seq = sim.disk.synced_seq.max(seq);
+                }
+                done.push(Input::Durable { generation, seq });
+            }
+            for input in done {
+                self.step(i, input);
+                progressed = true;
+            }
+        }
+        progressed
+    }
+
+    fn deliver_datagrams(&mut self) -> bool {
+        let now = self.now_ms;
+        let mut progressed = false;
+        let mut at = 0;
+        while at < self.datagrams.len() {
+            let d = &self.datagrams[at];
+            if d.due_ms > now || (self.nodes[d.to].process.is_some() && !self.running(d.to)) {
+                // Not yet, or waiting in a stopped process's socket.
+                at += 1;
+                continue;
+            }
+            let d = self.datagrams.remove(at);
+            if self.nodes[d.to].process.is_none() {
+                continue;
+            }
+            let sim = &mut self.nodes[d.to];
+            sim.heartbeat_epoch = sim.heartbeat_epoch.max(d.epoch);
+            sim.last_heard_ms = now;
+            let mono_ms = self.mono(d.to);
+            self.step(
+                d.to,
+                Input::Heartbeat {
+                    primary: d.primary,
+                    epoch: d.epoch,
+                    head: d.head,
+                    mono_ms,
+                },
+            );
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn send_beats(&mut self) -> bool {
+        let mut progressed = false;
+        for i in [A, B] {
+            if !self.running(i) {
+                continue;
+            }
+            let now = self.now_ms;
+            let p = self.nodes[i].process.as_mut().expect("running");
+            if p.next_beat_ms > now {
+                continue;
+            }
+            p.next_beat_ms = now + INTERVAL_MS;
+            let (primary, epoch, head) = (
+                p.node.role() == Role::Primary,
+                p.node.epoch(),
+                p.node.head(),
+            );
+            if !self.cut[i][1 - i] {
+                let due_ms = now + self.latency();
+                self.datagrams.push(Datagram {
+                    due_ms,
+                    to: 1 - i,
+                    primary,
+                    epoch,
+                    head,
+                });
+            }
+            progressed = true;
+        }
+        // Link beats: each open end says it is alive every interval.
+        for link in 0..self.links.len() {
+            for i in [A, B] {
+                let l = &self.links[link];
+                if l.open[i] && self.running(i) && l.next_beat_ms[i] <= self.now_ms {
+                    let head = self.node(i).head();
+                    self.links[link].next_beat_ms[i] = self.now_ms + INTERVAL_MS;
+                    self.send_frame(link, i, Frame::Beat { head });
+                    progressed = true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// A backup without a link dials the primary (`link::run_dialer`); the primary side
+    /// refuses unless it is primary (`link::serve_backup`).
+    fn dial(&mut self) -> bool {
+        let mut progressed = false;
+        for i in [A, B] {
+            let j = 1 - i;
+            if !self.running(i) {
+                continue;
+            }
+            let now = self.now_ms;
+            let p = self.nodes[i].process.as_ref().expect("running");
+            if p.node.role() == Role::Primary || p.redial_at_ms > now {
+                continue;
+            }
+            if self.links.iter().any(|l| l.backup == i && l.open[i]) {
+                continue;
+            }
+            let reachable = self.running(j) && !self.cut[i][j] && !self.cut[j][i];
+            if !reachable || self.node(j).role() != Role::Primary {
+                self.nodes[i]
+                    .process
+                    .as_mut()
+                    .expect("running")
+                    .redial_at_ms = now + REDIAL_MS;
+                continue;
+            }
+            let id = self.next_link;
+            self.next_link += 1;
+            let backup = self.node(i);
+            let hello = (
+                backup.seen_epoch(),
+                backup.last_seq(),
+                backup.epochs().spans().to_vec(),
+            );
+            let welcome = (self.node(j).epoch(), self.node(j).epochs().spans().to_vec());
+            self.links.push(SimLink {
+                id,
+                primary: j,
+                backup: i,
+                open: [true, true],
+                inflight: [VecDeque::new(), VecDeque::new()],
+                next_beat_ms: [now + INTERVAL_MS; 2],
+                next_seq: None,
+                welcome_spans: Some(welcome.1),
+                commit_seq: 0,
+                commit_known: false,
+                ack_seq: 0,
+                sent_ack: None,
+                orphans_checked: false,
+                orphans_waiting: None,
+            });
+            self.trace(i, &format!("link {id} to the primary"));
+            // After the handshake each side's link thread tells its core, about at once.
+            let (mono_i, mono_j) = (self.mono(i), self.mono(j));
+            self.inbox.push_back((
+                i,
+                Input::PrimaryWelcome {
+                    link: id,
+                    epoch: welcome.0,
+                    mono_ms: mono_i,
+                },
+            ));
+            self.inbox.push_back((
+                j,
+                Input::BackupHello {
+                    link: id,
+                    epoch: hello.0,
+                    last_seq: hello.1,
+                    spans: hello.2,
+                    mono_ms: mono_j,
+                },
+            ));
+            progressed = true;
+        }
+        progressed
+    }
+
+    // ---- the link ----
+
+    fn link_index(&self, id: LinkId) -> Option<usize> {
+        self.links.iter().position(|l| l.id == id)
+    }
+
+    fn send_frame(&mut self, link: usize, from: usize, frame: Frame) {
+        let latency = self.latency();
+        let l = &mut self.links[link];
+        if !l.open[from] {
+            return;
+        }
+        let to = 1 - from;
+        // TCP keeps order: a frame never overtakes the one before it.
+        let due = l.inflight[to]
+            .back()
+            .map_or(0, |&(due, _)| due)
+            .max(self.now_ms + latency);
+        l.inflight[to].push_back((due, frame));
+    }
+
+    /// One end closes (the core's `CloseLink`, an error, or the process ended).
+    fn close_end(&mut self, link: usize, i: usize) {
+        if !self.links[link].open[i] {
+            return;
+        }
+        self.send_frame(link, i, Frame::Fin);
+        let l = &mut self.links[link];
+        l.open[i] = false;
+        if l.backup == i {
+            if let Some(p) = &mut self.nodes[i].process {
+                p.redial_at_ms = self.now_ms + REDIAL_MS;
+            }
+        }
+        let id = l.id;
+        if self.nodes[i].process.is_some() {
+            self.inbox.push_back((i, Input::LinkDown { link: id }));
+        }
+    }
+
+    fn deliver_frames(&mut self) -> bool {
+        let mut progressed = false;
+        for link in 0..self.links.len() {
+            for to in [A, B] {
+                loop {
+                    let l = &self.links[link];
+                    let Some(&(due, _)) = l.inflight[to].front() else {
+                        break;
+                    };
+                    let gone = self.nodes[to].process.is_none() || !l.open[to];
+                    if !gone && (due > self.now_ms || self.cut[1 - to][to] || !self.running(to)) {
+                        break;
+                    }
+                    let (_, frame) = self.links[link].inflight[to].pop_front().expect("front");
+                    progressed = true;
+                    if !gone {
+                        self.on_frame(link, to, frame);
+                    }
+                }
+            }
+        }
+        // Forget links that are closed at both ends with nothing left in flight.
+        self.links
+            .retain(|l| l.open.iter().any(|&o| o) || l.inflight.iter().any(|q| !q.is_empty()));
+        progressed
+    }
+
+    /// A frame reaches the link thread of node `to`, which turns it into an input.
+    fn on_frame(&mut self, link: usize, to: usize, frame: Frame) {
+        self.nodes[to].last_heard_ms = self.now_ms;
+        let mono_ms = self.mono(to);
+        let l = &mut self.links[link];
+        let id = l.id;
+        let input = match frame {
+            Frame::Truncate { after_seq } => Input::PrimaryTruncate {
+                link: id,
+                after_seq,
+                spans: l.welcome_spans.take().unwrap_or_default(),
+            },
+            Frame::Restart { first_seq } => Input::PrimaryRestart {
+                link: id,
+                first_seq,
+            },
+            Frame::Entries {
+                commit_seq,
+                entries,
+            } => {
+                l.commit_seq = l.commit_seq.max(commit_seq);
+                l.commit_known = true;
+                Input::Replicate {
+                    link: id,
+                    commit_seq,
+                    entries,
+                    mono_ms,
+                }
+            }
+            Frame::Beat { head } => {
+                if l.backup == to {
+                    l.commit_seq = l.commit_seq.max(head);
+                    l.commit_known = true;
+                }
+                Input::LinkAlive { mono_ms }
+            }
+            Frame::Handover { epoch } => Input::HandoverAsked { link: id, epoch },
+            Frame::ResubmitDone { epoch, seq } => {
+                if l.orphans_waiting == Some((epoch, seq)) {
+                    // Everything kept aside is re-committed: the side file goes.
+                    l.orphans_waiting = None;
+                    self.nodes[to].disk.orphans.clear();
+                }
+                Input::LinkAlive { mono_ms }
+            }
+            Frame::Ack { durable_seq } => Input::BackupAck {
+                link: id,
+                durable_seq,
+                mono_ms,
+            },
+            Frame::TookOver { epoch } => Input::TookOver { link: id, epoch },
+            Frame::Resubmit { entries } => Input::Resubmit { link: id, entries },
+            Frame::Fin => {
+                l.open[to] = false;
+                if l.backup == to {
+                    if let Some(p) = &mut self.nodes[to].process {
+                        p.redial_at_ms = self.now_ms + REDIAL_MS;
+                    }
+                }
+                Input::LinkDown { link: id }
+            }
+        };
+        self.step(to, input);
+    }
+
+    /// The link writers: the primary streams its log; the backup acks and, once caught up
+    /// with the primary's commits, resubmits its orphans (`link::backup_session`).
+    fn pump_links(&mut self) -> bool {
+        let mut progressed = self.resubmit_own_orphans();
+        for link in 0..self.links.len() {
+            let (p, b) = (self.links[link].primary, self.links[link].backup);
+            if self.links[link].open[p] && self.running(p) {
+                if let Some(next) = self.links[link].next_seq {
+                    let disk = &self.nodes[p].disk;
+                    if next <= disk.last_seq() {
+                        let from = disk.log.iter().position(|e| e.seq == next);
+                        let Some(from) = from else {
+                            // "the log no longer holds seq": the link ends.
+                            self.close_end(link, p);
+                            progressed = true;
+                            continue;
+                        };
+                        let entries = disk.log[from..].to_vec();
+                        self.links[link].next_seq = Some(disk.last_seq() + 1);
+                        let commit_seq = self.node(p).head();
+                        self.send_frame(
+                            link,
+                            p,
+                            Frame::Entries {
+                                commit_seq,
+                                entries,
+                            },
+                        );
+                        progressed = true;
+                    }
+                }
+            }
+            let running = self.running(b);
+            let l = &mut self.links[link];
+            if !(l.open[b] && running) {
+                continue;
+            }
+            let durable_seq = l.ack_seq;
+            let ack_changed = l.sent_ack != Some(durable_seq);
+            // Caught up with what the primary said it committed: time to re-commit what
+            // only this node had.
+            let resubmit = !l.orphans_checked && l.commit_known && durable_seq >= l.commit_seq;
+            if ack_changed {
+                l.sent_ack = Some(durable_seq);
+                self.send_frame(link, b, Frame::Ack { durable_seq });
+                progressed = true;
+            }
+            if resubmit {
+                progressed = true;
+                self.links[link].orphans_checked = true;
+                for entries in self.nodes[b].disk.orphans.clone() {
+                    let last = entries.last().expect("batches are not empty");
+                    self.links[link].orphans_waiting =
+                        Some(last.orig.unwrap_or((last.epoch, last.seq)));
+                    self.send_frame(link, b, Frame::Resubmit { entries });
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Emulated fix: a primary with orphans re-commits them itself, once per term.
+    fn resubmit_own_orphans(&mut self) -> bool {
+        if !self.primary_resubmits_own_orphans {
+            return false;
+        }
+        let mut progressed = false;
+        for i in [A, B] {
+            if !self.running(i) {
+                continue;
+            }
+            let sim = &mut self.nodes[i];
+            let p = sim.process.as_mut().expect("running");
+            if p.node.role() != Role::Primary {
+                p.own_orphans_waiting = None;
+                continue;
+            }
+            if p.own_orphans_waiting.is_some() || sim.disk.orphans.is_empty() {
+                continue;
+            }
+            let batches = sim.disk.orphans.clone();
+            let last = batches.last().and_then(|b| b.last()).expect("not empty");
+            p.own_orphans_waiting = Some(last.orig.unwrap_or((last.epoch, last.seq)));
+            for entries in batches {
+                self.step(
+                    i,
+                    Input::Resubmit {
+                        link: SELF_LINK,
+                        entries,
+                    },
+                );
+            }
+            progressed = true;
+        }
+        progressed
+    }
+
+    // ---- one step of one node, and its actions ----
+
+    fn step(&mut self, i: usize, input: Input) {
+        let now = self.now_ms;
+        let p = self.nodes[i]
+            .process
+            .as_mut()
+            .expect("step on a running node");
+        let before = (p.node.role(), p.node.epoch());
+        if self.trace {
+            eprintln!("{now:>6} {} <- {input:?}", NODE_IDS[i]);
+        }
+        let mut actions = Vec::new();
+        p.node.step(input, &mut actions);
+        let after = (p.node.role(), p.node.epoch());
+        if before.0 != Role::Primary && after.0 == Role::Primary {
+            self.nodes[i].promotions.push((now, after.1));
+        }
+        if before.0 == Role::Primary && after.0 != Role::Primary {
+            self.nodes[i].step_downs.push((now, before.1));
+        }
+        for action in actions {
+            if self.trace {
+                match &action {
+                    Action::Log { message, .. } => eprintln!("{now:>6} {}: {message}", NODE_IDS[i]),
+                    _ => eprintln!("{now:>6} {} -> {action:?}", NODE_IDS[i]),
+                }
+            }
+            self.route(i, action);
+            if self.nodes[i].process.is_none() {
+                // Exit: nothing after it is carried out.
+                return;
+            }
+        }
+    }
+
+    /// Carries out one action as `daemon::Driver::route` and the threads behind it do.
+    fn route(&mut self, i: usize, action: Action) {
+        let now = self.now_ms;
+        if matches!(
+            action,
+            Action::Truncate { .. }
+                | Action::RestartLog { .. }
+                | Action::AcceptBackup { .. }
+                | Action::Handover { .. }
+                | Action::TookOver { .. }
+                | Action::ResubmitDone { .. }
+                | Action::Exit
+        ) {
+            self.nodes[i].events.push((now, action.clone()));
+        }
+        match action {
+            Action::Send { conn, frame } => {
+                let frame = decode_server_frame(&frame[..frame.len() - 1]).expect("a frame");
+                if frame.kind == "ack" {
+                    let session = self.conns.get(&conn).map(|(_, s)| s.clone());
+                    self.acked.push(Acked {
+                        node: i,
+                        session: session.expect("acks go to open connections"),
+                        id: frame.id.clone().expect("ack names the id"),
+                        seq: frame.seq.expect("ack has a seq"),
+                    });
+                }
+                self.nodes[i].frames.push((conn, frame));
+            }
+            Action::Close { conn } => {
+                self.conns.remove(&conn);
+            }
+            Action::Append(entry) => {
+                let sim = &mut self.nodes[i];
+                assert_eq!(
+                    entry.seq,
+                    sim.disk.last_seq() + 1,
+                    "node {} appends seq {} after {}: the log would refuse the gap",
+                    NODE_IDS[i],
+                    entry.seq,
+                    sim.disk.last_seq()
+                );
+                let seq = entry.seq;
+                sim.disk.log.push(entry);
+                let p = sim.process.as_mut().expect("running");
+                p.fsyncs
+                    .push_back((now + sim.fsync_ms, p.writer_generation, seq));
+            }
+            Action::Publish { seq, frame, .. } => self.on_publish(i, seq, &frame),
+            Action::SaveEpochs { spans, seen } => {
+                let disk = &mut self.nodes[i].disk;
+                disk.spans = spans;
+                disk.seen = seen;
+            }
+            Action::Truncate { after_seq } => {
+                let sim = &mut self.nodes[i];
+                let keep = sim
+                    .disk
+                    .log
+                    .iter()
+                    .take_while(|e| e.seq <= after_seq)
+                    .count();
+                let cut = sim.disk.log.split_off(keep);
+                if !cut.is_empty() {
+                    sim.disk.orphans.push(cut);
+                }
+                self.rewrite_log(i);
+            }
+            Action::RestartLog { first_seq } => {
+                let disk = &mut self.nodes[i].disk;
+                disk.log.clear();
+                disk.first_seq = first_seq;
+                self.rewrite_log(i);
+            }
+            Action::Exit => {
+                self.trace(i, "exits");
+                let sim = &mut self.nodes[i];
+                sim.disk.synced_seq = sim.disk.last_seq();
+                sim.process = None;
+                self.process_gone(i);
+            }
+            Action::AcceptBackup {
+                link,
+                truncate_after,
+                restart_at,
+            } => {
+                if let Some(link) = self.link_index(link) {
+                    self.send_frame(
+                        link,
+                        i,
+                        Frame::Truncate {
+                            after_seq: truncate_after,
+                        },
+                    );
+                    if let Some(first_seq) = restart_at {
+                        self.send_frame(link, i, Frame::Restart { first_seq });
+                    }
+                    self.links[link].next_seq = Some(restart_at.unwrap_or(truncate_after + 1));
+                }
+            }
+            Action::CloseLink { link, .. } => {
+                if let Some(link) = self.link_index(link) {
+                    self.close_end(link, i);
+                }
+            }
+            Action::AckPrimary { link, durable_seq } => {
+                if let Some(link) = self.link_index(link) {
+                    let l = &mut self.links[link];
+                    l.ack_seq = l.ack_seq.max(durable_seq);
+                }
+            }
+            Action::Handover { link, epoch } => {
+                self.frame_to_link(link, i, Frame::Handover { epoch })
+            }
+            Action::TookOver { link, epoch } => {
+                self.frame_to_link(link, i, Frame::TookOver { epoch })
+            }
+            Action::ResubmitDone {
+                link: SELF_LINK,
+                epoch,
+                seq,
+            } => {
+                let sim = &mut self.nodes[i];
+                let p = sim.process.as_mut().expect("running");
+                if p.own_orphans_waiting == Some((epoch, seq)) {
+                    p.own_orphans_waiting = None;
+                    sim.disk.orphans.clear();
+                }
+            }
+            Action::ResubmitDone { link, epoch, seq } => {
+                self.frame_to_link(link, i, Frame::ResubmitDone { epoch, seq })
+            }
+            Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
+            // Log lines, role changes, presence and subscriptions change nothing here.
+            _ => {}
+        }
+    }
+
+    fn frame_to_link(&mut self, link: LinkId, from: usize, frame: Frame) {
+        if let Some(link) = self.link_index(link) {
+            self.send_frame(link, from, frame);
+        }
+    }
+
+    /// After a cut or restart the writer fsyncs, bumps its generation and reports.
+    fn rewrite_log(&mut self, i: usize) {
+        let now = self.now_ms;
+        let sim = &mut self.nodes[i];
+        let last = sim.disk.last_seq();
+        sim.disk.synced_seq = last;
+        let p = sim.process.as_mut().expect("running");
+        p.fsyncs.clear();
+        p.writer_generation += 1;
+        p.fsyncs.push_back((now, p.writer_generation, last));
+    }
+
+    fn on_publish(&mut self, i: usize, seq: u64, frame: &[u8]) {
+        let msg = decode_server_frame(&frame[..frame.len() - 1]).expect("a msg frame");
+        let epoch = msg.epoch.expect("msg has an epoch");
+        assert_eq!(msg.seq, Some(seq));
+        let id = msg.id.clone().expect("msg has an id");
+        let body = msg.body.clone().expect("msg has a body");
+        let session = body
+            .split('/')
+            .next()
+            .expect("body names its session")
+            .to_string();
+        // (i) An (epoch, seq) names one message, published once, by one node.
+        let named = (session, id);
+        if let Some(earlier) = self.published.insert((epoch, seq), named.clone()) {
+            panic!(
+                "(epoch {epoch}, seq {seq}) published twice: as {earlier:?} and by {} as {named:?}",
+                NODE_IDS[i]
+            );
+        }
+        // (iii) Never publish below an epoch the peer announced.
+        let heard = self.nodes[i].heartbeat_epoch;
+        assert!(
+            epoch >= heard,
+            "{} published seq {seq} in epoch {epoch} after a heartbeat in epoch {heard}",
+            NODE_IDS[i]
+        );
+        self.nodes[i].published.push(msg);
+    }
+
+    // ---- clients ----
+
+    fn request(&mut self, i: usize, conn: ConnId, json: &str) {
+        let request = decode_request(json.as_bytes(), 4096).expect("a valid request");
+        if self.running(i) {
+            let now_ms = WALL_BASE_MS + self.now_ms;
+            self.step(
+                i,
+                Input::Request {
+                    conn,
+                    request,
+                    now_ms,
+                },
+            );
+        }
+    }
+
+    /// Connects a client of `session` (nick = session) to node `i` and joins the room.
+    fn connect(&mut self, i: usize, session: &str) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(conn, (i, session.to_string()));
+        let now_ms = WALL_BASE_MS + self.now_ms;
+        self.step(i, Input::Connected { conn, now_ms });
+        self.request(
+            i,
+            conn,
+            &format!(r#"{{"type":"hello","version":1,"nick":"{session}","session":"{session}"}}"#),
+        );
+        self.request(i, conn, &format!(r#"{{"type":"join","room":"{ROOM}"}}"#));
+        self.settle();
+        conn
+    }
+
+    /// A client sends message `id`; the body names the session, for the invariants.
+    fn send(&mut self, conn: ConnId, id: &str) {
+        let Some((i, session)) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        self.request(
+            i,
+            conn,
+            &format!(r#"{{"type":"send","room":"{ROOM}","id":"{id}","body":"{session}/{id}"}}"#),
+        );
+        self.settle();
+    }
+
+    fn frames_to(&self, conn: ConnId) -> Vec<ServerFrame> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.frames.iter())
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    /// The seq node `i` acked `id` with, if it did.
+    fn ack_of(&self, i: usize, session: &str, id: &str) -> Option<u64> {
+        self.acked
+            .iter()
+            .find(|a| a.node == i && a.session == session && a.id == id)
+            .map(|a| a.seq)
+    }
+
+    fn published_ids(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .published
+            .iter()
+            .map(|m| m.id.clone().unwrap())
+            .collect()
+    }
+
+    fn events(&self, i: usize) -> Vec<Action> {
+        self.nodes[i]
+            .events
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// How many times (session, id) is in node `i`'s log.
+    fn copies(&self, i: usize, session: &str, id: &str) -> usize {
+        self.nodes[i]
+            .disk
+            .log
+            .iter()
+            .filter(|e| e.session == session && e.id == id)
+            .count()
+    }
+
+    /// True once the pair runs in sync: one primary, the backup linked and caught up.
+    fn in_sync(&self) -> bool {
+        if !(self.running(A) && self.running(B)) {
+            return false;
+        }
+        let (a, b) = (self.node(A), self.node(B));
+        let (primary, backup) = match (a.role(), b.role()) {
+            (Role::Primary, Role::Backup) => (A, B),
+            (Role::Backup, Role::Primary) => (B, A),
+            _ => return false,
+        };
+        let p = self.node(primary);
+        !p.degraded()
+            && p.pending() == 0
+            && p.peer_acked() == p.last_seq()
+            && self.nodes[backup].disk.ids() == self.nodes[primary].disk.ids()
+    }
+}
+
+/// The pair after start-up: `b` follows `a`, and `a` commits synchronously.
+fn linked_pair(cooldown_ms: u64) -> Pair {
+    let mut pair = Pair::new(cooldown_ms);
+    assert!(
+        pair.run_until(1_000, Pair::in_sync),
+        "the pair never linked"
+    );
+    pair
+}
+
+fn is_primary(i: usize) -> impl Fn(&Pair) -> bool {
+    move |pair: &Pair| pair.running(i) && pair.node(i).role() == Role::Primary
+}
+
+fn goodbyes(frames: &[ServerFrame]) -> Vec<(Option<String>, Option<String>)> {
+    frames
+        .iter()
+        .filter(|f| f.kind == "goodbye")
+        .map(|f| (f.reason.clone(), f.primary.clone()))
+        .collect()
+}
+
+// ---- scenarios ----
+
+#[test]
+fn sync_commit_waits_for_the_backup_then_acks() {
+    let mut pair = linked_pair(0);
+    let alice = pair.connect(A, "alice");
+    // b's disk is slow: it has the message but cannot say it is durable yet.
+    pair.nodes[B].hold_fsyncs = true;
+    pair.send(alice, "m-1");
+    pair.run_for(500);
+    assert_eq!(pair.nodes[B].disk.last_seq(), 1, "the entry reached b");
+    assert_eq!(
+        pair.ack_of(A, "alice", "m-1"),
+        None,
+        "acked before b had it durably"
+    );
+    assert!(pair.published_ids(A).is_empty());
+    assert_eq!(pair.node(A).head(), 0);
+    pair.nodes[B].hold_fsyncs = false;
+    pair.run_for(1);
+    assert_eq!(pair.ack_of(A, "alice", "m-1"), Some(1));
+    assert_eq!(pair.published_ids(A), ["m-1"]);
+    assert!(
+        !pair.node(A).degraded(),
+        "it committed in sync, not by timeout"
+    );
+}
+
+/// Commits `count` messages from `alice` on a, in sync; returns her connection.
+fn commit_messages(pair: &mut Pair, count: usize) -> ConnId {
+    let alice = pair.connect(A, "alice");
+    for n in 1..=count {
+        pair.send(alice, &format!("m-{n}"));
+    }
+    pair.run_for(10);
+    for n in 1..=count {
+        assert!(pair.ack_of(A, "alice", &format!("m-{n}")).is_some());
+    }
+    alice
+}
+
+#[test]
+fn primary_crash_promotes_the_backup_after_detection_and_loses_no_acked_message() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 3);
+    pair.run_for(123);
+    pair.crash(A, true);
+    let crashed_ms = pair.now_ms;
+    let heard_ms = pair.nodes[B].last_heard_ms;
+    assert!(pair.run_until(3_000, is_primary(B)), "b never promoted");
+    let promoted_ms = pair.nodes[B].promotions[0].0;
+    assert!(
+        promoted_ms >= heard_ms + DETECTION_MS,
+        "promoted {} ms after it last heard from a",
+        promoted_ms - heard_ms
+    );
+    assert!(
+        promoted_ms < heard_ms + DETECTION_MS + TICK_MS,
+        "promoted only {} ms after the crash",
+        promoted_ms - crashed_ms
+    );
+    let b = pair.node(B);
+    assert_eq!(b.epoch(), 2, "b's epochs are even");
+    assert!(b.head() >= 3, "b's head {} misses acked messages", b.head());
+    for n in 1..=3 {
+        assert_eq!(pair.copies(B, "alice", &format!("m-{n}")), 1);
+    }
+    // b serves alone: a send commits on local durability.
+    let bob = pair.connect(B, "bob");
+    pair.send(bob, "n-1");
+    pair.run_for(10);
+    assert_eq!(pair.ack_of(B, "bob", "n-1"), Some(4));
+    assert!(pair.node(B).degraded());
+    assert_eq!(pair.nodes[B].published[0].epoch, Some(2));
+}
+
+#[test]
+fn old_primary_returns_as_backup_and_catches_up() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 3);
+    pair.crash(A, true);
+    assert!(pair.run_until(3_000, is_primary(B)));
+    let bob = pair.connect(B, "bob");
+    for n in 1..=5 {
+        pair.send(bob, &format!("n-{n}"));
+    }
+    pair.run_for(10);
+    assert!(pair.node(B).degraded());
+    pair.restart(A);
+    assert_eq!(pair.node(A).role(), Role::Backup);
+    assert!(pair.run_until(1_000, Pair::in_sync), "a never caught up");
+    assert_eq!(pair.nodes[A].disk.ids(), pair.nodes[B].disk.ids());
+    assert_eq!(pair.nodes[A].disk.last_seq(), 8);
+    assert_eq!(pair.node(A).epochs().spans(), pair.node(B).epochs().spans());
+    assert!(!pair.node(B).degraded(), "b is synchronous again");
+    // And commits wait for a again.
+    pair.nodes[A].hold_fsyncs = true;
+    pair.send(bob, "n-6");
+    pair.run_for(300);
+    assert_eq!(pair.ack_of(B, "bob", "n-6"), None);
+    pair.nodes[A].hold_fsyncs = false;
+    pair.run_for(1);
+    assert_eq!(pair.ack_of(B, "bob", "n-6"), Some(9));
+}
+
+#[test]
+fn a_higher_epoch_heartbeat_makes_the_primary_step_down_with_goodbye_demoted() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    pair.partition();
+    pair.run_for(800);
+    // Sent on a while it cannot reach b: it waits for b (not yet degraded).
+    pair.send(alice, "m-2");
+    assert!(pair.run_until(1_000, is_primary(B)));
+    assert!(pair.node(A).role() == Role::Primary && !pair.node(A).degraded());
+    pair.heal();
+    assert!(pair.run_until(500, |p| p.node(A).role() == Role::Backup));
+    assert_eq!(pair.nodes[A].step_downs, [(pair.now_ms, 1)]);
+    let frames = pair.frames_to(alice);
+    assert_eq!(
+        goodbyes(&frames),
+        [(Some("demoted".into()), Some(CLIENT_ADDRESSES[B].into()))]
+    );
+    assert!(!pair.conns.contains_key(&alice), "a closed alice");
+    // a never acks m-2, however long it runs.
+    pair.run_for(3_000);
+    assert_eq!(pair.ack_of(A, "alice", "m-2"), None);
+    assert!(!pair.published_ids(A).contains(&"m-2".to_string()));
+    assert!(pair.in_sync(), "a follows b");
+}
+
+#[test]
+fn partition_then_heal_recommits_the_losers_messages_with_orig() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    pair.partition();
+    pair.run_for(100);
+    pair.send(alice, "m-2");
+    pair.send(alice, "m-3");
+    // a keeps serving: after ack_timeout it degrades and commits in epoch 1.
+    assert!(pair.run_until(1_500, |p| p.ack_of(A, "alice", "m-3").is_some()));
+    assert!(pair.node(A).degraded());
+    assert_eq!(pair.ack_of(A, "alice", "m-2"), Some(2));
+    assert_eq!(pair.ack_of(A, "alice", "m-3"), Some(3));
+    assert!(pair.nodes[A].published.iter().all(|m| m.epoch == Some(1)));
+    // b promoted meanwhile, in epoch 2. Alice, unsure of m-3, also sends it there; bob
+    // sends n-1.
+    assert!(pair.run_until(1_000, is_primary(B)));
+    assert_eq!(pair.node(B).epoch(), 2);
+    let alice_b = pair.connect(B, "alice");
+    pair.send(alice_b, "m-3");
+    let bob = pair.connect(B, "bob");
+    pair.send(bob, "n-1");
+    pair.run_for(10);
+    assert_eq!(pair.ack_of(B, "alice", "m-3"), Some(2));
+    assert_eq!(pair.ack_of(B, "bob", "n-1"), Some(3));
+    // Heal: a sees epoch 2 and steps down; its log is cut after seq 1, the common prefix.
+    pair.heal();
+    assert!(
+        pair.run_until(2_000, Pair::in_sync),
+        "the pair never settled"
+    );
+    assert_eq!(pair.nodes[A].step_downs.len(), 1);
+    assert!(pair.events(A).contains(&Action::Truncate { after_seq: 1 }));
+    // m-2 is re-committed once, in epoch 2 with a new seq, naming where it came from; m-3,
+    // which b already has, is not committed twice.
+    let recommitted: Vec<_> = pair.nodes[B]
+        .published
+        .iter()
+        .filter(|m| m.orig.is_some())
+        .map(|m| {
+            (
+                m.id.clone().unwrap(),
+                m.epoch,
+                m.seq,
+                m.orig.map(|o| (o.epoch, o.seq)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recommitted,
+        [("m-2".to_string(), Some(2), Some(4), Some((1, 2)))]
+    );
+    assert_eq!(pair.copies(B, "alice", "m-3"), 1);
+    assert_eq!(pair.copies(B, "alice", "m-2"), 1);
+    assert!(pair.events(B).iter().any(|a| matches!(
+        a,
+        Action::ResubmitDone {
+            epoch: 1,
+            seq: 3,
+            ..
+        }
+    )));
+    assert!(
+        pair.nodes[A].disk.orphans.is_empty(),
+        "a dropped its side file"
+    );
+    assert_eq!(pair.nodes[A].disk.ids(), pair.nodes[B].disk.ids());
+}
+
+/// a is stopped for 700 ms (a pause b does not notice: less than detection) right after
+/// ordering m-2, which b already acked but a's own disk had not yet confirmed.
+fn stall_the_primary_with_m2_acked_by_the_backup() -> (Pair, ConnId) {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    pair.nodes[A].hold_fsyncs = true;
+    pair.send(alice, "m-2");
+    assert_eq!(pair.node(A).peer_acked(), 2, "b acked m-2 before the stall");
+    pair.stop(A, 700);
+    pair.run_for(700);
+    pair.nodes[A].hold_fsyncs = false;
+    pair.run_for(1);
+    (pair, alice)
+}
+
+#[test]
+#[ignore = "bug: lifting the stall fence never commits what waited; m-2 stays pending until another Durable/BackupAck input"]
+fn a_stalled_primary_commits_nothing_until_it_hears_from_its_peer() {
+    let (mut pair, _alice) = stall_the_primary_with_m2_acked_by_the_backup();
+    let woke_ms = pair.now_ms - 1;
+    assert_eq!(pair.node(A).role(), Role::Primary);
+    assert_eq!(
+        pair.ack_of(A, "alice", "m-2"),
+        None,
+        "acked right after a stall"
+    );
+    // Word from b, backup in the same epoch, arrives every 200 ms: a commits again.
+    let resumed = pair.run_until(5_000, |p| p.ack_of(A, "alice", "m-2").is_some());
+    assert!(
+        resumed,
+        "m-2 (durable on a, acked by b) still pending {} ms after a woke, hearing b all along",
+        pair.now_ms - woke_ms
+    );
+}
+
+#[test]
+fn a_stalled_primary_refuses_sends_until_fresh_word_from_its_peer() {
+    let (mut pair, _alice) = stall_the_primary_with_m2_acked_by_the_backup();
+    assert_eq!(
+        pair.ack_of(A, "alice", "m-2"),
+        None,
+        "acked right after a stall"
+    );
+    // What b sent during the stall arrived at once on waking: not fresh evidence.
+    let bob = pair.connect(A, "bob");
+    pair.send(bob, "n-1");
+    let refused = pair.frames_to(bob).last().cloned().unwrap();
+    assert_eq!(
+        (refused.code.as_deref(), refused.id.as_deref()),
+        (Some("unavailable"), Some("n-1"))
+    );
+    // Fresh word from b comes with its next beats; then sends are taken again, and the
+    // next commit takes m-2 with it.
+    pair.run_for(3 * INTERVAL_MS);
+    pair.send(bob, "n-2");
+    pair.run_for(1);
+    assert_eq!(pair.ack_of(A, "bob", "n-2"), Some(3));
+    assert_eq!(pair.ack_of(A, "alice", "m-2"), Some(2));
+    assert_eq!(pair.node(B).role(), Role::Backup);
+}
+
+#[test]
+fn a_stalled_primary_steps_down_without_committing_when_the_peer_moved_on() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    // a is stopped right after ordering m-2, before anyone confirmed it.
+    pair.nodes[A].hold_fsyncs = true;
+    pair.nodes[B].hold_fsyncs = true;
+    pair.send(alice, "m-2");
+    pair.stop(A, 3_000);
+    pair.nodes[B].hold_fsyncs = false;
+    // b stops hearing from a and promotes in epoch 2.
+    assert!(pair.run_until(2_000, is_primary(B)));
+    pair.run_for(3_000 - (pair.now_ms % 3_000));
+    pair.nodes[A].hold_fsyncs = false;
+    assert!(pair.run_until(3_000, |p| p.node(A).role() == Role::Backup));
+    pair.run_for(2_000);
+    assert_eq!(
+        pair.ack_of(A, "alice", "m-2"),
+        None,
+        "a acked m-2 in a dead epoch"
+    );
+    assert!(!pair.published_ids(A).contains(&"m-2".to_string()));
+    assert_eq!(pair.nodes[A].step_downs.len(), 1);
+    // m-2 was never acked by anyone; a cut it and b may re-commit it, once at most.
+    assert!(pair.copies(B, "alice", "m-2") <= 1);
+}
+
+#[test]
+fn a_stalled_backup_does_not_promote_on_stale_silence() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 1);
+    // a dies while b is stopped: no heartbeat reaches b meanwhile.
+    pair.stop(B, 3_000);
+    pair.run_for(10);
+    pair.crash(A, true);
+    pair.run_for(3_000 - 10);
+    let woke_ms = pair.now_ms;
+    pair.run_for(1);
+    assert_eq!(
+        pair.node(B).role(),
+        Role::Backup,
+        "promoted on stale silence"
+    );
+    assert!(pair.run_until(2 * DETECTION_MS, is_primary(B)));
+    let promoted_ms = pair.nodes[B].promotions[0].0;
+    assert!(
+        promoted_ms >= woke_ms + DETECTION_MS,
+        "promoted {} ms after waking",
+        promoted_ms - woke_ms
+    );
+    assert!(promoted_ms < woke_ms + DETECTION_MS + 2 * TICK_MS);
+}
+
+#[test]
+fn planned_handover_moves_the_primary_without_a_gap() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    // m-2 is not on b's disk yet when the stop comes.
+    pair.nodes[B].hold_fsyncs = true;
+    pair.send(alice, "m-2");
+    pair.run_for(50);
+    pair.step(A, Input::Shutdown);
+    pair.settle();
+    pair.send(alice, "m-3");
+    let frames = pair.frames_to(alice);
+    let refused = frames.last().unwrap();
+    assert_eq!(
+        (refused.code.as_deref(), refused.id.as_deref()),
+        (Some("unavailable"), Some("m-3"))
+    );
+    assert!(!pair
+        .events(A)
+        .iter()
+        .any(|a| matches!(a, Action::Handover { .. })));
+    // Once b has everything, a hands over; b takes over at once.
+    pair.nodes[B].hold_fsyncs = false;
+    let released_ms = pair.now_ms;
+    pair.run_for(1);
+    assert_eq!(pair.ack_of(A, "alice", "m-2"), Some(2));
+    assert!(pair
+        .events(A)
+        .iter()
+        .any(|a| matches!(a, Action::Handover { epoch: 1, .. })));
+    assert_eq!(
+        pair.nodes[B].promotions,
+        [(released_ms, 2)],
+        "no detection wait"
+    );
+    assert!(pair
+        .events(B)
+        .iter()
+        .any(|a| matches!(a, Action::TookOver { epoch: 2, .. })));
+    let frames = pair.frames_to(alice);
+    assert_eq!(
+        goodbyes(&frames),
+        [(Some("shutdown".into()), Some(CLIENT_ADDRESSES[B].into()))]
+    );
+    assert!(pair.events(A).contains(&Action::Exit));
+    assert!(pair.nodes[A].process.is_none());
+    assert_eq!(pair.copies(B, "alice", "m-2"), 1);
+    assert_eq!(pair.copies(B, "alice", "m-3"), 0);
+}
+
+#[test]
+fn a_drill_hands_over_and_the_old_primary_follows() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 2);
+    pair.step(A, Input::Drill);
+    pair.run_for(1);
+    assert_eq!(pair.nodes[B].promotions.len(), 1);
+    assert_eq!(pair.node(B).epoch(), 2);
+    assert_eq!(pair.node(A).role(), Role::Backup);
+    assert!(!pair.events(A).contains(&Action::Exit));
+    assert_eq!(
+        goodbyes(&pair.frames_to(alice)),
+        [(Some("failover".into()), Some(CLIENT_ADDRESSES[B].into()))]
+    );
+    // a follows b, which commits in sync again.
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    let alice_b = pair.connect(B, "alice");
+    pair.nodes[A].hold_fsyncs = true;
+    pair.send(alice_b, "m-3");
+    pair.run_for(200);
+    assert_eq!(pair.ack_of(B, "alice", "m-3"), None, "b waits for a");
+    pair.nodes[A].hold_fsyncs = false;
+    pair.run_for(1);
+    assert_eq!(pair.ack_of(B, "alice", "m-3"), Some(3));
+}
+
+#[test]
+fn cooldown_limits_automatic_promotions() {
+    const COOLDOWN_MS: u64 = 30_000;
+    let mut pair = linked_pair(COOLDOWN_MS);
+    commit_messages(&mut pair, 1);
+    pair.crash(A, true);
+    assert!(pair.run_until(3_000, is_primary(B)));
+    let first_ms = pair.nodes[B].promotions[0].0;
+    pair.restart(A);
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    // b is cut off: a (a new process, no cooldown) takes over; on healing b steps down.
+    pair.partition();
+    assert!(pair.run_until(3_000, is_primary(A)));
+    pair.heal();
+    assert!(pair.run_until(1_000, |p| p.node(B).role() == Role::Backup));
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    // a dies: b, silent for far longer than detection, waits out its cooldown.
+    pair.crash(A, true);
+    let silent = pair.run_until(COOLDOWN_MS, is_primary(B));
+    assert!(silent);
+    let second_ms = pair.nodes[B].promotions[1].0;
+    assert!(
+        second_ms >= first_ms + COOLDOWN_MS,
+        "promoted again {} ms after the first promotion",
+        second_ms - first_ms
+    );
+    assert!(second_ms < first_ms + COOLDOWN_MS + 2 * TICK_MS);
+}
+
+#[test]
+fn two_backups_standoff_is_broken_by_the_better_log() {
+    let mut pair = Pair::empty(0);
+    // Both restart with state: a has seq 1..=5 of epoch 1, b only 1..=3.
+    let entries: Vec<Entry> = (1..=5)
+        .map(|seq| Entry {
+            epoch: 1,
+            seq,
+            ts_ms: 0,
+            room: ROOM.into(),
+            from: "alice".into(),
+            session: "alice".into(),
+            id: format!("m-{seq}"),
+            body: format!("alice/m-{seq}"),
+            orig: None,
+        })
+        .collect();
+    for (i, last) in [(A, 5), (B, 3)] {
+        let disk = &mut pair.nodes[i].disk;
+        disk.log = entries[..last].to_vec();
+        disk.spans = vec![(1, 1)];
+        disk.seen = 1;
+        pair.restart(i);
+    }
+    assert!(pair.run_until(3_000, |p| is_primary(A)(p) || is_primary(B)(p)));
+    pair.run_for(2_000);
+    assert_eq!(
+        pair.nodes[A].promotions.len(),
+        1,
+        "a, with the longer log, takes over"
+    );
+    assert!(pair.nodes[B].promotions.is_empty(), "b promoted too");
+    assert_eq!(pair.node(A).epoch(), 3);
+    assert!(pair.in_sync(), "b follows a");
+    assert_eq!(pair.nodes[B].disk.last_seq(), 5);
+}
+
+/// Regression: the standoff compared its own last_seq with the peer's head, so a backup
+/// whose head lagged (as it does after any traffic) and a restarted primary both won.
+#[test]
+fn a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote() {
+    let mut pair = linked_pair(0);
+    // The two heartbeat threads beat half an interval apart (any phase but 0 will do).
+    pair.nodes[B].process.as_mut().unwrap().next_beat_ms += INTERVAL_MS / 2;
+    commit_messages(&mut pair, 3);
+    pair.run_for(500);
+    // b holds seq 3, but its head (from the last entries frame) says 2.
+    assert_eq!((pair.node(B).last_seq(), pair.node(B).head()), (3, 2));
+    // a is killed just after a heartbeat and restarted at once (systemd's default
+    // RestartSec is 100 ms).
+    pair.run_for(INTERVAL_MS - pair.now_ms % INTERVAL_MS + 1);
+    pair.crash(A, false);
+    pair.run_for(20);
+    pair.restart(A);
+    let restarted_ms = pair.now_ms;
+    assert!(pair.run_until(3_000, |p| is_primary(A)(p) || is_primary(B)(p)));
+    pair.run_for(2_000);
+    let since = |i: usize| -> Vec<(u64, u64)> {
+        let promotions = &pair.nodes[i].promotions;
+        promotions
+            .iter()
+            .copied()
+            .filter(|&(at, _)| at >= restarted_ms)
+            .collect()
+    };
+    assert_eq!(
+        since(A).len() + since(B).len(),
+        1,
+        "promotions after the restart: a {:?}, b {:?}",
+        since(A),
+        since(B)
+    );
+}
+
+/// Regression: the link resubmitted orphans only right after an ack that changed, so a
+/// new primary with nothing past the common prefix never got them.
+#[test]
+fn a_demoted_primarys_uncommitted_message_is_recommitted_when_the_new_primary_is_idle() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    pair.partition();
+    pair.run_for(800);
+    // m-2 is durable on a only; b promotes at seq 2 and commits nothing.
+    pair.send(alice, "m-2");
+    assert!(pair.run_until(1_000, is_primary(B)));
+    pair.heal();
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    assert!(pair.events(A).contains(&Action::Truncate { after_seq: 1 }));
+    // The link's only ack (seq 1) went out before it learned the primary's commit point.
+    let recommitted = pair.run_until(10_000, |p| p.copies(B, "alice", "m-2") == 1);
+    assert!(
+        recommitted,
+        "m-2 still only in a's orphans: {:?}",
+        pair.nodes[A].disk.orphans
+    );
+}
+
+// ---- the seeded random test ----
+
+/// A chat client: one session, reconnecting to whichever node is primary.
+struct Client {
+    session: String,
+    conn: Option<ConnId>,
+    next_id: u64,
+    /// Sent but not acked yet: resent now and then, with the same id.
+    unacked: Vec<String>,
+}
+
+/// Prints the seed of a failing run, and how to replay it.
+struct SeedReport(u64);
+
+impl Drop for SeedReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "pair simulation failed with seed {0}; replay: PAIR_SEED={0} PAIR_TRACE=1 cargo test --lib random_pair",
+                self.0
+            );
+        }
+    }
+}
+
+/// Runs one seeded history: random sends, crashes and restarts, partitions and stalls for
+/// six seconds, then heals everything and checks what a user would notice.
+fn random_pair_run(seed: u64) {
+    let _report = SeedReport(seed);
+    let mut rng = Rng::new(seed);
+    let mut pair = Pair::new(0);
+    // A primary's own orphans would wait for good (see the ignored test); this test is
+    // about the core's invariants, so it runs with that gap closed.
+    pair.primary_resubmits_own_orphans = true;
+    pair.rng = Some(Rng::new(seed ^ 0x5EED));
+    pair.latency_max_ms = rng.below(25);
+    for i in [A, B] {
+        pair.nodes[i].fsync_ms = rng.below(30);
+    }
+    let mut clients: Vec<Client> = (0..3)
+        .map(|n| Client {
+            session: format!("s{n}"),
+            conn: None,
+            next_id: 1,
+            unacked: Vec::new(),
+        })
+        .collect();
+    pair.run_for(500);
+    for _slot in 0..120 {
+        match rng.below(100) {
+            0..=44 => {
+                let c = &mut clients[rng.below(3) as usize];
+                random_send(&mut pair, &mut rng, c);
+            }
+            45..=47 => {
+                let i = rng.below(2) as usize;
+                let power_cut = rng.chance(50);
+                pair.crash(i, power_cut);
+            }
+            48..=55 => {
+                let i = rng.below(2) as usize;
+                if pair.nodes[i].process.is_none() {
+                    pair.restart(i);
+                }
+            }
+            56..=59 => {
+                let from = rng.below(2) as usize;
+                pair.cut[from][1 - from] = true;
+                if rng.chance(50) {
+                    pair.cut[1 - from][from] = true;
+                }
+            }
+            60..=65 => pair.heal(),
+            66..=67 => {
+                let i = rng.below(2) as usize;
+                let ms = 200 + rng.below(2_300);
+                pair.stop(i, ms);
+            }
+            _ => {}
+        }
+        pair.run_for(50);
+        for c in &mut clients {
+            let session = &c.session;
+            c.unacked.retain(|id| {
+                !pair
+                    .acked
+                    .iter()
+                    .any(|a| &a.session == session && &a.id == id)
+            });
+        }
+    }
+    // Heal everything and let the pair settle while a client keeps chatting (a commit
+    // held by a stall waits for the next message: see the ignored stall test).
+    pair.heal();
+    for i in [A, B] {
+        if pair.nodes[i].process.is_none() {
+            pair.restart(i);
+        }
+    }
+    let mut chatter = Client {
+        session: "chatter".into(),
+        conn: None,
+        next_id: 1,
+        unacked: Vec::new(),
+    };
+    let settled = |p: &Pair| p.in_sync() && p.nodes.iter().all(|n| n.disk.orphans.is_empty());
+    for round in 0.. {
+        if settled(&pair) {
+            break;
+        }
+        assert!(
+            round < 100,
+            "the pair did not settle: roles {:?}, orphans {:?}",
+            [A, B].map(|i| pair.running(i).then(|| pair.node(i).role())),
+            pair.nodes
+                .iter()
+                .map(|n| &n.disk.orphans)
+                .collect::<Vec<_>>()
+        );
+        random_send(&mut pair, &mut rng, &mut chatter);
+        pair.run_for(200);
+    }
+    let primary = if pair.node(A).role() == Role::Primary {
+        A
+    } else {
+        B
+    };
+    // (ii) Every acked message is in the final log exactly once; none is there twice.
+    let log = &pair.nodes[primary].disk.log;
+    let mut copies: HashMap<(&str, &str), usize> = HashMap::new();
+    for e in log {
+        *copies.entry((&e.session, &e.id)).or_default() += 1;
+    }
+    for (key, n) in &copies {
+        assert_eq!(*n, 1, "{key:?} is in the final log {n} times");
+    }
+    for acked in &pair.acked {
+        assert!(
+            copies.contains_key(&(acked.session.as_str(), acked.id.as_str())),
+            "{acked:?} is missing from the final log"
+        );
+    }
+    // Whatever was published (committed, acked or not) is there too.
+    for ((epoch, seq), (session, id)) in &pair.published {
+        assert!(
+            copies.contains_key(&(session.as_str(), id.as_str())),
+            "{session}/{id}, published at (epoch {epoch}, seq {seq}), is missing from the final log"
+        );
+    }
+}
+
+fn random_send(pair: &mut Pair, rng: &mut Rng, c: &mut Client) {
+    if !c.conn.is_some_and(|conn| pair.conns.contains_key(&conn)) {
+        let primaries: Vec<usize> = [A, B]
+            .into_iter()
+            .filter(|&i| pair.running(i) && pair.node(i).role() == Role::Primary)
+            .collect();
+        if primaries.is_empty() {
+            return;
+        }
+        let i = primaries[rng.below(primaries.len() as u64) as usize];
+        c.conn = Some(pair.connect(i, &c.session));
+    }
+    let id = if !c.unacked.is_empty() && rng.chance(30) {
+        c.unacked[rng.below(c.unacked.len() as u64) as usize].clone()
+    } else {
+        let id = format!("m{}", c.next_id);
+        c.next_id += 1;
+        c.unacked.push(id.clone());
+        id
+    };
+    pair.send(c.conn.expect("connected"), &id);
+}
+
+#[test]
+fn random_pair_histories_keep_every_acked_message_once() {
+    if let Some(seed) = std::env::var("PAIR_SEED").ok().and_then(|s| s.parse().ok()) {
+        random_pair_run(seed);
+        return;
+    }
+    // PAIR_SEEDS=N runs more.
+    let seeds = std::env::var("PAIR_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for seed in 0..seeds {
+        random_pair_run(seed);
+    }
+}
+
+#[test]
+#[ignore = "bug: a node that cut acked messages into its orphans and then becomes primary never re-commits them; they are missing from the primary's log"]
+fn acked_messages_a_node_kept_aside_are_recommitted_when_it_becomes_primary() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    // a, cut off, degrades and acks m-2 in epoch 1; b promotes in epoch 2.
+    pair.partition();
+    pair.run_for(100);
+    pair.send(alice, "m-2");
+    assert!(pair.run_until(1_500, |p| p.ack_of(A, "alice", "m-2").is_some()));
+    assert!(pair.run_until(1_000, is_primary(B)));
+    // Healed, a steps down and cuts m-2 aside; b dies before a could resubmit it.
+    pair.heal();
+    assert!(pair.run_until(1_000, |p| p
+        .events(A)
+        .contains(&Action::Truncate { after_seq: 1 })));
+    pair.crash(B, false);
+    assert_eq!(pair.nodes[A].disk.orphans.len(), 1);
+    // a takes over; b comes back and follows it.
+    assert!(pair.run_until(3_000, is_primary(A)));
+    pair.restart(B);
+    assert!(pair.run_until(2_000, Pair::in_sync));
+    pair.run_for(5_000);
+    assert_eq!(
+        pair.copies(A, "alice", "m-2"),
+        1,
+        "acked m-2 is only in the primary's orphans: {:?}",
+        pair.nodes[A].disk.orphans
+    );
+}
