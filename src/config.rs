@@ -65,6 +65,31 @@ impl LogLevel {
     }
 }
 
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Stderr,
+    /// The local syslog socket (`logging.syslog_socket`, `/dev/log` by default).
+    Syslog,
+}
+
+/// The syslog facilities a daemon may log under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFacility {
+    User,
+    Daemon,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
 /// The file as written, before validation. Defaults are the documented ones.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +106,9 @@ pub struct RawConfig {
     pub failover: RawFailover,
     #[serde(default)]
     pub logging: RawLogging,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    pub metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,15 +256,37 @@ impl Default for RawFailover {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLogging {
     pub level: LogLevel,
+    pub target: LogTarget,
+    pub facility: SyslogFacility,
+    pub syslog_socket: PathBuf,
 }
 
 impl Default for RawLogging {
     fn default() -> Self {
         RawLogging {
             level: LogLevel::Info,
+            target: LogTarget::Stderr,
+            facility: SyslogFacility::Daemon,
+            syslog_socket: PathBuf::from("/dev/log"),
         }
     }
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Empty: `<data_dir>/admin.sock`.
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: String,
+}
+
+/// A Unix socket path must fit `sockaddr_un.sun_path` (108 bytes with its NUL).
+const UNIX_PATH_MAX_BYTES: usize = 107;
 
 /// A validated configuration: every value here was checked.
 #[derive(Clone, Debug)]
@@ -250,6 +300,14 @@ pub struct Config {
     pub log: LogConfig,
     pub peer: Option<PeerConfig>,
     pub log_level: LogLevel,
+    pub log_target: LogTarget,
+    pub log_facility: SyslogFacility,
+    /// The local syslog socket, used when `log_target` is syslog.
+    pub syslog_socket: PathBuf,
+    /// The admin socket `pbchatctl` talks to (mode 0600).
+    pub admin_socket: PathBuf,
+    /// Where the Prometheus text endpoint listens; `None`: no metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -607,6 +665,32 @@ impl RawConfig {
                 })
             }
         };
+        let admin_socket = if self.admin.socket.as_os_str().is_empty() {
+            self.node.data_dir.join("admin.sock")
+        } else {
+            self.admin.socket
+        };
+        if admin_socket.as_os_str().len() > UNIX_PATH_MAX_BYTES {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "admin.socket",
+                problem: format!(
+                    "{} is longer than a Unix socket path may be ({UNIX_PATH_MAX_BYTES} bytes); set a shorter admin.socket",
+                    admin_socket.display()
+                ),
+            });
+        }
+        if self.logging.syslog_socket.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "logging.syslog_socket",
+                problem: "must not be empty".into(),
+            });
+        }
+        let metrics_listen = match &self.metrics {
+            Some(m) => Some(parse_socket(file, "metrics.listen", &m.listen)?),
+            None => None,
+        };
         Ok(Config {
             file: path.to_path_buf(),
             node_id,
@@ -616,6 +700,11 @@ impl RawConfig {
             log,
             peer,
             log_level: self.logging.level,
+            log_target: self.logging.target,
+            log_facility: self.logging.facility,
+            syslog_socket: self.logging.syslog_socket,
+            admin_socket,
+            metrics_listen,
         })
     }
 }
@@ -672,6 +761,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("role") && err.contains("boss"), "{err}");
+    }
+
+    #[test]
+    fn operations_keys_default_and_validate() {
+        let config = check(MINIMAL).unwrap();
+        assert_eq!(config.admin_socket, Path::new("d/admin.sock"));
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.log_target, LogTarget::Stderr);
+        assert_eq!(config.log_facility, SyslogFacility::Daemon);
+        let config = check(&format!(
+            "{MINIMAL}[logging]\ntarget = \"syslog\"\nfacility = \"local3\"\n[admin]\nsocket = \"/run/x.sock\"\n[metrics]\nlisten = \"127.0.0.1:9400\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.log_target, LogTarget::Syslog);
+        assert_eq!(config.log_facility, SyslogFacility::Local3);
+        assert_eq!(config.admin_socket, Path::new("/run/x.sock"));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9400".parse().unwrap())
+        );
+        let err = check(&format!("{MINIMAL}[metrics]\nlisten = \"9400\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        let err = check(&format!("{MINIMAL}[logging]\nfacility = \"kern\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kern"), "{err}");
+        let long = "x".repeat(200);
+        let err = check(&format!("{MINIMAL}[admin]\nsocket = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.socket"), "{err}");
     }
 
     #[test]

@@ -51,7 +51,15 @@ fn main() -> ExitCode {
         println!("pbchatd: {}: ok", config_path.display());
         return ExitCode::SUCCESS;
     }
-    pbchat::daemon::logging::init(&config.node_id, config.log_level.to_filter());
+    pbchat::daemon::logging::init_with(
+        &config.node_id,
+        config.log_level.to_filter(),
+        pbchat::daemon::logging::Target {
+            target: config.log_target,
+            facility: config.log_facility,
+            syslog_socket: &config.syslog_socket,
+        },
+    );
     match pbchat::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

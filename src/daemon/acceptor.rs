@@ -39,6 +39,8 @@ pub fn run(
         message: "this node has as many clients as it takes; try again later",
         id: None,
     });
+    // EMFILE and friends repeat every 50 ms while they last: a few lines, then a count.
+    let mut warnings = crate::daemon::logging::Throttle::new(3, Duration::from_secs(10));
     for stream in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             return;
@@ -47,7 +49,12 @@ pub fn run(
             Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                log::warn!("accepting a client connection failed: {e}");
+                if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "accepting a client connection failed: {e}{}",
+                        crate::daemon::logging::suppressed_note(suppressed)
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::{Action, ConnId, Frame, Input};
+use crate::daemon::logging::{suppressed_note, Throttle};
 use crate::entry::Entry;
 use crate::log::LogReader;
 use crate::wire::client::{decode_request, encode_msg, encode_reply, ErrorCode, Reply};
@@ -41,6 +42,23 @@ const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const HISTORY_JOBS_MAX: usize = 4;
 /// How often idle and closing connections are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Per-connection warnings and slow-consumer drops each worker logs, at most this many per
+/// [`LOG_WINDOW`]; the rest are counted into the next line (and into [`IoStats`]).
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counters every worker adds to, for metrics and status. Each is bumped at most once per
+/// flush or per event, never per recipient of a message.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    /// Connections dropped because their output queue overflowed.
+    pub slow_consumer_drops: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: AtomicU64,
+    /// Whole frames written to client sockets.
+    pub frames_sent: AtomicU64,
+}
 
 /// Work for a worker, from the acceptor or the core.
 #[derive(Debug)]
@@ -144,6 +162,12 @@ pub struct Worker {
     clients: Arc<AtomicUsize>,
     shutdown_deadline: Option<Instant>,
     last_sweep: Instant,
+    stats: Arc<IoStats>,
+    /// Keeps per-connection lines (slow consumers, registration failures) from flooding.
+    warnings: Throttle,
+    /// Bytes and frames written during the current flush, added to `stats` once.
+    flushed_bytes: u64,
+    flushed_frames: u64,
 }
 
 fn now_ms() -> u64 {
@@ -160,6 +184,7 @@ impl Worker {
         limits: WorkerLimits,
         clients: Arc<AtomicUsize>,
         committed_seq: u64,
+        stats: Arc<IoStats>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -179,6 +204,10 @@ impl Worker {
             clients,
             shutdown_deadline: None,
             last_sweep: Instant::now(),
+            stats,
+            warnings: Throttle::new(LOG_BURST, LOG_WINDOW),
+            flushed_bytes: 0,
+            flushed_frames: 0,
         };
         Ok((worker, waker))
     }
@@ -251,7 +280,12 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         );
         if let Err(e) = registered {
-            log::warn!("connection {conn}: cannot register with poll: {e}");
+            if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+                log::warn!(
+                    "connection {conn}: cannot register with poll: {e}{}",
+                    suppressed_note(suppressed)
+                );
+            }
             self.clients.fetch_sub(1, Ordering::Relaxed);
             return;
         }
@@ -419,7 +453,15 @@ impl Worker {
         });
         c.push(frame.into());
         c.discard_input = true;
-        log::info!("connection {conn}: dropped as a slow consumer ({queued} bytes queued)");
+        self.stats
+            .slow_consumer_drops
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+            log::info!(
+                "connection {conn}: dropped as a slow consumer (more than {queued} bytes queued){}",
+                suppressed_note(suppressed)
+            );
+        }
         self.dirty.insert(conn);
         self.close(conn);
     }
@@ -650,6 +692,12 @@ impl Worker {
         for conn in dirty {
             self.flush(conn);
         }
+        if self.flushed_bytes > 0 {
+            let bytes = std::mem::take(&mut self.flushed_bytes);
+            let frames = std::mem::take(&mut self.flushed_frames);
+            self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            self.stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
+        }
     }
 
     /// Writes as much of `conn`'s queue as the socket takes, many frames per syscall.
@@ -670,11 +718,13 @@ impl Worker {
                 }
                 Ok(mut written) => {
                     c.out_bytes -= written;
+                    self.flushed_bytes += written as u64;
                     while written > 0 {
                         let front_left = c.out[0].len() - c.out_offset;
                         if written >= front_left {
                             written -= front_left;
                             c.out.pop_front();
+                            self.flushed_frames += 1;
                             c.out_offset = 0;
                         } else {
                             c.out_offset += written;

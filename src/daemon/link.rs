@@ -250,18 +250,33 @@ fn send(stream: &mut TcpStream, frame: &PeerFrame) -> Result<(), String> {
 
 /// Accepts backups on `listener` for as long as the process runs.
 pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
+    // Anyone who can reach the port can fail a handshake: a few lines, then a count.
+    let failures = Arc::new(Mutex::new(crate::daemon::logging::Throttle::new(
+        10,
+        Duration::from_secs(10),
+    )));
     for stream in listener.incoming() {
         if ctx.stopping.load(Ordering::Acquire) {
             return;
         }
         let Ok(stream) = stream else { continue };
         let ctx = ctx.clone();
+        let failures = failures.clone();
         let spawned = std::thread::Builder::new()
             .name("repl-primary".into())
             .spawn(move || {
                 let peer = stream.peer_addr().ok();
                 if let Err(e) = serve_backup(&ctx, stream) {
-                    log::info!("replication link from {peer:?}: {e}");
+                    let allowed = failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .allow(Instant::now());
+                    if let Some(suppressed) = allowed {
+                        log::info!(
+                            "replication link from {peer:?}: {e}{}",
+                            crate::daemon::logging::suppressed_note(suppressed)
+                        );
+                    }
                 }
             });
         if let Err(e) = spawned {

@@ -9,15 +9,20 @@
 //! - `heartbeat`: UDP heartbeats both ways (see `heartbeat`), when paired.
 //! - `repl-*`: the replication link (see `link`), when paired.
 //! - `signals`: turns TERM/INT/HUP/USR1 into inputs; no work happens in a signal handler.
+//! - `admin`: the admin socket for `pbchatctl` (see `admin`).
+//! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`.
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`.
 
 pub mod acceptor;
+pub mod admin;
 pub mod heartbeat;
 pub mod io;
 pub mod link;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod state;
 pub mod storage;
 
@@ -53,8 +58,11 @@ const TICK: Duration = Duration::from_millis(50);
 const HEARTBEATS_MAX: usize = 64;
 /// Commands waiting for the log writer, at most (appends are bounded by `log.max_pending`).
 const LOG_COMMANDS_EXTRA: usize = 1_024;
+/// The status for `pbchatctl` and metrics is rebuilt at least this often (and at once when
+/// role, epoch, degraded, the backup link or a reload changes), never on every turn.
+const STATUS_REFRESH: Duration = Duration::from_millis(100);
 
-/// What the signal thread tells the core.
+/// What the signal thread (and the admin socket) tells the core.
 #[derive(Debug, Clone, Copy)]
 enum Signal {
     Stop,
@@ -81,6 +89,8 @@ fn has_log(dir: &std::path::Path) -> bool {
 pub fn run(config: Config) -> Result<(), String> {
     let _lock = state::lock_data_dir(&config.data_dir)?;
     let base = Instant::now();
+    let started_ms = wall_ms();
+    let notifier = notify::Notifier::from_env();
     let log_dir = config.data_dir.join("log");
     let loaded = state::load_epochs(&config.data_dir)?;
     let fresh = loaded.is_none() && !has_log(&log_dir);
@@ -179,6 +189,7 @@ pub fn run(config: Config) -> Result<(), String> {
     })?;
 
     let clients = Arc::new(AtomicUsize::new(0));
+    let io_stats = Arc::new(io::IoStats::default());
     let max_clients = Arc::new(AtomicUsize::new(config.client.max_clients));
     let limits = WorkerLimits {
         max_line_bytes: config.client.max_line_bytes,
@@ -197,6 +208,7 @@ pub fn run(config: Config) -> Result<(), String> {
             limits.clone(),
             clients.clone(),
             node.head(),
+            io_stats.clone(),
         )
         .map_err(|e| format!("client I/O worker: {e}"))?;
         worker_threads.push(spawn(&format!("io-{i}"), move || worker.run())?);
@@ -289,6 +301,20 @@ pub fn run(config: Config) -> Result<(), String> {
         drop(role_rx);
     }
 
+    let (signal_tx, signal_rx) = bounded::<Signal>(16);
+    spawn_signals(signal_tx.clone())?;
+    let ops = Arc::new(admin::Ops::new(base, io_stats, heartbeat_stats));
+    admin::spawn(&config.admin_socket, ops.clone(), signal_tx)?;
+    log::info!(
+        "admin socket at {} (pbchatctl -c {} status)",
+        config.admin_socket.display(),
+        config.file.display()
+    );
+    if let Some(listen) = config.metrics_listen {
+        let bound = metrics::spawn(listen, ops.clone())?;
+        log::info!("metrics on http://{bound}/metrics");
+    }
+    let admin_socket = config.admin_socket.clone();
     // Tests and scripts read the bound address (the port may be 0 in the config) from here.
     log::info!(
         "node {} serving as {} in epoch {} at head {}; clients on {bound}",
@@ -297,8 +323,6 @@ pub fn run(config: Config) -> Result<(), String> {
         node.epoch(),
         node.head(),
     );
-    let (signal_tx, signal_rx) = bounded::<Signal>(16);
-    spawn_signals(signal_tx)?;
 
     let mut driver = Driver {
         node,
@@ -318,10 +342,23 @@ pub fn run(config: Config) -> Result<(), String> {
         links,
         inputs: input_tx,
         base,
-        heartbeat_stats,
         last_role: None,
+        ops,
+        notifier,
+        started_ms,
+        commits_total: 0,
+        failovers_total: 0,
+        reloads: 0,
+        last_reload: String::new(),
+        status_key: None,
+        status_built: None,
+        notify_key: None,
+        peer_reachable: false,
     };
     driver.publish();
+    driver.publish_status(Instant::now());
+    let ready = driver.status_line();
+    driver.notifier.ready(&ready);
     let heartbeats = if driver.links.is_some() {
         heartbeat_rx
     } else {
@@ -343,6 +380,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     drop(driver);
     let _ = writer.join();
+    admin::remove(&admin_socket);
     log::info!("stopped cleanly");
     Ok(())
 }
@@ -426,9 +464,38 @@ struct Driver {
     links: Option<Arc<LinkContext>>,
     inputs: Sender<Input>,
     base: Instant,
-    #[allow(dead_code)]
-    heartbeat_stats: Option<Arc<HeartbeatStats>>,
     last_role: Option<(Role, u64)>,
+    /// What `pbchatctl` and metrics read; rebuilt by `publish_status`.
+    ops: Arc<admin::Ops>,
+    notifier: notify::Notifier,
+    /// Wall-clock ms at start, for uptime.
+    started_ms: u64,
+    /// Messages committed (one `Publish` each) since start.
+    commits_total: u64,
+    /// Promotions to primary since start.
+    failovers_total: u64,
+    /// Reloads handled, and what the latest one said, for `pbchatctl reload`.
+    reloads: u64,
+    last_reload: String,
+    /// What the published status was built from, and when: it is rebuilt when this changes
+    /// or after `STATUS_REFRESH`.
+    status_key: Option<StatusKey>,
+    status_built: Option<Instant>,
+    /// What the latest systemd STATUS line was built from.
+    notify_key: Option<(Role, u64, bool, usize)>,
+    /// The peer was heard within the detection time, as of the latest turn.
+    peer_reachable: bool,
+}
+
+/// The values whose change republishes the status at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StatusKey {
+    role: Role,
+    epoch: u64,
+    degraded: bool,
+    link: bool,
+    reloads: u64,
+    last_change_ms: Option<u64>,
 }
 
 impl Driver {
@@ -490,6 +557,7 @@ impl Driver {
                     }
                     Ok(Signal::Stop) => {
                         stopping = true;
+                        self.notifier.stopping();
                         log::info!("stop signal: handing over or committing what is pending, then closing clients");
                         self.node.step(Input::Shutdown, &mut self.actions);
                     }
@@ -505,6 +573,7 @@ impl Driver {
             self.tick_if_due(&mut next_tick);
             let exit = self.route();
             self.publish();
+            self.after_turn();
             if exit {
                 return;
             }
@@ -553,9 +622,142 @@ impl Driver {
         }
         let now = (self.node.role(), self.node.epoch());
         if self.last_role != Some(now) {
+            if self.last_role.is_some_and(|(role, _)| role == Role::Backup)
+                && now.0 == Role::Primary
+            {
+                self.failovers_total += 1;
+            }
             self.last_role = Some(now);
             let _ = self.role_changed.try_send(());
         }
+    }
+
+    /// Operations after each turn: peer up/down in the log, systemd status and watchdog,
+    /// and the status `pbchatctl` and metrics read.
+    fn after_turn(&mut self) {
+        let now = Instant::now();
+        self.note_peer();
+        let key = (
+            self.node.role(),
+            self.node.epoch(),
+            self.node.degraded(),
+            self.node.clients(),
+        );
+        if self.notify_key != Some(key) {
+            self.notify_key = Some(key);
+            let line = self.status_line();
+            self.notifier.status(line, now);
+        } else {
+            self.notifier.poll(now);
+        }
+        self.publish_status(now);
+    }
+
+    /// `<role> epoch <n>, head <n>, <k> clients[, degraded]`, for systemd's STATUS.
+    fn status_line(&self) -> String {
+        format!(
+            "{} epoch {}, head {}, {} clients{}",
+            self.node.role().as_str(),
+            self.node.epoch(),
+            self.node.head(),
+            self.node.clients(),
+            if self.node.degraded() {
+                ", degraded"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// Logs the peer going silent and being heard again (heartbeats or link), once each.
+    fn note_peer(&mut self) {
+        let Some(peer) = &self.config.peer else {
+            return;
+        };
+        let detection_ms = peer.detection_ms();
+        let heard = self.node.peer_status().heard_ms;
+        let now = self.mono_ms();
+        let reachable = heard.is_some_and(|at| now.saturating_sub(at) < detection_ms);
+        if reachable == self.peer_reachable {
+            return;
+        }
+        self.peer_reachable = reachable;
+        if reachable {
+            log::info!("peer {}: up (heard from it)", peer.id);
+        } else if let Some(at) = heard {
+            log::warn!(
+                "peer {}: down: silent for {} ms (detection time {detection_ms} ms)",
+                peer.id,
+                now.saturating_sub(at)
+            );
+        }
+    }
+
+    /// Rebuilds the shared status when something an operator watches changed, or after
+    /// `STATUS_REFRESH`; otherwise costs one comparison.
+    fn publish_status(&mut self, now: Instant) {
+        let link = self.node.peer_status().link;
+        let key = StatusKey {
+            role: self.node.role(),
+            epoch: self.node.epoch(),
+            degraded: self.node.degraded(),
+            link,
+            reloads: self.reloads,
+            last_change_ms: self.node.last_change().map(|c| c.at_ms),
+        };
+        let fresh = self
+            .status_built
+            .is_some_and(|at| now.saturating_duration_since(at) < STATUS_REFRESH);
+        if fresh && self.status_key == Some(key) {
+            return;
+        }
+        self.status_key = Some(key);
+        self.status_built = Some(now);
+        let node = &self.node;
+        let primary = node.role() == Role::Primary;
+        let peer = self.config.peer.as_ref().map(|p| {
+            let seen = node.peer_status();
+            admin::PeerInfo {
+                id: p.id.clone(),
+                detection_ms: p.detection_ms(),
+                replication_mode: match p.replication_mode {
+                    config::ReplicationMode::Sync => "sync",
+                    config::ReplicationMode::Async => "async",
+                },
+                heard_mono_ms: seen.heard_ms,
+                primary: seen.primary,
+                epoch: seen.epoch,
+                head: seen.head,
+                link: seen.link,
+                acked: (primary && seen.link).then(|| node.peer_acked()),
+            }
+        });
+        self.ops.publish(admin::Status {
+            node: self.config.node_id.clone(),
+            role: node.role().as_str(),
+            epoch: node.epoch(),
+            head: node.head(),
+            last_seq: node.last_seq(),
+            pending: node.pending(),
+            degraded: node.degraded(),
+            clients: node.clients(),
+            rooms: node.rooms(),
+            started_ms: self.started_ms,
+            log_first_seq: self.progress.first_seq.load(Ordering::Acquire),
+            log_last_seq: self.progress.appended_seq.load(Ordering::Acquire),
+            fsync: match self.config.log.fsync {
+                crate::log::FsyncMode::Always => "always",
+                crate::log::FsyncMode::Batch => "batch",
+                crate::log::FsyncMode::Never => "never",
+            },
+            peer,
+            last_change: node.last_change().cloned(),
+            commits_total: self.commits_total,
+            failovers_total: self.failovers_total,
+            rate_limited_total: node.rate_limited_total(),
+            reloads: self.reloads,
+            last_reload: self.last_reload.clone(),
+        });
     }
 
     /// Carries out the turn's actions; true once the node may exit.
@@ -581,6 +783,9 @@ impl Driver {
                 }
                 Action::Exit => exit = true,
                 Action::Publish { .. } | Action::Presence { .. } | Action::CommittedTo { .. } => {
+                    if matches!(action, Action::Publish { .. }) {
+                        self.commits_total += 1;
+                    }
                     for (i, worker) in self.workers.iter().enumerate() {
                         let _ = worker.commands.send(Command::Core(action.clone()));
                         self.woken[i] = true;
@@ -680,10 +885,13 @@ impl Driver {
     /// changed and what waits for a restart.
     fn reload(&mut self) {
         let file = self.config.file.clone();
+        self.reloads += 1;
         let new = match config::load(&file) {
             Ok(new) => new,
             Err(e) => {
                 log::error!("reload refused, keeping the running config: {e}");
+                self.last_reload =
+                    format!("error: reload refused, keeping the running config: {e}");
                 return;
             }
         };
@@ -774,16 +982,37 @@ impl Driver {
             format!("{:?}", self.config.peer),
             format!("{:?}", new.peer)
         );
+        needs_restart!("logging.target", self.config.log_target, new.log_target);
+        needs_restart!(
+            "logging.facility",
+            self.config.log_facility,
+            new.log_facility
+        );
+        needs_restart!(
+            "logging.syslog_socket",
+            self.config.syslog_socket,
+            new.syslog_socket
+        );
+        needs_restart!("admin.socket", self.config.admin_socket, new.admin_socket);
+        needs_restart!(
+            "metrics.listen",
+            self.config.metrics_listen,
+            new.metrics_listen
+        );
         log::set_max_level(new.log_level.to_filter());
         self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
         let mut limits = core_config(&new, None);
         limits.max_pending = self.config.log.max_pending;
         self.node.set_limits(&limits);
-        if changed.is_empty() {
+        let mut summary = if changed.is_empty() {
             log::info!(
                 "reload of {}: nothing that can change at run time changed",
                 file.display()
             );
+            format!(
+                "ok: reloaded {}: nothing that can change at run time changed",
+                file.display()
+            )
         } else {
             log::info!(
                 "reload of {} ({} clients connected): {}",
@@ -791,20 +1020,31 @@ impl Driver {
                 self.clients.load(Ordering::Relaxed),
                 changed.join(", ")
             );
-        }
+            format!("ok: reloaded {}: {}", file.display(), changed.join(", "))
+        };
         if !restart.is_empty() {
             log::warn!(
                 "reload of {}: {} changed; that takes a restart (still running with the old values)",
                 file.display(),
                 restart.join(", ")
             );
+            summary.push_str(&format!(
+                "; {} changed, which takes a restart",
+                restart.join(", ")
+            ));
         }
+        self.last_reload = summary;
         // Keep the old values of what did not apply, so the next reload compares right.
         let mut kept = new;
         kept.node_id = self.config.node_id.clone();
         kept.data_dir = self.config.data_dir.clone();
         kept.peer = self.config.peer.clone();
         kept.log = self.config.log.clone();
+        kept.log_target = self.config.log_target;
+        kept.log_facility = self.config.log_facility;
+        kept.syslog_socket = self.config.syslog_socket.clone();
+        kept.admin_socket = self.config.admin_socket.clone();
+        kept.metrics_listen = self.config.metrics_listen;
         kept.client = crate::config::ClientConfig {
             max_clients: kept.client.max_clients,
             hello_timeout_ms: kept.client.hello_timeout_ms,

@@ -1,0 +1,107 @@
+//! `pbchatctl`: asks a running `pbchatd` through its admin socket. Parses arguments, finds
+//! the socket (from the node's config, or `--socket`), sends one request line, prints the
+//! answer, and maps it to an exit code: 0 on success, 1 when the node refused or cannot be
+//! reached, 2 for a bad config file.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser, Subcommand};
+
+/// The longest a request may take: a fail-over waits up to the hand-over timeout plus 1 s.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Control a running pbchatd through its admin socket.
+#[derive(Parser)]
+#[command(version, about)]
+#[command(group(ArgGroup::new("target").required(true).args(["config", "socket"])))]
+struct Args {
+    /// The node's configuration file; the socket is its `admin.socket` (by default
+    /// `<node.data_dir>/admin.sock`, relative paths from the current directory).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The admin socket itself, instead of -c.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Request,
+}
+
+#[derive(Subcommand)]
+enum Request {
+    /// Role, epoch, the backup's lag, the last role change and why, counters.
+    Status {
+        /// One JSON object instead of `key: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand the primary role to the caught-up backup (the same as SIGUSR1 to the primary).
+    Failover,
+    /// Re-read the config file (the same as SIGHUP) and show what changed.
+    Reload,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let socket = match (&args.socket, &args.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(config)) => match pbchat::config::load(config) {
+            Ok(config) => config.admin_socket,
+            Err(e) => {
+                eprintln!("pbchatctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => unreachable!("clap requires -c or --socket"),
+    };
+    let request = match args.command {
+        Request::Status { json: false } => "status",
+        Request::Status { json: true } => "status json",
+        Request::Failover => "failover",
+        Request::Reload => "reload",
+    };
+    match ask(&socket, request) {
+        Ok(answer) => match answer.strip_prefix("error: ") {
+            Some(error) => {
+                eprint!("pbchatctl: {error}");
+                ExitCode::from(1)
+            }
+            None => {
+                print!("{answer}");
+                ExitCode::SUCCESS
+            }
+        },
+        Err(e) => {
+            eprintln!("pbchatctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ask(socket: &std::path::Path, request: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach pbchatd at {}: {e}; is it running?",
+            socket.display()
+        )
+    })?;
+    let failed = |e: std::io::Error| format!("pbchatd at {}: {e}", socket.display());
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(failed)?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(failed)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(failed)?;
+    if answer.is_empty() {
+        return Err(format!(
+            "pbchatd at {} closed the connection without an answer",
+            socket.display()
+        ));
+    }
+    Ok(answer)
+}

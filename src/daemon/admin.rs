@@ -1,0 +1,581 @@
+//! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
+//! line-based request per connection: `status`, `status json`, `failover`, `reload`.
+//!
+//! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
+//! is never held across I/O) and how that status reads for people and for programs. It
+//! decides nothing: `failover` and `reload` go to the driver through the same channel as
+//! SIGUSR1 and SIGHUP, and the answer is read back from the next published status.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde_json::{json, Value};
+
+use super::heartbeat::HeartbeatStats;
+use super::io::IoStats;
+use super::logging::utc_seconds;
+use super::Signal;
+use crate::core::RoleChange;
+
+/// A request line longer than this is refused (the longest valid one is `status json`).
+const REQUEST_MAX_BYTES: u64 = 256;
+/// A client that does not send its request (or read the answer) in this long is dropped;
+/// requests are served one at a time, so this bounds how long one client delays another.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// `failover` waits this long for the role to move (the core's hand-over gives up after
+/// `HANDOVER_TIMEOUT_MS`).
+const FAILOVER_WAIT: Duration =
+    Duration::from_millis(crate::core::peer::HANDOVER_TIMEOUT_MS + 1_000);
+/// `reload` waits this long for the driver to have re-read the file.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// What the node looks like as of the driver's latest publication.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub node: String,
+    /// `primary` or `backup`.
+    pub role: &'static str,
+    pub epoch: u64,
+    /// Highest committed seq.
+    pub head: u64,
+    /// Highest seq ordered (committed or pending).
+    pub last_seq: u64,
+    pub pending: usize,
+    pub degraded: bool,
+    pub clients: usize,
+    pub rooms: usize,
+    /// Wall-clock start of the process, in ms.
+    pub started_ms: u64,
+    /// Oldest retained seq, and the newest one written to the log.
+    pub log_first_seq: u64,
+    pub log_last_seq: u64,
+    pub fsync: &'static str,
+    pub peer: Option<PeerInfo>,
+    pub last_change: Option<RoleChange>,
+    pub commits_total: u64,
+    /// Promotions of this node to primary since start (automatic or planned).
+    pub failovers_total: u64,
+    pub rate_limited_total: u64,
+    /// HUP or `reload` requests handled, and what the latest one said (`ok: ...`/`error: ...`).
+    pub reloads: u64,
+    pub last_reload: String,
+}
+
+/// The pair as this node sees it.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    pub id: String,
+    pub detection_ms: u64,
+    pub replication_mode: &'static str,
+    /// Monotonic ms (on [`Ops::base`]) of the last word from the peer; `None`: never heard.
+    pub heard_mono_ms: Option<u64>,
+    /// What its latest heartbeat said.
+    pub primary: bool,
+    pub epoch: u64,
+    pub head: u64,
+    /// A replication link to it is up.
+    pub link: bool,
+    /// Primary side with a backup linked: what the backup has acknowledged durably.
+    pub acked: Option<u64>,
+}
+
+/// Shared between the driver (which publishes), the admin thread and the metrics thread.
+pub struct Ops {
+    status: Mutex<Arc<Status>>,
+    /// The core's monotonic clock starts here (heard times are relative to it).
+    pub base: Instant,
+    pub io: Arc<IoStats>,
+    pub heartbeats: Option<Arc<HeartbeatStats>>,
+}
+
+impl Ops {
+    pub fn new(base: Instant, io: Arc<IoStats>, heartbeats: Option<Arc<HeartbeatStats>>) -> Ops {
+        Ops {
+            status: Mutex::new(Arc::new(Status::default())),
+            base,
+            io,
+            heartbeats,
+        }
+    }
+
+    /// The latest published status (a reference-count bump under the lock).
+    pub fn current(&self) -> Arc<Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn publish(&self, status: Status) {
+        let status = Arc::new(status);
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    fn now_mono_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+}
+
+impl PeerInfo {
+    /// How long ago the peer was last heard, as of `now_mono_ms`.
+    pub fn heard_ms_ago(&self, now_mono_ms: u64) -> Option<u64> {
+        self.heard_mono_ms.map(|at| now_mono_ms.saturating_sub(at))
+    }
+
+    /// Heard within the detection time.
+    pub fn reachable(&self, now_mono_ms: u64) -> bool {
+        self.heard_ms_ago(now_mono_ms)
+            .is_some_and(|ago| ago < self.detection_ms)
+    }
+
+    /// Entries the backup lacks (primary side, with a backup linked).
+    pub fn lag(&self, last_seq: u64) -> Option<u64> {
+        self.acked.map(|acked| last_seq.saturating_sub(acked))
+    }
+}
+
+/// Binds the admin socket (mode 0600, a stale one removed) and serves it on a thread.
+pub(super) fn spawn(path: &Path, ops: Arc<Ops>, signals: Sender<Signal>) -> Result<(), String> {
+    let listener = bind(path)?;
+    let path = path.to_path_buf();
+    super::spawn("admin", move || serve(listener, &path, &ops, &signals))?;
+    Ok(())
+}
+
+/// Binds under a temporary name, restricts it to the owner, then renames it into place, so
+/// the socket is never reachable with looser permissions. The data-dir lock guarantees that
+/// a socket already at `path` is a leftover of ours (a crash leaves it behind).
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    let fail = |e: std::io::Error| format!("admin.socket {}: {e}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(fail)?,
+        Ok(_) => {
+            return Err(format!(
+                "admin.socket {}: exists and is not a socket; remove it or set another path",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("admin.socket {}: not a file path", path.display()))?;
+    let temporary: PathBuf = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary).map_err(fail)?;
+    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail(e));
+    }
+    Ok(listener)
+}
+
+/// Removes the socket file at a clean stop (a crash leaves it for the next start).
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+fn serve(listener: UnixListener, path: &Path, ops: &Ops, signals: &Sender<Signal>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => handle(stream, ops, signals),
+            Err(e) => {
+                log::warn!("admin socket {}: accept: {e}", path.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn handle(stream: UnixStream, ops: &Ops, signals: &Sender<Signal>) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut line = String::new();
+    let read = BufReader::new(&stream)
+        .take(REQUEST_MAX_BYTES)
+        .read_line(&mut line);
+    let answer = match read {
+        Err(e) => format!("error: reading the request: {e}\n"),
+        Ok(_) => answer(line.trim(), ops, signals),
+    };
+    let _ = (&stream).write_all(answer.as_bytes());
+}
+
+/// The answer to one request: text ending in a newline; an error starts with `error: `.
+pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> String {
+    if ops.current().node.is_empty() {
+        return "error: the node is starting; retry in a moment\n".into();
+    }
+    let words: Vec<&str> = request.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => render_text(&ops.current(), ops),
+        ["status", "json"] => {
+            let mut text = render_json(&ops.current(), ops).to_string();
+            text.push('\n');
+            text
+        }
+        ["failover"] => failover(ops, signals),
+        ["reload"] => reload(ops, signals),
+        _ => format!(
+            "error: unknown request {request:?}; the requests are: status, status json, failover, reload\n"
+        ),
+    }
+}
+
+fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+fn failover(ops: &Ops, signals: &Sender<Signal>) -> String {
+    let status = ops.current();
+    let Some(peer) = &status.peer else {
+        return "error: fail-over refused: this node has no peer\n".into();
+    };
+    if status.role != "primary" {
+        let primary = if peer.primary {
+            format!(" (the peer {} is primary)", peer.id)
+        } else {
+            String::new()
+        };
+        return format!(
+            "error: fail-over refused: this node is {}; run it against the primary{primary}\n",
+            status.role
+        );
+    }
+    if status.degraded {
+        return "error: fail-over refused: degraded, the backup has not caught up; retry once it has (status shows the lag)\n".into();
+    }
+    if peer.acked.is_none() {
+        return format!(
+            "error: fail-over refused: the backup {} is not connected\n",
+            peer.id
+        );
+    }
+    if signals.try_send(Signal::Drill).is_err() {
+        return "error: the node is busy with other signals; retry\n".into();
+    }
+    let moved = wait_for(FAILOVER_WAIT, || ops.current().role != "primary");
+    if moved {
+        format!(
+            "ok: handed over to {}; this node ({}) is now backup\n",
+            peer.id, status.node
+        )
+    } else {
+        format!(
+            "error: asked for a fail-over, but this node is still primary after {} ms; see its log for why\n",
+            FAILOVER_WAIT.as_millis()
+        )
+    }
+}
+
+fn reload(ops: &Ops, signals: &Sender<Signal>) -> String {
+    let before = ops.current().reloads;
+    if signals.try_send(Signal::Reload).is_err() {
+        return "error: the node is busy with other signals; retry\n".into();
+    }
+    if wait_for(RELOAD_WAIT, || ops.current().reloads > before) {
+        format!("{}\n", ops.current().last_reload)
+    } else {
+        format!(
+            "error: asked for a reload, but the node did not answer within {} s; see its log\n",
+            RELOAD_WAIT.as_secs()
+        )
+    }
+}
+
+fn duration_text(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+fn heard_text(peer: &PeerInfo, now_mono_ms: u64) -> String {
+    match peer.heard_ms_ago(now_mono_ms) {
+        None => "never heard".into(),
+        Some(ago) if ago < peer.detection_ms => format!("heard {ago} ms ago"),
+        Some(ago) => format!("UNREACHABLE, last heard {ago} ms ago"),
+    }
+}
+
+/// Aligned `key: value` lines for people: which node is primary, how far behind the backup
+/// is, when the role last moved and why.
+pub fn render_text(status: &Status, ops: &Ops) -> String {
+    let now = ops.now_mono_ms();
+    let mut lines: Vec<(&str, String)> = vec![
+        (
+            "node",
+            format!("{} (pbchat {})", status.node, env!("CARGO_PKG_VERSION")),
+        ),
+        ("role", format!("{} (epoch {})", status.role, status.epoch)),
+        (
+            "head",
+            format!(
+                "{} committed, last seq {}, {} pending",
+                status.head, status.last_seq, status.pending
+            ),
+        ),
+    ];
+    if let Some(peer) = &status.peer {
+        let heard = heard_text(peer, now);
+        if status.role == "primary" {
+            let value = match (peer.acked, peer.lag(status.last_seq)) {
+                (Some(acked), Some(lag)) => {
+                    format!("{}, acked {acked}, lag {lag}, {heard}", peer.id)
+                }
+                _ => format!("{}, not connected, {heard}", peer.id),
+            };
+            lines.push(("backup", value));
+        } else if peer.primary {
+            let behind = peer.head.saturating_sub(status.head);
+            let link = if peer.link { "following" } else { "not linked" };
+            lines.push((
+                "primary",
+                format!(
+                    "{}, epoch {}, head {}, {link}, behind {behind}, {heard}",
+                    peer.id, peer.epoch, peer.head
+                ),
+            ));
+        } else {
+            lines.push((
+                "peer",
+                format!("{} (not primary, epoch {}), {heard}", peer.id, peer.epoch),
+            ));
+        }
+        lines.push(("replication", peer.replication_mode.to_string()));
+    } else {
+        lines.push(("peer", "none (standalone)".into()));
+    }
+    lines.push((
+        "degraded",
+        if status.degraded {
+            "YES: acknowledging without the backup".into()
+        } else {
+            "no".into()
+        },
+    ));
+    lines.push((
+        "clients",
+        format!("{} in {} rooms", status.clients, status.rooms),
+    ));
+    let log = if status.log_last_seq < status.log_first_seq {
+        format!("empty, fsync {}", status.fsync)
+    } else {
+        format!(
+            "seq {}..{}, fsync {}",
+            status.log_first_seq, status.log_last_seq, status.fsync
+        )
+    };
+    lines.push(("log", log));
+    let change = match &status.last_change {
+        Some(c) => format!(
+            "{} {} to {} in epoch {} ({})",
+            utc_seconds(c.at_ms),
+            c.what,
+            c.role.as_str(),
+            c.epoch,
+            c.reason
+        ),
+        None => format!("none since start ({})", utc_seconds(status.started_ms)),
+    };
+    lines.push(("last change", change));
+    lines.push((
+        "uptime",
+        duration_text(super::wall_ms().saturating_sub(status.started_ms)),
+    ));
+    if let Some(hb) = &ops.heartbeats {
+        lines.push((
+            "heartbeats",
+            format!(
+                "sent {}, received {}, rejected {}",
+                hb.sent.load(Ordering::Relaxed),
+                hb.received.load(Ordering::Relaxed),
+                hb.rejected.load(Ordering::Relaxed)
+            ),
+        ));
+    }
+    lines.push((
+        "counters",
+        format!(
+            "commits {}, failovers {}, slow-consumer drops {}, rate-limited {}",
+            status.commits_total,
+            status.failovers_total,
+            ops.io.slow_consumer_drops.load(Ordering::Relaxed),
+            status.rate_limited_total
+        ),
+    ));
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for (key, value) in lines {
+        text.push_str(&format!("{:<width$} {value}\n", format!("{key}:")));
+    }
+    text
+}
+
+/// The same, for programs: one JSON object.
+pub fn render_json(status: &Status, ops: &Ops) -> Value {
+    let now = ops.now_mono_ms();
+    let peer = status.peer.as_ref().map(|p| {
+        json!({
+            "id": p.id,
+            "reachable": p.reachable(now),
+            "heard_ms_ago": p.heard_ms_ago(now),
+            "detection_ms": p.detection_ms,
+            "link": p.link,
+            "primary": p.primary,
+            "epoch": p.epoch,
+            "head": p.head,
+            "acked": p.acked,
+            "lag": p.lag(status.last_seq),
+        })
+    });
+    let last_change = status.last_change.as_ref().map(|c| {
+        json!({
+            "at": utc_seconds(c.at_ms),
+            "at_ms": c.at_ms,
+            "what": c.what,
+            "role": c.role.as_str(),
+            "epoch": c.epoch,
+            "reason": c.reason,
+        })
+    });
+    let heartbeats = ops.heartbeats.as_ref().map(|hb| {
+        json!({
+            "sent": hb.sent.load(Ordering::Relaxed),
+            "send_errors": hb.send_errors.load(Ordering::Relaxed),
+            "received": hb.received.load(Ordering::Relaxed),
+            "dropped": hb.dropped.load(Ordering::Relaxed),
+            "rejected": hb.rejected.load(Ordering::Relaxed),
+        })
+    });
+    json!({
+        "node": status.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": status.role,
+        "epoch": status.epoch,
+        "head": status.head,
+        "last_seq": status.last_seq,
+        "pending": status.pending,
+        "degraded": status.degraded,
+        "clients": status.clients,
+        "rooms": status.rooms,
+        "uptime_ms": super::wall_ms().saturating_sub(status.started_ms),
+        "started_at": utc_seconds(status.started_ms),
+        "log": {
+            "first_seq": status.log_first_seq,
+            "last_seq": status.log_last_seq,
+            "fsync": status.fsync,
+        },
+        "replication_mode": status.peer.as_ref().map(|p| p.replication_mode),
+        "peer": peer,
+        "last_change": last_change,
+        "heartbeats": heartbeats,
+        "counters": {
+            "commits_total": status.commits_total,
+            "failovers_total": status.failovers_total,
+            "rate_limited_total": status.rate_limited_total,
+            "slow_consumer_drops_total": ops.io.slow_consumer_drops.load(Ordering::Relaxed),
+            "client_bytes_sent_total": ops.io.bytes_sent.load(Ordering::Relaxed),
+            "client_frames_sent_total": ops.io.frames_sent.load(Ordering::Relaxed),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+
+    fn ops(status: Status) -> Ops {
+        let ops = Ops::new(Instant::now(), Arc::default(), None);
+        ops.publish(status);
+        ops
+    }
+
+    fn primary() -> Status {
+        Status {
+            node: "a".into(),
+            role: "primary",
+            epoch: 3,
+            head: 1234,
+            last_seq: 1234,
+            fsync: "batch",
+            peer: Some(PeerInfo {
+                id: "b".into(),
+                detection_ms: 1000,
+                replication_mode: "sync",
+                heard_mono_ms: Some(0),
+                link: true,
+                acked: Some(1230),
+                ..PeerInfo::default()
+            }),
+            last_change: Some(RoleChange {
+                at_ms: 1_764_091_907_000,
+                what: "promoted",
+                role: Role::Primary,
+                epoch: 3,
+                reason: "peer silent for 1018 ms".into(),
+            }),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn text_status_answers_the_operators_questions() {
+        let ops = ops(primary());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let text = answer("status", &ops, &tx);
+        assert!(text.contains("role:        primary (epoch 3)\n"), "{text}");
+        assert!(
+            text.contains("backup:      b, acked 1230, lag 4, heard "),
+            "{text}"
+        );
+        assert!(text.contains("degraded:    no\n"), "{text}");
+        assert!(
+            text.contains(
+                "last change: 2025-11-25T17:31:47Z promoted to primary in epoch 3 (peer silent for 1018 ms)\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_status_and_errors() {
+        let ops = ops(primary());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let value: Value = serde_json::from_str(&answer("status json", &ops, &tx)).unwrap();
+        assert_eq!(value["role"], "primary");
+        assert_eq!(value["peer"]["lag"], 4);
+        assert_eq!(value["last_change"]["reason"], "peer silent for 1018 ms");
+        assert!(answer("frobnicate", &ops, &tx).starts_with("error: unknown request"));
+        ops.publish(Status {
+            role: "backup",
+            ..primary()
+        });
+        assert!(answer("failover", &ops, &tx)
+            .starts_with("error: fail-over refused: this node is backup"));
+    }
+}

@@ -1,0 +1,236 @@
+//! `[metrics] listen`: a tiny HTTP/1.0 responder for `GET /metrics` in the Prometheus text
+//! format. One thread, one request per connection, no framework.
+//!
+//! It exports only what the node counts: the status the driver publishes (at most 100 ms
+//! old) and the I/O and heartbeat counters (live atomics). It changes nothing.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admin::Ops;
+
+/// The request head we read at most; the rest is ignored.
+const REQUEST_MAX_BYTES: u64 = 8 * 1024;
+/// A scraper that does not send its request (or read the answer) in this long is dropped.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds `listen` (an error names the key) and serves it on a thread.
+pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("metrics.listen {listen}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("metrics.listen {listen}: {e}"))?;
+    super::spawn("metrics", move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => handle(stream, &ops),
+                Err(e) => {
+                    log::warn!("metrics {bound}: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+fn handle(stream: TcpStream, ops: &Ops) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut reader = BufReader::new(&stream).take(REQUEST_MAX_BYTES);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    // Read the headers to the blank line, so the client sees its request consumed.
+    let mut header = String::new();
+    while matches!(reader.read_line(&mut header), Ok(n) if n > 0) {
+        if header.trim().is_empty() {
+            break;
+        }
+        header.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(ops),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: try /metrics\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = (&stream).write_all(response.as_bytes());
+}
+
+/// The exposition text.
+pub fn render(ops: &Ops) -> String {
+    let status = ops.current();
+    let now_mono_ms = ops.base.elapsed().as_millis() as u64;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP pbchat_{name} {help}");
+        let _ = writeln!(out, "# TYPE pbchat_{name} {kind}");
+        let _ = writeln!(out, "pbchat_{name} {value}");
+    };
+    metric(
+        "role_primary",
+        "gauge",
+        "1 while this node is the primary, 0 while backup.",
+        u64::from(status.role == "primary"),
+    );
+    metric("epoch", "gauge", "Current epoch.", status.epoch);
+    metric("head_seq", "gauge", "Highest committed seq.", status.head);
+    metric(
+        "last_seq",
+        "gauge",
+        "Highest seq ordered (committed or pending).",
+        status.last_seq,
+    );
+    metric(
+        "pending",
+        "gauge",
+        "Messages ordered, not yet committed.",
+        status.pending as u64,
+    );
+    metric(
+        "clients",
+        "gauge",
+        "Clients with an open session.",
+        status.clients as u64,
+    );
+    metric(
+        "rooms",
+        "gauge",
+        "Rooms with at least one member.",
+        status.rooms as u64,
+    );
+    metric(
+        "degraded",
+        "gauge",
+        "1 while a sync-mode primary acknowledges without the backup.",
+        u64::from(status.degraded),
+    );
+    if let Some(peer) = &status.peer {
+        metric(
+            "peer_reachable",
+            "gauge",
+            "1 while the peer was heard within the detection time.",
+            u64::from(peer.reachable(now_mono_ms)),
+        );
+        if let Some(lag) = peer.lag(status.last_seq) {
+            metric(
+                "backup_lag",
+                "gauge",
+                "Entries the connected backup has not acknowledged (primary only).",
+                lag,
+            );
+        }
+    }
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+        super::wall_ms().saturating_sub(status.started_ms) / 1000,
+    );
+    metric(
+        "commits_total",
+        "counter",
+        "Messages committed (acknowledged and published) by this node.",
+        status.commits_total,
+    );
+    metric(
+        "failovers_total",
+        "counter",
+        "Promotions of this node to primary (automatic or planned).",
+        status.failovers_total,
+    );
+    metric(
+        "rate_limited_total",
+        "counter",
+        "Sends refused by a client's rate limit.",
+        status.rate_limited_total,
+    );
+    metric(
+        "slow_consumer_drops_total",
+        "counter",
+        "Clients dropped because they read too slowly.",
+        ops.io.slow_consumer_drops.load(Ordering::Relaxed),
+    );
+    metric(
+        "client_bytes_sent_total",
+        "counter",
+        "Bytes written to client sockets.",
+        ops.io.bytes_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        "client_frames_sent_total",
+        "counter",
+        "Frames written to client sockets.",
+        ops.io.frames_sent.load(Ordering::Relaxed),
+    );
+    if let Some(hb) = &ops.heartbeats {
+        metric(
+            "heartbeats_sent_total",
+            "counter",
+            "Heartbeats sent to the peer.",
+            hb.sent.load(Ordering::Relaxed),
+        );
+        metric(
+            "heartbeats_received_total",
+            "counter",
+            "Valid heartbeats received from the peer.",
+            hb.received.load(Ordering::Relaxed),
+        );
+        metric(
+            "heartbeats_rejected_total",
+            "counter",
+            "Heartbeat datagrams rejected (bad MAC, replayed, wrong node, malformed).",
+            hb.rejected.load(Ordering::Relaxed),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::admin::Status;
+    use std::time::Instant;
+
+    #[test]
+    fn exposition_has_help_type_and_value_per_metric() {
+        let ops = Ops::new(Instant::now(), Arc::default(), None);
+        ops.publish(Status {
+            role: "primary",
+            epoch: 3,
+            commits_total: 7,
+            ..Status::default()
+        });
+        let text = render(&ops);
+        assert!(text.contains("# TYPE pbchat_commits_total counter\npbchat_commits_total 7\n"));
+        assert!(text.contains("pbchat_role_primary 1\n"));
+        assert!(text.contains("pbchat_epoch 3\n"));
+        // Standalone: nothing about a peer is made up.
+        assert!(!text.contains("backup_lag"));
+        assert!(!text.contains("heartbeats"));
+    }
+}

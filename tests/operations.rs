@@ -1,0 +1,481 @@
+//! Operations, end to end through the real binaries: systemd notifications, the admin
+//! socket and `pbchatctl`, metrics, syslog. Every wait is on a condition with a deadline.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, PairFiles, DEADLINE};
+use serde_json::Value;
+
+const ROOM: &str = "general";
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pbchatctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbchatctl"))
+        .args(args)
+        .output()
+        .expect("run pbchatctl")
+}
+
+fn ctl(config: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["-c", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    pbchatctl(&all)
+}
+
+/// `pbchatctl -c CONFIG status --json`, parsed; `None` while the node cannot answer.
+fn status_json(config: &Path) -> Option<Value> {
+    let out = ctl(config, &["status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A standalone node's config in `dir` with `extra` TOML appended (new sections only).
+fn standalone_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = common::write_config(dir, "primary", "", "");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "\n{extra}").unwrap();
+    path
+}
+
+/// pbchatd run by hand (with an environment of our choosing); stderr lines are collected.
+struct Process {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn start(config: &Path, env: &[(&str, &str)]) -> Process {
+        let mut command = common::pbchatd();
+        command
+            .arg("-c")
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start pbchatd");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("  pbchatd| {line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Process { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        common::signal_pid(self.child.id(), name);
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "pbchatd did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Datagrams arriving on `socket` until `done` says enough, or the deadline.
+fn collect(socket: &UnixDatagram, seen: &mut Vec<String>, mut done: impl FnMut(&[String]) -> bool) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = vec![0u8; 4096];
+    while !done(seen) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; datagrams so far: {seen:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(text(&buf[..n]));
+        }
+    }
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = standalone_config(dir.path(), "");
+    let notify_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    let mut node = Process::start(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    collect(&socket, &mut seen, |seen| {
+        seen.iter().filter(|d| *d == "WATCHDOG=1").count() >= 2
+            && seen.iter().any(|d| d.starts_with("READY=1"))
+    });
+    let ready = seen.iter().find(|d| d.starts_with("READY=1")).unwrap();
+    assert!(
+        ready.contains("\nSTATUS=primary epoch 1, head 0, 0 clients"),
+        "{ready:?}"
+    );
+    // A client changes the STATUS line.
+    let mut client = common::hello_at(listen_address(&node), "alice", "s-alice");
+    client.join(ROOM);
+    collect(&socket, &mut seen, |seen| {
+        seen.iter()
+            .any(|d| d.contains("STATUS=primary epoch 1, head 0, 1 clients"))
+    });
+    node.signal("TERM");
+    collect(&socket, &mut seen, |seen| {
+        seen.iter().any(|d| d.starts_with("STOPPING=1"))
+    });
+    assert_eq!(node.wait_exit(), Some(0));
+}
+
+/// The client address from a hand-run node's "clients on" line.
+fn listen_address(node: &Process) -> std::net::SocketAddr {
+    let mut found = None;
+    wait_until("the node to serve", || {
+        found = node
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split("clients on ").nth(1).map(|a| a.trim().to_string()));
+        found.is_some()
+    });
+    found.unwrap().parse().unwrap()
+}
+
+fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
+    let a = pair.start_a();
+    let b = pair.start_b();
+    b.wait_log("following the primary");
+    (a, b)
+}
+
+/// Waits until `config`'s node reports a caught-up, synchronous primary at `head` or later
+/// with a linked backup.
+fn wait_in_sync(config: &Path, head: u64) -> Value {
+    let mut last = None;
+    wait_until("a synchronous primary with a caught-up backup", || {
+        last = status_json(config);
+        last.as_ref().is_some_and(|s| {
+            s["role"] == "primary"
+                && s["head"].as_u64() >= Some(head)
+                && s["degraded"] == false
+                && s["peer"]["lag"] == 0
+                && s["peer"]["acked"] == s["last_seq"]
+        })
+    });
+    last.unwrap()
+}
+
+#[test]
+fn pbchatctl_status_json_shows_both_roles_epochs_and_no_lag_after_traffic() {
+    let pair = PairFiles::new("");
+    let (a, _b) = start_pair(&pair);
+    let mut c = a.hello("alice", "s-alice");
+    c.join(ROOM);
+    let mut seq = 0;
+    for i in 0..20 {
+        seq = c.send_acked(ROOM, &format!("m-{i}"), "hello");
+    }
+    let primary = wait_in_sync(&pair.config_a, seq);
+    assert_eq!(primary["node"], "a");
+    assert_eq!(primary["head"], seq);
+    assert_eq!(primary["peer"]["id"], "b");
+    assert_eq!(primary["peer"]["reachable"], true);
+    assert_eq!(primary["replication_mode"], "sync");
+    assert_eq!(primary["clients"], 1);
+    assert_eq!(primary["rooms"], 1);
+    assert!(primary["counters"]["commits_total"].as_u64().unwrap() >= 20);
+    assert!(primary["heartbeats"]["received"].as_u64().unwrap() > 0);
+    let epoch = primary["epoch"].as_u64().unwrap();
+    let mut backup = None;
+    wait_until("the backup to hold every message", || {
+        backup = status_json(&pair.config_b);
+        backup.as_ref().is_some_and(|s| s["last_seq"] == seq)
+    });
+    let backup = backup.unwrap();
+    assert_eq!(backup["role"], "backup");
+    assert_eq!(backup["epoch"], epoch);
+    assert_eq!(backup["peer"]["id"], "a");
+    assert_eq!(backup["peer"]["primary"], true);
+    assert_eq!(backup["peer"]["link"], true);
+    // People get the same answers in aligned lines.
+    let out = ctl(&pair.config_a, &["status"]);
+    assert!(out.status.success());
+    let human = text(&out.stdout);
+    assert!(
+        human.contains(&format!("role:        primary (epoch {epoch})")),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!("backup:      b, acked {seq}, lag 0, heard ")),
+        "{human}"
+    );
+    assert!(human.contains("degraded:    no"), "{human}");
+}
+
+#[test]
+fn pbchatctl_failover_moves_the_primary_role_to_the_backup() {
+    let pair = PairFiles::new("");
+    let (a, b) = start_pair(&pair);
+    let mut c = a.hello("alice", "s-alice");
+    c.join(ROOM);
+    let seq = c.send_acked(ROOM, "m-0", "before");
+    wait_in_sync(&pair.config_a, seq);
+    // Asking the backup is refused, and says where the primary is.
+    let refused = ctl(&pair.config_b, &["failover"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("this node is backup"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let out = ctl(&pair.config_a, &["failover"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: handed over to b"),
+        "{}",
+        text(&out.stdout)
+    );
+    b.wait_log("planned hand-over from the primary");
+    wait_until("b to serve as primary", || {
+        status_json(&pair.config_b).is_some_and(|s| s["role"] == "primary")
+    });
+    let a_status = status_json(&pair.config_a).unwrap();
+    assert_eq!(a_status["role"], "backup");
+    assert_eq!(a_status["last_change"]["what"], "handed over");
+    let b_status = status_json(&pair.config_b).unwrap();
+    assert_eq!(b_status["last_change"]["what"], "promoted");
+    assert_eq!(
+        b_status["last_change"]["reason"],
+        "planned hand-over from the primary"
+    );
+    assert_eq!(b_status["counters"]["failovers_total"], 1);
+}
+
+#[test]
+fn pbchatctl_status_after_a_kill9_fail_over_shows_when_and_why() {
+    let pair = PairFiles::new("");
+    let (mut a, b) = start_pair(&pair);
+    let mut c = a.hello("alice", "s-alice");
+    c.join(ROOM);
+    let seq = c.send_acked(ROOM, "m-0", "before");
+    wait_in_sync(&pair.config_a, seq);
+    a.kill9();
+    b.wait_log("promoted to primary");
+    let mut human = String::new();
+    wait_until("b's status to show the promotion", || {
+        let out = ctl(&pair.config_b, &["status"]);
+        human = text(&out.stdout);
+        out.status.success() && human.contains("role:        primary")
+    });
+    eprintln!("pbchatctl status on the new primary:\n{human}");
+    let change = human
+        .lines()
+        .find(|l| l.starts_with("last change:"))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(
+        change.contains("Z promoted to primary in epoch "),
+        "{change}"
+    );
+    assert!(change.contains("(peer silent for "), "{change}");
+    assert!(
+        human.contains("UNREACHABLE") || human.contains("not connected"),
+        "{human}"
+    );
+    let json = status_json(&pair.config_b).unwrap();
+    assert!(
+        json["last_change"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("peer silent for "),
+        "{json}"
+    );
+    // The dead node cannot answer: pbchatctl says so and exits 1.
+    let down = ctl(&pair.config_a, &["status"]);
+    assert_eq!(down.status.code(), Some(1));
+    let message = text(&down.stderr);
+    assert!(message.contains("cannot reach pbchatd at "), "{message}");
+    assert!(message.contains("is it running?"), "{message}");
+}
+
+#[test]
+fn admin_socket_is_owner_only_survives_kill9_and_pbchatctl_fails_clearly_when_down() {
+    let mut node = Daemon::start("primary", "", "");
+    let socket = node.dir.join("data").join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+    let out = pbchatctl(&["--socket", socket.to_str().unwrap(), "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // kill -9 leaves the socket file behind; the next start replaces it.
+    node.kill9();
+    assert!(socket.exists());
+    let down = pbchatctl(&["--socket", socket.to_str().unwrap(), "status"]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        text(&down.stderr).starts_with(&format!(
+            "pbchatctl: cannot reach pbchatd at {}: ",
+            socket.display()
+        )),
+        "{}",
+        text(&down.stderr)
+    );
+    node.restart();
+    let out = ctl(&node.config_path, &["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A reload answers with what it did.
+    let out = ctl(&node.config_path, &["reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: reloaded "),
+        "{}",
+        text(&out.stdout)
+    );
+    // A clean stop removes it.
+    node.signal(15);
+    assert_eq!(node.wait_exit(), Some(0));
+    assert!(!socket.exists());
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_counts_commits() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = standalone_config(&dir, "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let node = Daemon::start_with(dir, config);
+    node.wait_log("metrics on http://");
+    let address = node
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .map(|rest| rest.trim_end_matches("/metrics").to_string())
+        })
+        .unwrap();
+    let response = http_get(&address, "/metrics");
+    assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
+    assert!(response.contains("Content-Type: text/plain; version=0.0.4"));
+    let body = response.split("\r\n\r\n").nth(1).unwrap().to_string();
+    assert!(
+        body.contains("# TYPE pbchat_commits_total counter"),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "pbchat_role_primary"), 1);
+    let before = metric(&body, "pbchat_commits_total");
+    let mut c = node.hello("alice", "s-alice");
+    c.join(ROOM);
+    c.send_acked(ROOM, "m-0", "counted");
+    wait_until("commits_total to grow", || {
+        let response = http_get(&address, "/metrics");
+        metric(&response, "pbchat_commits_total") == before + 1
+            && metric(&response, "pbchat_clients") == 1
+            && metric(&response, "pbchat_client_bytes_sent_total") > 0
+    });
+    assert!(http_get(&address, "/nope").starts_with("HTTP/1.0 404"));
+}
+
+#[test]
+fn syslog_target_sends_lines_with_the_facility_and_falls_back_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let syslog_path = dir.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    let config = standalone_config(dir.path(), "");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    let with_syslog = text_before.replace(
+        "[logging]\n",
+        &format!(
+            "[logging]\ntarget = \"syslog\"\nfacility = \"local3\"\nsyslog_socket = \"{}\"\n",
+            syslog_path.display()
+        ),
+    );
+    std::fs::write(&config, &with_syslog).unwrap();
+    let mut node = Process::start(&config, &[]);
+    let mut seen = Vec::new();
+    collect(&syslog, &mut seen, |seen| {
+        seen.iter().any(|d| d.contains("clients on "))
+    });
+    let line = seen.iter().find(|d| d.contains("clients on ")).unwrap();
+    // local3 (19) * 8 + info (6) = 158.
+    assert!(line.starts_with("<158>"), "{line}");
+    assert!(
+        line.contains("pbchatd[") && line.contains("]: [a] node a serving as primary"),
+        "{line}"
+    );
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(), Some(0));
+    drop(node);
+
+    // Without a syslog socket, one warning, then stderr as usual.
+    drop(syslog);
+    std::fs::remove_file(&syslog_path).unwrap();
+    let node = Daemon::start_with(dir.path().to_path_buf(), config);
+    assert!(node.log_contains("logging to stderr instead"));
+    drop(node);
+}
