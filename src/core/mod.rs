@@ -30,8 +30,11 @@ use rate::TokenBucket;
 pub type Frame = Arc<[u8]>;
 /// A connection, numbered by the daemon; never reused within a process.
 pub type ConnId = u64;
-/// A replication link to the peer, numbered by the daemon; never reused within a process.
+/// A replication link to the peer, numbered by the daemon from 1; never reused within a
+/// process.
 pub type LinkId = u64;
+/// The link id a primary uses to re-commit its own kept-aside messages (`Input::Resubmit`).
+pub const SELF_LINK: LinkId = 0;
 
 /// Severity of a [`Action::Log`] line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,8 +352,8 @@ pub struct Node {
     logs: Vec<Action>,
     /// A stop signal arrived: exit once done (a drill only drains).
     exit_requested: bool,
-    /// The tick just turned degraded on: commit what waited for the backup.
-    degraded_now: bool,
+    /// The commit rule got looser during this step (degraded on, stall fence lifted).
+    recheck: bool,
     /// A new paired node configured as primary: it starts as backup and takes over once it
     /// has heard that the peer is no primary (or the peer stays silent).
     start_as_primary: bool,
@@ -402,7 +405,7 @@ impl Node {
             log_generation: 0,
             logs: Vec::new(),
             exit_requested: false,
-            degraded_now: false,
+            recheck: false,
             start_as_primary: false,
             last_probe_ms: None,
             probe_failing: false,
@@ -624,6 +627,13 @@ impl Node {
             Input::HandoverAsked { link, epoch } => self.on_handover_asked(link, epoch, actions),
             Input::ProbeResult { ok } => self.on_probe_result(ok),
         }
+        // The commit rule got looser this step (degraded on, fence lifted): what waited may
+        // commit now, and a hand-over or shutdown waiting on it may go on.
+        if std::mem::take(&mut self.recheck) {
+            self.commit_ready(actions);
+            self.maybe_handover(actions);
+            self.maybe_exit(actions);
+        }
         actions.append(&mut self.logs);
     }
 
@@ -680,10 +690,6 @@ impl Node {
         }
         self.last_tick_mono_ms = Some(mono_ms);
         self.on_pair_tick(actions);
-        if std::mem::take(&mut self.degraded_now) {
-            self.commit_ready(actions);
-            self.maybe_exit(actions);
-        }
         while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
             if deadline > self.now_ms {
                 break;

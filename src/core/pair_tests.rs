@@ -34,7 +34,7 @@ const REDIAL_MS: u64 = 50;
 const WALL_BASE_MS: u64 = 1_700_000_000_000;
 const ROOM: &str = "r";
 /// The link id a primary's own resubmission of its orphans goes under (never a real link).
-const SELF_LINK: LinkId = u64::MAX;
+use super::SELF_LINK;
 
 fn core_config(index: usize, cooldown_ms: u64) -> CoreConfig {
     CoreConfig {
@@ -249,8 +249,8 @@ struct Pair {
     /// Every (epoch, seq) ever published, with the (session, id) it named (invariant i).
     published: BTreeMap<(u64, u64), (String, String)>,
     acked: Vec<Acked>,
-    /// Emulates a daemon that, while primary, re-commits its own orphans through its core
-    /// (`Input::Resubmit` on [`SELF_LINK`]); the daemon does not (see the ignored test).
+    /// Emulates the daemon, which while primary re-commits its own orphans through its core
+    /// (`Input::Resubmit` on [`SELF_LINK`]).
     primary_resubmits_own_orphans: bool,
     /// Print every step (`PAIR_TRACE=1`).
     trace: bool,
@@ -316,7 +316,7 @@ impl Pair {
             latency_max_ms: 0,
             published: BTreeMap::new(),
             acked: Vec::new(),
-            primary_resubmits_own_orphans: false,
+            primary_resubmits_own_orphans: true,
             trace: std::env::var_os("PAIR_TRACE").is_some(),
         }
     }
@@ -1492,7 +1492,6 @@ fn stall_the_primary_with_m2_acked_by_the_backup() -> (Pair, ConnId) {
 }
 
 #[test]
-#[ignore = "bug: lifting the stall fence never commits what waited; m-2 stays pending until another Durable/BackupAck input"]
 fn a_stalled_primary_commits_nothing_until_it_hears_from_its_peer() {
     let (mut pair, _alice) = stall_the_primary_with_m2_acked_by_the_backup();
     let woke_ms = pair.now_ms - 1;
@@ -1823,9 +1822,6 @@ fn random_pair_run(seed: u64) {
     let _report = SeedReport(seed);
     let mut rng = Rng::new(seed);
     let mut pair = Pair::new(0);
-    // A primary's own orphans would wait for good (see the ignored test); this test is
-    // about the core's invariants, so it runs with that gap closed.
-    pair.primary_resubmits_own_orphans = true;
     pair.rng = Some(Rng::new(seed ^ 0x5EED));
     pair.latency_max_ms = rng.below(25);
     for i in [A, B] {
@@ -1983,7 +1979,6 @@ fn random_pair_histories_keep_every_acked_message_once() {
 }
 
 #[test]
-#[ignore = "bug: a node that cut acked messages into its orphans and then becomes primary never re-commits them; they are missing from the primary's log"]
 fn acked_messages_a_node_kept_aside_are_recommitted_when_it_becomes_primary() {
     let mut pair = linked_pair(0);
     let alice = commit_messages(&mut pair, 1);

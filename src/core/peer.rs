@@ -92,6 +92,7 @@ impl Node {
             .is_some_and(|since| mono_ms >= since + fresh_after)
         {
             self.fenced_since = None;
+            self.recheck = true;
             self.log(
                 LogLevel::Info,
                 "heard from the peer after a stall: committing again".into(),
@@ -292,6 +293,7 @@ impl Node {
                 if let Some(since) = self.fenced_since {
                     if now >= since + 2 * pair.detection_ms {
                         self.fenced_since = None;
+                        self.recheck = true;
                         self.log(
                             LogLevel::Warn,
                             "no word from the peer since the stall: committing again".into(),
@@ -308,7 +310,7 @@ impl Node {
                     });
                     if stuck {
                         self.degraded = true;
-                        self.degraded_now = true;
+                        self.recheck = true;
                         self.log(
                             LogLevel::Warn,
                             format!(
