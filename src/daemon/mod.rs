@@ -35,7 +35,7 @@ use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 
 use crate::config::{self, Config, Role};
 use crate::core::epochs::EpochHistory;
-use crate::core::{Action, CoreConfig, Input, LogLevel, Node, PairConfig};
+use crate::core::{Action, CoreConfig, Input, LogLevel, Node, PairConfig, SELF_LINK};
 use crate::entry::Entry;
 use crate::log::{Log, LogOptions};
 use acceptor::{worker_of, WorkerHandle};
@@ -343,6 +343,7 @@ pub fn run(config: Config) -> Result<(), String> {
         inputs: input_tx,
         base,
         last_role: None,
+        own_orphans: None,
         ops,
         notifier,
         started_ms,
@@ -465,6 +466,9 @@ struct Driver {
     inputs: Sender<Input>,
     base: Instant,
     last_role: Option<(Role, u64)>,
+    /// Own kept-aside messages being re-committed: the last one's orig, and the bytes of the
+    /// orphans file they came from.
+    own_orphans: Option<((u64, u64), u64)>,
     /// What `pbchatctl` and metrics read; rebuilt by `publish_status`.
     ops: Arc<admin::Ops>,
     notifier: notify::Notifier,
@@ -629,6 +633,36 @@ impl Driver {
             }
             self.last_role = Some(now);
             let _ = self.role_changed.try_send(());
+            if now.0 == Role::Primary {
+                self.resubmit_own_orphans();
+            }
+        }
+    }
+
+    /// A node that kept messages aside (cut from its log after a lost history) and is now
+    /// primary re-commits them itself: no backup session would ever send them.
+    fn resubmit_own_orphans(&mut self) {
+        let (batches, bytes) = match storage::read_orphans_with_len(&self.config.data_dir) {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("reading the orphans file: {e}");
+                return;
+            }
+        };
+        let Some(last) = batches.last().and_then(|b| b.last()) else {
+            return;
+        };
+        self.own_orphans = Some((last.orig.unwrap_or((last.epoch, last.seq)), bytes));
+        let count: usize = batches.iter().map(Vec::len).sum();
+        log::info!("re-committing {count} messages this node kept aside");
+        for entries in batches {
+            self.node.step(
+                Input::Resubmit {
+                    link: SELF_LINK,
+                    entries,
+                },
+                &mut self.actions,
+            );
         }
     }
 
@@ -816,6 +850,14 @@ impl Driver {
                 }
                 Action::TookOver { link, epoch } => {
                     self.link_command(link, LinkCommand::TookOver { epoch })
+                }
+                Action::ResubmitDone { link, epoch, seq } if link == SELF_LINK => {
+                    if let Some((orig, bytes)) = self.own_orphans {
+                        if orig == (epoch, seq) {
+                            self.own_orphans = None;
+                            self.log_command(LogCommand::ConsumeOrphans { bytes });
+                        }
+                    }
                 }
                 Action::ResubmitDone { link, epoch, seq } => {
                     self.link_command(link, LinkCommand::ResubmitDone { epoch, seq })

@@ -31,9 +31,21 @@ pub const ORPHANS_FILE: &str = "orphans";
 #[derive(Debug)]
 pub enum LogCommand {
     Append(Vec<Entry>),
-    Truncate { after_seq: u64 },
-    Restart { first_seq: u64 },
-    SaveEpochs { spans: Vec<(u64, u64)>, seen: u64 },
+    Truncate {
+        after_seq: u64,
+    },
+    Restart {
+        first_seq: u64,
+    },
+    SaveEpochs {
+        spans: Vec<(u64, u64)>,
+        seen: u64,
+    },
+    /// The first `bytes` of the orphans file are re-committed: drop them. (Only this thread
+    /// writes the file, and only appends, so the prefix is what the reader saw.)
+    ConsumeOrphans {
+        bytes: u64,
+    },
 }
 
 /// Durable progress as one word: the log generation (bumped by each cut) in the top 16
@@ -185,6 +197,12 @@ impl Writer {
                 self.report(generation, self.log.last_seq());
                 generation
             }
+            LogCommand::ConsumeOrphans { bytes } => {
+                if let Err(e) = consume_orphans(&self.data_dir, bytes) {
+                    log::warn!("{}: {e}", self.data_dir.join(ORPHANS_FILE).display());
+                }
+                generation
+            }
             LogCommand::Restart { first_seq } => {
                 if let Err(e) = self.log.restart_at(first_seq) {
                     fatal("restart", &e);
@@ -213,6 +231,36 @@ impl Writer {
         file.write_all(&bytes)?;
         file.sync_all()
     }
+}
+
+/// Removes the first `bytes` of the orphans file (the whole file when that is all of it).
+fn consume_orphans(data_dir: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    let path = data_dir.join(ORPHANS_FILE);
+    let all = std::fs::read(&path)?;
+    if all.len() as u64 <= bytes {
+        std::fs::remove_file(&path)?;
+        log::info!(
+            "every message kept aside is re-committed; removed {}",
+            path.display()
+        );
+        return Ok(());
+    }
+    let tmp = data_dir.join(format!("{ORPHANS_FILE}.tmp"));
+    std::fs::write(&tmp, &all[bytes as usize..])?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The orphans file's batches and how many bytes they came from.
+pub fn read_orphans_with_len(
+    data_dir: &std::path::Path,
+) -> std::io::Result<(Vec<Vec<Entry>>, u64)> {
+    let len = match std::fs::metadata(data_dir.join(ORPHANS_FILE)) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    Ok((read_orphans(data_dir)?, len))
 }
 
 /// Reads the orphans side file: batches of entries to resubmit, in order.
