@@ -839,7 +839,14 @@ fn backup_reader(
             PeerFrame::Beat { head, .. } => {
                 commit_seq.fetch_max(head, Ordering::AcqRel);
                 commit_known.store(true, Ordering::Release);
-                Input::LinkAlive { mono_ms }
+                // An idle primary's beat carries its committed head: the backup's view of
+                // what is committed moves on without new entries.
+                Input::Replicate {
+                    link,
+                    commit_seq: head,
+                    entries: Vec::new(),
+                    mono_ms,
+                }
             }
             PeerFrame::Handover { epoch } => Input::HandoverAsked { link, epoch },
             PeerFrame::ResubmitDone { epoch, seq } => {
