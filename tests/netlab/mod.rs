@@ -1,0 +1,944 @@
+//! The namespace fault lab: three hosts as network namespaces on a bridge that lives in a
+//! fourth namespace, the real `pbchatd` and `pbchat-client` binaries run inside them with
+//! `ip netns exec`, and faults made with nftables in the hosts' namespaces.
+//!
+//! Layout of one lab (`k` unique per lab in this process, names unique per process):
+//!
+//! ```text
+//!   pbl-<pid>-<n>-h1 (10.77.k.1: node a)  ─veth─┐
+//!   pbl-<pid>-<n>-h2 (10.77.k.2: node b)  ─veth─┼─ br0 in pbl-<pid>-<n>-br
+//!   pbl-<pid>-<n>-h3 (10.77.k.3: clients) ─veth─┘
+//! ```
+//!
+//! Nothing is created in the root namespace. Everything is removed when the `Lab` is
+//! dropped (also while a failing test unwinds), and `Lab::new` first removes the namespaces
+//! of earlier test processes that died without cleaning up.
+//!
+//! Clients: a test process cannot move one of its threads into a namespace without unsafe
+//! code (the crate forbids it), so every client is a process started with
+//! `ip netns exec`: `pbchat-client --listen` / `--history`, and [`SenderProc`], which is this
+//! very test binary re-run with a filter on the test that calls [`client_process_main`].
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pbchat::wire::client::{decode_server_frame, ServerFrame};
+use serde_json::{json, Value};
+
+/// How long any single expected event may take on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+pub const ROOM: &str = "general";
+/// Ports every node uses inside its own host (each host has its own address).
+pub const CLIENT_PORT: u16 = 7400;
+pub const HEARTBEAT_PORT: u16 = 7401;
+pub const REPLICATION_PORT: u16 = 7402;
+/// The name of the test in the scenario file that runs [`client_process_main`].
+pub const CLIENT_PROCESS_TEST: &str = "netlab_client_process";
+
+/// One lab at a time per process: the scenarios assert timings (fail-over within detection
+/// + 1 s, no false fail-over) that two labs sharing 2 cores would blur.
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
+
+/// A host of the lab: 1, 2 or 3.
+pub type Host = u8;
+
+pub struct Lab {
+    /// `pbl-<pid>-<n>`; the namespaces are `<prefix>-br` and `<prefix>-h1..h3`.
+    pub prefix: String,
+    /// The third octet of the lab's addresses: 10.77.k.0/24.
+    pub k: u32,
+    /// Configs, secret and data dirs (removed on drop).
+    pub dir: PathBuf,
+    created: Vec<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Runs `cmd`, returns (success, stdout+stderr).
+fn run(cmd: &mut Command) -> (bool, String) {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        }
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+fn ip(args: &[&str]) -> (bool, String) {
+    run(Command::new("ip").args(args))
+}
+
+fn must(what: &str, (ok, text): (bool, String)) {
+    assert!(ok, "{what}: {text}");
+}
+
+/// Removes the `pbl-<pid>-*` namespaces of test processes that no longer exist (a test
+/// killed before its `Drop` ran), after killing what still runs inside them (daemons and
+/// clients such a test started).
+pub fn sweep_stale() {
+    let (_, list) = ip(&["netns", "list"]);
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("pbl-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        kill_inside(name);
+        let _ = ip(&["netns", "del", name]);
+        eprintln!("netlab: removed stale namespace {name}");
+    }
+}
+
+/// kill -9 every process running in namespace `ns`.
+fn kill_inside(ns: &str) {
+    let (_, pids) = ip(&["netns", "pids", ns]);
+    for pid in pids.split_whitespace() {
+        let _ = run(Command::new("kill").args(["-9", pid]));
+    }
+}
+
+fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).1.trim().eq("0")
+}
+
+impl Lab {
+    /// Builds the lab, or prints `skipped: ...` and returns None when this machine cannot
+    /// (not root, no `ip netns`, no nftables).
+    pub fn new() -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipped: the namespace lab needs root (ip netns, nftables)");
+            return None;
+        }
+        if !run(Command::new("nft").arg("--version")).0 {
+            eprintln!("skipped: nft is not installed (apt-get install -y nftables)");
+            return None;
+        }
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        sweep_stale();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("pbl-{}-{n}", std::process::id());
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mut lab = Lab {
+            prefix,
+            k: n % 250 + 1,
+            dir,
+            created: Vec::new(),
+            _serial: serial,
+        };
+        let br = lab.bridge_ns();
+        let (ok, text) = ip(&["netns", "add", &br]);
+        if !ok {
+            eprintln!("skipped: `ip netns add` failed: {}", text.trim());
+            return None;
+        }
+        lab.created.push(br.clone());
+        for host in 1..=3 {
+            let ns = lab.ns(host);
+            must("ip netns add", ip(&["netns", "add", &ns]));
+            lab.created.push(ns);
+        }
+        lab.wire();
+        Some(lab)
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{}-br", self.prefix)
+    }
+
+    /// The namespace of host 1, 2 or 3.
+    pub fn ns(&self, host: Host) -> String {
+        format!("{}-h{host}", self.prefix)
+    }
+
+    pub fn ip_of(&self, host: Host) -> String {
+        format!("10.77.{}.{host}", self.k)
+    }
+
+    pub fn addr(&self, host: Host, port: u16) -> SocketAddr {
+        format!("{}:{port}", self.ip_of(host)).parse().unwrap()
+    }
+
+    fn wire(&self) {
+        let br = self.bridge_ns();
+        must("bridge lo", ip(&["-n", &br, "link", "set", "lo", "up"]));
+        must(
+            "bridge",
+            ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]),
+        );
+        must("bridge up", ip(&["-n", &br, "link", "set", "br0", "up"]));
+        for host in 1..=3 {
+            let ns = self.ns(host);
+            let port = format!("v{host}");
+            must(
+                "veth",
+                ip(&[
+                    "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ]),
+            );
+            must(
+                "veth to bridge",
+                ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]),
+            );
+            let cidr = format!("{}/24", self.ip_of(host));
+            must(
+                "address",
+                ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]),
+            );
+            must("eth0 up", ip(&["-n", &ns, "link", "set", "eth0", "up"]));
+            must("lo up", ip(&["-n", &ns, "link", "set", "lo", "up"]));
+            self.nft(
+                host,
+                "add table inet pbl\n\
+                 add chain inet pbl input { type filter hook input priority 0; policy accept; }\n\
+                 add chain inet pbl output { type filter hook output priority 0; policy accept; }\n",
+            );
+        }
+    }
+
+    /// A command run inside `host`'s namespace.
+    pub fn exec(&self, host: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.arg("netns").arg("exec").arg(self.ns(host)).arg(program);
+        cmd
+    }
+
+    /// Runs an nft script inside `host`'s namespace.
+    pub fn nft(&self, host: Host, script: &str) {
+        let mut child = self
+            .exec(host, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft in h{host}: {script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `host` drops every packet that comes from `from` (a one-way partition: `from` no
+    /// longer reaches `host`, `host` still reaches `from`, but TCP to `from` stalls too since
+    /// its answers are dropped).
+    pub fn drop_from(&self, host: Host, from: Host) {
+        self.nft(
+            host,
+            &format!(
+                "add rule inet pbl input ip saddr {} drop\n",
+                self.ip_of(from)
+            ),
+        );
+    }
+
+    /// A full partition between two hosts: each drops what comes from the other.
+    pub fn partition(&self, x: Host, y: Host) {
+        self.drop_from(x, y);
+        self.drop_from(y, x);
+    }
+
+    /// `host` drops `percent` % (at random, per packet) of the UDP datagrams it receives on
+    /// `port`, counted: see [`Lab::dropped`].
+    pub fn udp_loss(&self, host: Host, port: u16, percent: u32) {
+        self.nft(
+            host,
+            &format!(
+                "add rule inet pbl input udp dport {port} numgen random mod 100 < {percent} \
+                 counter drop comment \"loss\"\n"
+            ),
+        );
+    }
+
+    /// Packets dropped so far by `host`'s counted rules.
+    pub fn dropped(&self, host: Host) -> u64 {
+        let (ok, text) = run(self
+            .exec(host, "nft")
+            .args(["list", "chain", "inet", "pbl", "input"]));
+        assert!(ok, "{text}");
+        text.lines()
+            .filter_map(|l| {
+                let at = l.find("counter packets ")?;
+                l[at + 16..].split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// Removes every fault from every host.
+    pub fn heal(&self) {
+        for host in 1..=3 {
+            self.nft(
+                host,
+                "flush chain inet pbl input\nflush chain inet pbl output\n",
+            );
+        }
+    }
+
+    /// Writes the pair's configs (node a in host 1 as primary, b in host 2 as backup) and
+    /// secret. Every key not named here keeps its default (detection 1.0 s, sync
+    /// replication, ack_timeout 1 s, cooldown 30 s) but logging, which is at debug.
+    pub fn pair_configs(&self) -> (PathBuf, PathBuf) {
+        let secret = self.dir.join("pair.secret");
+        let out = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
+            .arg("--gen-secret")
+            .arg(&secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let write = |id: &str, peer: &str, role: &str, me: Host, them: Host| {
+            let text = format!(
+                "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\
+                 [client]\nlisten = \"{me_ip}:{CLIENT_PORT}\"\n\
+                 [peer]\nid = \"{peer}\"\nclient_address = \"{them_ip}:{CLIENT_PORT}\"\n\
+                 heartbeat_address = \"{them_ip}:{HEARTBEAT_PORT}\"\n\
+                 replication_address = \"{them_ip}:{REPLICATION_PORT}\"\n\
+                 [heartbeat]\nlisten = \"{me_ip}:{HEARTBEAT_PORT}\"\nsecret_file = \"{secret}\"\n\
+                 [replication]\nlisten = \"{me_ip}:{REPLICATION_PORT}\"\n\
+                 [logging]\nlevel = \"debug\"\n",
+                data = self.dir.join(format!("data-{id}")).display(),
+                me_ip = self.ip_of(me),
+                them_ip = self.ip_of(them),
+                secret = secret.display(),
+            );
+            let path = self.dir.join(format!("{id}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        (
+            write("a", "b", "primary", 1, 2),
+            write("b", "a", "backup", 2, 1),
+        )
+    }
+
+    /// Starts node a in host 1 and node b in host 2 and waits until b follows a.
+    pub fn start_pair(&self) -> (Node, Node) {
+        let (config_a, config_b) = self.pair_configs();
+        let a = Node::start(self, "a", 1, config_a);
+        let b = Node::start(self, "b", 2, config_b);
+        b.wait_log("following the primary");
+        (a, b)
+    }
+
+    /// The room's whole history as the node at `server` stores it, fetched by
+    /// `pbchat-client --history` from host 3 (at most 1000 messages: the protocol's limit;
+    /// a longer history fails the test rather than be checked in part).
+    pub fn history(&self, server: SocketAddr) -> Vec<Value> {
+        let limit = 1000;
+        let (ok, text) = {
+            let out = self
+                .exec(3, env!("CARGO_BIN_EXE_pbchat-client"))
+                .args(["--server", &server.to_string(), "--nick", "checker"])
+                .args(["--room", ROOM, "--history", &limit.to_string()])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+            }
+            (out.status.success(), text)
+        };
+        assert!(ok, "history from {server}: {text}");
+        let history: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+        assert!(
+            history.len() < limit,
+            "the history has {limit}+ messages: send fewer to check it whole"
+        );
+        history
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Whatever still runs inside (a daemon or client whose owner leaked it) goes first:
+        // a namespace with processes in it outlives `ip netns del`.
+        for ns in &self.created {
+            kill_inside(ns);
+        }
+        for ns in self.created.iter().rev() {
+            let (ok, text) = ip(&["netns", "del", ns]);
+            if !ok {
+                eprintln!("netlab: could not remove {ns}: {text}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One `pbchatd` running inside a host's namespace.
+pub struct Node {
+    pub id: String,
+    pub host: Host,
+    pub client_addr: SocketAddr,
+    ns: String,
+    config: PathBuf,
+    child: Option<Child>,
+    /// Every stderr line with the time it was read.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Node {
+    pub fn start(lab: &Lab, id: &str, host: Host, config: PathBuf) -> Node {
+        let mut node = Node {
+            id: id.into(),
+            host,
+            client_addr: lab.addr(host, CLIENT_PORT),
+            ns: lab.ns(host),
+            config,
+            child: None,
+            log: Arc::default(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        // `ip netns exec` execs the program in place: the child's pid is pbchatd's.
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_pbchatd"),
+                "-c",
+            ])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pbchatd");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            let id = self.id.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("clients on ") {
+                        let _ = tx.send(());
+                    }
+                    eprintln!("  {id}| {line}");
+                    log.lock().unwrap().push((Instant::now(), line));
+                }
+            });
+        }
+        if rx.recv_timeout(DEADLINE).is_err() {
+            panic!(
+                "pbchatd {} did not start: {:?}",
+                self.id,
+                log.lock().unwrap()
+            );
+        }
+        self.child = Some(child);
+        self.log = log;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// kill -9 and start again on the same data dir (the log so far is kept).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let old = self.log.lock().unwrap().clone();
+        self.spawn();
+        let mut log = self.log.lock().unwrap();
+        let new = std::mem::replace(&mut *log, old);
+        log.extend(new);
+    }
+
+    pub fn signal(&self, signal: &str) {
+        must(
+            "kill",
+            run(Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string())),
+        );
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log_time(needle).is_some()
+    }
+
+    /// When the first line containing `needle` was read.
+    pub fn log_time(&self, needle: &str) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    }
+
+    /// The first line containing `needle`.
+    pub fn log_line(&self, needle: &str) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|(_, l)| l.contains(needle)).count()
+    }
+
+    /// Waits for a line containing `needle`; returns when it was read.
+    pub fn wait_log(&self, needle: &str) -> Instant {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(t) = self.log_time(needle) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: no log line with {needle:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process does not die of SIGKILL until it is continued on some
+            // kernels' accounting of the wait; continue it first.
+            let _ = run(Command::new("kill").args(["-CONT", &child.id().to_string()]));
+        }
+        self.kill9();
+    }
+}
+
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A steady sender running as a process in a host: this test binary re-run on the test
+/// named [`CLIENT_PROCESS_TEST`], which calls [`client_process_main`]. It reports each ack on
+/// stdout; closing its stdin stops it.
+pub struct SenderProc {
+    pub nick: String,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    /// id -> seq of every acknowledged send.
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Time from the last ack before a broken connection to the first ack after it.
+    pub gaps: Arc<Mutex<Vec<Duration>>>,
+    done: Arc<AtomicBool>,
+}
+
+impl SenderProc {
+    pub fn start(lab: &Lab, host: Host, nick: &str, servers: &[SocketAddr]) -> SenderProc {
+        let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        let mut child = lab
+            .exec(host, std::env::current_exe().unwrap())
+            .args([
+                CLIENT_PROCESS_TEST,
+                "--exact",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("PBL_CLIENT_NICK", nick)
+            .env("PBL_CLIENT_SERVERS", servers.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the sender process");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let gaps: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        {
+            let (acked, gaps, done) = (acked.clone(), gaps.clone(), done.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let mut words = line.split_whitespace();
+                    match (words.next(), words.next(), words.next()) {
+                        (Some("PBL-ACK"), Some(id), Some(seq)) => {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(id.to_string(), seq.parse().unwrap());
+                        }
+                        (Some("PBL-GAP"), Some(ms), _) => gaps
+                            .lock()
+                            .unwrap()
+                            .push(Duration::from_millis(ms.parse().unwrap())),
+                        (Some("PBL-DONE"), _, _) => done.store(true, Ordering::Relaxed),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        SenderProc {
+            nick: nick.into(),
+            child: Some(child),
+            stdin,
+            acked,
+            gaps,
+            done,
+        }
+    }
+
+    pub fn acked(&self) -> BTreeMap<String, u64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more sends than now are acknowledged.
+    pub fn wait_more(&self, n: usize, what: &str) {
+        let from = self.count();
+        wait_until(what, || self.count() >= from + n);
+    }
+
+    /// Stops sending (the send in flight is given up to its read timeout) and waits for the
+    /// process to report its last ack and exit.
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sender {} did not stop", self.nick);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wait_until("the sender's last report", || {
+            self.done.load(Ordering::Relaxed)
+        });
+    }
+}
+
+impl Drop for SenderProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The body of the sender process (see [`SenderProc`]): when `PBL_CLIENT_NICK` is set,
+/// sends `m-0`, `m-1`, ... one at a time to the servers in `PBL_CLIENT_SERVERS` until its
+/// stdin closes, riding over fail-overs the protocol's way (reconnect, the announced primary
+/// first; rejoin; resend the unacknowledged id), and prints `PBL-ACK id seq` per ack,
+/// `PBL-GAP ms` per broken stretch, `PBL-DONE` at the end. Returns false when the variables
+/// are not set (an ordinary run of the test suite).
+pub fn client_process_main() -> bool {
+    let Ok(nick) = std::env::var("PBL_CLIENT_NICK") else {
+        return false;
+    };
+    let servers: Vec<SocketAddr> = std::env::var("PBL_CLIENT_SERVERS")
+        .unwrap()
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut out = std::io::stdout();
+    let mut report = |line: String| {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let mut next = 0u64;
+    let mut target: Option<SocketAddr> = None;
+    let mut turn = 0usize;
+    let mut last_ack = Instant::now();
+    let mut broken = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let addr = target.take().unwrap_or_else(|| {
+            turn += 1;
+            servers[turn % servers.len()]
+        });
+        let mut c = match Connection::open(addr, &nick) {
+            Ok(c) => c,
+            Err(redirect) => {
+                target = redirect;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        'conn: while !stop.load(Ordering::Relaxed) {
+            let id = format!("m-{next}");
+            let body = format!("{nick} {next}");
+            if c.send(json!({"type":"send","room":ROOM,"id":id,"body":body}))
+                .is_err()
+            {
+                break;
+            }
+            loop {
+                let Some(frame) = c.recv() else { break 'conn };
+                match frame.kind.as_str() {
+                    "ack" if frame.id.as_deref() == Some(id.as_str()) => {
+                        report(format!("PBL-ACK {id} {}", frame.seq.unwrap()));
+                        let now = Instant::now();
+                        if broken {
+                            report(format!("PBL-GAP {}", (now - last_ack).as_millis()));
+                            broken = false;
+                        }
+                        last_ack = now;
+                        next += 1;
+                        // A steady stream, not a flood: at most 50 messages a second,
+                        // so a scenario's history stays under the 1000 `history` returns.
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue 'conn;
+                    }
+                    "goodbye" => {
+                        target = frame.primary.and_then(|p| p.parse().ok());
+                        break 'conn;
+                    }
+                    "error" => match frame.code.as_deref() {
+                        Some("unavailable") | Some("rate_limited") | Some("not_primary") => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue 'conn;
+                        }
+                        _ => panic!("{nick}: {frame:?}"),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        broken = true;
+    }
+    report("PBL-DONE".into());
+    true
+}
+
+struct Connection {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr, nick: &str) -> Result<Connection, Option<SocketAddr>> {
+        let stream =
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|_| None)?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(2_000)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = Connection { stream, reader };
+        c.send(json!({"type":"hello","version":1,"nick":nick,"session":format!("session-{nick}")}))
+            .map_err(|_| None)?;
+        let welcome = c.recv().ok_or(None)?;
+        match welcome.kind.as_str() {
+            "welcome" => {}
+            "redirect" => return Err(welcome.primary.and_then(|p| p.parse().ok())),
+            _ => return Err(None),
+        }
+        c.send(json!({"type":"join","room":ROOM}))
+            .map_err(|_| None)?;
+        loop {
+            let frame = c.recv().ok_or(None)?;
+            if frame.kind == "joined" {
+                return Ok(c);
+            }
+        }
+    }
+
+    fn send(&mut self, frame: Value) -> std::io::Result<()> {
+        self.stream.write_all(format!("{frame}\n").as_bytes())
+    }
+
+    fn recv(&mut self) -> Option<ServerFrame> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => decode_server_frame(line.trim_end().as_bytes()).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// `pbchat-client --listen --after 0` running in a host: the real client's resume logic
+/// (including skipping a re-committed message it showed already, by `orig`), recorded line
+/// by line.
+pub struct Listener {
+    child: Child,
+    pub lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Listener {
+    pub fn start(lab: &Lab, host: Host, nick: &str, servers: &[SocketAddr]) -> Listener {
+        let mut cmd = lab.exec(host, env!("CARGO_BIN_EXE_pbchat-client"));
+        for s in servers {
+            cmd.arg("--server").arg(s.to_string());
+        }
+        let mut child = cmd
+            .args(["--nick", nick, "--room", ROOM, "--listen", "--after", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        lines.lock().unwrap().push(v);
+                    }
+                }
+            });
+        }
+        Listener { child, lines }
+    }
+
+    /// Waits until it has shown every (from, id) in `expected`; then checks that it showed
+    /// none twice and that seqs rise, except where it moved to a newer history (a message
+    /// of a higher epoch with a lower seq: the node it followed was replaced by one whose
+    /// history parted from it). Returns how many such moves it saw.
+    pub fn check(&self, expected: &BTreeSet<(String, String)>) -> usize {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let seen: BTreeSet<(String, String)> =
+                self.lines.lock().unwrap().iter().map(key).collect();
+            if expected.is_subset(&seen) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let lines = self.lines.lock().unwrap();
+                let shown: Vec<String> = lines
+                    .iter()
+                    .map(|v| format!("{}/{}:{}:{}", v["epoch"], v["seq"], v["from"], v["id"]))
+                    .collect();
+                panic!(
+                    "listener missing {:?}; it showed {shown:?}",
+                    expected.difference(&seen).take(5).collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines = self.lines.lock().unwrap();
+        let mut keys = BTreeSet::new();
+        let (mut last_epoch, mut last_seq) = (0, 0);
+        let mut moves = 0;
+        for v in lines.iter() {
+            let (epoch, seq) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
+            if seq <= last_seq {
+                assert!(
+                    epoch > last_epoch,
+                    "listener: {epoch}/{seq} after {last_epoch}/{last_seq}: out of order"
+                );
+                moves += 1;
+            }
+            (last_epoch, last_seq) = (epoch, seq);
+            let k = key(v);
+            assert!(keys.insert(k.clone()), "listener showed {k:?} twice");
+        }
+        moves
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (from, id) of a message line.
+pub fn key(v: &Value) -> (String, String) {
+    (
+        v["from"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Every acknowledged (nick, id) of the senders.
+pub fn expected_keys(senders: &[&SenderProc]) -> BTreeSet<(String, String)> {
+    senders
+        .iter()
+        .flat_map(|s| s.acked().into_keys().map(|id| (s.nick.clone(), id)))
+        .collect()
+}
+
+/// Checks a node's stored history against the acknowledged messages: each present exactly
+/// once, seqs strictly rising, no (from, id) stored twice. Returns how many stored messages
+/// carry `orig` (re-committed after a merge).
+pub fn check_history(history: &[Value], expected: &BTreeSet<(String, String)>) -> usize {
+    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut last_seq = 0;
+    for v in history {
+        let seq = v["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "history: seq {seq} after {last_seq}");
+        last_seq = seq;
+        *count.entry(key(v)).or_default() += 1;
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|k| !count.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages missing from the history, e.g. {:?}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    let doubled: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    history.iter().filter(|v| !v["orig"].is_null()).count()
+}
