@@ -109,6 +109,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     pub metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub auth: RawAuth,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +136,10 @@ pub struct RawClient {
     pub rate_burst: u32,
     pub max_errors: u32,
     pub max_rooms_per_client: usize,
+    pub max_connections_per_ip: usize,
+    pub rate_violations_max: u32,
+    pub rate_violations_window_ms: u64,
+    pub max_room_members: usize,
 }
 
 impl Default for RawClient {
@@ -151,6 +157,43 @@ impl Default for RawClient {
             rate_burst: 2_000,
             max_errors: 20,
             max_rooms_per_client: 100,
+            max_connections_per_ip: 256,
+            rate_violations_max: 20,
+            rate_violations_window_ms: 10_000,
+            max_room_members: 10_000,
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any client may take any free nick.
+    None,
+    /// `hello` must carry a `token` that verifies against the nick's hash in the users file.
+    Token,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub mode: AuthMode,
+    /// Empty: none (required with mode token).
+    pub users_file: PathBuf,
+    pub failure_delay_ms: u64,
+    pub verify_threads: usize,
+    pub max_pending_verifies: usize,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            mode: AuthMode::None,
+            users_file: PathBuf::new(),
+            failure_delay_ms: 300,
+            verify_threads: 1,
+            max_pending_verifies: 64,
         }
     }
 }
@@ -308,6 +351,22 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Where the Prometheus text endpoint listens; `None`: no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    pub auth: AuthConfig,
+}
+
+/// Client authentication (`[auth]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The users file (`nick:PHC hash` lines); `Some` exactly when `mode` is token.
+    pub users_file: Option<PathBuf>,
+    /// A refused `hello` is answered `unauthorized` this long after the verdict, to slow
+    /// guessing down.
+    pub failure_delay_ms: u64,
+    /// Threads that run argon2 off the core and I/O threads.
+    pub verify_threads: usize,
+    /// Verifications queued for those threads; a `hello` beyond it gets `unavailable`.
+    pub max_pending_verifies: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +383,14 @@ pub struct ClientConfig {
     pub rate_burst: u32,
     pub max_errors: u32,
     pub max_rooms_per_client: usize,
+    /// Connections open at once from one IP address; more get `unavailable`.
+    pub max_connections_per_ip: usize,
+    /// A connection refused `rate_limited` this many times within
+    /// `rate_violations_window_ms` is closed (flood control).
+    pub rate_violations_max: u32,
+    pub rate_violations_window_ms: u64,
+    /// Members one room may have; a `join` beyond it gets `bad_request`.
+    pub max_room_members: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -511,6 +578,34 @@ impl RawConfig {
                 1,
                 100_000,
             )?,
+            max_connections_per_ip: check_range(
+                file,
+                "client.max_connections_per_ip",
+                c.max_connections_per_ip,
+                1,
+                1_000_000,
+            )?,
+            rate_violations_max: check_range(
+                file,
+                "client.rate_violations_max",
+                c.rate_violations_max,
+                1,
+                1_000_000,
+            )?,
+            rate_violations_window_ms: check_range(
+                file,
+                "client.rate_violations_window_ms",
+                c.rate_violations_window_ms,
+                100,
+                3_600_000,
+            )?,
+            max_room_members: check_range(
+                file,
+                "client.max_room_members",
+                c.max_room_members,
+                1,
+                1_000_000,
+            )?,
         };
         // A body must fit in a line with its JSON around it, or no send could pass.
         if client.max_body_bytes + 256 > client.max_line_bytes {
@@ -691,6 +786,45 @@ impl RawConfig {
             Some(m) => Some(parse_socket(file, "metrics.listen", &m.listen)?),
             None => None,
         };
+        let a = &self.auth;
+        let users_file =
+            match (a.mode, a.users_file.as_os_str().is_empty()) {
+                (AuthMode::Token, true) => {
+                    return Err(ConfigError::Invalid {
+                        file: file.clone(),
+                        key: "auth.users_file",
+                        problem: "is required with auth.mode = \"token\"".into(),
+                    })
+                }
+                (AuthMode::Token, false) => Some(a.users_file.clone()),
+                (AuthMode::None, true) => None,
+                (AuthMode::None, false) => return Err(ConfigError::Invalid {
+                    file: file.clone(),
+                    key: "auth.users_file",
+                    problem:
+                        "is read only with auth.mode = \"token\"; set the mode or remove the key"
+                            .into(),
+                }),
+            };
+        let auth = AuthConfig {
+            mode: a.mode,
+            users_file,
+            failure_delay_ms: check_range(
+                file,
+                "auth.failure_delay_ms",
+                a.failure_delay_ms,
+                0,
+                10_000,
+            )?,
+            verify_threads: check_range(file, "auth.verify_threads", a.verify_threads, 1, 16)?,
+            max_pending_verifies: check_range(
+                file,
+                "auth.max_pending_verifies",
+                a.max_pending_verifies,
+                1,
+                65_536,
+            )?,
+        };
         Ok(Config {
             file: path.to_path_buf(),
             node_id,
@@ -705,6 +839,7 @@ impl RawConfig {
             syslog_socket: self.logging.syslog_socket,
             admin_socket,
             metrics_listen,
+            auth,
         })
     }
 }
@@ -794,6 +929,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin.socket"), "{err}");
+    }
+
+    #[test]
+    fn security_keys_default_and_validate() {
+        let config = check(MINIMAL).unwrap();
+        assert_eq!(config.auth.mode, AuthMode::None);
+        assert_eq!(config.auth.users_file, None);
+        assert_eq!(config.client.max_connections_per_ip, 256);
+        assert_eq!(config.client.rate_violations_max, 20);
+        assert_eq!(config.client.max_room_members, 10_000);
+        let config = check(&format!(
+            "{MINIMAL}[auth]\nmode = \"token\"\nusers_file = \"u\"\nfailure_delay_ms = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(config.auth.mode, AuthMode::Token);
+        assert_eq!(config.auth.users_file, Some(PathBuf::from("u")));
+        for (extra, needle) in [
+            ("[auth]\nmode = \"token\"\n", "auth.users_file: is required"),
+            (
+                "[auth]\nusers_file = \"u\"\n",
+                "auth.users_file: is read only",
+            ),
+            ("[auth]\nmode = \"ldap\"\n", "ldap"),
+            ("[auth]\nverify_threads = 0\n", "auth.verify_threads"),
+            (
+                "[client]\nmax_connections_per_ip = 0\n",
+                "client.max_connections_per_ip",
+            ),
+            (
+                "[client]\nrate_violations_window_ms = 5\n",
+                "client.rate_violations_window_ms",
+            ),
+        ] {
+            let err = check(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

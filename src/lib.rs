@@ -6,8 +6,10 @@
 //! - `log`: the append-only, checksummed segment log and its indexes.
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
 //! - `config`: TOML to validated `Config`.
+//! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod core;

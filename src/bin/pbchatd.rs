@@ -14,12 +14,16 @@ struct Args {
         short = 'c',
         long = "config",
         value_name = "FILE",
-        required_unless_present = "gen_secret"
+        required_unless_present_any = ["gen_secret", "hash_token"]
     )]
     config: Option<PathBuf>,
     /// Write a new shared secret for a pair to FILE (mode 0600; an existing file is kept) and exit.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "check"])]
     gen_secret: Option<PathBuf>,
+    /// Read a client token from stdin (one line) and print the `NICK:HASH` line for the users
+    /// file (argon2id, a fresh salt), then exit.
+    #[arg(long, value_name = "NICK", conflicts_with_all = ["config", "check", "gen_secret"])]
+    hash_token: Option<String>,
     /// Validate the configuration and exit (0 when valid, 2 when not).
     #[arg(long)]
     check: bool,
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.gen_secret {
         return gen_secret(path);
+    }
+    if let Some(nick) = &args.hash_token {
+        return hash_token(nick);
     }
     let config_path = args.config.expect("clap requires --config");
     let config = match pbchat::config::load(&config_path) {
@@ -45,6 +52,12 @@ fn main() -> ExitCode {
                     "pbchatd: {}: heartbeat.secret_file: {e}",
                     config_path.display()
                 );
+                return ExitCode::from(2);
+            }
+        }
+        if let Some(path) = &config.auth.users_file {
+            if let Err(e) = pbchat::auth::Users::load(path) {
+                eprintln!("pbchatd: {}: auth.users_file: {e}", config_path.display());
                 return ExitCode::from(2);
             }
         }
@@ -106,5 +119,28 @@ fn gen_secret(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     }
     println!("pbchatd: wrote a new secret to {}", path.display());
+    ExitCode::SUCCESS
+}
+
+/// Prints the users-file line for NICK with the token read from stdin.
+fn hash_token(nick: &str) -> ExitCode {
+    if let Err(e) = pbchat::wire::client::check_nick(nick) {
+        eprintln!("pbchatd: --hash-token: {}", e.message);
+        return ExitCode::from(2);
+    }
+    let mut token = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut token) {
+        eprintln!("pbchatd: --hash-token: cannot read the token from stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let token = token.trim_end_matches(['\n', '\r']);
+    if token.is_empty() || token.len() > pbchat::auth::TOKEN_MAX_BYTES {
+        eprintln!(
+            "pbchatd: --hash-token: the token must be 1-{} bytes (one line on stdin)",
+            pbchat::auth::TOKEN_MAX_BYTES
+        );
+        return ExitCode::from(2);
+    }
+    println!("{nick}:{}", pbchat::auth::hash_token(token));
     ExitCode::SUCCESS
 }

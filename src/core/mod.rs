@@ -62,6 +62,35 @@ pub struct CoreConfig {
     pub max_pending: usize,
     /// The pair, when this node has a peer.
     pub pair: Option<PairConfig>,
+    /// Authentication and abuse limits for clients.
+    pub access: AccessConfig,
+}
+
+/// What the core enforces against hostile or greedy clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// `hello` must carry a token the daemon verifies (`Action::Authenticate`).
+    pub auth_required: bool,
+    /// A refused `hello` is answered this long after the verdict.
+    pub auth_failure_delay_ms: u64,
+    /// Members one room may have.
+    pub max_room_members: usize,
+    /// `rate_limited` refusals within `rate_violations_window_ms` that close a connection.
+    pub rate_violations_max: u32,
+    pub rate_violations_window_ms: u64,
+}
+
+impl Default for AccessConfig {
+    /// The documented defaults, authentication off.
+    fn default() -> Self {
+        AccessConfig {
+            auth_required: false,
+            auth_failure_delay_ms: 300,
+            max_room_members: 10_000,
+            rate_violations_max: 20,
+            rate_violations_window_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +105,8 @@ pub enum Input {
     },
     /// A line that did not decode; the core answers it and counts it.
     BadFrame { conn: ConnId, error: DecodeError },
+    /// The verdict on an `Action::Authenticate` for `conn`.
+    Authenticated { conn: ConnId, ok: bool, now_ms: u64 },
     /// The connection is gone (closed by the peer, an I/O error, or the daemon).
     Disconnected { conn: ConnId },
     /// The local log is durable up to and including `seq`, as of the log's `generation`
@@ -155,6 +186,13 @@ pub enum Action {
     /// Close a connection once what is queued to it is written.
     Close {
         conn: ConnId,
+    },
+    /// Check `token` against `nick`'s entry in the users file, off the core thread; an
+    /// `Input::Authenticated` answers (unless the connection is dropped first).
+    Authenticate {
+        conn: ConnId,
+        nick: Arc<str>,
+        token: String,
     },
     /// Append to the log; a `Durable` input follows once it is durable.
     Append(Entry),
@@ -291,6 +329,22 @@ struct Conn {
     bucket: TokenBucket,
     /// Bad frames so far; at `max_errors` the connection is closed.
     errors: u32,
+    /// Where authentication stands (always `Open` without authentication).
+    auth: AuthState,
+    /// `rate_limited` refusals in the current flood window, and when it began.
+    violations: u32,
+    violations_since_ms: u64,
+}
+
+/// A connection's authentication, before its session opens.
+#[derive(Debug)]
+enum AuthState {
+    /// No `hello` is being checked.
+    Open,
+    /// A `hello` waits for its token's verdict.
+    Verifying { nick: Arc<str>, session: Arc<str> },
+    /// Refused: it gets `unauthorized` at its deadline and is closed; input is ignored.
+    Refused,
 }
 
 /// A message ordered and appended but not yet committed.
@@ -363,6 +417,10 @@ pub struct Node {
     last_change: Option<RoleChange>,
     /// Sends refused by a client's token bucket since start (a counter for metrics).
     rate_limited_total: u64,
+    /// Refused `hello`s waiting out the failure delay: (deadline, conn), in order of
+    /// refusal (one delay for all, so deadlines ascend but across a reload). At most one per
+    /// connection.
+    auth_failures: VecDeque<(u64, ConnId)>,
 }
 
 impl Node {
@@ -411,6 +469,7 @@ impl Node {
             probe_failing: false,
             last_change: None,
             rate_limited_total: 0,
+            auth_failures: VecDeque::new(),
         }
     }
 
@@ -422,6 +481,7 @@ impl Node {
         self.config.max_errors = limits.max_errors;
         self.config.max_rooms_per_client = limits.max_rooms_per_client;
         self.config.max_pending = limits.max_pending;
+        self.config.access = limits.access.clone();
     }
 
     /// A new paired node whose config says primary: it serves once it knows the peer is no
@@ -550,6 +610,10 @@ impl Node {
                 self.on_request(conn, request, actions)
             }
             Input::BadFrame { conn, error } => self.on_bad_frame(conn, error, actions),
+            Input::Authenticated { conn, ok, now_ms } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                self.on_authenticated(conn, ok, actions)
+            }
             Input::Disconnected { conn } => self.on_disconnected(conn, actions),
             Input::Durable { generation, seq } => {
                 if generation == self.log_generation {
@@ -670,6 +734,9 @@ impl Node {
                 rooms: HashSet::new(),
                 bucket: TokenBucket::new(self.config.rate_burst, now_ms),
                 errors: 0,
+                auth: AuthState::Open,
+                violations: 0,
+                violations_since_ms: now_ms,
             },
         );
         self.hello_deadlines
@@ -703,6 +770,22 @@ impl Node {
                     None,
                     actions,
                 );
+                self.close(conn, actions);
+            }
+        }
+        while let Some(&(deadline, conn)) = self.auth_failures.front() {
+            if deadline > self.now_ms {
+                break;
+            }
+            self.auth_failures.pop_front();
+            if self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| matches!(c.auth, AuthState::Refused))
+            {
+                // The same words whether the nick exists or not.
+                let message = "hello: no valid token for this nick";
+                self.error(conn, ErrorCode::Unauthorized, message, None, actions);
                 self.close(conn, actions);
             }
         }
@@ -826,8 +909,29 @@ impl Node {
             return;
         };
         let open = c.session.is_some();
+        match c.auth {
+            // It will be told and closed at its deadline; nothing it says matters now.
+            AuthState::Refused => return,
+            AuthState::Verifying { .. } if !matches!(request, Request::Ping { .. }) => {
+                self.error(
+                    conn,
+                    ErrorCode::BadRequest,
+                    "hello: the token is being checked; wait for the answer",
+                    None,
+                    actions,
+                );
+                self.count_error(conn, actions);
+                return;
+            }
+            _ => {}
+        }
         match request {
-            Request::Hello { nick, session, .. } => {
+            Request::Hello {
+                nick,
+                session,
+                token,
+                ..
+            } => {
                 if open {
                     self.error(
                         conn,
@@ -838,7 +942,7 @@ impl Node {
                     );
                     self.count_error(conn, actions);
                 } else {
-                    self.on_hello(conn, nick, session, actions);
+                    self.on_hello(conn, nick, session, token, actions);
                 }
             }
             // Ping and quit need no session.
@@ -888,7 +992,67 @@ impl Node {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, nick: String, session: String, actions: &mut Vec<Action>) {
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        nick: String,
+        session: String,
+        token: Option<String>,
+        actions: &mut Vec<Action>,
+    ) {
+        if !self.may_open_session(conn, actions) {
+            return;
+        }
+        let nick: Arc<str> = nick.into();
+        let session: Arc<str> = session.into();
+        if !self.config.access.auth_required {
+            self.open_session(conn, nick, session, actions);
+            return;
+        }
+        let c = self.conns.get_mut(&conn).expect("checked by caller");
+        match token {
+            Some(token) => {
+                c.auth = AuthState::Verifying {
+                    nick: nick.clone(),
+                    session,
+                };
+                actions.push(Action::Authenticate { conn, nick, token });
+            }
+            None => self.refuse(conn),
+        }
+    }
+
+    /// The verdict on a connection's token.
+    fn on_authenticated(&mut self, conn: ConnId, ok: bool, actions: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let AuthState::Verifying { nick, session } =
+            std::mem::replace(&mut c.auth, AuthState::Open)
+        else {
+            return;
+        };
+        if !ok {
+            self.refuse(conn);
+            return;
+        }
+        // The role may have changed while the token was checked.
+        if self.may_open_session(conn, actions) {
+            self.open_session(conn, nick, session, actions);
+        }
+    }
+
+    /// Refuses `conn`'s hello: `unauthorized` follows after the failure delay.
+    fn refuse(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.auth = AuthState::Refused;
+            let deadline = self.now_ms + self.config.access.auth_failure_delay_ms;
+            self.auth_failures.push_back((deadline, conn));
+        }
+    }
+
+    /// Redirects (backup) or refuses (draining) a hello; true when a session may open here.
+    fn may_open_session(&mut self, conn: ConnId, actions: &mut Vec<Action>) -> bool {
         if self.role != Role::Primary {
             let primary = self.known_primary();
             self.reply(
@@ -900,7 +1064,7 @@ impl Node {
                 actions,
             );
             self.close(conn, actions);
-            return;
+            return false;
         }
         if self.draining {
             self.error(
@@ -911,11 +1075,31 @@ impl Node {
                 actions,
             );
             self.close(conn, actions);
-            return;
+            return false;
         }
-        let nick: Arc<str> = nick.into();
-        let session: Arc<str> = session.into();
+        true
+    }
+
+    /// Opens the session (taking it over from an older connection of the same nick).
+    fn open_session(
+        &mut self,
+        conn: ConnId,
+        nick: Arc<str>,
+        session: Arc<str>,
+        actions: &mut Vec<Action>,
+    ) {
         let older = self.sessions.get(&session).copied();
+        if let Some(older) = older {
+            let held_by = self.conns.get(&older).and_then(|c| c.nick.clone());
+            if held_by.as_deref() != Some(&*nick) {
+                // A session is its nick's: another nick may not take it over (its message
+                // ids, its acks).
+                let message = format!("session {session} is held by another nick");
+                self.error(conn, ErrorCode::Unauthorized, &message, None, actions);
+                self.count_error(conn, actions);
+                return;
+            }
+        }
         if let Some(&holder) = self.nicks.get(&nick) {
             if Some(holder) != older {
                 let message = format!("nick {nick} is in use");
@@ -963,6 +1147,18 @@ impl Node {
             self.error(conn, ErrorCode::BadRequest, &message, None, actions);
             return;
         }
+        let max_members = self.config.access.max_room_members;
+        if !rejoin
+            && self
+                .rooms
+                .get(&room)
+                .is_some_and(|m| m.len() >= max_members)
+        {
+            let message = format!("room {room} is full ({max_members} members)");
+            self.error(conn, ErrorCode::BadRequest, &message, None, actions);
+            return;
+        }
+        let c = self.conns.get_mut(&conn).expect("checked by caller");
         c.rooms.insert(room.clone());
         let members = self.rooms.entry(room.clone()).or_default();
         members.insert(nick.clone());
@@ -1079,6 +1275,22 @@ impl Node {
         }
         if !c.bucket.take(rate, burst, now) {
             self.rate_limited_total += 1;
+            let access = &self.config.access;
+            if now.saturating_sub(c.violations_since_ms) >= access.rate_violations_window_ms {
+                c.violations = 0;
+                c.violations_since_ms = now;
+            }
+            c.violations += 1;
+            if c.violations >= access.rate_violations_max {
+                // Flood control: a client that keeps sending into refusals is cut off.
+                let message = format!(
+                    "{} sends refused as too fast within {} ms; closing",
+                    c.violations, access.rate_violations_window_ms
+                );
+                self.error(conn, ErrorCode::RateLimited, &message, Some(&id), actions);
+                self.close(conn, actions);
+                return;
+            }
             self.error(
                 conn,
                 ErrorCode::RateLimited,

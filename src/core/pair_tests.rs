@@ -58,6 +58,7 @@ fn core_config(index: usize, cooldown_ms: u64) -> CoreConfig {
             promotion_cooldown_ms: cooldown_ms,
             check_address: false,
         }),
+        access: Default::default(),
     }
 }
 

@@ -15,6 +15,13 @@ fn config(role: Role) -> CoreConfig {
         max_rooms_per_client: 2,
         max_pending: 4,
         pair: None,
+        access: AccessConfig {
+            auth_failure_delay_ms: 300,
+            max_room_members: 2,
+            rate_violations_max: 3,
+            rate_violations_window_ms: 10_000,
+            ..AccessConfig::default()
+        },
     }
 }
 
@@ -402,4 +409,130 @@ fn recovery_continues_seq_and_remembers_ids() {
     assert_eq!(frames[0].seq, Some(2));
     let actions = h.send_committed(1, "r", "m-4");
     assert_eq!(published(&actions), [("r".to_string(), 4)]);
+}
+
+fn hello_with_token(
+    h: &mut Harness,
+    conn: ConnId,
+    nick: &str,
+    session: &str,
+    token: Option<&str>,
+) -> Vec<Action> {
+    h.step(Input::Connected {
+        conn,
+        now_ms: h.now_ms,
+    });
+    let token = token.map_or(String::new(), |t| format!(r#","token":"{t}""#));
+    h.request(
+        conn,
+        &format!(r#"{{"type":"hello","version":1,"nick":"{nick}","session":"{session}"{token}}}"#),
+    )
+}
+
+fn with_auth() -> Harness {
+    let mut h = Harness::new(Role::Primary);
+    let mut config = config(Role::Primary);
+    config.access.auth_required = true;
+    h.node.set_limits(&config);
+    h
+}
+
+#[test]
+fn with_auth_a_hello_waits_for_the_verdict_and_a_good_token_is_welcomed() {
+    let mut h = with_auth();
+    let actions = hello_with_token(&mut h, 1, "alice", "s1", Some("t"));
+    assert!(
+        frames_to(1, &actions).is_empty(),
+        "no answer before the verdict"
+    );
+    assert!(actions.contains(&Action::Authenticate {
+        conn: 1,
+        nick: "alice".into(),
+        token: "t".into()
+    }));
+    // Anything but ping meanwhile is refused.
+    let frames = frames_to(1, &h.request(1, r#"{"type":"join","room":"r"}"#));
+    assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+    let actions = h.step(Input::Authenticated {
+        conn: 1,
+        ok: true,
+        now_ms: h.now_ms,
+    });
+    assert_eq!(kinds(&frames_to(1, &actions)), ["welcome"]);
+}
+
+#[test]
+fn with_auth_a_bad_or_missing_token_is_unauthorized_only_after_the_delay() {
+    let mut h = with_auth();
+    hello_with_token(&mut h, 1, "alice", "s1", Some("wrong"));
+    let actions = h.step(Input::Authenticated {
+        conn: 1,
+        ok: false,
+        now_ms: h.now_ms,
+    });
+    assert!(actions.is_empty(), "{actions:?}");
+    let actions = hello_with_token(&mut h, 2, "bob", "s2", None);
+    assert!(frames_to(2, &actions).is_empty());
+    // Input from a refused connection is ignored.
+    assert!(h.request(1, r#"{"type":"ping"}"#).is_empty());
+    let tick = |h: &mut Harness, now_ms| {
+        h.step(Input::Tick {
+            now_ms,
+            mono_ms: now_ms,
+        })
+    };
+    assert!(frames_to(1, &tick(&mut h, 1_299)).is_empty());
+    let actions = tick(&mut h, 1_300);
+    for conn in [1, 2] {
+        let frames = frames_to(conn, &actions);
+        assert_eq!(frames[0].code.as_deref(), Some("unauthorized"));
+        assert!(actions.contains(&Action::Close { conn }));
+    }
+    assert_eq!(h.node.clients(), 0);
+}
+
+#[test]
+fn a_session_cannot_be_taken_over_by_another_nick() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    let actions = hello_with_token(&mut h, 2, "mallory", "s1", None);
+    let frames = frames_to(2, &actions);
+    assert_eq!(frames[0].code.as_deref(), Some("unauthorized"));
+    assert!(!actions.contains(&Action::Close { conn: 1 }));
+    assert_eq!(h.node.clients(), 1);
+}
+
+#[test]
+fn a_full_room_refuses_another_member_but_not_a_rejoin() {
+    let mut h = Harness::new(Role::Primary);
+    for (conn, nick) in [(1, "a"), (2, "b"), (3, "c")] {
+        h.connect(conn, nick, nick);
+    }
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    h.request(2, r#"{"type":"join","room":"r"}"#);
+    let frames = frames_to(3, &h.request(3, r#"{"type":"join","room":"r"}"#));
+    assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+    assert!(frames[0].message.as_deref().unwrap().contains("full"));
+    let frames = frames_to(2, &h.request(2, r#"{"type":"join","room":"r"}"#));
+    assert_eq!(kinds(&frames), ["joined"]);
+}
+
+#[test]
+fn repeated_rate_limit_violations_close_the_connection() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    for i in 0..5 {
+        h.send_committed(1, "r", &format!("m-{i}"));
+    }
+    for i in 5..7 {
+        let actions = h.send_committed(1, "r", &format!("m-{i}"));
+        assert!(!actions.contains(&Action::Close { conn: 1 }));
+    }
+    let actions = h.send_committed(1, "r", "m-7");
+    assert_eq!(
+        frames_to(1, &actions)[0].code.as_deref(),
+        Some("rate_limited")
+    );
+    assert!(actions.contains(&Action::Close { conn: 1 }));
 }

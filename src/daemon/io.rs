@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::acceptor::PerIp;
 use crate::core::{Action, ConnId, Frame, Input};
 use crate::daemon::logging::{suppressed_note, Throttle};
 use crate::entry::Entry;
@@ -66,6 +68,8 @@ pub enum Command {
     Adopt {
         conn: ConnId,
         stream: std::net::TcpStream,
+        /// The key the acceptor counted it under in [`PerIp`]; released when it is dropped.
+        ip: IpAddr,
     },
     Core(Action),
     /// Close what is left and stop, within `CLOSE_LINGER`.
@@ -100,6 +104,8 @@ struct HistoryJob {
 
 struct Conn {
     stream: TcpStream,
+    /// Its source address as counted in [`PerIp`].
+    ip: IpAddr,
     /// Unfinished line; empty (and unallocated) between frames.
     inbuf: Vec<u8>,
     out: VecDeque<Frame>,
@@ -119,9 +125,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, ip: IpAddr) -> Self {
         Conn {
             stream,
+            ip,
             inbuf: Vec::new(),
             out: VecDeque::new(),
             out_offset: 0,
@@ -160,6 +167,7 @@ pub struct Worker {
     catching_up: HashSet<ConnId>,
     scratch: Vec<u8>,
     clients: Arc<AtomicUsize>,
+    per_ip: Arc<PerIp>,
     shutdown_deadline: Option<Instant>,
     last_sweep: Instant,
     stats: Arc<IoStats>,
@@ -177,6 +185,8 @@ fn now_ms() -> u64 {
 }
 
 impl Worker {
+    // Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         commands: Receiver<Command>,
         inputs: Sender<Input>,
@@ -185,6 +195,7 @@ impl Worker {
         clients: Arc<AtomicUsize>,
         committed_seq: u64,
         stats: Arc<IoStats>,
+        per_ip: Arc<PerIp>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -202,6 +213,7 @@ impl Worker {
             catching_up: HashSet::new(),
             scratch: vec![0; READ_CHUNK_BYTES],
             clients,
+            per_ip,
             shutdown_deadline: None,
             last_sweep: Instant::now(),
             stats,
@@ -260,7 +272,7 @@ impl Worker {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Adopt { conn, stream } => self.adopt(conn, stream),
+            Command::Adopt { conn, stream, ip } => self.adopt(conn, stream, ip),
             Command::Shutdown => {
                 self.shutdown_deadline = Some(Instant::now() + CLOSE_LINGER);
                 let ids: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -272,7 +284,7 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, conn: ConnId, stream: std::net::TcpStream) {
+    fn adopt(&mut self, conn: ConnId, stream: std::net::TcpStream, ip: IpAddr) {
         let mut stream = TcpStream::from_std(stream);
         let registered = self.poll.registry().register(
             &mut stream,
@@ -287,9 +299,10 @@ impl Worker {
                 );
             }
             self.clients.fetch_sub(1, Ordering::Relaxed);
+            self.per_ip.release(ip);
             return;
         }
-        self.conns.insert(conn, Conn::new(stream));
+        self.conns.insert(conn, Conn::new(stream, ip));
         self.outbox.push_back(Input::Connected {
             conn,
             now_ms: now_ms(),
@@ -493,6 +506,7 @@ impl Worker {
         self.dirty.remove(&conn);
         self.catching_up.remove(&conn);
         self.clients.fetch_sub(1, Ordering::Relaxed);
+        self.per_ip.release(c.ip);
         if !c.closing {
             self.outbox.push_back(Input::Disconnected { conn });
         }

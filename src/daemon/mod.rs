@@ -11,9 +11,11 @@
 //! - `signals`: turns TERM/INT/HUP/USR1 into inputs; no work happens in a signal handler.
 //! - `admin`: the admin socket for `pbchatctl` (see `admin`).
 //! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
+//! - `verify-N`: argon2 token checks off the core and I/O threads, with `auth.mode = "token"`
+//!   (see `verifier`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`.
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`.
 
 pub mod acceptor;
 pub mod admin;
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod notify;
 pub mod state;
 pub mod storage;
+pub mod verifier;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 
-use crate::config::{self, Config, Role};
+use crate::config::{self, AuthMode, Config, Role};
 use crate::core::epochs::EpochHistory;
-use crate::core::{Action, CoreConfig, Input, LogLevel, Node, PairConfig, SELF_LINK};
+use crate::core::{AccessConfig, Action, CoreConfig, Input, LogLevel, Node, PairConfig, SELF_LINK};
 use crate::entry::Entry;
 use crate::log::{Log, LogOptions};
 use acceptor::{worker_of, WorkerHandle};
@@ -104,6 +107,12 @@ pub fn run(config: Config) -> Result<(), String> {
         promotion_cooldown_ms: p.promotion_cooldown_ms,
         check_address: p.check_address.is_some(),
     });
+    let users = match &config.auth.users_file {
+        Some(path) => {
+            Some(crate::auth::Users::load(path).map_err(|e| format!("auth.users_file: {e}"))?)
+        }
+        None => None,
+    };
     let keys = match &config.peer {
         Some(p) => Some(Arc::new(
             crate::wire::auth::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
@@ -191,6 +200,28 @@ pub fn run(config: Config) -> Result<(), String> {
     let clients = Arc::new(AtomicUsize::new(0));
     let io_stats = Arc::new(io::IoStats::default());
     let max_clients = Arc::new(AtomicUsize::new(config.client.max_clients));
+    let per_ip = Arc::new(acceptor::PerIp::new(config.client.max_connections_per_ip));
+    let verifier = match users {
+        Some(users) => {
+            log::info!(
+                "clients authenticate with tokens: {} users in {}",
+                users.len(),
+                config
+                    .auth
+                    .users_file
+                    .as_ref()
+                    .expect("token mode has a file")
+                    .display()
+            );
+            Some(verifier::Verifier::spawn(
+                users,
+                config.auth.verify_threads,
+                config.auth.max_pending_verifies,
+                input_tx.clone(),
+            )?)
+        }
+        None => None,
+    };
     let limits = WorkerLimits {
         max_line_bytes: config.client.max_line_bytes,
         max_body_bytes: config.client.max_body_bytes,
@@ -209,6 +240,7 @@ pub fn run(config: Config) -> Result<(), String> {
             clients.clone(),
             node.head(),
             io_stats.clone(),
+            per_ip.clone(),
         )
         .map_err(|e| format!("client I/O worker: {e}"))?;
         worker_threads.push(spawn(&format!("io-{i}"), move || worker.run())?);
@@ -230,8 +262,17 @@ pub fn run(config: Config) -> Result<(), String> {
         let stop = stopping.clone();
         let max_clients = max_clients.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
+        let per_ip = per_ip.clone();
         spawn("accept", move || {
-            acceptor::run(listener, workers, clients, max_clients, next_conn, stop)
+            acceptor::run(
+                listener,
+                workers,
+                clients,
+                max_clients,
+                next_conn,
+                stop,
+                per_ip,
+            )
         })?;
     }
 
@@ -335,6 +376,8 @@ pub fn run(config: Config) -> Result<(), String> {
         retained_seq: 0,
         clients,
         max_clients,
+        per_ip,
+        verifier,
         status,
         snapshot,
         primary_flag,
@@ -399,6 +442,13 @@ fn core_config(config: &Config, pair: Option<PairConfig>) -> CoreConfig {
         max_rooms_per_client: config.client.max_rooms_per_client,
         max_pending: config.log.max_pending,
         pair,
+        access: AccessConfig {
+            auth_required: config.auth.mode == AuthMode::Token,
+            auth_failure_delay_ms: config.auth.failure_delay_ms,
+            max_room_members: config.client.max_room_members,
+            rate_violations_max: config.client.rate_violations_max,
+            rate_violations_window_ms: config.client.rate_violations_window_ms,
+        },
     }
 }
 
@@ -458,6 +508,10 @@ struct Driver {
     retained_seq: u64,
     clients: Arc<AtomicUsize>,
     max_clients: Arc<AtomicUsize>,
+    /// Connections per source address (the acceptor's table; its limit reloads).
+    per_ip: Arc<acceptor::PerIp>,
+    /// Token checks, with `auth.mode = "token"`.
+    verifier: Option<verifier::Verifier>,
     status: Arc<LocalStatus>,
     snapshot: Arc<Mutex<Snapshot>>,
     primary_flag: Arc<AtomicBool>,
@@ -825,6 +879,32 @@ impl Driver {
                         self.woken[i] = true;
                     }
                 }
+                Action::Authenticate { conn, nick, token } => {
+                    let queued = self
+                        .verifier
+                        .as_ref()
+                        .is_some_and(|v| v.submit(conn, nick, token));
+                    if !queued {
+                        // The core forgets the connection once the worker reports it closed.
+                        let frame =
+                            crate::wire::client::encode_reply(&crate::wire::client::Reply::Error {
+                                code: crate::wire::client::ErrorCode::Unavailable,
+                                message: "too many logins being checked; try again shortly",
+                                id: None,
+                            });
+                        let i = worker_of(conn, n);
+                        for action in [
+                            Action::Send {
+                                conn,
+                                frame: frame.into(),
+                            },
+                            Action::Close { conn },
+                        ] {
+                            let _ = self.workers[i].commands.send(Command::Core(action));
+                        }
+                        self.woken[i] = true;
+                    }
+                }
                 Action::Send { conn, .. }
                 | Action::Close { conn }
                 | Action::Subscribe { conn, .. }
@@ -965,6 +1045,48 @@ impl Driver {
             old_c.max_rooms_per_client,
             new_c.max_rooms_per_client
         );
+        note!(
+            "client.max_connections_per_ip",
+            old_c.max_connections_per_ip,
+            new_c.max_connections_per_ip
+        );
+        note!(
+            "client.rate_violations_max",
+            old_c.rate_violations_max,
+            new_c.rate_violations_max
+        );
+        note!(
+            "client.rate_violations_window_ms",
+            old_c.rate_violations_window_ms,
+            new_c.rate_violations_window_ms
+        );
+        note!(
+            "client.max_room_members",
+            old_c.max_room_members,
+            new_c.max_room_members
+        );
+        note!(
+            "auth.failure_delay_ms",
+            self.config.auth.failure_delay_ms,
+            new.auth.failure_delay_ms
+        );
+        // The users file is re-read on every reload; a bad one keeps the loaded users.
+        if let (Some(verifier), Some(path)) = (&self.verifier, &self.config.auth.users_file) {
+            match crate::auth::Users::load(path) {
+                Ok(users) => {
+                    let before = verifier.users();
+                    changed.push(format!(
+                        "auth.users_file reloaded ({before} -> {} users)",
+                        users.len()
+                    ));
+                    verifier.replace_users(users);
+                }
+                Err(e) => {
+                    log::error!("reload: keeping the users loaded before: {e}");
+                    changed.push(format!("auth.users_file NOT reloaded ({e})"));
+                }
+            }
+        }
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($name:literal, $old:expr, $new:expr) => {
@@ -1036,6 +1158,22 @@ impl Driver {
             new.syslog_socket
         );
         needs_restart!("admin.socket", self.config.admin_socket, new.admin_socket);
+        needs_restart!("auth.mode", self.config.auth.mode, new.auth.mode);
+        needs_restart!(
+            "auth.users_file",
+            self.config.auth.users_file,
+            new.auth.users_file
+        );
+        needs_restart!(
+            "auth.verify_threads",
+            self.config.auth.verify_threads,
+            new.auth.verify_threads
+        );
+        needs_restart!(
+            "auth.max_pending_verifies",
+            self.config.auth.max_pending_verifies,
+            new.auth.max_pending_verifies
+        );
         needs_restart!(
             "metrics.listen",
             self.config.metrics_listen,
@@ -1043,8 +1181,13 @@ impl Driver {
         );
         log::set_max_level(new.log_level.to_filter());
         self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
+        self.per_ip
+            .max
+            .store(new_c.max_connections_per_ip, Ordering::Relaxed);
         let mut limits = core_config(&new, None);
         limits.max_pending = self.config.log.max_pending;
+        // Whether tokens are needed changes only with a restart (the verifier starts then).
+        limits.access.auth_required = self.config.auth.mode == AuthMode::Token;
         self.node.set_limits(&limits);
         let mut summary = if changed.is_empty() {
             log::info!(
@@ -1087,6 +1230,10 @@ impl Driver {
         kept.syslog_socket = self.config.syslog_socket.clone();
         kept.admin_socket = self.config.admin_socket.clone();
         kept.metrics_listen = self.config.metrics_listen;
+        kept.auth = crate::config::AuthConfig {
+            failure_delay_ms: kept.auth.failure_delay_ms,
+            ..self.config.auth.clone()
+        };
         kept.client = crate::config::ClientConfig {
             max_clients: kept.client.max_clients,
             hello_timeout_ms: kept.client.hello_timeout_ms,
@@ -1094,6 +1241,10 @@ impl Driver {
             rate_burst: kept.client.rate_burst,
             max_errors: kept.client.max_errors,
             max_rooms_per_client: kept.client.max_rooms_per_client,
+            max_connections_per_ip: kept.client.max_connections_per_ip,
+            rate_violations_max: kept.client.rate_violations_max,
+            rate_violations_window_ms: kept.client.rate_violations_window_ms,
+            max_room_members: kept.client.max_room_members,
             ..self.config.client.clone()
         };
         self.config = kept;
