@@ -283,7 +283,16 @@ pub fn run(config: Config) -> Result<(), String> {
         node.head(),
     ));
     let primary_flag = Arc::new(AtomicBool::new(node.role() == Role::Primary));
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    // Filled before the link threads start: a dialer's first Hello must carry the recovered
+    // log and epochs, or the primary would cut everything this node holds.
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        epoch: node.epoch(),
+        seen_epoch: node.seen_epoch(),
+        spans: node.epochs().spans().to_vec(),
+        head: node.head(),
+        last_seq: node.last_seq(),
+        first_seq: progress.first_seq.load(Ordering::Acquire).max(1),
+    }));
     let (heartbeat_tx, heartbeat_rx) = bounded::<Received>(HEARTBEATS_MAX);
     let (role_tx, role_rx) = bounded::<()>(1);
     let mut links = None;
