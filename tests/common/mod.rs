@@ -215,6 +215,9 @@ impl Client {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
+            // A line cut off by the close (the node gave up on a reader that never drained):
+            // the connection is over.
+            Ok(_) if !line.ends_with('\n') => None,
             Ok(_) => Some(
                 decode_server_frame(line.trim_end().as_bytes())
                     .unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")),
