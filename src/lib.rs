@@ -8,8 +8,11 @@
 //! - `config`: TOML to validated `Config`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
+//! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
+//!   the daemon over TCP, never a part of it.
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;

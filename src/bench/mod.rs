@@ -1,0 +1,61 @@
+//! The benchmark harness behind `pbchat-bench`: load generators, process control and reports.
+//!
+//! It is a client of pbchatd (and of Redis, the peer it is compared with) like any other:
+//! it speaks the wire protocol over TCP, starts real `pbchatd` processes from generated
+//! configs, and reads their logs and `/proc` entries. It must not reach into daemon state;
+//! what it measures is what a client and an operator can see.
+//!
+//! Layout:
+//! - `procs`: starting `pbchatd` (single node or pair) and `redis-server`, pinned to cores;
+//!   waiting on their log lines; CPU time and peak RSS from `/proc`.
+//! - `load`: the fan-out load generator: N members and P senders in one room on one mio
+//!   poll, bounded windows or a fixed rate, latency from a send time carried in the body,
+//!   and the lost / out-of-order checks.
+//! - `idle`: K idle clients on one mio poll that reconnect, rejoin and resume after a
+//!   fail-over (the capacity run).
+//! - `gap`: one sender that rides over fail-overs and hand-overs and records each
+//!   client-visible gap.
+//! - `report`: percentiles, the table for people and JSON lines for scripts.
+
+pub mod gap;
+pub mod idle;
+pub mod load;
+pub mod procs;
+pub mod report;
+
+use std::time::Duration;
+
+/// Milliseconds as a `Duration`, for command-line values.
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+/// Pins the calling process (every thread it starts later inherits it) to `core`.
+/// Returns a message for people when the machine has no such core or refuses.
+pub fn pin_self(core: usize) -> Result<(), String> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    set.set(core)
+        .map_err(|e| format!("core {core}: cannot name it: {e}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("pin to core {core}: {e}"))
+}
+
+/// Raises this process's open-file limit to `wanted` or the hard limit, whichever is lower;
+/// children inherit it. Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let target = wanted.min(hard).max(soft);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        return target;
+    }
+    soft
+}
+
+/// How many cores this machine has.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
