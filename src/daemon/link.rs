@@ -186,6 +186,14 @@ impl LinkContext {
         }
     }
 
+    /// Wakes a link's writer (its window moved).
+    fn poke(&self, id: LinkId) {
+        let links = self.links.lock().expect("links lock");
+        if let Some(handle) = links.get(&id) {
+            let _ = handle.wake.try_send(());
+        }
+    }
+
     pub fn close(&self, id: LinkId, reason: &str) {
         let links = self.links.lock().expect("links lock");
         if let Some(handle) = links.get(&id) {
@@ -536,6 +544,8 @@ fn primary_reader(
         let input = match frame {
             PeerFrame::Ack { durable_seq } => {
                 acked.fetch_max(durable_seq, Ordering::AcqRel);
+                // A writer stopped at the window's edge goes on at once, not at the next beat.
+                ctx.poke(link);
                 Input::BackupAck {
                     link,
                     durable_seq,
