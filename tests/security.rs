@@ -309,3 +309,41 @@ fn slow_loris_connections_are_closed_at_the_hello_timeout_and_do_not_delay_other
     );
     ping_rtt(&mut active, 1);
 }
+
+#[test]
+fn pbchat_client_chats_with_its_token_and_is_refused_without_it() {
+    let (node, _users) = start_with_auth(&[hash_line("alice", "s3cret-token")], "");
+    let client = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+        cmd.arg("--server").arg(node.addr.to_string());
+        cmd.args([
+            "--nick",
+            "alice",
+            "--room",
+            "r",
+            "--send",
+            "hello",
+            "--timeout-ms",
+            "5000",
+        ]);
+        if let Some(token) = token {
+            cmd.args(["--token", token]);
+        }
+        cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let ok = client(Some("s3cret-token"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = client(Some("wrong"));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let refused = client(None);
+    assert_eq!(refused.status.code(), Some(1));
+}
