@@ -36,12 +36,14 @@ pub const READ_POLL_MS: u64 = 20;
 /// Bound on one blocked write; a node that takes nothing for this long is treated as gone.
 pub const WRITE_TIMEOUT_MS: u64 = 5_000;
 
-/// Ping period; the contract asks for at least one frame every 15 s.
-pub const PING_INTERVAL_MS: u64 = 10_000;
+/// Ping period; the contract asks for at least one frame every 15 s. Short, so that a node
+/// that stopped answering (paused, or cut off by a partition that leaves TCP silent) is
+/// left within seconds; a ping costs the node one tiny frame.
+pub const PING_INTERVAL_MS: u64 = 3_000;
 
-/// A connection from which nothing (not even a pong) arrived for this long is dead: a
-/// partition leaves TCP silent, and two missed pongs are proof enough to go elsewhere.
-pub const SILENCE_DEAD_MS: u64 = 25_000;
+/// A connection from which nothing (not even a pong) arrived for this long is dead: two
+/// missed pongs plus a margin are proof enough to go elsewhere (and resuming is lossless).
+pub const SILENCE_DEAD_MS: u64 = 7_000;
 
 /// Pause before resending a send refused as `rate_limited` or `unavailable`.
 pub const SEND_RETRY_DELAY_MS: u64 = 500;
