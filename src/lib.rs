@@ -19,4 +19,5 @@ pub mod core;
 pub mod daemon;
 pub mod entry;
 pub mod log;
+pub mod private_file;
 pub mod wire;

@@ -8,9 +8,6 @@
 //! core and I/O threads, because argon2 is slow on purpose (tens of milliseconds).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -22,9 +19,6 @@ pub const USERS_FILE_MAX_BYTES: u64 = 4 << 20;
 /// A token longer than this is refused without hashing it: argon2's cost grows with the
 /// input only a little, but nothing legitimate needs more.
 pub const TOKEN_MAX_BYTES: usize = 1024;
-/// Group and other permission bits: none may be set on a users file (as for the pair
-/// secret): the hashes are slow to attack, not impossible.
-const GROUP_OTHER_MODE_BITS: u32 = 0o077;
 
 #[derive(Debug, Error)]
 pub enum UsersError {
@@ -96,32 +90,23 @@ impl Users {
 
     /// Reads a users file, refusing one that group or others may read or write.
     pub fn load(path: &Path) -> Result<Users, UsersError> {
+        use crate::private_file::{read_private_text, PrivateFileError};
         let file = path.display().to_string();
-        let read_error = |source| UsersError::Read {
-            file: file.clone(),
-            source,
-        };
-        let mut handle = File::open(path).map_err(read_error)?;
-        // The mode is checked on the open handle, so it is the file that is read.
-        let metadata = handle.metadata().map_err(read_error)?;
-        let mode = metadata.mode() & 0o7777;
-        if mode & GROUP_OTHER_MODE_BITS != 0 {
-            return Err(UsersError::Permissions { file, mode });
-        }
-        let mut bytes = Vec::new();
-        // `take` also bounds a file that grows after the check.
-        handle
-            .by_ref()
-            .take(USERS_FILE_MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-        if bytes.len() as u64 > USERS_FILE_MAX_BYTES {
-            return Err(UsersError::TooLarge { file });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| UsersError::Line {
-            file: file.clone(),
-            line: 0,
-            problem: "not UTF-8 text".into(),
+        let text = read_private_text(path, USERS_FILE_MAX_BYTES).map_err(|e| match e {
+            PrivateFileError::Read(source) => UsersError::Read {
+                file: file.clone(),
+                source,
+            },
+            PrivateFileError::Permissions { mode } => UsersError::Permissions {
+                file: file.clone(),
+                mode,
+            },
+            PrivateFileError::TooLarge => UsersError::TooLarge { file: file.clone() },
+            PrivateFileError::NotUtf8 => UsersError::Line {
+                file: file.clone(),
+                line: 0,
+                problem: "not UTF-8 text".into(),
+            },
         })?;
         Users::parse(&text, &file)
     }

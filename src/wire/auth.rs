@@ -9,9 +9,6 @@
 //! move it to the first line on both (both now sign with it), then drop the old line.
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
@@ -32,8 +29,6 @@ pub const SECRET_MIN_BYTES: usize = 32;
 pub const KEYS_MAX: usize = 8;
 /// A secret file is a handful of short lines; anything this large is the wrong file.
 pub const SECRET_FILE_MAX_BYTES: u64 = 64 * 1024;
-/// Group and other permission bits: none may be set on a secret file.
-const GROUP_OTHER_MODE_BITS: u32 = 0o077;
 
 #[derive(Debug, Error)]
 pub enum AuthError {
@@ -132,38 +127,24 @@ impl Keyring {
 
 /// Reads a secret file, refusing one that group or others may read or write.
 pub fn load_keyring(path: &Path) -> Result<Keyring, AuthError> {
+    use crate::private_file::{read_private_text, PrivateFileError};
     let file = path.display().to_string();
-    let read_error = |source| AuthError::Read {
-        file: file.clone(),
-        source,
-    };
-    let mut handle = File::open(path).map_err(read_error)?;
-    // The mode is checked on the open handle, so it is the file that is read.
-    let metadata = handle.metadata().map_err(read_error)?;
-    let mode = metadata.mode() & 0o7777;
-    if mode & GROUP_OTHER_MODE_BITS != 0 {
-        return Err(AuthError::Permissions { file, mode });
-    }
-    if metadata.len() > SECRET_FILE_MAX_BYTES {
-        return Err(AuthError::TooLarge { file });
-    }
-    let mut bytes = Vec::new();
-    // `take` also bounds a file that grows after the check, or reports no length.
-    handle
-        .by_ref()
-        .take(SECRET_FILE_MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > SECRET_FILE_MAX_BYTES {
-        return Err(AuthError::TooLarge { file });
-    }
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Err(AuthError::Line {
-            file,
+    let text = read_private_text(path, SECRET_FILE_MAX_BYTES).map_err(|e| match e {
+        PrivateFileError::Read(source) => AuthError::Read {
+            file: file.clone(),
+            source,
+        },
+        PrivateFileError::Permissions { mode } => AuthError::Permissions {
+            file: file.clone(),
+            mode,
+        },
+        PrivateFileError::TooLarge => AuthError::TooLarge { file: file.clone() },
+        PrivateFileError::NotUtf8 => AuthError::Line {
+            file: file.clone(),
             line: 0,
             problem: "not UTF-8 text".to_string(),
-        });
-    };
+        },
+    })?;
     parse_keyring(&file, &text)
 }
 
