@@ -719,7 +719,10 @@ fn backup_session(
     let mut last_sent = Instant::now();
     // Orphans: the last entry's orig we wait to hear done, once sent.
     let mut orphans_waiting: Option<(u64, u64)> = None;
-    let mut orphans_checked = false;
+    // When the orphans file was last looked at: the log writer creates it when it carries
+    // out the cut, which may come after our first ack, so it is looked at again (at most once
+    // per beat interval) until something was sent.
+    let mut orphans_checked_at: Option<Instant> = None;
     let result = loop {
         if done.load(Ordering::Acquire) || ctx.stopping.load(Ordering::Acquire) {
             break Ok(());
@@ -740,12 +743,13 @@ fn backup_session(
         }
         // Caught up with the primary's commits (known from its entries or beats): time to
         // re-commit what only we had. Checked every turn, so an idle pair gets there too.
-        if !orphans_checked
+        if orphans_waiting.is_none()
+            && orphans_checked_at.is_none_or(|at| at.elapsed() >= ctx.beat_interval)
             && commit_known.load(Ordering::Acquire)
             && sent_ack != u64::MAX
             && sent_ack >= commit_seq.load(Ordering::Acquire)
         {
-            orphans_checked = true;
+            orphans_checked_at = Some(Instant::now());
             match resubmit_orphans(ctx, &mut writer) {
                 Ok(last) => orphans_waiting = last,
                 Err(e) => break Err(e),
