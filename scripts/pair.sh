@@ -14,7 +14,10 @@ done
 # Own sessions: a terminal Ctrl-C reaches only this script, which stops each node once.
 setsid "$bin" -c config/primary.toml & primary=$!
 setsid "$bin" -c config/backup.toml & backup=$!
+stopped=0
 stop() {
+  [ "$stopped" = 1 ] && return
+  stopped=1
   trap - INT TERM
   # The backup first, so that the primary does not try to hand over to a node that is
   # leaving too; then the primary, which commits what is pending and says goodbye.
