@@ -2,17 +2,18 @@
 //! forged heartbeats. Every wait is on a condition with a deadline.
 
 mod common;
+mod resilient;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, PairFiles, DEADLINE};
-use pbchat::wire::client::{decode_server_frame, ServerFrame};
+use resilient::Connection;
 use serde_json::json;
 
 const ROOM: &str = "general";
@@ -27,52 +28,6 @@ struct Sender {
     acked: Arc<Mutex<BTreeMap<String, u64>>>,
     /// (time of the last ack before a break, time of the first ack after) per break.
     gaps: Arc<Mutex<Vec<Duration>>>,
-}
-
-struct Connection {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Connection {
-    fn open(addr: SocketAddr, nick: &str) -> Result<Connection, Option<SocketAddr>> {
-        let stream =
-            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|_| None)?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(2_000)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Connection { stream, reader };
-        c.send(json!({"type":"hello","version":1,"nick":nick,"session":format!("session-{nick}")}))
-            .map_err(|_| None)?;
-        let welcome = c.recv().ok_or(None)?;
-        match welcome.kind.as_str() {
-            "welcome" => {}
-            "redirect" => return Err(welcome.primary.and_then(|p| p.parse().ok())),
-            _ => return Err(None),
-        }
-        c.send(json!({"type":"join","room":ROOM}))
-            .map_err(|_| None)?;
-        loop {
-            let frame = c.recv().ok_or(None)?;
-            if frame.kind == "joined" {
-                return Ok(c);
-            }
-        }
-    }
-
-    fn send(&mut self, frame: serde_json::Value) -> std::io::Result<()> {
-        use std::io::Write;
-        self.stream.write_all(format!("{frame}\n").as_bytes())
-    }
-
-    fn recv(&mut self) -> Option<ServerFrame> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(n) if n > 0 => decode_server_frame(line.trim_end().as_bytes()).ok(),
-            _ => None,
-        }
-    }
 }
 
 impl Sender {
@@ -103,7 +58,7 @@ impl Sender {
                     turn += 1;
                     servers[turn % servers.len()]
                 });
-                let mut c = match Connection::open(addr, &nick) {
+                let mut c = match Connection::open(addr, &nick, ROOM) {
                     Ok(c) => c,
                     Err(redirect) => {
                         target = redirect;

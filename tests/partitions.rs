@@ -8,6 +8,7 @@
 //! passes. Scenarios run one at a time (the lab serializes them). See docs/testing.md.
 
 mod netlab;
+mod resilient;
 
 use std::time::{Duration, Instant};
 

@@ -23,14 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pbchat::wire::client::{decode_server_frame, ServerFrame};
 use serde_json::{json, Value};
 
 /// How long any single expected event may take on a loaded 2-core machine.
@@ -711,7 +710,7 @@ pub fn client_process_main() -> bool {
             turn += 1;
             servers[turn % servers.len()]
         });
-        let mut c = match Connection::open(addr, &nick) {
+        let mut c = match crate::resilient::Connection::open(addr, &nick, ROOM) {
             Ok(c) => c,
             Err(redirect) => {
                 target = redirect;
@@ -763,51 +762,6 @@ pub fn client_process_main() -> bool {
     }
     report("PBL-DONE".into());
     true
-}
-
-struct Connection {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Connection {
-    fn open(addr: SocketAddr, nick: &str) -> Result<Connection, Option<SocketAddr>> {
-        let stream =
-            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|_| None)?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(2_000)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Connection { stream, reader };
-        c.send(json!({"type":"hello","version":1,"nick":nick,"session":format!("session-{nick}")}))
-            .map_err(|_| None)?;
-        let welcome = c.recv().ok_or(None)?;
-        match welcome.kind.as_str() {
-            "welcome" => {}
-            "redirect" => return Err(welcome.primary.and_then(|p| p.parse().ok())),
-            _ => return Err(None),
-        }
-        c.send(json!({"type":"join","room":ROOM}))
-            .map_err(|_| None)?;
-        loop {
-            let frame = c.recv().ok_or(None)?;
-            if frame.kind == "joined" {
-                return Ok(c);
-            }
-        }
-    }
-
-    fn send(&mut self, frame: Value) -> std::io::Result<()> {
-        self.stream.write_all(format!("{frame}\n").as_bytes())
-    }
-
-    fn recv(&mut self) -> Option<ServerFrame> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(n) if n > 0 => decode_server_frame(line.trim_end().as_bytes()).ok(),
-            _ => None,
-        }
-    }
 }
 
 /// `pbchat-client --listen --after 0` running in a host: the real client's resume logic
