@@ -517,12 +517,8 @@ fn primary_session(
             recv(ctx.appended_wake) -> _ => {}
             recv(wake) -> _ => {}
             default(beat_due.max(Duration::from_millis(1))) => {
-                if last_sent.elapsed() >= ctx.beat_interval {
-                    let frame = PeerFrame::Beat { epoch: ctx.snapshot_epoch(), head: ctx.snapshot_head() };
-                    if let Err(e) = send(&mut writer, &frame) {
-                        break Err(e);
-                    }
-                    last_sent = Instant::now();
+                if let Err(e) = beat_if_due(ctx, &mut writer, &mut last_sent) {
+                    break Err(e);
                 }
             }
         }
@@ -530,6 +526,25 @@ fn primary_session(
     let _ = writer.shutdown(Shutdown::Both);
     let _ = reader.join();
     result
+}
+
+/// Sends a `Beat` when nothing else went out for a beat interval: the peer counts any
+/// frame as a sign of life, and a backup learns the idle primary's head from it.
+fn beat_if_due(
+    ctx: &LinkContext,
+    writer: &mut TcpStream,
+    last_sent: &mut Instant,
+) -> Result<(), String> {
+    if last_sent.elapsed() < ctx.beat_interval {
+        return Ok(());
+    }
+    let frame = PeerFrame::Beat {
+        epoch: ctx.snapshot_epoch(),
+        head: ctx.snapshot_head(),
+    };
+    send(writer, &frame)?;
+    *last_sent = Instant::now();
+    Ok(())
 }
 
 fn primary_reader(
@@ -782,12 +797,8 @@ fn backup_session(
             }
             recv(wake) -> _ => {}
             default(beat_due.max(Duration::from_millis(1))) => {
-                if last_sent.elapsed() >= ctx.beat_interval {
-                    let frame = PeerFrame::Beat { epoch: ctx.snapshot_epoch(), head: ctx.snapshot_head() };
-                    if let Err(e) = send(&mut writer, &frame) {
-                        break Err(e);
-                    }
-                    last_sent = Instant::now();
+                if let Err(e) = beat_if_due(ctx, &mut writer, &mut last_sent) {
+                    break Err(e);
                 }
             }
         }
