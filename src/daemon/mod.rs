@@ -360,19 +360,11 @@ pub fn run(config: Config) -> Result<(), String> {
         config.admin_socket.display(),
         config.file.display()
     );
-    if let Some(listen) = config.metrics_listen {
-        let bound = metrics::spawn(listen, ops.clone())?;
-        log::info!("metrics on http://{bound}/metrics");
-    }
+    let metrics_bound = match config.metrics_listen {
+        Some(listen) => Some(metrics::spawn(listen, ops.clone())?),
+        None => None,
+    };
     let admin_socket = config.admin_socket.clone();
-    // Tests and scripts read the bound address (the port may be 0 in the config) from here.
-    log::info!(
-        "node {} serving as {} in epoch {} at head {}; clients on {bound}",
-        config.node_id,
-        node.role().as_str(),
-        node.epoch(),
-        node.head(),
-    );
 
     let mut driver = Driver {
         node,
@@ -410,6 +402,19 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     driver.publish();
     driver.publish_status(Instant::now());
+    // Announced once the status is published, so whoever reads these lines (tests, scripts)
+    // finds the metrics and the admin socket answering with the node's real state.
+    if let Some(bound) = metrics_bound {
+        log::info!("metrics on http://{bound}/metrics");
+    }
+    // Tests and scripts read the bound address (the port may be 0 in the config) from here.
+    log::info!(
+        "node {} serving as {} in epoch {} at head {}; clients on {bound}",
+        driver.config.node_id,
+        driver.node.role().as_str(),
+        driver.node.epoch(),
+        driver.node.head(),
+    );
     let ready = driver.status_line();
     driver.notifier.ready(&ready);
     let heartbeats = if driver.links.is_some() {
