@@ -171,7 +171,7 @@ fn leading_u64(bytes: &[u8]) -> Option<u64> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// One RESP value as far as this generator needs: arrays of bulk strings and integers.
@@ -436,7 +436,7 @@ fn consume(
     let buf = std::mem::take(&mut conn.inbuf);
     match protocol {
         Protocol::Pbchat => {
-            while let Some(len) = buf[at..].iter().position(|&b| b == b'\n') {
+            while let Some(len) = memchr::memchr(b'\n', &buf[at..]) {
                 let line = &buf[at..at + len];
                 at += len + 1;
                 if line.starts_with(b"{\"type\":\"msg\"") {

@@ -1349,14 +1349,19 @@ impl Node {
                 actions.push(Action::CommittedTo { seq: head });
             }
         }
+        // A batch's acks go out before its messages, so the messages of one room stand
+        // together and the daemon can hand them to each connection as one write. Every ack
+        // and every message still follows its own commit.
+        let mut published = Vec::new();
         while self.pending.front().is_some_and(|p| p.entry.seq <= limit) {
             let Pending { entry, .. } = self.pending.pop_front().expect("front exists");
-            self.commit(entry, actions);
+            self.commit(entry, actions, &mut published);
         }
+        actions.append(&mut published);
         self.check_resubmission(actions);
     }
 
-    fn commit(&mut self, entry: Entry, actions: &mut Vec<Action>) {
+    fn commit(&mut self, entry: Entry, actions: &mut Vec<Action>, published: &mut Vec<Action>) {
         assert_eq!(entry.seq, self.head + 1, "commits are in seq order");
         self.head = entry.seq;
         if let Some(&conn) = self.sessions.get(entry.session.as_str()) {
@@ -1370,7 +1375,7 @@ impl Node {
             );
         }
         let frame: Frame = encode_msg(&entry).into();
-        actions.push(Action::Publish {
+        published.push(Action::Publish {
             room: entry.room.into(),
             seq: entry.seq,
             frame,

@@ -500,6 +500,7 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
             "slow_consumer_drops_total": ops.io.slow_consumer_drops.load(Ordering::Relaxed),
             "client_bytes_sent_total": ops.io.bytes_sent.load(Ordering::Relaxed),
             "client_frames_sent_total": ops.io.frames_sent.load(Ordering::Relaxed),
+            "client_writes_total": ops.io.writes.load(Ordering::Relaxed),
         },
     })
 }

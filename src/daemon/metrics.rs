@@ -187,6 +187,12 @@ pub fn render(ops: &Ops) -> String {
         "Frames written to client sockets.",
         ops.io.frames_sent.load(Ordering::Relaxed),
     );
+    metric(
+        "client_writes_total",
+        "counter",
+        "Write system calls to client sockets (frames per write shows how well writes coalesce).",
+        ops.io.writes.load(Ordering::Relaxed),
+    );
     if let Some(hb) = &ops.heartbeats {
         metric(
             "heartbeats_sent_total",

@@ -19,6 +19,7 @@
 
 pub mod acceptor;
 pub mod admin;
+pub mod batch;
 pub mod heartbeat;
 pub mod io;
 pub mod link;
@@ -42,6 +43,7 @@ use crate::core::{AccessConfig, Action, CoreConfig, Input, LogLevel, Node, PairC
 use crate::entry::Entry;
 use crate::log::{Log, LogOptions};
 use acceptor::{worker_of, WorkerHandle};
+use batch::{PublishBatch, Published};
 use heartbeat::{HeartbeatConfig, HeartbeatStats, LocalStatus, Received};
 use io::{Command, Worker, WorkerLimits};
 use link::{LinkCommand, LinkContext, Snapshot};
@@ -868,8 +870,21 @@ impl Driver {
         let mut appends: Vec<Entry> = Vec::new();
         let n = self.workers.len();
         let actions = std::mem::take(&mut self.actions);
+        let mut batch = PublishBatch::new(self.config.client.send_queue_bytes);
         for action in actions {
+            if !matches!(action, Action::Publish { .. }) {
+                // Anything else for a worker must follow the messages committed before it.
+                if let Some(done) = batch.take() {
+                    self.send_published(done);
+                }
+            }
             match action {
+                Action::Publish { room, seq, frame } => {
+                    self.commits_total += 1;
+                    if let Some(done) = batch.push(room, seq, frame) {
+                        self.send_published(done);
+                    }
+                }
                 Action::Append(entry) => appends.push(entry),
                 Action::SaveEpochs { spans, seen } => {
                     self.flush_appends(&mut appends);
@@ -884,10 +899,7 @@ impl Driver {
                     self.log_command(LogCommand::Restart { first_seq });
                 }
                 Action::Exit => exit = true,
-                Action::Publish { .. } | Action::Presence { .. } | Action::CommittedTo { .. } => {
-                    if matches!(action, Action::Publish { .. }) {
-                        self.commits_total += 1;
-                    }
+                Action::Presence { .. } | Action::CommittedTo { .. } => {
                     for (i, worker) in self.workers.iter().enumerate() {
                         let _ = worker.commands.send(Command::Core(action.clone()));
                         self.woken[i] = true;
@@ -975,6 +987,9 @@ impl Driver {
                 },
             }
         }
+        if let Some(done) = batch.take() {
+            self.send_published(done);
+        }
         self.flush_appends(&mut appends);
         for (i, woken) in self.woken.iter_mut().enumerate() {
             if std::mem::take(woken) {
@@ -982,6 +997,14 @@ impl Driver {
             }
         }
         exit
+    }
+
+    /// Hands committed messages to every worker (each fans them out to its own subscribers).
+    fn send_published(&mut self, published: Published) {
+        for (i, worker) in self.workers.iter().enumerate() {
+            let _ = worker.commands.send(Command::Publish(published.clone()));
+            self.woken[i] = true;
+        }
     }
 
     fn flush_appends(&self, appends: &mut Vec<Entry>) {
