@@ -16,6 +16,7 @@ mod resilient;
 
 use std::time::{Duration, Instant};
 
+use netlab::relay::Impairment;
 use netlab::{Lab, Listener, SenderProc, HEARTBEAT_PORT};
 
 /// Not a scenario: the body of the sender processes the lab starts inside a host (this test
@@ -470,4 +471,102 @@ fn a_restarted_old_primary_rejoins_without_cutting_the_log_it_shares() {
         a.log_line("log cut after")
     );
     lab.verify(&[&a, &b], &b, &[]);
+}
+
+/// Everything between the nodes through the lab's relay with 40 ms ± 30 ms each way, for
+/// 8 s under traffic: commits wait for the round trip (so acks slow down), heartbeats and
+/// link frames arrive late and jittered, and nothing fails over or is lost.
+#[test]
+fn delay_and_jitter_between_the_nodes_slow_commits_but_fail_nothing_over() {
+    let Some(lab) = lab() else { return };
+    let (a, b, relay) = lab.start_pair_via_relay();
+    let servers = [a.client_addr, b.client_addr];
+    let listener = Listener::start(&lab, 3, "ear", &servers);
+    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    sender.wait_more(20, "traffic before the delay");
+
+    lab.history
+        .fault("relay: 40 ms + 0-60 ms each way, datagrams and link");
+    relay.set(Impairment {
+        delay_ms: 40,
+        jitter_ms: 60,
+        link_delay_ms: 40,
+        link_jitter_ms: 60,
+        ..Impairment::default()
+    });
+    let from = sender.count();
+    hold(Duration::from_secs(8));
+    let during = sender.count() - from;
+    relay.set(Impairment::default());
+    lab.history.fault("relay: no impairment");
+    sender.wait_more(20, "acks after the delay");
+    sender.stop();
+
+    assert!(!b.log_contains("promoted"), "false fail-over under delay");
+    assert!(!a.log_contains("stepping down"));
+    let report = lab.verify(&[&a, &b], &a, &[&listener]);
+    let per_ack = Duration::from_secs(8) / during.max(1) as u32;
+    // A commit needs a -> b and b's ack back: at least 2 × 40 ms through the relay.
+    assert!(
+        per_ack >= Duration::from_millis(80),
+        "{during} acks in 8 s: the relay did not delay the link"
+    );
+    eprintln!(
+        "figures: delay 40 ms + 0-60 ms jitter each way: {during} acks in 8 s ({} ms each); \
+         longest wait {} ms; a degraded {} time(s); relay carried {} datagrams, {} link bytes",
+        per_ack.as_millis(),
+        report.longest_unavailable.as_millis(),
+        a.log_count("degraded"),
+        relay
+            .counters
+            .datagrams
+            .load(std::sync::atomic::Ordering::Relaxed),
+        relay
+            .counters
+            .tcp_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
+/// Heartbeats duplicated (50 %) and reordered (0-400 ms jitter, past the 200 ms interval)
+/// both ways for 8 s under traffic: the replay guard refuses the copies and the stale ones,
+/// nothing fails over, nothing is lost.
+#[test]
+fn duplicated_and_reordered_heartbeats_make_no_false_failover() {
+    let Some(lab) = lab() else { return };
+    let (a, b, relay) = lab.start_pair_via_relay();
+    let servers = [a.client_addr, b.client_addr];
+    let listener = Listener::start(&lab, 3, "ear", &servers);
+    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    sender.wait_more(20, "traffic before the fault");
+
+    lab.history
+        .fault("relay: heartbeats 50 % duplicated, 0-400 ms jitter");
+    relay.set(Impairment {
+        jitter_ms: 400,
+        duplicate_percent: 50,
+        ..Impairment::default()
+    });
+    let from = sender.count();
+    hold(Duration::from_secs(8));
+    let during = sender.count() - from;
+    relay.set(Impairment::default());
+    sender.wait_more(20, "acks after the fault");
+    sender.stop();
+
+    let counters = &relay.counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&counters.duplicated) > 5, "{counters:?}");
+    assert!(load(&counters.reordered) > 5, "{counters:?}");
+    assert!(!b.log_contains("promoted"), "false fail-over");
+    assert!(!a.log_contains("stepping down"));
+    assert!(during > 100, "only {during} acks in 8 s");
+    lab.verify(&[&a, &b], &a, &[&listener]);
+    eprintln!(
+        "figures: heartbeats through the relay: {} carried, {} duplicated, {} reordered in \
+         8 s; {during} acks meanwhile; no promotion",
+        load(&counters.datagrams),
+        load(&counters.duplicated),
+        load(&counters.reordered),
+    );
 }

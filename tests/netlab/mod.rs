@@ -21,6 +21,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -326,6 +328,18 @@ impl Lab {
     /// secret. Every key not named here keeps its default (detection 1.0 s, sync
     /// replication, ack_timeout 1 s, cooldown 30 s) but logging, which is at debug.
     pub fn pair_configs(&self) -> (PathBuf, PathBuf) {
+        let direct = |host| {
+            (
+                self.addr(host, HEARTBEAT_PORT),
+                self.addr(host, REPLICATION_PORT),
+            )
+        };
+        self.pair_configs_to([direct(2), direct(1)])
+    }
+
+    /// As [`Lab::pair_configs`], but node a sends its heartbeats and dials replication at
+    /// `peer_of[0]` (b's, or a relay's) and node b at `peer_of[1]`.
+    pub fn pair_configs_to(&self, peer_of: [(SocketAddr, SocketAddr); 2]) -> (PathBuf, PathBuf) {
         let secret = self.dir.join("pair.secret");
         let out = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
             .arg("--gen-secret")
@@ -334,12 +348,13 @@ impl Lab {
             .unwrap();
         assert!(out.status.success());
         let write = |id: &str, peer: &str, role: &str, me: Host, them: Host| {
+            let (heartbeat_to, replication_to) = peer_of[me as usize - 1];
             let text = format!(
                 "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\
                  [client]\nlisten = \"{me_ip}:{CLIENT_PORT}\"\n\
                  [peer]\nid = \"{peer}\"\nclient_address = \"{them_ip}:{CLIENT_PORT}\"\n\
-                 heartbeat_address = \"{them_ip}:{HEARTBEAT_PORT}\"\n\
-                 replication_address = \"{them_ip}:{REPLICATION_PORT}\"\n\
+                 heartbeat_address = \"{heartbeat_to}\"\n\
+                 replication_address = \"{replication_to}\"\n\
                  [heartbeat]\nlisten = \"{me_ip}:{HEARTBEAT_PORT}\"\nsecret_file = \"{secret}\"\n\
                  [replication]\nlisten = \"{me_ip}:{REPLICATION_PORT}\"\n\
                  [logging]\nlevel = \"debug\"\n",
@@ -361,6 +376,28 @@ impl Lab {
     /// Starts node a in host 1 and node b in host 2 and waits until b follows a.
     pub fn start_pair(&self) -> (Node, Node) {
         let (config_a, config_b) = self.pair_configs();
+        self.start_configured(config_a, config_b)
+    }
+
+    /// As [`Lab::start_pair`], but everything between the nodes (heartbeats both ways, the
+    /// replication link whichever way it is dialed) goes through the lab's relay in host 3,
+    /// which carries it unimpaired until the test sets an [`relay::Impairment`].
+    pub fn start_pair_via_relay(&self) -> (Node, Node, relay::Relay) {
+        let relay = relay::Relay::new();
+        let ns = self.ns(3);
+        // (heartbeat, replication) relay ports in host 3 for traffic to a and to b.
+        let to_a = (self.addr(3, 7511), self.addr(3, 7521));
+        let to_b = (self.addr(3, 7512), self.addr(3, 7522));
+        relay.udp(&ns, to_a.0, self.addr(1, HEARTBEAT_PORT), 1);
+        relay.udp(&ns, to_b.0, self.addr(2, HEARTBEAT_PORT), 2);
+        relay.tcp(&ns, to_a.1, self.addr(1, REPLICATION_PORT), 3);
+        relay.tcp(&ns, to_b.1, self.addr(2, REPLICATION_PORT), 4);
+        let (config_a, config_b) = self.pair_configs_to([to_b, to_a]);
+        let (a, b) = self.start_configured(config_a, config_b);
+        (a, b, relay)
+    }
+
+    fn start_configured(&self, config_a: PathBuf, config_b: PathBuf) -> (Node, Node) {
         let a = Node::start(self, "a", 1, config_a);
         let b = Node::start(self, "b", 2, config_b);
         b.wait_log("following the primary");
