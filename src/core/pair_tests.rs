@@ -1865,6 +1865,28 @@ fn a_demoted_primarys_uncommitted_message_is_recommitted_when_the_new_primary_is
     );
 }
 
+/// Regression (found by the pair simulation, seed 16568 of 20 000): a backup adopts its
+/// primary's epoch history (here epoch 3 from seq 15) as soon as it is told where the logs
+/// part, before any entry arrives. Restarted with that history and an empty log, its
+/// promotion began the new epoch at seq 1, before 15: an assertion, so the node aborted at
+/// every promotion and the pair had no primary.
+#[test]
+fn a_backup_whose_epoch_history_runs_past_its_log_can_still_promote() {
+    let mut pair = Pair::empty(0);
+    let b = Node::new(
+        core_config(B, 0),
+        Role::Backup,
+        EpochHistory::from_spans(vec![(1, 1), (3, 15)]),
+        3,
+    );
+    pair.start(B, b);
+    assert!(pair.run_until(5_000, is_primary(B)), "b never promoted");
+    let spans = pair.node(B).epochs().spans().to_vec();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0], (1, 1));
+    assert!(spans[1].0 > 3 && spans[1].1 == 1, "{spans:?}");
+}
+
 // ---- the seeded random test ----
 
 /// A chat client: one session, reconnecting to whichever node is primary.

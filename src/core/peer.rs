@@ -228,6 +228,9 @@ impl Node {
     fn promote_keeping_link(&mut self, why: &str, keep_link: bool, actions: &mut Vec<Action>) {
         let rank = self.pair().map_or(0, |p| p.rank);
         let epoch = next_epoch(self.seen_epoch.max(self.epoch()), rank);
+        // Our history may run past our log (adopted from the primary, then a crash before
+        // the entries came): the new epoch starts where our log ends, after what we hold.
+        self.epochs.forget_past(self.last_seq);
         self.epochs.begin(epoch, self.last_seq + 1);
         self.seen_epoch = epoch;
         self.save_epochs(actions);
