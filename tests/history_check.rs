@@ -272,3 +272,24 @@ fn a_superseded_copy_does_not_count_against_the_order() {
     let report = check(&s.events, &["ear", "eye"]).unwrap_or_else(|v| panic!("{v}"));
     assert_eq!(report.merged, 1);
 }
+
+#[test]
+fn an_ack_naming_another_seq_than_the_message_is_caught() {
+    let mut s = Script::healthy();
+    s.send("s", "m4", "a").ack("s", "m4", 9);
+    s.show("ear", "s/m4", 1, 4).show("eye", "s/m4", 1, 4);
+    let v = broken(&s, &["ear", "eye"]);
+    assert_eq!(v.broken, Broken::AckedAtAnotherSeq);
+    assert_eq!(v.excerpt.len(), 2, "{v}");
+}
+
+#[test]
+fn an_ack_at_the_seq_a_merge_names_in_orig_is_right() {
+    let mut s = Script::healthy();
+    s.term("b", 2);
+    // m4 acked by a at seq 4 in a history that lost; b re-committed it at seq 5.
+    s.send("s", "m4", "a").ack("s", "m4", 4);
+    s.show_orig("ear", "s/m4", 2, 5, Some((1, 4)));
+    s.show_orig("eye", "s/m4", 2, 5, Some((1, 4)));
+    check(&s.events, &["ear", "eye"]).unwrap_or_else(|v| panic!("{v}"));
+}

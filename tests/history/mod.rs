@@ -16,7 +16,8 @@
 //!    they share in the same relative order;
 //! 3. no (epoch, seq) ever named two different messages, across every receiver;
 //! 4. no two nodes were primary (committed) in the same epoch, and every delivered epoch is
-//!    one some node was primary in (when the nodes' terms were recorded).
+//!    one some node was primary in (when the nodes' terms were recorded);
+//! 5. an ack's seq is where receivers show the message (or its re-committed copy's `orig`).
 //!
 //! It also measures the longest client-visible unavailability (from a message's first send
 //! attempt to its ack) and how many messages were merged after a partition (delivered with
@@ -190,6 +191,9 @@ pub enum Broken {
     EpochOfTwoNodes,
     /// A message carries an epoch no node was primary in.
     UnknownEpoch,
+    /// An ack named a seq at which no receiver showed the message (neither as its seq nor
+    /// as the `orig` of its re-committed copy).
+    AckedAtAnotherSeq,
 }
 
 /// A broken invariant with the fewest events that show it.
@@ -414,6 +418,36 @@ pub fn check(events: &[Event], receivers: &[&str]) -> Result<Report, Violation> 
             ));
         }
         report.delivered.insert(receiver.to_string(), shown.len());
+    }
+
+    // (5) An ack names the message's place: its seq, or the orig seq of its copy.
+    let mut seqs_of: HashMap<Key, BTreeSet<u64>> = HashMap::new();
+    for e in events {
+        if let Kind::Deliver { seq, orig, .. } = &e.kind {
+            let seqs = seqs_of.entry(key_of(e)).or_default();
+            seqs.insert(*seq);
+            seqs.extend(orig.map(|(_, s)| s));
+        }
+    }
+    for e in &acks {
+        let Kind::Ack { id, seq, .. } = &e.kind else {
+            unreachable!()
+        };
+        let key = (e.client.clone(), id.clone());
+        let Some(seqs) = seqs_of.get(&key) else {
+            continue; // Lost, reported above when a receiver had to show it.
+        };
+        if !seqs.contains(seq) {
+            let shown = events
+                .iter()
+                .find(|d| matches!(d.kind, Kind::Deliver { .. }) && key_of(d) == key)
+                .expect("shown somewhere");
+            return Err(violation(
+                Broken::AckedAtAnotherSeq,
+                format!("{key:?} was acked at seq {seq} but shown at {seqs:?}"),
+                vec![e, shown],
+            ));
+        }
     }
 
     // (2) One order. A delivery whose (epoch, seq) some re-committed message names in
