@@ -292,7 +292,7 @@ fn loss_of_20_percent_of_all_packets_between_the_nodes_loses_nothing() {
         "false fail-over under 20 % loss"
     );
     assert!(lost_to_a + lost_to_b > 10, "the loss rule dropped nothing");
-    assert!(during > 20, "only {during} acks in 8 s");
+    assert!(during > 10, "only {during} acks in 8 s");
     let report = lab.verify(&[&a, &b], &a, &[&listener]);
     eprintln!(
         "figures: 20 % loss: {lost_to_a} packets dropped to a, {lost_to_b} to b in 8 s; \
@@ -516,8 +516,9 @@ fn delay_and_jitter_between_the_nodes_slow_commits_but_fail_nothing_over() {
 
     assert!(!b.log_contains("promoted"), "false fail-over under delay");
     assert!(!a.log_contains("stepping down"));
+    assert!(during > 5, "only {during} acks in 8 s");
     let report = lab.verify(&[&a, &b], &a, &[&listener]);
-    let per_ack = Duration::from_secs(8) / during.max(1) as u32;
+    let per_ack = Duration::from_secs(8) / during as u32;
     // A commit needs a -> b and b's ack back: at least 2 × 40 ms through the relay.
     assert!(
         per_ack >= Duration::from_millis(80),
