@@ -166,6 +166,19 @@ impl History {
             .collect()
     }
 
+    /// The node that sent `client` its latest ack.
+    pub fn last_ack_node(&self, client: &str) -> Option<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|e| match &e.kind {
+                Kind::Ack { node, .. } if e.client == client => Some(node.clone()),
+                _ => None,
+            })
+    }
+
     pub fn ack_count(&self, client: &str) -> usize {
         self.events
             .lock()

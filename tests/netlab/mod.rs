@@ -653,7 +653,27 @@ impl Lab {
             node.record_terms(&self.history);
         }
         let store_name = format!("store:{}", store.id);
-        for v in self.history(store.client_addr) {
+        // A merge may still be re-committing: fetch until every acknowledged message is
+        // stored (or the deadline passes, and the checker names what is missing).
+        let acked = self.history.acked_keys();
+        let deadline = Instant::now() + DEADLINE;
+        let stored = loop {
+            let stored = self.history(store.client_addr);
+            let keys: std::collections::BTreeSet<(String, String)> = stored
+                .iter()
+                .map(|v| {
+                    (
+                        v["from"].as_str().unwrap_or_default().to_string(),
+                        v["id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            if acked.is_subset(&keys) || Instant::now() >= deadline {
+                break stored;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for v in stored {
             self.history.record(&store_name, deliver_of(&v));
         }
         let mut required = self.history.acked_keys();
