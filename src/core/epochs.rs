@@ -44,6 +44,13 @@ impl EpochHistory {
         self.spans.push((epoch, first_seq));
     }
 
+    /// Forgets the epochs that start after `last_seq + 1`: they name messages this log does
+    /// not hold (a backup adopts its primary's history before the entries arrive).
+    pub fn forget_past(&mut self, last_seq: u64) {
+        self.spans
+            .retain(|&(_, first_seq)| first_seq <= last_seq + 1);
+    }
+
     /// Epoch that the message numbered `seq` belongs to in this history.
     pub fn epoch_of(&self, seq: u64) -> Option<u64> {
         self.spans

@@ -397,7 +397,10 @@ pub struct Node {
     probing: bool,
     probe_ok_ms: Option<u64>,
     handover: Option<Handover>,
-    resubmission: Option<Resubmission>,
+    /// Re-commits waiting to be reported done, at most one per link (the primary's own
+    /// orphans on `SELF_LINK` and the backup's on its link can overlap), bounded by
+    /// `RESUBMISSIONS_MAX`.
+    resubmissions: Vec<Resubmission>,
     /// After a promotion, entries up to here (ordered by the old primary) commit once durable.
     tail_commit: u64,
     /// Bumped by each truncation; durable reports from an older generation are stale.
@@ -458,7 +461,7 @@ impl Node {
             probing: false,
             probe_ok_ms: None,
             handover: None,
-            resubmission: None,
+            resubmissions: Vec::new(),
             tail_commit: 0,
             log_generation: 0,
             logs: Vec::new(),

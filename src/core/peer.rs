@@ -12,6 +12,30 @@ use crate::wire::client::{encode_reply, Reply};
 /// backup then takes over by failure detection instead.
 pub const HANDOVER_TIMEOUT_MS: u64 = 2_000;
 
+/// A bug planted on purpose, for the simulator's test that it can find one
+/// (`pair_tests::the_simulator_finds_a_planted_bug`): while set on a thread, a primary on
+/// that thread ignores a heartbeat from a newer epoch instead of stepping down. Compiled only
+/// into the unit tests, so it cannot exist in a real binary.
+#[cfg(test)]
+pub(super) mod planted {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static SKIP_HEARTBEAT_EPOCH_CHECK: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub fn skips_heartbeat_epoch_check() -> bool {
+        SKIP_HEARTBEAT_EPOCH_CHECK.with(Cell::get)
+    }
+}
+
+#[cfg(not(test))]
+mod planted {
+    pub const fn skips_heartbeat_epoch_check() -> bool {
+        false
+    }
+}
+
 /// The pair settings the core needs.
 #[derive(Clone, Debug)]
 pub struct PairConfig {
@@ -65,6 +89,11 @@ pub(super) struct Handover {
     pub exit: bool,
     pub sent: bool,
 }
+
+/// Re-commits tracked at once: the primary's own orphans and one backup link's, with room
+/// for a link whose end the core has not heard of yet. Beyond it the oldest is forgotten:
+/// its sender keeps its orphans and resubmits them on its next link (de-duplicated).
+const RESUBMISSIONS_MAX: usize = 4;
 
 /// Resubmitted messages waiting to commit before the backup is told they are done.
 #[derive(Clone, Debug)]
@@ -131,7 +160,10 @@ impl Node {
             self.peer.primary_seen_ms = mono_ms;
         }
         self.note_epoch(epoch, actions);
-        if self.role == Role::Primary && epoch > self.epoch() {
+        if self.role == Role::Primary
+            && epoch > self.epoch()
+            && !planted::skips_heartbeat_epoch_check()
+        {
             let why = format!(
                 "peer is {} in epoch {epoch}, newer than ours ({})",
                 if primary { "primary" } else { "backup" },
@@ -155,7 +187,7 @@ impl Node {
         self.handover = None;
         // A drill in progress ends here; a shutdown still exits (maybe_exit).
         self.draining = self.exit_requested;
-        self.resubmission = None;
+        self.resubmissions.clear();
         self.pending.clear();
         if let Some(link) = self.link.take() {
             actions.push(Action::CloseLink {
@@ -196,6 +228,9 @@ impl Node {
     fn promote_keeping_link(&mut self, why: &str, keep_link: bool, actions: &mut Vec<Action>) {
         let rank = self.pair().map_or(0, |p| p.rank);
         let epoch = next_epoch(self.seen_epoch.max(self.epoch()), rank);
+        // Our history may run past our log (adopted from the primary, then a crash before
+        // the entries came): the new epoch starts where our log ends, after what we hold.
+        self.epochs.forget_past(self.last_seq);
         self.epochs.begin(epoch, self.last_seq + 1);
         self.seen_epoch = epoch;
         self.save_epochs(actions);
@@ -492,9 +527,7 @@ impl Node {
                 "replication link to the peer is down".into(),
             );
         }
-        if self.resubmission.as_ref().is_some_and(|r| r.link == link) {
-            self.resubmission = None;
-        }
+        self.resubmissions.retain(|r| r.link != link);
     }
 
     pub(super) fn on_resubmit(
@@ -543,7 +576,13 @@ impl Node {
                 format!("re-committing {merged} messages from a history that lost"),
             );
         }
-        self.resubmission = Some(Resubmission {
+        // A later batch on the same link supersedes the earlier (its upto is higher); a
+        // batch on another link must not: each sender waits for its own ResubmitDone.
+        self.resubmissions.retain(|r| r.link != link);
+        if self.resubmissions.len() >= RESUBMISSIONS_MAX {
+            self.resubmissions.remove(0);
+        }
+        self.resubmissions.push(Resubmission {
             link,
             upto,
             last_orig,
@@ -552,16 +591,18 @@ impl Node {
     }
 
     pub(super) fn check_resubmission(&mut self, actions: &mut Vec<Action>) {
-        if let Some(r) = &self.resubmission {
-            if self.head >= r.upto {
-                actions.push(Action::ResubmitDone {
-                    link: r.link,
-                    epoch: r.last_orig.0,
-                    seq: r.last_orig.1,
-                });
-                self.resubmission = None;
+        let head = self.head;
+        self.resubmissions.retain(|r| {
+            if head < r.upto {
+                return true;
             }
-        }
+            actions.push(Action::ResubmitDone {
+                link: r.link,
+                epoch: r.last_orig.0,
+                seq: r.last_orig.1,
+            });
+            false
+        });
     }
 
     // ---- the link, backup side ----

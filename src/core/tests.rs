@@ -536,3 +536,48 @@ fn repeated_rate_limit_violations_close_the_connection() {
     );
     assert!(actions.contains(&Action::Close { conn: 1 }));
 }
+
+/// Regression (found by the pair simulation with lossy, reordering heartbeats, seed 2379 of
+/// 10 000): one slot held the re-commit waiting to be reported done, so a backup's batch
+/// that arrived before the primary's own orphans had committed replaced it. The primary
+/// never got `ResubmitDone` for its own orphans and kept their side file for good (and the
+/// pair never settled). Each link's batch is now reported on its own.
+#[test]
+fn a_backups_recommit_does_not_hide_the_primarys_own_recommit_done() {
+    let mut h = Harness::new(Role::Primary);
+    let orphan = |session: &str, id: &str, seq: u64| crate::entry::Entry {
+        epoch: 1,
+        seq,
+        ts_ms: 1,
+        room: "r".into(),
+        from: session.into(),
+        session: session.into(),
+        id: id.into(),
+        body: "b".into(),
+        orig: None,
+    };
+    let done = |actions: &[Action]| -> Vec<LinkId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ResubmitDone { link, .. } => Some(*link),
+                _ => None,
+            })
+            .collect()
+    };
+    let own = h.step(Input::Resubmit {
+        link: SELF_LINK,
+        entries: vec![orphan("s0", "m1", 5)],
+    });
+    let backup = h.step(Input::Resubmit {
+        link: 7,
+        entries: vec![orphan("s1", "m2", 6)],
+    });
+    assert!(done(&own).is_empty() && done(&backup).is_empty());
+    let mut reported = done(&h.step(Input::Durable {
+        generation: 0,
+        seq: 2,
+    }));
+    reported.sort();
+    assert_eq!(reported, vec![SELF_LINK, 7]);
+}

@@ -21,7 +21,8 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::history::{self, History, Kind, Report};
 
 /// How long any single expected event may take on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -57,6 +60,8 @@ pub struct Lab {
     pub k: u32,
     /// Configs, secret and data dirs (removed on drop).
     pub dir: PathBuf,
+    /// What every client of the scenario did and saw, for the checker (`tests/history`).
+    pub history: History,
     created: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
@@ -138,6 +143,7 @@ impl Lab {
             prefix,
             k: n % 250 + 1,
             dir,
+            history: History::new(),
             created: Vec::new(),
             _serial: serial,
         };
@@ -247,6 +253,8 @@ impl Lab {
     /// longer reaches `host`, `host` still reaches `from`, but TCP to `from` stalls too since
     /// its answers are dropped).
     pub fn drop_from(&self, host: Host, from: Host) {
+        self.history
+            .fault(&format!("h{host} drops all from h{from}"));
         self.nft(
             host,
             &format!(
@@ -265,11 +273,28 @@ impl Lab {
     /// `host` drops `percent` % (at random, per packet) of the UDP datagrams it receives on
     /// `port`, counted: see [`Lab::dropped`].
     pub fn udp_loss(&self, host: Host, port: u16, percent: u32) {
+        self.history
+            .fault(&format!("h{host} drops {percent} % of udp to port {port}"));
         self.nft(
             host,
             &format!(
                 "add rule inet pbl input udp dport {port} numgen random mod 100 < {percent} \
                  counter drop comment \"loss\"\n"
+            ),
+        );
+    }
+
+    /// `host` drops `percent` % (at random, per packet) of everything that comes from
+    /// `from`: datagrams and TCP segments alike, counted.
+    pub fn loss_from(&self, host: Host, from: Host, percent: u32) {
+        self.history
+            .fault(&format!("h{host} drops {percent} % of all from h{from}"));
+        self.nft(
+            host,
+            &format!(
+                "add rule inet pbl input ip saddr {} numgen random mod 100 < {percent} \
+                 counter drop comment \"loss\"\n",
+                self.ip_of(from)
             ),
         );
     }
@@ -290,6 +315,7 @@ impl Lab {
 
     /// Removes every fault from every host.
     pub fn heal(&self) {
+        self.history.fault("heal");
         for host in 1..=3 {
             self.nft(
                 host,
@@ -302,6 +328,18 @@ impl Lab {
     /// secret. Every key not named here keeps its default (detection 1.0 s, sync
     /// replication, ack_timeout 1 s, cooldown 30 s) but logging, which is at debug.
     pub fn pair_configs(&self) -> (PathBuf, PathBuf) {
+        let direct = |host| {
+            (
+                self.addr(host, HEARTBEAT_PORT),
+                self.addr(host, REPLICATION_PORT),
+            )
+        };
+        self.pair_configs_to([direct(2), direct(1)])
+    }
+
+    /// As [`Lab::pair_configs`], but node a sends its heartbeats and dials replication at
+    /// `peer_of[0]` (b's, or a relay's) and node b at `peer_of[1]`.
+    pub fn pair_configs_to(&self, peer_of: [(SocketAddr, SocketAddr); 2]) -> (PathBuf, PathBuf) {
         let secret = self.dir.join("pair.secret");
         let out = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
             .arg("--gen-secret")
@@ -310,12 +348,13 @@ impl Lab {
             .unwrap();
         assert!(out.status.success());
         let write = |id: &str, peer: &str, role: &str, me: Host, them: Host| {
+            let (heartbeat_to, replication_to) = peer_of[me as usize - 1];
             let text = format!(
                 "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\
                  [client]\nlisten = \"{me_ip}:{CLIENT_PORT}\"\n\
                  [peer]\nid = \"{peer}\"\nclient_address = \"{them_ip}:{CLIENT_PORT}\"\n\
-                 heartbeat_address = \"{them_ip}:{HEARTBEAT_PORT}\"\n\
-                 replication_address = \"{them_ip}:{REPLICATION_PORT}\"\n\
+                 heartbeat_address = \"{heartbeat_to}\"\n\
+                 replication_address = \"{replication_to}\"\n\
                  [heartbeat]\nlisten = \"{me_ip}:{HEARTBEAT_PORT}\"\nsecret_file = \"{secret}\"\n\
                  [replication]\nlisten = \"{me_ip}:{REPLICATION_PORT}\"\n\
                  [logging]\nlevel = \"debug\"\n",
@@ -337,6 +376,28 @@ impl Lab {
     /// Starts node a in host 1 and node b in host 2 and waits until b follows a.
     pub fn start_pair(&self) -> (Node, Node) {
         let (config_a, config_b) = self.pair_configs();
+        self.start_configured(config_a, config_b)
+    }
+
+    /// As [`Lab::start_pair`], but everything between the nodes (heartbeats both ways, the
+    /// replication link whichever way it is dialed) goes through the lab's relay in host 3,
+    /// which carries it unimpaired until the test sets an [`relay::Impairment`].
+    pub fn start_pair_via_relay(&self) -> (Node, Node, relay::Relay) {
+        let relay = relay::Relay::new();
+        let ns = self.ns(3);
+        // (heartbeat, replication) relay ports in host 3 for traffic to a and to b.
+        let to_a = (self.addr(3, 7511), self.addr(3, 7521));
+        let to_b = (self.addr(3, 7512), self.addr(3, 7522));
+        relay.udp(&ns, to_a.0, self.addr(1, HEARTBEAT_PORT), 1);
+        relay.udp(&ns, to_b.0, self.addr(2, HEARTBEAT_PORT), 2);
+        relay.tcp(&ns, to_a.1, self.addr(1, REPLICATION_PORT), 3);
+        relay.tcp(&ns, to_b.1, self.addr(2, REPLICATION_PORT), 4);
+        let (config_a, config_b) = self.pair_configs_to([to_b, to_a]);
+        let (a, b) = self.start_configured(config_a, config_b);
+        (a, b, relay)
+    }
+
+    fn start_configured(&self, config_a: PathBuf, config_b: PathBuf) -> (Node, Node) {
         let a = Node::start(self, "a", 1, config_a);
         let b = Node::start(self, "b", 2, config_b);
         b.wait_log("following the primary");
@@ -554,17 +615,115 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+impl Node {
+    /// Records in `history` each term this node's log announced (`promoted to primary in
+    /// epoch N`: the first primary's start, a fail-over or a hand-over), at the time read.
+    pub fn record_terms(&self, history: &History) {
+        const NEEDLE: &str = "promoted to primary in epoch ";
+        let log = self.log.lock().unwrap();
+        for (at, line) in log.iter() {
+            let Some(from) = line.find(NEEDLE) else {
+                continue;
+            };
+            let epoch = line[from + NEEDLE.len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or_else(|| panic!("node {}: no epoch in {line:?}", self.id));
+            history.record_at(
+                *at,
+                &format!("node:{}", self.id),
+                Kind::Term {
+                    node: self.id.clone(),
+                    epoch,
+                },
+            );
+        }
+    }
+}
+
+impl Lab {
+    /// Ends a scenario: records each node's terms and the room's stored history at `store`
+    /// (the primary both nodes follow now) as receiver `store:<id>`, waits until every
+    /// listener has shown every acknowledged and stored message (or the deadline passes),
+    /// then checks the whole history (`tests/history`), prints its figures, and panics with
+    /// the smallest excerpt of the history when an invariant broke.
+    pub fn verify(&self, nodes: &[&Node], store: &Node, listeners: &[&Listener]) -> Report {
+        for node in nodes {
+            node.record_terms(&self.history);
+        }
+        let store_name = format!("store:{}", store.id);
+        // A merge may still be re-committing: fetch until every acknowledged message is
+        // stored (or the deadline passes, and the checker names what is missing).
+        let acked = self.history.acked_keys();
+        let deadline = Instant::now() + DEADLINE;
+        let stored = loop {
+            let stored = self.history(store.client_addr);
+            let keys: std::collections::BTreeSet<(String, String)> = stored
+                .iter()
+                .map(|v| {
+                    (
+                        v["from"].as_str().unwrap_or_default().to_string(),
+                        v["id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            if acked.is_subset(&keys) || Instant::now() >= deadline {
+                break stored;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for v in stored {
+            self.history.record(&store_name, deliver_of(&v));
+        }
+        let mut required = self.history.acked_keys();
+        required.extend(self.history.delivered_keys(&store_name));
+        let deadline = Instant::now() + DEADLINE;
+        for l in listeners {
+            while !required.is_subset(&self.history.delivered_keys(&l.nick))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut receivers: Vec<&str> = listeners.iter().map(|l| l.nick.as_str()).collect();
+        receivers.push(&store_name);
+        let report = history::assert_history(&self.history, &receivers);
+        eprintln!("figures: {report}");
+        report
+    }
+}
+
+/// The history event of a `msg` line (a listener's or a stored history's).
+fn deliver_of(v: &Value) -> Kind {
+    let field = |name: &str| {
+        v[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("msg without {name}: {v}"))
+    };
+    let orig = v.get("orig").filter(|o| !o.is_null()).map(|o| {
+        (
+            o["epoch"].as_u64().expect("orig epoch"),
+            o["seq"].as_u64().expect("orig seq"),
+        )
+    });
+    Kind::Deliver {
+        from: v["from"].as_str().expect("msg from").to_string(),
+        id: v["id"].as_str().expect("msg id").to_string(),
+        epoch: field("epoch"),
+        seq: field("seq"),
+        orig,
+    }
+}
+
 /// A steady sender running as a process in a host: this test binary re-run on the test
-/// named [`CLIENT_PROCESS_TEST`], which calls [`client_process_main`]. It reports each ack on
-/// stdout; closing its stdin stops it.
+/// named [`CLIENT_PROCESS_TEST`], which calls [`client_process_main`]. Each send attempt and
+/// each ack it reports goes into the lab's history; closing its stdin stops it.
 pub struct SenderProc {
     pub nick: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    /// id -> seq of every acknowledged send.
-    acked: Arc<Mutex<BTreeMap<String, u64>>>,
-    /// Time from the last ack before a broken connection to the first ack after it.
-    pub gaps: Arc<Mutex<Vec<Duration>>>,
+    history: History,
     done: Arc<AtomicBool>,
 }
 
@@ -589,27 +748,30 @@ impl SenderProc {
             .expect("start the sender process");
         let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
-        let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-        let gaps: Arc<Mutex<Vec<Duration>>> = Arc::default();
         let done = Arc::new(AtomicBool::new(false));
         {
-            let (acked, gaps, done) = (acked.clone(), gaps.clone(), done.clone());
+            let (history, done, nick) = (lab.history.clone(), done.clone(), nick.to_string());
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
                     let mut words = line.split_whitespace();
-                    match (words.next(), words.next(), words.next()) {
-                        (Some("PBL-ACK"), Some(id), Some(seq)) => {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(id.to_string(), seq.parse().unwrap());
-                        }
-                        (Some("PBL-GAP"), Some(ms), _) => gaps
-                            .lock()
-                            .unwrap()
-                            .push(Duration::from_millis(ms.parse().unwrap())),
-                        (Some("PBL-DONE"), _, _) => done.store(true, Ordering::Relaxed),
+                    match (words.next(), words.next(), words.next(), words.next()) {
+                        (Some("PBL-SEND"), Some(id), Some(node), _) => history.record(
+                            &nick,
+                            Kind::Send {
+                                id: id.into(),
+                                node: node.into(),
+                            },
+                        ),
+                        (Some("PBL-ACK"), Some(id), Some(seq), Some(node)) => history.record(
+                            &nick,
+                            Kind::Ack {
+                                id: id.into(),
+                                seq: seq.parse().unwrap(),
+                                node: node.into(),
+                            },
+                        ),
+                        (Some("PBL-DONE"), ..) => done.store(true, Ordering::Relaxed),
                         _ => {}
                     }
                 }
@@ -619,18 +781,14 @@ impl SenderProc {
             nick: nick.into(),
             child: Some(child),
             stdin,
-            acked,
-            gaps,
+            history: lab.history.clone(),
             done,
         }
     }
 
-    pub fn acked(&self) -> BTreeMap<String, u64> {
-        self.acked.lock().unwrap().clone()
-    }
-
+    /// Acknowledged sends so far.
     pub fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
+        self.history.ack_count(&self.nick)
     }
 
     /// Waits until `n` more sends than now are acknowledged.
@@ -673,9 +831,9 @@ impl Drop for SenderProc {
 /// The body of the sender process (see [`SenderProc`]): when `PBL_CLIENT_NICK` is set,
 /// sends `m-0`, `m-1`, ... one at a time to the servers in `PBL_CLIENT_SERVERS` until its
 /// stdin closes, riding over fail-overs the protocol's way (reconnect, the announced primary
-/// first; rejoin; resend the unacknowledged id), and prints `PBL-ACK id seq` per ack,
-/// `PBL-GAP ms` per broken stretch, `PBL-DONE` at the end. Returns false when the variables
-/// are not set (an ordinary run of the test suite).
+/// first; rejoin; resend the unacknowledged id), and prints `PBL-SEND id server` per send
+/// attempt, `PBL-ACK id seq server` per ack, `PBL-DONE` at the end. Returns false when the
+/// variables are not set (an ordinary run of the test suite).
 pub fn client_process_main() -> bool {
     let Ok(nick) = std::env::var("PBL_CLIENT_NICK") else {
         return false;
@@ -702,14 +860,15 @@ pub fn client_process_main() -> bool {
     let mut next = 0u64;
     let mut target: Option<SocketAddr> = None;
     let mut turn = 0usize;
-    let mut last_ack = Instant::now();
-    let mut broken = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let addr = target.take().unwrap_or_else(|| {
             turn += 1;
             servers[turn % servers.len()]
         });
+        // After a failure the rotation goes on from the server that failed, so the next
+        // try without a redirect is the other node, not the one that just went silent.
+        turn = servers.iter().position(|s| *s == addr).unwrap_or(turn);
         let mut c = match crate::resilient::Connection::open(addr, &nick, ROOM) {
             Ok(c) => c,
             Err(redirect) => {
@@ -721,6 +880,7 @@ pub fn client_process_main() -> bool {
         'conn: while !stop.load(Ordering::Relaxed) {
             let id = format!("m-{next}");
             let body = format!("{nick} {next}");
+            report(format!("PBL-SEND {id} {addr}"));
             if c.send(json!({"type":"send","room":ROOM,"id":id,"body":body}))
                 .is_err()
             {
@@ -730,13 +890,7 @@ pub fn client_process_main() -> bool {
                 let Some(frame) = c.recv() else { break 'conn };
                 match frame.kind.as_str() {
                     "ack" if frame.id.as_deref() == Some(id.as_str()) => {
-                        report(format!("PBL-ACK {id} {}", frame.seq.unwrap()));
-                        let now = Instant::now();
-                        if broken {
-                            report(format!("PBL-GAP {}", (now - last_ack).as_millis()));
-                            broken = false;
-                        }
-                        last_ack = now;
+                        report(format!("PBL-ACK {id} {} {addr}", frame.seq.unwrap()));
                         next += 1;
                         // A steady stream, not a flood: at most 50 messages a second,
                         // so a scenario's history stays under the 1000 `history` returns.
@@ -758,18 +912,17 @@ pub fn client_process_main() -> bool {
                 }
             }
         }
-        broken = true;
     }
     report("PBL-DONE".into());
     true
 }
 
 /// `pbchat-client --listen --after 0` running in a host: the real client's resume logic
-/// (including skipping a re-committed message it showed already, by `orig`), recorded line
-/// by line.
+/// (including skipping a re-committed message it showed already, by `orig`); each message
+/// it shows goes into the lab's history as a delivery to `nick`.
 pub struct Listener {
+    pub nick: String,
     child: Child,
-    pub lines: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Listener {
@@ -786,64 +939,23 @@ impl Listener {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
         {
-            let lines = lines.clone();
+            let (history, nick) = (lab.history.clone(), nick.to_string());
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    if let Ok(v) = serde_json::from_str(&line) {
-                        lines.lock().unwrap().push(v);
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["type"] == "msg" || v.get("seq").is_some() {
+                            history.record(&nick, deliver_of(&v));
+                        }
                     }
                 }
             });
         }
-        Listener { child, lines }
-    }
-
-    /// Waits until it has shown every (from, id) in `expected`; then checks that it showed
-    /// none twice and that seqs rise, except where it moved to a newer history (a message
-    /// of a higher epoch with a lower seq: the node it followed was replaced by one whose
-    /// history parted from it). Returns how many such moves it saw.
-    pub fn check(&self, expected: &BTreeSet<(String, String)>) -> usize {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let seen: BTreeSet<(String, String)> =
-                self.lines.lock().unwrap().iter().map(key).collect();
-            if expected.is_subset(&seen) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let lines = self.lines.lock().unwrap();
-                let shown: Vec<String> = lines
-                    .iter()
-                    .map(|v| format!("{}/{}:{}:{}", v["epoch"], v["seq"], v["from"], v["id"]))
-                    .collect();
-                panic!(
-                    "listener missing {:?}; it showed {shown:?}",
-                    expected.difference(&seen).take(5).collect::<Vec<_>>()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        Listener {
+            nick: nick.into(),
+            child,
         }
-        let lines = self.lines.lock().unwrap();
-        let mut keys = BTreeSet::new();
-        let (mut last_epoch, mut last_seq) = (0, 0);
-        let mut moves = 0;
-        for v in lines.iter() {
-            let (epoch, seq) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
-            if seq <= last_seq {
-                assert!(
-                    epoch > last_epoch,
-                    "listener: {epoch}/{seq} after {last_epoch}/{last_seq}: out of order"
-                );
-                moves += 1;
-            }
-            (last_epoch, last_seq) = (epoch, seq);
-            let k = key(v);
-            assert!(keys.insert(k.clone()), "listener showed {k:?} twice");
-        }
-        moves
     }
 }
 
@@ -852,47 +964,4 @@ impl Drop for Listener {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// (from, id) of a message line.
-pub fn key(v: &Value) -> (String, String) {
-    (
-        v["from"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    )
-}
-
-/// Every acknowledged (nick, id) of the senders.
-pub fn expected_keys(senders: &[&SenderProc]) -> BTreeSet<(String, String)> {
-    senders
-        .iter()
-        .flat_map(|s| s.acked().into_keys().map(|id| (s.nick.clone(), id)))
-        .collect()
-}
-
-/// Checks a node's stored history against the acknowledged messages: each present exactly
-/// once, seqs strictly rising, no (from, id) stored twice. Returns how many stored messages
-/// carry `orig` (re-committed after a merge).
-pub fn check_history(history: &[Value], expected: &BTreeSet<(String, String)>) -> usize {
-    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
-    let mut last_seq = 0;
-    for v in history {
-        let seq = v["seq"].as_u64().unwrap();
-        assert!(seq > last_seq, "history: seq {seq} after {last_seq}");
-        last_seq = seq;
-        *count.entry(key(v)).or_default() += 1;
-    }
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|k| !count.contains_key(*k))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged messages missing from the history, e.g. {:?}",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>()
-    );
-    let doubled: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
-    history.iter().filter(|v| !v["orig"].is_null()).count()
 }
