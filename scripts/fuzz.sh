@@ -52,12 +52,15 @@ for target in "${targets[@]}"; do
   status=$?
   set -e
   if [ "$status" -ne 0 ]; then
-    tail -n 60 "$log"
+    # The panic (or sanitizer report), then libFuzzer's own account of the failure.
+    grep -m 1 -A 12 -E 'panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer' "$log" || true
+    echo "..."
+    grep -E '^(SUMMARY|MS:|artifact_prefix)|^stat::' "$log" || tail -n 40 "$log"
     artifact=$(sed -n 's/.*Test unit written to \(\S*\).*/\1/p' "$log" | tail -n 1)
     echo
     echo "fuzz $target: FAILED (exit $status)"
     if [ -n "$artifact" ]; then
-      echo "reproducer: fuzz/$artifact ($(wc -c <"$artifact") bytes), base64:"
+      echo "reproducer: $artifact ($(wc -c <"$artifact") bytes), base64:"
       base64 -w 0 "$artifact" | head -c 4096
       echo
       echo "replay: (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $target $artifact)"
