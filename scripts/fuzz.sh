@@ -67,7 +67,8 @@ for target in "${targets[@]}"; do
     fi
     exit 1
   fi
-  final=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1)
+  # libFuzzer's last status line: "#RUNS<tab>DONE cov: ... ft: ... corp: ... exec/s: ...".
+  final=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 | sed 's/^#[0-9]*[[:space:]]*DONE *//' || true)
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   line="$target: ${runs:-?} runs in ${seconds}s; ${final:-no final line}"
   echo "$line"
