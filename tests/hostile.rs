@@ -212,7 +212,12 @@ fn drain_answers(stream: TcpStream, allowed: &[&str]) -> Vec<String> {
     // A reset after the node closed with our bytes unread is a close too.
     let _ = reader.read_to_end(&mut bytes);
     let mut codes = Vec::new();
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    // Complete lines only: a reset may cut the last one short.
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..end],
+        None => &[][..],
+    };
+    for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let frame = pbchat::wire::client::decode_server_frame(line)
             .unwrap_or_else(|e| panic!("node sent a bad frame {line:?}: {e}"));
         if allowed.contains(&frame.kind.as_str()) {
