@@ -355,6 +355,12 @@ fn log_recovery_seeds() -> Vec<Vec<u8>> {
         seeds.push(flipped);
         seeds.push(whole[..whole.len().min(30)].to_vec());
     }
+    // Damage recipes (see the target): count, segment size, fault, where (2 bytes), bodies.
+    for i in 0u8..16 {
+        let mut recipe = vec![3 + i * 5, i * 9, i % 4, i.wrapping_mul(37), i / 3];
+        recipe.extend(std::iter::repeat_n(b'a' + i, 20 + usize::from(i) * 7));
+        seeds.push(recipe);
+    }
     seeds.push(b"PBLOG00".to_vec());
     seeds.push(b"NOTALOG!\x10\x00\x00\x00".to_vec());
     seeds
