@@ -8,6 +8,7 @@
 //! - `config`: TOML to validated `Config`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
+//! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
 //!   the daemon over TCP, never a part of it.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod entry;
+pub mod fuzzing;
 pub mod log;
 pub mod private_file;
 pub mod wire;

@@ -37,7 +37,12 @@ impl<'a> Iterator for Lines<'a> {
         loop {
             let rest = &self.buf[self.pos..];
             let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
-                if rest.len() > self.max_line_bytes {
+                // An unfinished tail one byte over the limit may still be a line at the limit
+                // whose `\r\n` was split by a read: only its `\n` tells. (Refusing it here
+                // made the same bytes mean different things depending on read boundaries.)
+                let may_be_crlf =
+                    rest.len() == self.max_line_bytes + 1 && rest.last() == Some(&b'\r');
+                if rest.len() > self.max_line_bytes && !may_be_crlf {
                     return Some(Err(TooLong {
                         limit: self.max_line_bytes,
                     }));
@@ -82,6 +87,20 @@ mod tests {
         assert_eq!(lines.next(), Some(Err(TooLong { limit: 10 })));
         let mut lines = Lines::new(b"1234567890\n", 10);
         assert_eq!(lines.next(), Some(Ok(&b"1234567890"[..])));
+    }
+
+    #[test]
+    fn a_line_at_the_limit_whose_crlf_is_split_by_a_read_is_not_too_long() {
+        // Found by the client_frame fuzzer: 10 bytes + "\r" arrived, then "\n".
+        let mut lines = Lines::new(b"1234567890\r", 10);
+        assert_eq!(lines.next(), None);
+        let mut lines = Lines::new(b"1234567890\r\n", 10);
+        assert_eq!(lines.next(), Some(Ok(&b"1234567890"[..])));
+        // One byte more cannot become a line within the limit.
+        let mut lines = Lines::new(b"1234567890\r\r", 10);
+        assert_eq!(lines.next(), Some(Err(TooLong { limit: 10 })));
+        let mut lines = Lines::new(b"12345678901", 10);
+        assert_eq!(lines.next(), Some(Err(TooLong { limit: 10 })));
     }
 
     proptest! {

@@ -1,0 +1,7 @@
+//! cargo-fuzz target: the checks are in `pbchat::fuzzing::heartbeat`, shared with the corpus
+//! regression test (`tests/fuzz_corpus.rs`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    pbchat::fuzzing::heartbeat::check(data);
+});
