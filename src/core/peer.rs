@@ -101,7 +101,7 @@ impl Node {
     }
 
     /// Records an epoch seen anywhere; persists a new high.
-    fn note_epoch(&mut self, epoch: u64, actions: &mut Vec<Action>) {
+    pub(super) fn note_epoch(&mut self, epoch: u64, actions: &mut Vec<Action>) {
         if epoch > self.seen_epoch {
             self.seen_epoch = epoch;
             self.save_epochs(actions);
@@ -152,6 +152,7 @@ impl Node {
         self.note_change("stepped down", why);
         self.degraded = false;
         self.fenced_since = None;
+        self.strict_on_step_down();
         self.handover = None;
         // A drill in progress ends here; a shutdown still exits (maybe_exit).
         self.draining = self.exit_requested;
@@ -196,6 +197,23 @@ impl Node {
     fn promote_keeping_link(&mut self, why: &str, keep_link: bool, actions: &mut Vec<Action>) {
         let rank = self.pair().map_or(0, |p| p.rank);
         let epoch = next_epoch(self.seen_epoch.max(self.epoch()), rank);
+        self.promote_into(epoch, why, keep_link, actions);
+    }
+
+    /// Becomes primary in `epoch` (above every epoch seen; strict mode: the one the witness
+    /// granted).
+    pub(super) fn promote_into(
+        &mut self,
+        epoch: u64,
+        why: &str,
+        keep_link: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        assert!(
+            epoch > self.seen_epoch.max(self.epoch()),
+            "promotion to epoch {epoch} not above {}",
+            self.seen_epoch
+        );
         self.epochs.begin(epoch, self.last_seq + 1);
         self.seen_epoch = epoch;
         self.save_epochs(actions);
@@ -257,6 +275,7 @@ impl Node {
                         > (self.peer.epoch, self.peer.head, pair.rank);
                 if !silent && !standoff && !configured_start {
                     self.probe_ok_ms = None;
+                    self.strict_drop_bid();
                     return;
                 }
                 if let Some(last) = self.last_promotion_ms {
@@ -286,10 +305,15 @@ impl Node {
                 } else {
                     "both nodes were backups; this one has the newer log".into()
                 };
+                if self.strict_bid(None, silent.then_some(silent_ms), actions) {
+                    // Promotes when the witness grants (`on_witness_answer`).
+                    return;
+                }
                 self.start_as_primary = false;
                 self.promote(&why, actions);
             }
             Role::Primary => {
+                self.strict_primary_tick(actions);
                 if let Some(since) = self.fenced_since {
                     if now >= since + 2 * pair.detection_ms {
                         self.fenced_since = None;
@@ -377,12 +401,13 @@ impl Node {
         if self.role != Role::Primary || self.fenced_since.is_some() {
             return self.head;
         }
-        match self.pair() {
+        let usual = match self.pair() {
             Some(pair) if pair.mode == ReplicationMode::Sync && !self.degraded => {
                 self.durable.min(self.backup_acked())
             }
             _ => self.durable,
-        }
+        };
+        self.strict_commit_limit(usual)
     }
 
     // ---- the link, primary side ----
@@ -471,6 +496,7 @@ impl Node {
         }
         *acked = (*acked).max(durable_seq.min(self.last_seq));
         let acked = *acked;
+        self.strict_on_backup_ack(acked);
         // Caught up with everything committed: from here on commits wait for the backup
         // again (under steady traffic it never holds *every* appended entry at once).
         if self.degraded && acked >= self.head && self.link.is_some() {
@@ -681,6 +707,10 @@ impl Node {
             return;
         }
         self.note_epoch(epoch, actions);
+        if self.strict_bid(Some(link), None, actions) {
+            // Takes over (and says so on the link) when the witness grants.
+            return;
+        }
         self.promote_keeping_link("planned hand-over from the primary", true, actions);
         actions.push(Action::TookOver {
             link,

@@ -967,6 +967,9 @@ impl Driver {
                     }
                 }
                 Action::Probe => self.probe(),
+                // Only a node with strict mode enabled claims, and the daemon does not
+                // enable it yet (the config refuses `failover.mode = "strict"`).
+                Action::Claim { .. } => {}
                 // Published after the turn (see `publish`); the core logged why.
                 Action::RoleChanged => {}
                 Action::Log { level, message } => match level {
