@@ -5,7 +5,7 @@
 //! - `wire`: pure codecs (client JSON lines, line splitting).
 //! - `log`: the append-only, checksummed segment log and its indexes.
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
-//! - `config`: TOML to validated `Config`.
+//! - `config`: TOML to validated `Config`; `witness_config` the same for `pbchat-witness`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
@@ -21,3 +21,4 @@ pub mod entry;
 pub mod log;
 pub mod private_file;
 pub mod wire;
+pub mod witness_config;

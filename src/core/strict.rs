@@ -334,6 +334,16 @@ impl Node {
                 }
             }
             Role::Backup if epoch > self.seen_epoch.max(self.epoch()) => {
+                if now >= until {
+                    // The answer came after the lease it carried ran out (a pause, a slow
+                    // network): the witness may have granted a newer epoch since. Taking
+                    // over would commit the inherited tail without a lease; ask again.
+                    self.log(
+                        LogLevel::Warn,
+                        format!("the witness's grant of epoch {epoch} came too late to use"),
+                    );
+                    return;
+                }
                 self.start_as_primary = false;
                 let s = self.strict.as_mut().expect("strict mode");
                 let bid = s.bid.take();

@@ -1077,11 +1077,17 @@ fn first_violation(setup: Setup, seeds: u64) -> Option<(u64, String)> {
 fn strict_mode_never_lets_two_nodes_commit_in_overlapping_time() {
     let seeds = seeds();
     let (mut commits, mut promotions) = (0, 0);
-    for seed in 1..=seeds {
+    // `STRICT_SEED=N` replays one run.
+    let only: Option<u64> = std::env::var("STRICT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let range = only.map_or(1..=seeds, |seed| seed..=seed);
+    let seeds = if only.is_some() { 0 } else { seeds };
+    for seed in range {
         let mut world = World::new(seed, Setup::strict());
         world.run();
         if let Some(v) = world.violation {
-            panic!("seed {seed}: {v} (replay with STRICT_SEEDS and STRICT_TRACE=1)");
+            panic!("seed {seed}: {v} (replay: STRICT_SEED={seed} STRICT_TRACE=1)");
         }
         commits += world.commits;
         promotions += world.promotions;

@@ -28,6 +28,7 @@ pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod verifier;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
