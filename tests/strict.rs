@@ -268,3 +268,20 @@ fn the_witness_refuses_forged_claims_and_keeps_its_grant_across_a_restart() {
     }
     assert!(!a.log_contains("stepping down"));
 }
+
+#[test]
+fn a_planned_hand_over_waits_only_for_the_old_lease_to_lapse() {
+    let (pair, witness, a, b) = strict_pair();
+    let mut alice = joined(pair.client_a, "alice");
+    assert!(send(&mut alice, "m-1").is_ok());
+    let started = Instant::now();
+    signal_pid(a.pid(), "TERM");
+    b.wait_log("promoted to primary in epoch 2");
+    let took = started.elapsed();
+    assert!(b.log_contains("planned hand-over from the primary"));
+    witness.wait_log("granted epoch 2 to b");
+    a.wait_log("hand-over: the peer took over in epoch 2");
+    eprintln!("strict hand-over: {} ms", took.as_millis());
+    let mut bob = joined(pair.client_b, "bob");
+    assert!(send(&mut bob, "m-2").is_ok());
+}

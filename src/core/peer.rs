@@ -276,6 +276,10 @@ impl Node {
                 if !silent && !standoff && !configured_start {
                     self.probe_ok_ms = None;
                     self.strict_drop_bid();
+                    if self.strict_handover_bid() {
+                        // A planned hand-over waits for the old lease to lapse: ask again.
+                        self.strict_bid(None, None, actions);
+                    }
                     return;
                 }
                 if let Some(last) = self.last_promotion_ms {
@@ -496,7 +500,7 @@ impl Node {
         }
         *acked = (*acked).max(durable_seq.min(self.last_seq));
         let acked = *acked;
-        self.strict_on_backup_ack(acked);
+        self.strict_on_backup_ack(link, acked);
         // Caught up with everything committed: from here on commits wait for the backup
         // again (under steady traffic it never holds *every* appended entry at once).
         if self.degraded && acked >= self.head && self.link.is_some() {
@@ -755,6 +759,7 @@ impl Node {
             return;
         }
         handover.sent = true;
+        self.strict_on_handover_sent(id);
         actions.push(Action::Handover {
             link: id,
             epoch: self.epochs.current(),

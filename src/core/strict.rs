@@ -72,6 +72,9 @@ pub(super) struct Strict {
     lease_epoch: u64,
     /// The pair lease: a synchronous backup cannot be granted anything before this.
     pair_lease_until_ms: u64,
+    /// A hand-over was offered on this link: the backup there may bid while it still hears
+    /// us, so its acks prove nothing about its bids and renew no pair lease.
+    handover_link: Option<LinkId>,
     last_claim_ms: Option<u64>,
     bid: Option<Bid>,
     /// Local time of the latest answer from the witness.
@@ -100,6 +103,7 @@ impl Strict {
             lease_until_ms: 0,
             lease_epoch: 0,
             pair_lease_until_ms: 0,
+            handover_link: None,
             last_claim_ms: None,
             bid: None,
             witness_heard_ms: None,
@@ -170,7 +174,14 @@ impl Node {
 
     /// A backup's ack of `acked` renews the pair lease from when that entry was appended
     /// (it was sent no sooner).
-    pub(super) fn strict_on_backup_ack(&mut self, acked: u64) {
+    pub(super) fn strict_on_backup_ack(&mut self, link: LinkId, acked: u64) {
+        if self
+            .strict
+            .as_ref()
+            .is_some_and(|s| s.handover_link == Some(link))
+        {
+            return;
+        }
         let Some(detection_ms) = self.pair().map(|p| p.detection_ms) else {
             return;
         };
@@ -230,7 +241,10 @@ impl Node {
                 "witness lease ran out: committing only what a synchronous backup holds".into(),
             );
         }
-        if due {
+        // A hand-over was sent: nothing is left to commit here, and the backup can be
+        // granted its epoch only once this lease lapses, so stop renewing it.
+        let handing_over = self.handover.as_ref().is_some_and(|h| h.sent);
+        if due && !handing_over {
             self.send_claim(self.epoch(), actions);
         }
     }
@@ -274,10 +288,51 @@ impl Node {
         true
     }
 
+    /// Primary: a hand-over goes out on `link`; from now on the pair lease cannot hold.
+    pub(super) fn strict_on_handover_sent(&mut self, link: LinkId) {
+        if let Some(s) = self.strict.as_mut() {
+            s.handover_link = Some(link);
+            s.pair_lease_until_ms = 0;
+        }
+    }
+
+    /// Backup: whether a grant answering `bid` may still be used now. A bid made on
+    /// silence holds only while the primary is still silent (or says it is no primary):
+    /// that is what the primary's pair lease counts on. A hand-over bid holds while the
+    /// link it came on is up.
+    fn bid_still_holds(&self, bid: &Bid) -> bool {
+        let Some(pair) = self.pair() else {
+            return false;
+        };
+        if let Some(link) = bid.handover_link {
+            return matches!(self.link, Some(super::peer::Link::ToPrimary { id }) if id == link);
+        }
+        let now = self.mono_ms;
+        let silent = now.saturating_sub(self.peer.last_heard_ms) >= pair.detection_ms;
+        let no_primary = !self.peer.primary
+            && now.saturating_sub(self.peer.primary_seen_ms) >= pair.detection_ms;
+        silent || no_primary || (self.start_as_primary && !self.peer.primary)
+    }
+
+    /// Backup: a bid for a planned hand-over is waiting for its grant.
+    pub(super) fn strict_handover_bid(&self) -> bool {
+        self.strict
+            .as_ref()
+            .is_some_and(|s| s.bid.is_some_and(|b| b.handover_link.is_some()))
+    }
+
     /// Backup: nothing calls for a take-over any more (the peer is heard again).
     pub(super) fn strict_drop_bid(&mut self) {
+        let link = match &self.link {
+            Some(super::peer::Link::ToPrimary { id }) => Some(*id),
+            _ => None,
+        };
         if let Some(s) = self.strict.as_mut() {
-            if s.bid.as_ref().is_some_and(|b| b.handover_link.is_none()) {
+            // A hand-over bid lives as long as the link it was offered on.
+            if s.bid
+                .as_ref()
+                .is_some_and(|b| b.handover_link.is_none() || b.handover_link != link)
+            {
                 s.bid = None;
             }
         }
@@ -317,6 +372,8 @@ impl Node {
             return;
         }
         let until = claim.sent_ms + safe_ms(lease_ms, drift_ppm);
+        let bid = self.strict.as_ref().and_then(|s| s.bid);
+        let bid_holds = bid.is_some_and(|b| b.epoch == epoch && self.bid_still_holds(&b));
         match self.role {
             Role::Primary if epoch == self.epoch() => {
                 let s = self.strict.as_mut().expect("strict mode");
@@ -333,7 +390,7 @@ impl Node {
                     );
                 }
             }
-            Role::Backup if epoch > self.seen_epoch.max(self.epoch()) => {
+            Role::Backup if epoch > self.seen_epoch.max(self.epoch()) && bid_holds => {
                 if now >= until {
                     // The answer came after the lease it carried ran out (a pause, a slow
                     // network): the witness may have granted a newer epoch since. Taking
@@ -373,6 +430,7 @@ impl Node {
             s.lease_until_ms = 0;
             s.pair_lease_until_ms = 0;
             s.lease_held = false;
+            s.handover_link = None;
         }
     }
 }
