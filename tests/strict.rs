@@ -285,3 +285,51 @@ fn a_planned_hand_over_waits_only_for_the_old_lease_to_lapse() {
     let mut bob = joined(pair.client_b, "bob");
     assert!(send(&mut bob, "m-2").is_ok());
 }
+
+/// `pbchatctl -c CONFIG status [--json]`'s output, when the node answers.
+fn status(config: &std::path::Path, json: bool) -> Option<String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbchatctl"));
+    cmd.arg("-c").arg(config).arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls the primary's `status --json` until `done` holds for its `peer.failover`.
+fn wait_failover_status(config: &std::path::Path, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let failover = status(config, true)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .map(|v| v["peer"]["failover"].clone());
+        if failover.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed it: {failover:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn status_shows_the_mode_the_lease_and_the_witness() {
+    let (pair, mut witness, _a, _b) = strict_pair();
+    wait_failover_status(&pair.config_a, |f| {
+        f["mode"] == "strict"
+            && f["lease_left_ms"].as_u64().is_some_and(|ms| ms > 0)
+            && f["witness_heard_ms_ago"].is_u64()
+    });
+    let text = status(&pair.config_a, false).unwrap();
+    let line = format!("strict, witness {} answered", witness.addr);
+    assert!(text.contains(&line), "{text}");
+    witness.kill9();
+    wait_failover_status(&pair.config_a, |f| f["lease_left_ms"] == 0);
+    let text = status(&pair.config_a, false).unwrap();
+    assert!(text.contains("no lease"), "{text}");
+}
