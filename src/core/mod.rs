@@ -188,6 +188,8 @@ pub enum Input {
         granted: bool,
         epoch: u64,
         lease_ms: u64,
+        /// When it arrived: the lease is checked against it before anything commits.
+        mono_ms: u64,
     },
 }
 
@@ -720,7 +722,11 @@ impl Node {
                 granted,
                 epoch,
                 lease_ms,
-            } => self.on_witness_answer(request, granted, epoch, lease_ms, actions),
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_witness_answer(request, granted, epoch, lease_ms, actions)
+            }
         }
         // The commit rule got looser this step (degraded on, fence lifted): what waited may
         // commit now, and a hand-over or shutdown waiting on it may go on.

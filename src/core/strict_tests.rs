@@ -502,7 +502,6 @@ impl World {
                     return;
                 }
                 let mono_ms = self.mono(to);
-                self.step(to, Input::Clock { mono_ms });
                 let (granted, epoch, lease_ms) = match verdict {
                     Verdict::Granted { epoch, lease_ms } => (true, epoch, lease_ms),
                     Verdict::Refused { epoch, .. } => (false, epoch, 0),
@@ -514,6 +513,7 @@ impl World {
                         granted,
                         epoch,
                         lease_ms,
+                        mono_ms,
                     },
                 );
             }

@@ -331,6 +331,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 keys.clone(),
                 input_tx.clone(),
                 stopping.clone(),
+                base,
             )?);
         }
         let repl_listener = bind(peer.replication_listen)

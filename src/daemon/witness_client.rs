@@ -32,7 +32,7 @@ pub type ClaimRequest = (u64, u64);
 /// Claims sent and not yet answered: (counter on the wire, the core's request number).
 type Waiting = Arc<Mutex<VecDeque<(u64, u64)>>>;
 
-/// Starts both threads; the returned sender takes the core's claims (it never blocks the
+/// Starts both threads (`base`: the core's monotonic clock starts there); the returned sender takes the core's claims (it never blocks the
 /// core: when full, a claim is dropped and the core asks again at its next renewal).
 pub fn spawn(
     node_id: String,
@@ -40,6 +40,7 @@ pub fn spawn(
     keys: Arc<Keyring>,
     inputs: Sender<Input>,
     stopping: Arc<AtomicBool>,
+    base: Instant,
 ) -> Result<Sender<ClaimRequest>, String> {
     let any: SocketAddr = if witness.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
@@ -67,7 +68,15 @@ pub fn spawn(
     }
     std::thread::Builder::new()
         .name("witness-recv".into())
-        .spawn(move || receive_loop(receiving, node_id, boot, keys, waiting, inputs, stopping))
+        .spawn(move || {
+            let me = Me {
+                node_id,
+                boot,
+                keys,
+                waiting,
+            };
+            receive_loop(receiving, me, inputs, stopping, base)
+        })
         .map_err(|e| format!("cannot start thread witness-recv: {e}"))?;
     Ok(claims_tx)
 }
@@ -110,14 +119,20 @@ fn send_loop(
     }
 }
 
-fn receive_loop(
-    socket: UdpSocket,
+/// Who this node is on the witness protocol, for checking answers.
+struct Me {
     node_id: String,
     boot: u64,
     keys: Arc<Keyring>,
     waiting: Waiting,
+}
+
+fn receive_loop(
+    socket: UdpSocket,
+    me: Me,
     inputs: Sender<Input>,
     stopping: Arc<AtomicBool>,
+    base: Instant,
 ) {
     let mut rejects = Throttle::new(1, Duration::from_secs(10));
     let mut buf = [0u8; WITNESS_DATAGRAM_MAX_BYTES + 1];
@@ -143,19 +158,19 @@ fn receive_loop(
                 );
             }
         };
-        let answer = match decode_answer(&buf[..len], &keys) {
+        let answer = match decode_answer(&buf[..len], &me.keys) {
             Ok(answer) => answer,
             Err(e) => {
                 reject(e.to_string());
                 continue;
             }
         };
-        if answer.node_id != node_id || answer.boot != boot {
+        if answer.node_id != me.node_id || answer.boot != me.boot {
             reject("it answers another node or an earlier run of this one".into());
             continue;
         }
         let request = {
-            let mut waiting = waiting.lock().expect("witness waiting lock");
+            let mut waiting = me.waiting.lock().expect("witness waiting lock");
             let found = waiting.iter().position(|&(c, _)| c == answer.counter);
             found
                 .and_then(|i| waiting.remove(i))
@@ -174,6 +189,7 @@ fn receive_loop(
             granted,
             epoch,
             lease_ms,
+            mono_ms: base.elapsed().as_millis() as u64,
         };
         if inputs.send(input).is_err() {
             return;
