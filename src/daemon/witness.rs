@@ -25,7 +25,8 @@ const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// A state file is one short line; anything larger is the wrong file.
 const STATE_FILE_MAX_BYTES: u64 = 4_096;
 
-/// Reads the state file: `granted EPOCH NODE`; no file means nothing granted yet.
+/// Reads the state file: `granted EPOCH NODE` (`granted 0` before the first grant); no
+/// file means nothing granted yet.
 pub fn read_state(path: &Path) -> Result<Granted, String> {
     let fail = |problem: String| format!("state file {}: {problem}", path.display());
     let text = match std::fs::metadata(path) {
@@ -38,6 +39,8 @@ pub fn read_state(path: &Path) -> Result<Granted, String> {
     };
     let fields: Vec<&str> = text.split_whitespace().collect();
     match fields.as_slice() {
+        // Written at the first start, before any grant.
+        ["granted", "0"] => Ok(Granted::default()),
         ["granted", epoch, holder] => Ok(Granted {
             epoch: epoch
                 .parse()
@@ -59,7 +62,11 @@ pub fn write_state(path: &Path, granted: &Granted) -> io::Result<()> {
         .unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "granted {} {}", granted.epoch, granted.holder)?;
+    if granted.holder.is_empty() {
+        writeln!(file, "granted 0")?;
+    } else {
+        writeln!(file, "granted {} {}", granted.epoch, granted.holder)?;
+    }
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;
@@ -179,6 +186,9 @@ mod tests {
     fn the_state_file_round_trips_and_a_damaged_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
+        assert_eq!(read_state(&path).unwrap(), Granted::default());
+        // The first start writes "nothing granted", and the next start reads it back.
+        write_state(&path, &Granted::default()).unwrap();
         assert_eq!(read_state(&path).unwrap(), Granted::default());
         let granted = Granted {
             epoch: 12,
