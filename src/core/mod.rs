@@ -7,7 +7,8 @@
 //! which owns room subscriptions per I/O thread.
 //!
 //! Layout: `epochs` (epoch history, where histories part), `rate` (token bucket),
-//! `dedup` (bounded (session, id) index).
+//! `dedup` (bounded (session, id) index), `peer` (the pair), `strict` (strict mode's
+//! leases, a node's side), `witness` (the witness's rules).
 
 pub mod dedup;
 pub mod epochs;

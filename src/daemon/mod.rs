@@ -8,6 +8,8 @@
 //! - `accept`: accepts client connections and deals them to the workers.
 //! - `heartbeat`: UDP heartbeats both ways (see `heartbeat`), when paired.
 //! - `repl-*`: the replication link (see `link`), when paired.
+//! - `witness-send`, `witness-recv`: strict mode's claims to the witness and its answers
+//!   (see `witness_client`), when `failover.mode = "strict"`.
 //! - `signals`: turns TERM/INT/HUP/USR1 into inputs; no work happens in a signal handler.
 //! - `admin`: the admin socket for `pbchatctl` (see `admin`).
 //! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
@@ -15,7 +17,8 @@
 //!   (see `verifier`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`.
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`,
+//! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
 
 pub mod acceptor;
 pub mod admin;
