@@ -145,9 +145,11 @@ impl Node {
             .is_some_and(|s| self.mono_ms < s.pair_lease_until_ms)
     }
 
-    /// The backup acknowledges synchronously: its acks can renew the pair lease.
+    /// The backup acknowledges synchronously: its acks can renew the pair lease (not on a
+    /// link a hand-over was offered on).
     fn synchronous_backup(&self) -> bool {
-        matches!(self.link, Some(super::peer::Link::ToBackup { .. }))
+        let offered = self.strict.as_ref().and_then(|s| s.handover_link);
+        matches!(self.link, Some(super::peer::Link::ToBackup { id, .. }) if Some(id) != offered)
             && self.pair().is_some_and(|p| p.mode == ReplicationMode::Sync)
             && !self.degraded
     }
