@@ -283,6 +283,14 @@ pub struct RawFailover {
     /// Empty: no check.
     pub check_address: String,
     pub check_timeout_ms: u64,
+    /// `available` (two nodes alone) or `strict` (a witness decides who may commit).
+    pub mode: FailoverMode,
+    /// Strict mode: the witness's UDP address (`pbchat-witness`'s `listen`).
+    pub witness: String,
+    /// Strict mode: the lease the witness gives (its `lease_ms`); paces renewals.
+    pub lease_ms: u64,
+    /// Strict mode: the bound on clock-rate drift that leases allow for.
+    pub clock_drift_ppm: u64,
 }
 
 impl Default for RawFailover {
@@ -291,8 +299,31 @@ impl Default for RawFailover {
             promotion_cooldown_ms: 30_000,
             check_address: String::new(),
             check_timeout_ms: 300,
+            mode: FailoverMode::Available,
+            witness: String::new(),
+            lease_ms: 600,
+            clock_drift_ppm: 10_000,
         }
     }
+}
+
+/// How the pair fails over (`failover.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// Two nodes alone: a partition can leave both serving for a while (see failover.md).
+    #[default]
+    Available,
+    /// With a witness: at most one node commits at any moment.
+    Strict,
+}
+
+/// Strict-mode settings of a paired node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrictSettings {
+    pub witness: SocketAddr,
+    pub lease_ms: u64,
+    pub clock_drift_ppm: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -422,6 +453,8 @@ pub struct PeerConfig {
     pub promotion_cooldown_ms: u64,
     pub check_address: Option<SocketAddr>,
     pub check_timeout_ms: u64,
+    /// `failover.mode = "strict"`: the witness and the lease; `None` in available mode.
+    pub strict: Option<StrictSettings>,
 }
 
 impl PeerConfig {
@@ -661,7 +694,9 @@ impl RawConfig {
                     != RawFailover::default().check_address
                     || self.failover.promotion_cooldown_ms
                         != RawFailover::default().promotion_cooldown_ms
-                    || self.failover.check_timeout_ms != RawFailover::default().check_timeout_ms;
+                    || self.failover.check_timeout_ms != RawFailover::default().check_timeout_ms
+                    || self.failover.mode != FailoverMode::Available
+                    || !self.failover.witness.is_empty();
                 for (present, key) in [
                     (self.heartbeat.is_some(), "heartbeat"),
                     (self.replication.is_some(), "replication"),
@@ -705,7 +740,52 @@ impl RawConfig {
                         &f.check_address,
                     )?)
                 };
+                let strict = match f.mode {
+                    FailoverMode::Available => {
+                        if !f.witness.is_empty() {
+                            return Err(ConfigError::Invalid {
+                                file: file.clone(),
+                                key: "failover.witness",
+                                problem: "is used only with failover.mode = \"strict\"".into(),
+                            });
+                        }
+                        None
+                    }
+                    FailoverMode::Strict => {
+                        if f.witness.is_empty() {
+                            return Err(ConfigError::Invalid {
+                                file: file.clone(),
+                                key: "failover.witness",
+                                problem: "is required with failover.mode = \"strict\" (the witness's host:port)".into(),
+                            });
+                        }
+                        let detection_ms = hb.interval_ms.saturating_mul(u64::from(hb.misses));
+                        let lease_ms =
+                            check_range(file, "failover.lease_ms", f.lease_ms, 50, 60_000)?;
+                        if lease_ms >= detection_ms {
+                            return Err(ConfigError::Invalid {
+                                file: file.clone(),
+                                key: "failover.lease_ms",
+                                problem: format!(
+                                    "{lease_ms} must be shorter than the detection time (heartbeat.interval_ms x heartbeat.misses = {detection_ms} ms), so that a backup that detects a failure finds the lease already run out"
+                                ),
+                            });
+                        }
+                        Some(StrictSettings {
+                            witness: parse_socket(file, "failover.witness", &f.witness)?,
+                            lease_ms,
+                            clock_drift_ppm: check_range(
+                                file,
+                                "failover.clock_drift_ppm",
+                                f.clock_drift_ppm,
+                                0,
+                                100_000,
+                            )?,
+                        })
+                    }
+                };
                 Some(PeerConfig {
+                    strict,
                     id,
                     client_address: check_host_port(
                         file,
@@ -896,6 +976,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("role") && err.contains("boss"), "{err}");
+    }
+
+    #[test]
+    fn strict_failover_needs_a_witness_and_a_lease_shorter_than_detection() {
+        let pair = format!(
+            "{MINIMAL}[peer]\nid = \"b\"\nclient_address = \"x:1\"\nheartbeat_address = \"127.0.0.1:1\"\nreplication_address = \"127.0.0.1:2\"\n\
+             [heartbeat]\nlisten = \"127.0.0.1:3\"\nsecret_file = \"s\"\n[replication]\nlisten = \"127.0.0.1:4\"\n[failover]\n"
+        );
+        let config = check(&pair).unwrap();
+        assert_eq!(
+            config.peer.unwrap().strict,
+            None,
+            "available is the default"
+        );
+        let err = check(&format!("{pair}mode = \"strict\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.toml: failover.witness: is required"),
+            "{err}"
+        );
+        let strict = format!("{pair}mode = \"strict\"\nwitness = \"127.0.0.1:7410\"\n");
+        let settings = check(&strict).unwrap().peer.unwrap().strict.unwrap();
+        assert_eq!((settings.lease_ms, settings.clock_drift_ppm), (600, 10_000));
+        let err = check(&format!("{strict}lease_ms = 1000\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "t.toml: failover.lease_ms: 1000 must be shorter than the detection time"
+            ),
+            "{err}"
+        );
+        let err = check(&format!("{pair}witness = \"127.0.0.1:7410\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failover.witness: is used only with"), "{err}");
+        let err = check(&format!("{MINIMAL}[failover]\nmode = \"strict\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failover: makes sense only with a [peer]"),
+            "{err}"
+        );
     }
 
     #[test]

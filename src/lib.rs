@@ -5,7 +5,7 @@
 //! - `wire`: pure codecs (client JSON lines, line splitting).
 //! - `log`: the append-only, checksummed segment log and its indexes.
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
-//! - `config`: TOML to validated `Config`.
+//! - `config`: TOML to validated `Config`; `witness_config` the same for `pbchat-witness`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
@@ -23,3 +23,4 @@ pub mod fuzzing;
 pub mod log;
 pub mod private_file;
 pub mod wire;
+pub mod witness_config;

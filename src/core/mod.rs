@@ -7,12 +7,15 @@
 //! which owns room subscriptions per I/O thread.
 //!
 //! Layout: `epochs` (epoch history, where histories part), `rate` (token bucket),
-//! `dedup` (bounded (session, id) index).
+//! `dedup` (bounded (session, id) index), `peer` (the pair), `strict` (strict mode's
+//! leases, a node's side), `witness` (the witness's rules).
 
 pub mod dedup;
 pub mod epochs;
 pub mod peer;
 pub mod rate;
+pub mod strict;
+pub mod witness;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -174,6 +177,21 @@ pub enum Input {
     HandoverAsked { link: LinkId, epoch: u64 },
     /// The `failover.check_address` probe answered (or not).
     ProbeResult { ok: bool },
+    /// Time passes without a tick's timers: strict mode checks its lease against the
+    /// freshest clock, so the daemon sends this before an input that carries no time
+    /// (`Durable`) and may commit.
+    Clock { mono_ms: u64 },
+    /// Strict mode: the witness answered `Action::Claim` number `request`: granted `epoch`
+    /// with a lease of `lease_ms` on its clock, or refused (`epoch` is then the highest it
+    /// granted).
+    WitnessAnswer {
+        request: u64,
+        granted: bool,
+        epoch: u64,
+        lease_ms: u64,
+        /// When it arrived: the lease is checked against it before anything commits.
+        mono_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -282,6 +300,12 @@ pub enum Action {
     },
     /// Try a TCP connect to `failover.check_address`; answer with `ProbeResult`.
     Probe,
+    /// Strict mode: ask the witness for a lease in `epoch` (our epoch: a renewal; a newer
+    /// one: a take-over); answer with `WitnessAnswer` carrying the same `request`.
+    Claim {
+        request: u64,
+        epoch: u64,
+    },
     /// Role or epoch changed: the daemon re-reads them.
     RoleChanged,
     /// A line for the node's log.
@@ -424,6 +448,8 @@ pub struct Node {
     /// refusal (one delay for all, so deadlines ascend but across a reload). At most one per
     /// connection.
     auth_failures: VecDeque<(u64, ConnId)>,
+    /// Strict mode (`failover.mode = "strict"`): leases and the witness; `None` otherwise.
+    strict: Option<strict::Strict>,
 }
 
 impl Node {
@@ -473,6 +499,7 @@ impl Node {
             last_change: None,
             rate_limited_total: 0,
             auth_failures: VecDeque::new(),
+            strict: None,
         }
     }
 
@@ -693,6 +720,17 @@ impl Node {
             }
             Input::HandoverAsked { link, epoch } => self.on_handover_asked(link, epoch, actions),
             Input::ProbeResult { ok } => self.on_probe_result(ok),
+            Input::Clock { mono_ms } => self.advance(mono_ms),
+            Input::WitnessAnswer {
+                request,
+                granted,
+                epoch,
+                lease_ms,
+                mono_ms,
+            } => {
+                self.advance(mono_ms);
+                self.on_witness_answer(request, granted, epoch, lease_ms, actions)
+            }
         }
         // The commit rule got looser this step (degraded on, fence lifted): what waited may
         // commit now, and a hand-over or shutdown waiting on it may go on.
@@ -1220,6 +1258,7 @@ impl Node {
         body: String,
         actions: &mut Vec<Action>,
     ) {
+        let strict_refusal = self.strict_refusal();
         let (rate, burst, now) = (
             self.config.rate_per_sec,
             self.config.rate_burst,
@@ -1263,6 +1302,10 @@ impl Node {
         }
         if self.fenced_since.is_some() {
             let message = "this node is confirming it is still the primary; retry";
+            self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
+            return;
+        }
+        if let Some(message) = strict_refusal {
             self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
             return;
         }
@@ -1402,5 +1445,7 @@ impl Node {
 
 #[cfg(test)]
 mod pair_tests;
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod tests;

@@ -130,7 +130,7 @@ impl Node {
     }
 
     /// Records an epoch seen anywhere; persists a new high.
-    fn note_epoch(&mut self, epoch: u64, actions: &mut Vec<Action>) {
+    pub(super) fn note_epoch(&mut self, epoch: u64, actions: &mut Vec<Action>) {
         if epoch > self.seen_epoch {
             self.seen_epoch = epoch;
             self.save_epochs(actions);
@@ -184,6 +184,7 @@ impl Node {
         self.note_change("stepped down", why);
         self.degraded = false;
         self.fenced_since = None;
+        self.strict_on_step_down();
         self.handover = None;
         // A drill in progress ends here; a shutdown still exits (maybe_exit).
         self.draining = self.exit_requested;
@@ -228,6 +229,23 @@ impl Node {
     fn promote_keeping_link(&mut self, why: &str, keep_link: bool, actions: &mut Vec<Action>) {
         let rank = self.pair().map_or(0, |p| p.rank);
         let epoch = next_epoch(self.seen_epoch.max(self.epoch()), rank);
+        self.promote_into(epoch, why, keep_link, actions);
+    }
+
+    /// Becomes primary in `epoch` (above every epoch seen; strict mode: the one the witness
+    /// granted).
+    pub(super) fn promote_into(
+        &mut self,
+        epoch: u64,
+        why: &str,
+        keep_link: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        assert!(
+            epoch > self.seen_epoch.max(self.epoch()),
+            "promotion to epoch {epoch} not above {}",
+            self.seen_epoch
+        );
         // Our history may run past our log (adopted from the primary, then a crash before
         // the entries came): the new epoch starts where our log ends, after what we hold.
         self.epochs.forget_past(self.last_seq);
@@ -292,6 +310,11 @@ impl Node {
                         > (self.peer.epoch, self.peer.head, pair.rank);
                 if !silent && !standoff && !configured_start {
                     self.probe_ok_ms = None;
+                    self.strict_drop_bid();
+                    if self.strict_handover_bid() {
+                        // A planned hand-over waits for the old lease to lapse: ask again.
+                        self.strict_bid(None, None, actions);
+                    }
                     return;
                 }
                 if let Some(last) = self.last_promotion_ms {
@@ -321,10 +344,15 @@ impl Node {
                 } else {
                     "both nodes were backups; this one has the newer log".into()
                 };
+                if self.strict_bid(None, silent.then_some(silent_ms), actions) {
+                    // Promotes when the witness grants (`on_witness_answer`).
+                    return;
+                }
                 self.start_as_primary = false;
                 self.promote(&why, actions);
             }
             Role::Primary => {
+                self.strict_primary_tick(actions);
                 if let Some(since) = self.fenced_since {
                     if now >= since + 2 * pair.detection_ms {
                         self.fenced_since = None;
@@ -412,12 +440,13 @@ impl Node {
         if self.role != Role::Primary || self.fenced_since.is_some() {
             return self.head;
         }
-        match self.pair() {
+        let usual = match self.pair() {
             Some(pair) if pair.mode == ReplicationMode::Sync && !self.degraded => {
                 self.durable.min(self.backup_acked())
             }
             _ => self.durable,
-        }
+        };
+        self.strict_commit_limit(usual)
     }
 
     // ---- the link, primary side ----
@@ -506,6 +535,7 @@ impl Node {
         }
         *acked = (*acked).max(durable_seq.min(self.last_seq));
         let acked = *acked;
+        self.strict_on_backup_ack(link, acked);
         // Caught up with everything committed: from here on commits wait for the backup
         // again (under steady traffic it never holds *every* appended entry at once).
         if self.degraded && acked >= self.head && self.link.is_some() {
@@ -722,6 +752,10 @@ impl Node {
             return;
         }
         self.note_epoch(epoch, actions);
+        if self.strict_bid(Some(link), None, actions) {
+            // Takes over (and says so on the link) when the witness grants.
+            return;
+        }
         self.promote_keeping_link("planned hand-over from the primary", true, actions);
         actions.push(Action::TookOver {
             link,
@@ -766,6 +800,7 @@ impl Node {
             return;
         }
         handover.sent = true;
+        self.strict_on_handover_sent(id);
         actions.push(Action::Handover {
             link: id,
             epoch: self.epochs.current(),

@@ -83,6 +83,42 @@ pub struct PeerInfo {
     pub link: bool,
     /// Primary side with a backup linked: what the backup has acknowledged durably.
     pub acked: Option<u64>,
+    /// `failover.mode = "strict"`: the witness as this node sees it; `None` in available mode.
+    pub strict: Option<StrictInfo>,
+}
+
+/// Strict mode, for status: the witness and this node's lease.
+#[derive(Clone, Debug, Default)]
+pub struct StrictInfo {
+    pub witness: String,
+    /// Monotonic ms (on [`Ops::base`]) the witness lease runs to; `None`: no lease held.
+    pub lease_until_mono_ms: Option<u64>,
+    /// Monotonic ms of the latest answer from the witness; `None`: never answered.
+    pub witness_heard_mono_ms: Option<u64>,
+    /// A backup waiting for a grant of this epoch.
+    pub bidding: Option<u64>,
+}
+
+impl StrictInfo {
+    fn lease_left_ms(&self, now_mono_ms: u64) -> u64 {
+        self.lease_until_mono_ms
+            .map_or(0, |until| until.saturating_sub(now_mono_ms))
+    }
+
+    fn text(&self, now_mono_ms: u64) -> String {
+        let heard = match self.witness_heard_mono_ms {
+            Some(at) => format!("answered {} ms ago", now_mono_ms.saturating_sub(at)),
+            None => "never answered".into(),
+        };
+        let lease = match self.lease_left_ms(now_mono_ms) {
+            0 => "no lease".to_string(),
+            left => format!("lease {left} ms left"),
+        };
+        let bid = self
+            .bidding
+            .map_or(String::new(), |e| format!(", asking for epoch {e}"));
+        format!("strict, witness {} {heard}, {lease}{bid}", self.witness)
+    }
 }
 
 /// Shared between the driver (which publishes), the admin thread and the metrics thread.
@@ -366,6 +402,11 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             ));
         }
         lines.push(("replication", peer.replication_mode.to_string()));
+        let failover = match &peer.strict {
+            Some(strict) => strict.text(now),
+            None => "available".into(),
+        };
+        lines.push(("failover", failover));
     } else {
         lines.push(("peer", "none (standalone)".into()));
     }
@@ -450,6 +491,16 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
             "head": p.head,
             "acked": p.acked,
             "lag": p.lag(status.last_seq),
+            "failover": match &p.strict {
+                Some(strict) => json!({
+                    "mode": "strict",
+                    "witness": strict.witness,
+                    "lease_left_ms": strict.lease_left_ms(now),
+                    "witness_heard_ms_ago": strict.witness_heard_mono_ms.map(|at| now.saturating_sub(at)),
+                    "bidding_epoch": strict.bidding,
+                }),
+                None => json!({ "mode": "available" }),
+            },
         })
     });
     let last_change = status.last_change.as_ref().map(|c| {

@@ -8,6 +8,8 @@
 //! - `accept`: accepts client connections and deals them to the workers.
 //! - `heartbeat`: UDP heartbeats both ways (see `heartbeat`), when paired.
 //! - `repl-*`: the replication link (see `link`), when paired.
+//! - `witness-send`, `witness-recv`: strict mode's claims to the witness and its answers
+//!   (see `witness_client`), when `failover.mode = "strict"`.
 //! - `signals`: turns TERM/INT/HUP/USR1 into inputs; no work happens in a signal handler.
 //! - `admin`: the admin socket for `pbchatctl` (see `admin`).
 //! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
@@ -15,7 +17,8 @@
 //!   (see `verifier`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`.
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`,
+//! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
 
 pub mod acceptor;
 pub mod admin;
@@ -29,6 +32,8 @@ pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod verifier;
+pub mod witness;
+pub mod witness_client;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -152,6 +157,12 @@ pub fn run(config: Config) -> Result<(), String> {
     .map_err(|e| format!("log {}: {e}", log_dir.display()))?;
     // A primary without an epoch yet (new, or standalone after serving as backup) begins one.
     node.begin_first_epoch(rank);
+    if let Some(strict) = config.peer.as_ref().and_then(|p| p.strict.as_ref()) {
+        node.enable_strict(crate::core::strict::StrictConfig {
+            lease_ms: strict.lease_ms,
+            drift_ppm: strict.clock_drift_ppm,
+        });
+    }
     state::save_epochs(&config.data_dir, node.epochs(), node.seen_epoch())?;
     let reader = log.reader();
     log.enforce_retention()
@@ -299,6 +310,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let (role_tx, role_rx) = bounded::<()>(1);
     let mut links = None;
     let mut heartbeat_stats = None;
+    let mut claims = None;
     if let (Some(peer), Some(keys)) = (&config.peer, &keys) {
         let stats = Arc::new(HeartbeatStats::default());
         heartbeat::spawn(
@@ -317,6 +329,16 @@ pub fn run(config: Config) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         heartbeat_stats = Some(stats);
+        if let Some(strict) = &peer.strict {
+            claims = Some(witness_client::spawn(
+                config.node_id.clone(),
+                strict.witness,
+                keys.clone(),
+                input_tx.clone(),
+                stopping.clone(),
+                base,
+            )?);
+        }
         let repl_listener = bind(peer.replication_listen)
             .map_err(|e| e.replace("client.listen", "replication.listen"))?;
         let ctx = Arc::new(LinkContext::new(
@@ -401,6 +423,8 @@ pub fn run(config: Config) -> Result<(), String> {
         status_built: None,
         notify_key: None,
         peer_reachable: false,
+        claims,
+        claims_dropped: logging::Throttle::new(1, Duration::from_secs(10)),
     };
     driver.publish();
     driver.publish_status(Instant::now());
@@ -559,6 +583,9 @@ struct Driver {
     notify_key: Option<(Role, u64, bool, usize)>,
     /// The peer was heard within the detection time, as of the latest turn.
     peer_reachable: bool,
+    /// Strict mode: claims for the witness threads (`witness_client`).
+    claims: Option<Sender<witness_client::ClaimRequest>>,
+    claims_dropped: logging::Throttle,
 }
 
 /// The values whose change republishes the status at once.
@@ -607,6 +634,9 @@ impl Driver {
                     self.tick_if_due(&mut next_tick);
                     let word = self.progress.durable.load(Ordering::Acquire);
                     let (generation, seq) = unpack_durable(word);
+                    // Strict mode checks its lease at each commit against this clock.
+                    let mono_ms = self.mono_ms();
+                    self.node.step(Input::Clock { mono_ms }, &mut self.actions);
                     self.node.step(Input::Durable { generation, seq }, &mut self.actions);
                 }
                 recv(heartbeats) -> received => {
@@ -834,6 +864,15 @@ impl Driver {
                 head: seen.head,
                 link: seen.link,
                 acked: (primary && seen.link).then(|| node.peer_acked()),
+                strict: p.strict.as_ref().zip(node.strict_status()).map(|(s, st)| {
+                    admin::StrictInfo {
+                        witness: s.witness.to_string(),
+                        lease_until_mono_ms: (st.lease_left_ms > 0)
+                            .then(|| self.mono_ms() + st.lease_left_ms),
+                        witness_heard_mono_ms: st.witness_heard_ms,
+                        bidding: st.bidding,
+                    }
+                }),
             }
         });
         self.ops.publish(admin::Status {
@@ -979,6 +1018,20 @@ impl Driver {
                     }
                 }
                 Action::Probe => self.probe(),
+                Action::Claim { request, epoch } => {
+                    let full = self
+                        .claims
+                        .as_ref()
+                        .is_some_and(|c| c.try_send((request, epoch)).is_err());
+                    if full {
+                        if let Some(n) = self.claims_dropped.allow(Instant::now()) {
+                            log::warn!(
+                                "witness: claim dropped, the sender is behind; the next renewal asks again{}",
+                                logging::suppressed_note(n)
+                            );
+                        }
+                    }
+                }
                 // Published after the turn (see `publish`); the core logged why.
                 Action::RoleChanged => {}
                 Action::Log { level, message } => match level {

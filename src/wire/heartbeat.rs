@@ -209,8 +209,14 @@ impl ReplayGuard {
 
     /// Whether `hb` is fresh; if so, remembers it as the newest from its sender.
     pub fn accept(&mut self, hb: &Heartbeat) -> bool {
-        let newest = (hb.boot, hb.counter);
-        if let Some(index) = self.seen.iter().position(|s| s.node_id == hb.node_id) {
+        self.accept_from(&hb.node_id, hb.boot, hb.counter)
+    }
+
+    /// Whether (`boot`, `counter`) from `node_id` is fresh (any authenticated datagram that
+    /// carries them, such as a witness claim); if so, remembers it.
+    pub fn accept_from(&mut self, node_id: &str, boot: u64, counter: u64) -> bool {
+        let newest = (boot, counter);
+        if let Some(index) = self.seen.iter().position(|s| s.node_id == node_id) {
             let last = &self.seen[index];
             if newest <= (last.boot, last.counter) {
                 return false;
@@ -224,9 +230,9 @@ impl ReplayGuard {
             self.seen.pop_front();
         }
         self.seen.push_back(Seen {
-            node_id: hb.node_id.clone(),
-            boot: hb.boot,
-            counter: hb.counter,
+            node_id: node_id.to_string(),
+            boot,
+            counter,
         });
         assert!(self.seen.len() <= MAX_TRACKED_NODES);
         true

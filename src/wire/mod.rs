@@ -8,3 +8,4 @@ pub mod client;
 pub mod heartbeat;
 pub mod lines;
 pub mod replication;
+pub mod witness;
