@@ -7,6 +7,8 @@
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
 //! - `config`: TOML to validated `Config`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
+//! - `tls`: rustls configs from PEM files (certificates, keys, CAs), for the node and the
+//!   client; no sockets.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
 //!   the daemon over TCP, never a part of it.
@@ -20,4 +22,5 @@ pub mod daemon;
 pub mod entry;
 pub mod log;
 pub mod private_file;
+pub mod tls;
 pub mod wire;

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod heartbeat;
 pub mod io;
 pub mod link;
+mod link_stream;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
@@ -117,6 +118,19 @@ pub fn run(config: Config) -> Result<(), String> {
         Some(p) => Some(Arc::new(
             crate::wire::auth::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
         )),
+        None => None,
+    };
+    // TLS files are read before anything starts, so a bad one stops the start with its key.
+    let client_tls: Option<acceptor::TlsSlot> = match &config.client.tls {
+        Some(identity) => Some(Arc::new(Mutex::new(
+            crate::tls::client_listener(&config.file, identity).map_err(|e| e.to_string())?,
+        ))),
+        None => None,
+    };
+    let link_tls = match config.peer.as_ref().and_then(|p| p.link_tls.as_ref()) {
+        Some(link) => {
+            Some(crate::tls::replication_link(&config.file, link).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let rank = pair.as_ref().map_or(0, |p| p.rank);
@@ -263,6 +277,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let max_clients = max_clients.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
         let per_ip = per_ip.clone();
+        let tls = client_tls.clone();
         spawn("accept", move || {
             acceptor::run(
                 listener,
@@ -272,6 +287,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 next_conn,
                 stop,
                 per_ip,
+                tls,
             )
         })?;
     }
@@ -332,6 +348,7 @@ pub fn run(config: Config) -> Result<(), String> {
             Duration::from_millis(peer.heartbeat_interval_ms),
             config.data_dir.clone(),
             base,
+            link_tls,
         ));
         {
             let ctx = ctx.clone();
@@ -378,6 +395,7 @@ pub fn run(config: Config) -> Result<(), String> {
         clients,
         max_clients,
         per_ip,
+        client_tls,
         verifier,
         status,
         snapshot,
@@ -524,6 +542,8 @@ struct Driver {
     max_clients: Arc<AtomicUsize>,
     /// Connections per source address (the acceptor's table; its limit reloads).
     per_ip: Arc<acceptor::PerIp>,
+    /// The client listener's TLS config, swapped by a reload; `None`: plain TCP.
+    client_tls: Option<acceptor::TlsSlot>,
     /// Token checks, with `auth.mode = "token"`.
     verifier: Option<verifier::Verifier>,
     status: Arc<LocalStatus>,
@@ -1101,6 +1121,26 @@ impl Driver {
                 }
             }
         }
+        // The certificate is re-read on every reload (renewals keep their paths); new
+        // connections get it, open ones keep theirs. A file that does not load keeps the
+        // one in use.
+        let mut tls_applied = false;
+        if let (Some(slot), Some(identity)) = (&self.client_tls, &new_c.tls) {
+            match crate::tls::client_listener(&file, identity) {
+                Ok(tls) => {
+                    *slot.lock().expect("never poisoned: no panic inside") = tls;
+                    tls_applied = true;
+                    changed.push(format!(
+                        "client TLS certificate reloaded from {}",
+                        identity.cert.display()
+                    ));
+                }
+                Err(e) => {
+                    log::error!("reload: keeping the TLS certificate in use: {e}");
+                    changed.push(format!("client TLS certificate NOT reloaded ({e})"));
+                }
+            }
+        }
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($name:literal, $old:expr, $new:expr) => {
@@ -1112,6 +1152,12 @@ impl Driver {
         needs_restart!("node.id", self.config.node_id, new.node_id);
         needs_restart!("node.data_dir", self.config.data_dir, new.data_dir);
         needs_restart!("client.listen", old_c.listen, new_c.listen);
+        // Turning TLS on or off changes what the listener speaks: a restart.
+        needs_restart!(
+            "client.tls_cert (TLS on or off)",
+            old_c.tls.is_some(),
+            new_c.tls.is_some()
+        );
         needs_restart!("client.io_threads", old_c.io_threads, new_c.io_threads);
         needs_restart!(
             "client.max_line_bytes",
@@ -1248,7 +1294,13 @@ impl Driver {
             failure_delay_ms: kept.auth.failure_delay_ms,
             ..self.config.auth.clone()
         };
+        let tls = if tls_applied {
+            kept.client.tls.clone()
+        } else {
+            self.config.client.tls.clone()
+        };
         kept.client = crate::config::ClientConfig {
+            tls,
             max_clients: kept.client.max_clients,
             hello_timeout_ms: kept.client.hello_timeout_ms,
             rate_per_sec: kept.client.rate_per_sec,
