@@ -332,23 +332,40 @@ pub fn host_of(address: &str) -> &str {
     }
 }
 
-/// Says what a failed handshake means, for people: rustls's certificate errors name the
-/// problem tersely (`invalid peer certificate: UnknownIssuer`).
+/// Says what a failed handshake means, for people: rustls names certificate problems
+/// tersely (`invalid peer certificate: UnknownIssuer`).
 pub fn explain(error: &rustls::Error) -> String {
-    use rustls::{CertificateError, Error};
+    use rustls::{AlertDescription, CertificateError, Error};
     match error {
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the server's certificate is not signed by a trusted CA (give its CA with --ca)".into()
+            "the peer's certificate is not issued by a trusted CA".into()
         }
-        Error::InvalidCertificate(CertificateError::NotValidForName)
-        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "the server's certificate does not name this host (connect by a name it carries, or set --tls-name)".into()
-        }
-        Error::InvalidCertificate(CertificateError::Expired)
-        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            "the server's certificate has expired".into()
-        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the peer's certificate does not carry the name it was reached by".into(),
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the peer's certificate has expired".into(),
+        Error::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateRequired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired),
+        ) => format!("the peer refused this side's certificate (alert {alert:?})"),
         other => other.to_string(),
+    }
+}
+
+/// [`explain`] for an I/O error that carries a rustls error (as `complete_io` and the
+/// stream adapters return them), or the error as it is.
+pub fn explain_io(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => explain(tls),
+        None => error.to_string(),
     }
 }
 

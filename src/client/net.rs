@@ -293,10 +293,18 @@ fn tls_handshake(server: &str, stream: TcpStream, tls: &ClientTls) -> Result<Tra
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>());
             return Err(match rustls_error {
-                Some(error) => fail(
-                    crate::tls::explain(error),
-                    matches!(error, rustls::Error::InvalidCertificate(_)),
-                ),
+                Some(error @ rustls::Error::InvalidCertificate(problem)) => {
+                    let hint = match problem {
+                        rustls::CertificateError::UnknownIssuer => " (give its CA with --ca)",
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. } => {
+                            " (connect by a name it carries, or set --tls-name)"
+                        }
+                        _ => "",
+                    };
+                    fail(format!("{}{hint}", crate::tls::explain(error)), true)
+                }
+                Some(error) => fail(crate::tls::explain(error), false),
                 None if e.kind() == io::ErrorKind::WouldBlock
                     || e.kind() == io::ErrorKind::TimedOut =>
                 {

@@ -622,7 +622,10 @@ impl Worker {
                     if let Err(e) = tls.process_new_packets() {
                         // rustls queued an alert saying why; it is sent if the socket takes it.
                         let _ = tls.write_tls(&mut c.stream);
-                        log::debug!("connection {conn}: TLS: {e}; closing");
+                        log::debug!(
+                            "connection {conn}: TLS: {}; closing",
+                            crate::tls::explain(&e)
+                        );
                         self.drop_conn(conn);
                         return;
                     }

@@ -155,6 +155,15 @@ impl LinkContext {
         self.base.elapsed().as_millis() as u64
     }
 
+    /// What the link runs over, for log lines.
+    fn transport(&self) -> &'static str {
+        if self.tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plain TCP"
+        }
+    }
+
     fn register(&self, stream: &TcpStream) -> std::io::Result<Registered> {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(LINK_COMMANDS_MAX);
@@ -398,7 +407,8 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
         .map_err(|e| e.to_string())?;
     let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq})"
+        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq}) over {}",
+        ctx.transport()
     );
     let result = primary_session(
         ctx,
@@ -702,8 +712,9 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (link, commands, ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: following the primary {} in epoch {epoch}",
-        ctx.peer_id
+        "replication link {link}: following the primary {} in epoch {epoch} over {}",
+        ctx.peer_id,
+        ctx.transport()
     );
     let result = backup_session(ctx, link, conn, writer, commands, ack, wake, epoch, spans);
     ctx.unregister(link);

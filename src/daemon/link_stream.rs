@@ -37,7 +37,8 @@ pub fn establish(
             let mut io = &socket;
             while tls.is_handshaking() {
                 // Alerts for a failed handshake are sent inside `complete_io` before it fails.
-                tls.complete_io(&mut io).map_err(|e| format!("TLS: {e}"))?;
+                tls.complete_io(&mut io)
+                    .map_err(|e| format!("TLS: {}", crate::tls::explain_io(&e)))?;
             }
             Some(Arc::new(Mutex::new(tls)))
         }
@@ -105,8 +106,12 @@ impl Read for LinkReader {
                         ));
                     }
                     self.raw_start += taken;
-                    tls.process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    tls.process_new_packets().map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("TLS: {}", crate::tls::explain(&e)),
+                        )
+                    })?;
                     continue;
                 }
             }
