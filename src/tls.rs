@@ -430,6 +430,35 @@ mod tests {
     }
 
     #[test]
+    fn node_files_that_do_not_load_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path(), &["127.0.0.1"]);
+        let file = Path::new("node.toml");
+        let link = LinkTlsConfig {
+            identity: id.clone(),
+            ca: dir.path().join("missing-ca.pem"),
+            peer_name: "127.0.0.1".into(),
+        };
+        let err = replication_link(file, &link).err().unwrap().to_string();
+        assert!(
+            err.starts_with("node.toml: replication.tls_ca: ") && err.contains("cannot read"),
+            "{err}"
+        );
+        let link = LinkTlsConfig {
+            ca: id.cert.clone(),
+            ..link
+        };
+        replication_link(file, &link).unwrap();
+        client_listener(file, &id).unwrap();
+        let broken = Identity {
+            cert: id.key.clone(),
+            key: id.key.clone(),
+        };
+        let err = client_listener(file, &broken).err().unwrap().to_string();
+        assert!(err.starts_with("node.toml: client.tls_cert: "), "{err}");
+    }
+
+    #[test]
     fn server_names_come_from_host_port() {
         assert_eq!(host_of("chat.example.org:7400"), "chat.example.org");
         assert_eq!(host_of("127.0.0.1:7400"), "127.0.0.1");

@@ -297,6 +297,33 @@ fn a_plain_client_on_a_tls_listener_is_closed_and_others_carry_on() {
 }
 
 #[test]
+fn line_limits_hold_inside_tls() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pki = Pki::new(&dir, "chat");
+    let issued = pki.issue("node", "node", &["127.0.0.1"]);
+    let extra = format!(
+        "{}max_line_bytes = 1024\nmax_body_bytes = 512\n",
+        client_tls_keys(&issued)
+    );
+    let config = write_config(&dir, "primary", &extra, "");
+    let node = Daemon::start_with(dir, config);
+    let mut flooder = TlsClient::connect(node.addr, &pki.ca);
+    assert_eq!(flooder.hello("flood", "f-1", None).kind, "welcome");
+    let mut line = vec![b'x'; 2048];
+    line.push(b'\n');
+    let stream = flooder.reader.get_mut();
+    stream.write_all(&line).unwrap();
+    stream.flush().unwrap();
+    assert_eq!(flooder.recv().code.as_deref(), Some("too_large"));
+    // Then close_notify and the end of the connection.
+    let mut rest = String::new();
+    assert_eq!(flooder.reader.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+    let mut other = TlsClient::connect(node.addr, &pki.ca);
+    assert_eq!(other.hello("other", "o-1", None).kind, "welcome");
+    other.ping();
+}
+
+#[test]
 fn pbchat_client_refuses_a_certificate_it_cannot_trust() {
     let dir = tempfile::tempdir().unwrap().keep();
     let pki = Pki::new(&dir, "chat");
