@@ -297,6 +297,33 @@ fn a_plain_client_on_a_tls_listener_is_closed_and_others_carry_on() {
 }
 
 #[test]
+fn a_tls_handshake_that_never_finishes_is_closed_by_the_hello_timeout() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pki = Pki::new(&dir, "chat");
+    let issued = pki.issue("node", "node", &["127.0.0.1"]);
+    let extra = format!("{}hello_timeout_ms = 500\n", client_tls_keys(&issued));
+    let config = write_config(&dir, "primary", &extra, "");
+    let node = Daemon::start_with(dir, config);
+    // The header of a handshake record, and never the record.
+    let mut stalled = TcpStream::connect(node.addr).unwrap();
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let mut silent = TcpStream::connect(node.addr).unwrap();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let started = Instant::now();
+    for socket in [&mut stalled, &mut silent] {
+        let mut rest = Vec::new();
+        match socket.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    assert!(started.elapsed() < DEADLINE);
+    let mut other = TlsClient::connect(node.addr, &pki.ca);
+    assert_eq!(other.hello("other", "o-1", None).kind, "welcome");
+}
+
+#[test]
 fn line_limits_hold_inside_tls() {
     let dir = tempfile::tempdir().unwrap().keep();
     let pki = Pki::new(&dir, "chat");
