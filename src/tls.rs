@@ -353,6 +353,9 @@ pub fn explain(error: &rustls::Error) -> String {
             | AlertDescription::CertificateUnknown
             | AlertDescription::CertificateExpired),
         ) => format!("the peer refused this side's certificate (alert {alert:?})"),
+        Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            "the peer does not speak TLS on this address (it answered in plain text)".into()
+        }
         other => other.to_string(),
     }
 }

@@ -387,6 +387,18 @@ fn pbchat_client_refuses_a_certificate_it_cannot_trust() {
         // A certificate that does not verify is final: no retries until the timeout.
         assert!(started.elapsed() < Duration::from_secs(5), "{args:?}");
     }
+    // A node that does not speak TLS there is as final.
+    let plain = Daemon::start("primary", "", "");
+    let out = pbchat_client(&[plain.addr])
+        .args(["--tls", "--ca", &ca, "--room", "r", "--send", "never sent"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not speak TLS on this address"),
+        "{stderr}"
+    );
     let out = pbchat_client(&[node.addr])
         .args([
             "--tls",

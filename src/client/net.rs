@@ -229,8 +229,9 @@ pub enum NetError {
     Tls {
         server: String,
         message: String,
-        /// The certificate did not verify: retrying cannot help.
-        certificate: bool,
+        /// The certificate did not verify, or the server does not speak TLS: retrying
+        /// cannot help.
+        certain: bool,
     },
 }
 
@@ -267,10 +268,10 @@ impl Write for Transport {
 
 /// Runs the TLS handshake on a connected socket, within [`HANDSHAKE_TIMEOUT_MS`].
 fn tls_handshake(server: &str, stream: TcpStream, tls: &ClientTls) -> Result<Transport, NetError> {
-    let fail = |message: String, certificate: bool| NetError::Tls {
+    let fail = |message: String, certain: bool| NetError::Tls {
         server: server.to_string(),
         message,
-        certificate,
+        certain,
     };
     let name = tls
         .name
@@ -304,6 +305,12 @@ fn tls_handshake(server: &str, stream: TcpStream, tls: &ClientTls) -> Result<Tra
                     };
                     fail(format!("{}{hint}", crate::tls::explain(error)), true)
                 }
+                Some(
+                    error @ rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                ) => fail(
+                    format!("{} (drop --tls, or check the address)", crate::tls::explain(error)),
+                    true,
+                ),
                 Some(error) => fail(crate::tls::explain(error), false),
                 None if e.kind() == io::ErrorKind::WouldBlock
                     || e.kind() == io::ErrorKind::TimedOut =>
@@ -566,7 +573,7 @@ impl Driver {
                     Err(NetError::Tls {
                         server,
                         message,
-                        certificate: true,
+                        certain: true,
                     }) => {
                         self.emit(Event::Fatal {
                             code: "tls".into(),
