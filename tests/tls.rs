@@ -569,7 +569,7 @@ fn a_mutual_tls_pair_replicates_and_a_tls_client_resumes_on_the_backup_after_kil
 }
 
 #[test]
-fn a_link_peer_with_an_untrusted_certificate_is_refused() {
+fn a_link_peer_with_an_untrusted_certificate_is_refused_until_hup_brings_a_good_one() {
     let pair = PairFiles::new("");
     let pki = Pki::new(&pair.dir, "pair");
     let rogue = Pki::new(&pair.dir, "rogue");
@@ -583,6 +583,13 @@ fn a_link_peer_with_an_untrusted_certificate_is_refused() {
     b.wait_log("TLS: the peer refused this side's certificate (alert UnknownCA)");
     assert!(!b.log_contains("following the primary"));
     assert!(!a.log_contains("backup b connected"));
+
+    // A certificate from the pair's CA at the same paths, and HUP: the next dial passes.
+    pki.issue("node-b", "node-b", &["127.0.0.1"]);
+    b.signal(1);
+    b.wait_log("replication TLS certificates reloaded");
+    b.wait_log("following the primary a in epoch");
+    a.wait_log("backup b connected");
 }
 
 #[test]

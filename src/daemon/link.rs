@@ -94,8 +94,9 @@ pub struct LinkContext {
     pub beat_interval: Duration,
     pub data_dir: std::path::PathBuf,
     pub base: Instant,
-    /// Mutual TLS under the handshake; `None`: plain TCP.
-    pub tls: Option<crate::tls::LinkTls>,
+    /// Mutual TLS under the handshake; `None`: plain TCP. A reload may replace the
+    /// certificates (never turn TLS on or off); each new connection takes what is here.
+    tls: Mutex<Option<crate::tls::LinkTls>>,
     next_link: AtomicU64,
     links: Mutex<HashMap<LinkId, LinkHandle>>,
 }
@@ -145,7 +146,7 @@ impl LinkContext {
             beat_interval,
             data_dir,
             base,
-            tls,
+            tls: Mutex::new(tls),
             next_link: AtomicU64::new(1),
             links: Mutex::new(HashMap::new()),
         }
@@ -155,9 +156,23 @@ impl LinkContext {
         self.base.elapsed().as_millis() as u64
     }
 
+    /// The TLS configs for a new connection.
+    fn tls(&self) -> Option<crate::tls::LinkTls> {
+        self.tls.lock().expect("link TLS lock").clone()
+    }
+
+    /// Replaces the certificates new connections use (a reload); links up keep theirs.
+    /// Does nothing on a plain link: TLS is not turned on at run time.
+    pub fn replace_tls(&self, tls: crate::tls::LinkTls) {
+        let mut slot = self.tls.lock().expect("link TLS lock");
+        if slot.is_some() {
+            *slot = Some(tls);
+        }
+    }
+
     /// What the link runs over, for log lines.
     fn transport(&self) -> &'static str {
-        if self.tls.is_some() {
+        if self.tls().is_some() {
             "mutual TLS"
         } else {
             "plain TCP"
@@ -317,7 +332,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let tls = match &ctx.tls {
+    let tls = match &ctx.tls() {
         Some(tls) => Some(
             rustls::ServerConnection::new(tls.server.clone())
                 .map_err(|e| format!("TLS: {e}"))?
@@ -653,7 +668,7 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let tls = match &ctx.tls {
+    let tls = match &ctx.tls() {
         Some(tls) => Some(
             rustls::ClientConnection::new(tls.client.clone(), tls.peer_name.clone())
                 .map_err(|e| format!("TLS: {e}"))?

@@ -1141,6 +1141,27 @@ impl Driver {
                 }
             }
         }
+        // The link's certificates likewise, for links made from now on.
+        let mut link_tls_applied = false;
+        let link_tls = |c: &Config| c.peer.as_ref().and_then(|p| p.link_tls.clone());
+        if let (Some(links), Some(_), Some(fresh)) =
+            (&self.links, link_tls(&self.config), link_tls(&new))
+        {
+            match crate::tls::replication_link(&file, &fresh) {
+                Ok(tls) => {
+                    links.replace_tls(tls);
+                    link_tls_applied = true;
+                    changed.push(format!(
+                        "replication TLS certificates reloaded from {}",
+                        fresh.identity.cert.display()
+                    ));
+                }
+                Err(e) => {
+                    log::error!("reload: keeping the replication TLS certificates in use: {e}");
+                    changed.push(format!("replication TLS certificates NOT reloaded ({e})"));
+                }
+            }
+        }
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($name:literal, $old:expr, $new:expr) => {
@@ -1201,10 +1222,18 @@ impl Driver {
             self.config.log.retain_bytes,
             new.log.retain_bytes
         );
+        // The link's TLS files reload (above); only turning link TLS on or off restarts.
+        let without_tls_files = |c: &Config| {
+            c.peer.clone().map(|mut p| {
+                let tls_on = p.link_tls.is_some();
+                p.link_tls = None;
+                (p, tls_on)
+            })
+        };
         needs_restart!(
             "[peer], [heartbeat], [replication], [failover]",
-            format!("{:?}", self.config.peer),
-            format!("{:?}", new.peer)
+            format!("{:?}", without_tls_files(&self.config)),
+            format!("{:?}", without_tls_files(&new))
         );
         needs_restart!("logging.target", self.config.log_target, new.log_target);
         needs_restart!(
@@ -1283,7 +1312,11 @@ impl Driver {
         let mut kept = new;
         kept.node_id = self.config.node_id.clone();
         kept.data_dir = self.config.data_dir.clone();
+        let applied_link_tls = link_tls(&kept).filter(|_| link_tls_applied);
         kept.peer = self.config.peer.clone();
+        if let (Some(peer), Some(tls)) = (kept.peer.as_mut(), applied_link_tls) {
+            peer.link_tls = Some(tls);
+        }
         kept.log = self.config.log.clone();
         kept.log_target = self.config.log_target;
         kept.log_facility = self.config.log_facility;
