@@ -538,10 +538,6 @@ impl Worker {
     }
 
     fn read(&mut self, conn: ConnId) {
-        if self.conns.get(&conn).is_some_and(|c| c.tls.is_some()) {
-            self.read_tls(conn);
-            return;
-        }
         loop {
             if self.outbox.len() >= OUTBOX_MAX {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -552,6 +548,10 @@ impl Worker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            if c.tls.is_some() {
+                self.read_tls(conn);
+                return;
+            }
             c.read_pending = false;
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => {
