@@ -140,6 +140,9 @@ pub struct RawClient {
     pub rate_violations_max: u32,
     pub rate_violations_window_ms: u64,
     pub max_room_members: usize,
+    /// Empty: plain TCP. Both set: the listener speaks TLS only.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 impl Default for RawClient {
@@ -161,6 +164,8 @@ impl Default for RawClient {
             rate_violations_max: 20,
             rate_violations_window_ms: 10_000,
             max_room_members: 10_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -264,6 +269,17 @@ pub struct RawReplication {
     pub ack_timeout_ms: u64,
     #[serde(default = "default_window")]
     pub window: u64,
+    /// All empty: the link is plain TCP. Otherwise all three: mutual TLS.
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
+    #[serde(default)]
+    pub tls_ca: PathBuf,
+    /// The name the peer's certificate must carry; empty: the IP of
+    /// `peer.replication_address`.
+    #[serde(default)]
+    pub tls_name: String,
 }
 
 fn default_mode() -> ReplicationMode {
@@ -422,6 +438,9 @@ pub struct ClientConfig {
     pub rate_violations_window_ms: u64,
     /// Members one room may have; a `join` beyond it gets `bad_request`.
     pub max_room_members: usize,
+    /// The listener's certificate and key: `Some` makes it speak TLS only. The files are
+    /// read at start and on every reload (see `tls::client_listener`).
+    pub tls: Option<crate::tls::Identity>,
 }
 
 #[derive(Clone, Debug)]
@@ -455,6 +474,18 @@ pub struct PeerConfig {
     pub check_timeout_ms: u64,
     /// `failover.mode = "strict"`: the witness and the lease; `None` in available mode.
     pub strict: Option<StrictSettings>,
+    /// Mutual TLS on the replication link; `None`: plain TCP.
+    pub link_tls: Option<LinkTlsConfig>,
+}
+
+/// `[replication] tls_*`: each node presents `identity` and accepts only a peer whose
+/// certificate `ca` issued; the dialing backup also checks the primary's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkTlsConfig {
+    pub identity: crate::tls::Identity,
+    pub ca: PathBuf,
+    /// The name (DNS or IP) the primary's certificate must carry for the dialing backup.
+    pub peer_name: String,
 }
 
 impl PeerConfig {
@@ -550,6 +581,87 @@ fn check_host_port(file: &str, key: &'static str, text: &str) -> Result<String, 
     Ok(text.to_string())
 }
 
+/// A certificate and key named together: both or neither.
+fn check_identity(
+    file: &str,
+    (cert_key, cert): (&'static str, &Path),
+    (key_key, key): (&'static str, &Path),
+) -> Result<Option<crate::tls::Identity>, ConfigError> {
+    match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(crate::tls::Identity {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })),
+        (false, true) => Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key: key_key,
+            problem: format!("is required with {cert_key} (the certificate's private key)"),
+        }),
+        (true, false) => Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key: cert_key,
+            problem: format!("is required with {key_key} (the key's certificate chain)"),
+        }),
+    }
+}
+
+/// `[replication] tls_*`: none of them, or certificate, key and CA together.
+fn check_link_tls(
+    file: &str,
+    repl: &RawReplication,
+    replication_address: SocketAddr,
+) -> Result<Option<LinkTlsConfig>, ConfigError> {
+    let identity = check_identity(
+        file,
+        ("replication.tls_cert", &repl.tls_cert),
+        ("replication.tls_key", &repl.tls_key),
+    )?;
+    let invalid = |key: &'static str, problem: &str| ConfigError::Invalid {
+        file: file.to_string(),
+        key,
+        problem: problem.to_string(),
+    };
+    let Some(identity) = identity else {
+        if !repl.tls_ca.as_os_str().is_empty() {
+            return Err(invalid(
+                "replication.tls_ca",
+                "is used only with replication.tls_cert and tls_key (mutual TLS); set them or remove it",
+            ));
+        }
+        if !repl.tls_name.is_empty() {
+            return Err(invalid(
+                "replication.tls_name",
+                "is used only with replication.tls_cert, tls_key and tls_ca; set them or remove it",
+            ));
+        }
+        return Ok(None);
+    };
+    if repl.tls_ca.as_os_str().is_empty() {
+        return Err(invalid(
+            "replication.tls_ca",
+            "is required with replication.tls_cert: each node checks the other's certificate against this CA",
+        ));
+    }
+    let peer_name = if repl.tls_name.is_empty() {
+        replication_address.ip().to_string()
+    } else {
+        repl.tls_name.clone()
+    };
+    if crate::tls::server_name(&peer_name).is_err() {
+        return Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key: "replication.tls_name",
+            problem: format!("{peer_name:?} is not a DNS name or an IP address"),
+        });
+    }
+    Ok(Some(LinkTlsConfig {
+        identity,
+        ca: repl.tls_ca.clone(),
+        peer_name,
+    }))
+}
+
 impl RawConfig {
     pub fn validate(self, path: &Path) -> Result<Config, ConfigError> {
         let file = &path.display().to_string();
@@ -638,6 +750,11 @@ impl RawConfig {
                 c.max_room_members,
                 1,
                 1_000_000,
+            )?,
+            tls: check_identity(
+                file,
+                ("client.tls_cert", &c.tls_cert),
+                ("client.tls_key", &c.tls_key),
             )?,
         };
         // A body must fit in a line with its JSON around it, or no send could pass.
@@ -731,6 +848,9 @@ impl RawConfig {
                         problem: "must not be empty".into(),
                     });
                 }
+                let replication_address =
+                    parse_socket(file, "peer.replication_address", &p.replication_address)?;
+                let link_tls = check_link_tls(file, &repl, replication_address)?;
                 let check_address = if f.check_address.is_empty() {
                     None
                 } else {
@@ -797,11 +917,7 @@ impl RawConfig {
                         "peer.heartbeat_address",
                         &p.heartbeat_address,
                     )?,
-                    replication_address: parse_socket(
-                        file,
-                        "peer.replication_address",
-                        &p.replication_address,
-                    )?,
+                    replication_address,
                     heartbeat_listen: parse_socket(file, "heartbeat.listen", &hb.listen)?,
                     heartbeat_interval_ms: check_range(
                         file,
@@ -837,6 +953,7 @@ impl RawConfig {
                         10,
                         60_000,
                     )?,
+                    link_tls,
                 })
             }
         };
@@ -1084,6 +1201,68 @@ mod tests {
             (
                 "[client]\nrate_violations_window_ms = 5\n",
                 "client.rate_violations_window_ms",
+            ),
+        ] {
+            let err = check(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_keys_come_in_sets() {
+        let config = check(MINIMAL).unwrap();
+        assert_eq!(config.client.tls, None);
+        let config = check(&format!(
+            "{MINIMAL}[client]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n"
+        ))
+        .unwrap();
+        let identity = config.client.tls.unwrap();
+        assert_eq!(
+            (identity.cert, identity.key),
+            (PathBuf::from("c.pem"), PathBuf::from("k.pem"))
+        );
+        let peer = "[peer]\nid = \"b\"\nclient_address = \"x:1\"\nheartbeat_address = \"127.0.0.1:1\"\nreplication_address = \"127.0.0.9:2\"\n[heartbeat]\nlisten = \"127.0.0.1:3\"\nsecret_file = \"s\"\n[replication]\nlisten = \"127.0.0.1:4\"\n";
+        let config = check(&format!("{MINIMAL}{peer}")).unwrap();
+        assert_eq!(config.peer.unwrap().link_tls, None);
+        let config = check(&format!(
+            "{MINIMAL}{peer}tls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"ca\"\n"
+        ))
+        .unwrap();
+        let link = config.peer.unwrap().link_tls.unwrap();
+        assert_eq!(link.peer_name, "127.0.0.9", "defaults to the dialed IP");
+        assert_eq!(link.ca, PathBuf::from("ca"));
+        let config = check(&format!(
+            "{MINIMAL}{peer}tls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"ca\"\ntls_name = \"node-a.pair\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.peer.unwrap().link_tls.unwrap().peer_name,
+            "node-a.pair"
+        );
+        for (extra, needle) in [
+            (
+                "[client]\ntls_cert = \"c\"\n",
+                "t.toml: client.tls_key: is required with client.tls_cert",
+            ),
+            (
+                "[client]\ntls_key = \"k\"\n",
+                "t.toml: client.tls_cert: is required with client.tls_key",
+            ),
+            (
+                &format!("{peer}tls_cert = \"c\"\ntls_key = \"k\"\n"),
+                "t.toml: replication.tls_ca: is required",
+            ),
+            (
+                &format!("{peer}tls_ca = \"ca\"\n"),
+                "t.toml: replication.tls_ca: is used only with",
+            ),
+            (
+                &format!("{peer}tls_key = \"k\"\ntls_ca = \"ca\"\n"),
+                "t.toml: replication.tls_cert: is required",
+            ),
+            (
+                &format!("{peer}tls_cert = \"c\"\ntls_key = \"k\"\ntls_ca = \"ca\"\ntls_name = \"no spaces\"\n"),
+                "t.toml: replication.tls_name: \"no spaces\"",
             ),
         ] {
             let err = check(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();

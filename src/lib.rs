@@ -7,6 +7,8 @@
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
 //! - `config`: TOML to validated `Config`; `witness_config` the same for `pbchat-witness`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
+//! - `tls`: rustls configs from PEM files (certificates, keys, CAs), for the node and the
+//!   client; no sockets.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
@@ -22,5 +24,6 @@ pub mod entry;
 pub mod fuzzing;
 pub mod log;
 pub mod private_file;
+pub mod tls;
 pub mod wire;
 pub mod witness_config;

@@ -59,6 +59,19 @@ struct Args {
     #[arg(long)]
     token: Option<String>,
 
+    /// Speak TLS to the nodes (TLS 1.2 or 1.3), checking their certificates against the
+    /// public roots, or the CA given with --ca
+    #[arg(long)]
+    tls: bool,
+
+    /// PEM file of the CA that issued the nodes' certificates (a private CA)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+
+    /// The name the nodes' certificates must carry [default: the host of each address]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_name: Option<String>,
+
     /// Send TEXT to the room, wait for its ack, exit
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["listen", "history"])]
     send: Option<String>,
@@ -208,7 +221,22 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     } else {
         args.servers.clone()
     };
+    let tls = if args.tls {
+        if let Some(name) = &args.tls_name {
+            pbchat::tls::server_name(name)
+                .map_err(|e| CliError::Usage(format!("--tls-name: {e}")))?;
+        }
+        let config = pbchat::tls::client_config(args.ca.as_deref(), None)
+            .map_err(|e| CliError::Usage(format!("--ca: {e}")))?;
+        Some(net::ClientTls {
+            config,
+            name: args.tls_name.clone(),
+        })
+    } else {
+        None
+    };
     let config = NetConfig {
+        tls,
         servers,
         nick,
         session,

@@ -61,6 +61,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+        if let Err(e) = pbchat::tls::check_files(&config) {
+            eprintln!("pbchatd: {e}");
+            return ExitCode::from(2);
+        }
         println!("pbchatd: {}: ok", config_path.display());
         return ExitCode::SUCCESS;
     }

@@ -4,9 +4,14 @@
 //!
 //! It never touches the terminal; it talks to the front end only through bounded channels.
 //! Protocol decisions live in `session` and `reconnect`; this file does the I/O around them.
+//!
+//! With [`NetConfig::tls`] every connection (the first, redirects, reconnects) is TLS:
+//! rustls over the blocking socket, its handshake finished before `hello` is sent. A server
+//! whose certificate does not verify is a [`Event::Fatal`]: no retry would fix it.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -73,6 +78,18 @@ pub struct NetConfig {
     pub ping_interval: Duration,
     /// Seed of the backoff jitter; `None` draws one.
     pub seed: Option<u64>,
+    /// Speak TLS to every server; `None`: plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How the client speaks TLS.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// Trust anchors (the public roots, or `--ca`), TLS 1.2+.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name every server's certificate must carry; `None`: the host of the address
+    /// dialed (a name, or an IP that the certificate lists).
+    pub name: Option<String>,
 }
 
 /// Requests of the front end.
@@ -208,6 +225,111 @@ pub enum NetError {
     HandshakeTimeout { server: String, timeout_ms: u64 },
     #[error("{server}: answered hello with unexpected `{kind}`")]
     Unexpected { server: String, kind: String },
+    #[error("{server}: TLS: {message}")]
+    Tls {
+        server: String,
+        message: String,
+        /// The certificate did not verify, or the server does not speak TLS: retrying
+        /// cannot help.
+        certain: bool,
+    },
+}
+
+/// The socket to a node, plain or TLS.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buf),
+            Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buf),
+            Transport::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Runs the TLS handshake on a connected socket, within [`HANDSHAKE_TIMEOUT_MS`].
+fn tls_handshake(server: &str, stream: TcpStream, tls: &ClientTls) -> Result<Transport, NetError> {
+    let fail = |message: String, certain: bool| NetError::Tls {
+        server: server.to_string(),
+        message,
+        certain,
+    };
+    let name = tls
+        .name
+        .as_deref()
+        .unwrap_or_else(|| crate::tls::host_of(server));
+    let name = crate::tls::server_name(name).map_err(|e| fail(e.to_string(), true))?;
+    let mut session = rustls::ClientConnection::new(tls.config.clone(), name)
+        .map_err(|e| fail(e.to_string(), false))?;
+    let io_error = |source| NetError::Io {
+        server: server.to_string(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)))
+        .map_err(io_error)?;
+    let mut socket = &stream;
+    while session.is_handshaking() {
+        if let Err(e) = session.complete_io(&mut socket) {
+            let rustls_error = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            return Err(match rustls_error {
+                Some(error @ rustls::Error::InvalidCertificate(problem)) => {
+                    let hint = match problem {
+                        rustls::CertificateError::UnknownIssuer => " (give its CA with --ca)",
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. } => {
+                            " (connect by a name it carries, or set --tls-name)"
+                        }
+                        _ => "",
+                    };
+                    fail(format!("{}{hint}", crate::tls::explain(error)), true)
+                }
+                Some(
+                    error @ rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                ) => fail(
+                    format!("{} (drop --tls, or check the address)", crate::tls::explain(error)),
+                    true,
+                ),
+                Some(error) => fail(crate::tls::explain(error), false),
+                None if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    fail(
+                        format!("no TLS handshake within {HANDSHAKE_TIMEOUT_MS} ms (does this address speak TLS?)"),
+                        false,
+                    )
+                }
+                None => fail(format!("handshake: {e}"), false),
+            });
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_millis(READ_POLL_MS)))
+        .map_err(io_error)?;
+    Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+        session, stream,
+    ))))
 }
 
 /// Starts the network thread. Commands queued before the first `welcome` are kept and
@@ -244,7 +366,7 @@ enum Handshake {
 /// One TCP connection and its partial input.
 struct Connection {
     server: String,
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes received and not yet split into complete lines.
     buffer: Vec<u8>,
     /// Complete lines that arrived with the answer to `hello`, for the session to handle.
@@ -255,7 +377,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(server: &str) -> Result<Connection, NetError> {
+    fn open(server: &str, tls: Option<&ClientTls>) -> Result<Connection, NetError> {
         let addrs = server
             .to_socket_addrs()
             .map_err(|source| NetError::Resolve {
@@ -278,6 +400,10 @@ impl Connection {
                     stream
                         .set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))
                         .map_err(io_error)?;
+                    let stream = match tls {
+                        Some(tls) => tls_handshake(server, stream, tls)?,
+                        None => Transport::Plain(stream),
+                    };
                     let now = Instant::now();
                     return Ok(Connection {
                         server: server.to_string(),
@@ -438,20 +564,32 @@ impl Driver {
                 attempt: self.policy.attempt(),
                 reconnecting: self.was_connected,
             })?;
-            let (mut connection, handshake) = match Connection::open(&server).and_then(|mut c| {
-                let answer = self.handshake(&mut c)?;
-                Ok((c, answer))
-            }) {
-                Ok(open) => open,
-                Err(e) => {
-                    self.emit(Event::AttemptFailed {
+            let (mut connection, handshake) =
+                match Connection::open(&server, self.config.tls.as_ref()).and_then(|mut c| {
+                    let answer = self.handshake(&mut c)?;
+                    Ok((c, answer))
+                }) {
+                    Ok(open) => open,
+                    Err(NetError::Tls {
                         server,
-                        reason: e.to_string(),
-                    })?;
-                    self.policy.on_failure();
-                    continue;
-                }
-            };
+                        message,
+                        certain: true,
+                    }) => {
+                        self.emit(Event::Fatal {
+                            code: "tls".into(),
+                            message: format!("{server}: {message}"),
+                        })?;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.emit(Event::AttemptFailed {
+                            server,
+                            reason: e.to_string(),
+                        })?;
+                        self.policy.on_failure();
+                        continue;
+                    }
+                };
             match handshake {
                 Handshake::Redirect { primary } => {
                     self.emit(Event::Redirected {

@@ -4,6 +4,10 @@
 //! either gets an `unavailable` error frame and is closed at once, costing the workers and
 //! the core nothing. The per-address counts ([`PerIp`]) are released by the worker that
 //! drops the connection.
+//!
+//! On a TLS listener each accepted connection gets its own rustls server state here, from
+//! the config in the [`TlsSlot`] at that moment; refusals are closed without an answer (the
+//! client's TLS stack could not read a plain-text frame).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,6 +23,11 @@ use mio::Waker;
 use super::io::Command;
 use crate::core::ConnId;
 use crate::wire::client::{encode_reply, ErrorCode, Reply};
+
+/// The client listener's TLS config when it speaks TLS. The driver swaps the config on
+/// reload; each new connection takes the one in place when it is accepted, and connections
+/// already open keep theirs.
+pub type TlsSlot = Arc<Mutex<Arc<rustls::ServerConfig>>>;
 
 pub struct WorkerHandle {
     pub commands: Sender<Command>,
@@ -90,6 +99,8 @@ pub fn worker_of(conn: ConnId, workers: usize) -> usize {
     (conn % workers as u64) as usize
 }
 
+// Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     listener: TcpListener,
     workers: Vec<WorkerHandle>,
@@ -98,6 +109,7 @@ pub fn run(
     next_conn: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     per_ip: Arc<PerIp>,
+    tls: Option<TlsSlot>,
 ) {
     let full = encode_reply(&Reply::Error {
         code: ErrorCode::Unavailable,
@@ -130,8 +142,10 @@ pub fn run(
             }
         };
         if clients.load(Ordering::Relaxed) >= max_clients.load(Ordering::Relaxed) {
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.write_all(&full);
+            if tls.is_none() {
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = stream.write_all(&full);
+            }
             continue;
         }
         let Ok(peer) = stream.peer_addr() else {
@@ -139,11 +153,35 @@ pub fn run(
         };
         let ip = PerIp::key(peer.ip());
         if !per_ip.try_acquire(ip) {
-            // A fresh socket's send buffer is empty: this small write does not block.
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.write_all(&crowded);
+            if tls.is_none() {
+                // A fresh socket's send buffer is empty: this small write does not block.
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = stream.write_all(&crowded);
+            }
             continue;
         }
+        let session = match &tls {
+            None => None,
+            Some(slot) => {
+                let config = slot
+                    .lock()
+                    .expect("never poisoned: no panic inside")
+                    .clone();
+                match rustls::ServerConnection::new(config) {
+                    Ok(session) => Some(Box::new(session)),
+                    Err(e) => {
+                        if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
+                            log::warn!(
+                                "cannot start TLS for a client connection: {e}{}",
+                                crate::daemon::logging::suppressed_note(suppressed)
+                            );
+                        }
+                        per_ip.release(ip);
+                        continue;
+                    }
+                }
+            }
+        };
         if stream.set_nonblocking(true).is_err() {
             per_ip.release(ip);
             continue;
@@ -154,7 +192,12 @@ pub fn run(
         let worker = &workers[worker_of(conn, workers.len())];
         if worker
             .commands
-            .send(Command::Adopt { conn, stream, ip })
+            .send(Command::Adopt {
+                conn,
+                stream,
+                ip,
+                tls: session,
+            })
             .is_err()
         {
             return;

@@ -5,6 +5,14 @@
 //! messages out to its local room subscribers, pacing replays and history from the log as
 //! each client drains, and dropping a client whose queue overflows. It never blocks except
 //! in `poll`, so the core may block sending to it without a deadlock.
+//!
+//! A connection on a TLS listener carries its rustls state (boxed; `None` on a plain
+//! connection, which pays one pointer and one branch per read and flush for it). Its bytes
+//! go socket → `read_tls` → `process_new_packets` → plaintext → the same line splitter,
+//! and queued frames → rustls's writer → `write_tls` → socket. rustls's own buffers are
+//! bounded (its default 64 KiB of outgoing records, and the plaintext it decrypts is
+//! drained before more is read), so a TLS connection's memory is bounded like a plain one's
+//! plus that; a handshake that never finishes is closed by the hello timeout.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ServerConnection;
 
 use super::acceptor::PerIp;
 use super::batch::Published;
@@ -74,6 +83,8 @@ pub enum Command {
         stream: std::net::TcpStream,
         /// The key the acceptor counted it under in [`PerIp`]; released when it is dropped.
         ip: IpAddr,
+        /// Its TLS server state, on a TLS listener.
+        tls: Option<Box<ServerConnection>>,
     },
     Core(Action),
     /// Committed messages of one room, for its local subscribers.
@@ -142,6 +153,8 @@ struct HistoryJob {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session over `stream` on a TLS listener; `None` (no allocation) on plain TCP.
+    tls: Option<Box<ServerConnection>>,
     /// Its source address as counted in [`PerIp`].
     ip: IpAddr,
     /// Unfinished line; empty (and unallocated) between frames.
@@ -165,9 +178,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, ip: IpAddr) -> Self {
+    fn new(stream: TcpStream, ip: IpAddr, tls: Option<Box<ServerConnection>>) -> Self {
         Conn {
             stream,
+            tls,
             ip,
             inbuf: Vec::new(),
             out: VecDeque::new(),
@@ -195,9 +209,9 @@ impl Conn {
 }
 
 /// Lists `c` for this turn's flush, once.
-fn mark_dirty(dirty: &mut Vec<ConnId>, conn: ConnId, c: &mut Conn) {
-    if !c.dirty {
-        c.dirty = true;
+fn mark_dirty(dirty: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
+    if !*flag {
+        *flag = true;
         dirty.push(conn);
     }
 }
@@ -328,7 +342,12 @@ impl Worker {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Adopt { conn, stream, ip } => self.adopt(conn, stream, ip),
+            Command::Adopt {
+                conn,
+                stream,
+                ip,
+                tls,
+            } => self.adopt(conn, stream, ip, tls),
             Command::Shutdown => {
                 self.shutdown_deadline = Some(Instant::now() + CLOSE_LINGER);
                 let ids: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -352,11 +371,17 @@ impl Worker {
 
     fn mark_dirty(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            mark_dirty(&mut self.dirty, conn, c);
+            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
         }
     }
 
-    fn adopt(&mut self, conn: ConnId, stream: std::net::TcpStream, ip: IpAddr) {
+    fn adopt(
+        &mut self,
+        conn: ConnId,
+        stream: std::net::TcpStream,
+        ip: IpAddr,
+        tls: Option<Box<ServerConnection>>,
+    ) {
         let mut stream = TcpStream::from_std(stream);
         let registered = self.poll.registry().register(
             &mut stream,
@@ -374,7 +399,7 @@ impl Worker {
             self.per_ip.release(ip);
             return;
         }
-        self.conns.insert(conn, Conn::new(stream, ip));
+        self.conns.insert(conn, Conn::new(stream, ip, tls));
         self.outbox.push_back(Input::Connected {
             conn,
             now_ms: now_ms(),
@@ -498,7 +523,7 @@ impl Worker {
                 continue;
             }
             c.push_frames(frame.clone(), frames);
-            mark_dirty(&mut self.dirty, conn, c);
+            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
         }
         for conn in overflowed {
             self.drop_slow_consumer(conn);
@@ -517,7 +542,7 @@ impl Worker {
             return;
         }
         c.push(frame);
-        mark_dirty(&mut self.dirty, conn, c);
+        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
     }
 
     /// The client did not read fast enough: what is queued is dropped (but for a frame
@@ -542,7 +567,7 @@ impl Worker {
         });
         c.push(frame.into());
         c.discard_input = true;
-        mark_dirty(&mut self.dirty, conn, c);
+        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
         self.stats
             .slow_consumer_drops
             .fetch_add(1, Ordering::Relaxed);
@@ -567,7 +592,7 @@ impl Worker {
             self.catching_up.remove(&conn);
             // The core learns at once, so the session and nick are free for a reconnect.
             self.outbox.push_back(Input::Disconnected { conn });
-            mark_dirty(&mut self.dirty, conn, c);
+            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
         }
     }
 
@@ -598,6 +623,10 @@ impl Worker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            if c.tls.is_some() {
+                self.read_tls(conn);
+                return;
+            }
             c.read_pending = false;
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => {
@@ -612,6 +641,73 @@ impl Worker {
                     }
                     c.inbuf.extend_from_slice(&self.scratch[..n]);
                     self.process_lines(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`Worker::read`] for a TLS connection: the plaintext rustls holds goes to the line
+    /// splitter first, then more records are read from the socket, until it would block.
+    fn read_tls(&mut self, conn: ConnId) {
+        loop {
+            if self.outbox.len() >= OUTBOX_MAX {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.read_pending = true;
+                }
+                return;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            c.read_pending = false;
+            let tls = c.tls.as_mut().expect("read_tls is for TLS connections");
+            match tls.reader().read(&mut self.scratch) {
+                Ok(0) => {
+                    // close_notify: the client is done.
+                    self.drop_conn(conn);
+                    return;
+                }
+                Ok(n) => {
+                    if !c.discard_input {
+                        c.inbuf.extend_from_slice(&self.scratch[..n]);
+                        self.process_lines(conn);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    // The socket ended without close_notify (or the stream is broken).
+                    self.drop_conn(conn);
+                    return;
+                }
+            }
+            match tls.read_tls(&mut c.stream) {
+                Ok(0) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+                Ok(_) => {
+                    c.last_read = Instant::now();
+                    if let Err(e) = tls.process_new_packets() {
+                        // rustls queued an alert saying why; it is sent if the socket takes it.
+                        let _ = tls.write_tls(&mut c.stream);
+                        log::debug!(
+                            "connection {conn}: TLS: {}; closing",
+                            crate::tls::explain(&e)
+                        );
+                        self.drop_conn(conn);
+                        return;
+                    }
+                    if tls.wants_write() {
+                        // Handshake answers (and whatever the core queued meanwhile).
+                        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -748,7 +844,7 @@ impl Worker {
                 for entry in &entries {
                     c.push(encode_msg(entry).into());
                 }
-                mark_dirty(&mut self.dirty, conn, c);
+                mark_dirty(&mut self.dirty, conn, &mut c.dirty);
                 continue;
             }
             let Some(job) = c.history.front_mut() else {
@@ -771,7 +867,7 @@ impl Worker {
                     c.push(encode_reply(&Reply::HistoryEnd { room: &job.room }).into());
                 }
             }
-            mark_dirty(&mut self.dirty, conn, c);
+            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
         }
         Ok(())
     }
@@ -804,6 +900,10 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.tls.is_some() {
+            self.flush_tls(conn);
+            return;
+        }
         while !c.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); WRITEV_FRAMES_MAX];
             let mut count = 0;
@@ -851,6 +951,65 @@ impl Worker {
                 self.drop_conn(conn);
             } else if self.catching_up.contains(&conn) {
                 // Drained: the next refill happens on this loop's next turn.
+            }
+        }
+    }
+
+    /// [`Worker::flush`] for a TLS connection: frames go into rustls while its bounded
+    /// buffer takes them, and its records go to the socket until it would block.
+    fn flush_tls(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let tls = c.tls.as_mut().expect("flush_tls is for TLS connections");
+        loop {
+            while let Some(front) = c.out.front() {
+                // 0 when rustls's buffer is full (or, before the handshake ends, its
+                // plaintext buffer): the rest waits in `out`, counted against the limit.
+                let taken = tls
+                    .writer()
+                    .write(&front.bytes[c.out_offset..])
+                    .unwrap_or(0);
+                if taken == 0 {
+                    break;
+                }
+                c.out_bytes -= taken;
+                self.flushed_bytes += taken as u64;
+                c.out_offset += taken;
+                if c.out_offset == front.bytes.len() {
+                    self.flushed_frames += u64::from(front.frames);
+                    c.out.pop_front();
+                    c.out_offset = 0;
+                }
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut c.stream) {
+                Ok(0) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+                Ok(_) => self.flushed_writes += 1,
+                // The writable event brings it back here.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(conn);
+                    return;
+                }
+            }
+        }
+        if c.out.is_empty() {
+            if c.out.capacity() > 64 {
+                c.out = VecDeque::new();
+            }
+            if c.closing {
+                // Everything went out: say close_notify (best effort) and go.
+                tls.send_close_notify();
+                let _ = tls.write_tls(&mut c.stream);
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                self.drop_conn(conn);
             }
         }
     }

@@ -7,9 +7,14 @@
 //! traffic are one path, within a window of unacknowledged entries; the backup acks what
 //! it has durably. Each link has a reader and a writer thread; the core reaches the writer
 //! through [`LinkCommand`]s and an ack word.
+//!
+//! With `[replication] tls_*` set, the link is mutual TLS ([`super::link_stream`]): each
+//! side presents its certificate and checks the other's against the pair's CA before the
+//! first frame, and the HMAC handshake still runs on top (TLS proves the CA vouches for the
+//! peer; the secret proves it is this pair's peer).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use rand::RngCore;
 
+use super::link_stream::{establish, LinkReader, LinkWriter};
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
 use crate::core::{Input, LinkId};
 use crate::entry::Entry;
@@ -88,6 +94,9 @@ pub struct LinkContext {
     pub beat_interval: Duration,
     pub data_dir: std::path::PathBuf,
     pub base: Instant,
+    /// Mutual TLS under the handshake; `None`: plain TCP. A reload may replace the
+    /// certificates (never turn TLS on or off); each new connection takes what is here.
+    tls: Mutex<Option<crate::tls::LinkTls>>,
     next_link: AtomicU64,
     links: Mutex<HashMap<LinkId, LinkHandle>>,
 }
@@ -120,6 +129,7 @@ impl LinkContext {
         beat_interval: Duration,
         data_dir: std::path::PathBuf,
         base: Instant,
+        tls: Option<crate::tls::LinkTls>,
     ) -> Self {
         LinkContext {
             node_id,
@@ -136,6 +146,7 @@ impl LinkContext {
             beat_interval,
             data_dir,
             base,
+            tls: Mutex::new(tls),
             next_link: AtomicU64::new(1),
             links: Mutex::new(HashMap::new()),
         }
@@ -143,6 +154,29 @@ impl LinkContext {
 
     fn mono_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
+    }
+
+    /// The TLS configs for a new connection.
+    fn tls(&self) -> Option<crate::tls::LinkTls> {
+        self.tls.lock().expect("link TLS lock").clone()
+    }
+
+    /// Replaces the certificates new connections use (a reload); links up keep theirs.
+    /// Does nothing on a plain link: TLS is not turned on at run time.
+    pub fn replace_tls(&self, tls: crate::tls::LinkTls) {
+        let mut slot = self.tls.lock().expect("link TLS lock");
+        if slot.is_some() {
+            *slot = Some(tls);
+        }
+    }
+
+    /// What the link runs over, for log lines.
+    fn transport(&self) -> &'static str {
+        if self.tls().is_some() {
+            "mutual TLS"
+        } else {
+            "plain TCP"
+        }
     }
 
     fn register(&self, stream: &TcpStream) -> std::io::Result<Registered> {
@@ -215,15 +249,15 @@ fn nonce() -> [u8; 16] {
     n
 }
 
-/// Blocking frame I/O over one stream.
+/// Blocking frame reads over one stream.
 struct Conn {
-    stream: TcpStream,
+    stream: LinkReader,
     reader: FrameReader,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: LinkReader) -> Self {
         Conn {
             stream,
             reader: FrameReader::new(),
@@ -247,7 +281,7 @@ impl Conn {
     }
 }
 
-fn send(stream: &mut TcpStream, frame: &PeerFrame) -> Result<(), String> {
+fn send(stream: &mut LinkWriter, frame: &PeerFrame) -> Result<(), String> {
     let mut bytes = Vec::new();
     encode(frame, &mut bytes);
     stream.write_all(&bytes).map_err(|e| e.to_string())
@@ -298,8 +332,16 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut conn = Conn::new(stream);
+    let tls = match &ctx.tls() {
+        Some(tls) => Some(
+            rustls::ServerConnection::new(tls.server.clone())
+                .map_err(|e| format!("TLS: {e}"))?
+                .into(),
+        ),
+        None => None,
+    };
+    let (reader, mut writer) = establish(stream, tls)?;
+    let mut conn = Conn::new(reader);
     let hello = conn.recv()?;
     let PeerFrame::Hello {
         version,
@@ -378,9 +420,10 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
-    let (link, commands, _ack, wake) = ctx.register(&writer).map_err(|e| e.to_string())?;
+    let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq})"
+        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq}) over {}",
+        ctx.transport()
     );
     let result = primary_session(
         ctx,
@@ -403,7 +446,7 @@ fn primary_session(
     ctx: &Arc<LinkContext>,
     link: LinkId,
     mut conn: Conn,
-    mut writer: TcpStream,
+    mut writer: LinkWriter,
     commands: Receiver<LinkCommand>,
     wake: Receiver<()>,
     epoch: u64,
@@ -532,7 +575,7 @@ fn primary_session(
 /// frame as a sign of life, and a backup learns the idle primary's head from it.
 fn beat_if_due(
     ctx: &LinkContext,
-    writer: &mut TcpStream,
+    writer: &mut LinkWriter,
     last_sent: &mut Instant,
 ) -> Result<(), String> {
     if last_sent.elapsed() < ctx.beat_interval {
@@ -625,8 +668,16 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut conn = Conn::new(stream);
+    let tls = match &ctx.tls() {
+        Some(tls) => Some(
+            rustls::ClientConnection::new(tls.client.clone(), tls.peer_name.clone())
+                .map_err(|e| format!("TLS: {e}"))?
+                .into(),
+        ),
+        None => None,
+    };
+    let (reader, mut writer) = establish(stream, tls)?;
+    let mut conn = Conn::new(reader);
     let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
     let hello = PeerFrame::Hello {
         version: REPLICATION_VERSION,
@@ -674,10 +725,11 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
-    let (link, commands, ack, wake) = ctx.register(&writer).map_err(|e| e.to_string())?;
+    let (link, commands, ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: following the primary {} in epoch {epoch}",
-        ctx.peer_id
+        "replication link {link}: following the primary {} in epoch {epoch} over {}",
+        ctx.peer_id,
+        ctx.transport()
     );
     let result = backup_session(ctx, link, conn, writer, commands, ack, wake, epoch, spans);
     ctx.unregister(link);
@@ -690,7 +742,7 @@ fn backup_session(
     ctx: &Arc<LinkContext>,
     link: LinkId,
     mut conn: Conn,
-    mut writer: TcpStream,
+    mut writer: LinkWriter,
     commands: Receiver<LinkCommand>,
     ack: Arc<AtomicU64>,
     wake: Receiver<()>,
@@ -811,7 +863,7 @@ fn backup_session(
 /// Sends the orphans side file's batches; returns the orig of the last entry sent.
 fn resubmit_orphans(
     ctx: &LinkContext,
-    writer: &mut TcpStream,
+    writer: &mut LinkWriter,
 ) -> Result<Option<(u64, u64)>, String> {
     let batches = read_orphans(&ctx.data_dir).map_err(|e| format!("reading orphans: {e}"))?;
     let mut last = None;

@@ -26,6 +26,7 @@ pub mod batch;
 pub mod heartbeat;
 pub mod io;
 pub mod link;
+mod link_stream;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
@@ -124,6 +125,19 @@ pub fn run(config: Config) -> Result<(), String> {
         Some(p) => Some(Arc::new(
             crate::wire::auth::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
         )),
+        None => None,
+    };
+    // TLS files are read before anything starts, so a bad one stops the start with its key.
+    let client_tls: Option<acceptor::TlsSlot> = match &config.client.tls {
+        Some(identity) => Some(Arc::new(Mutex::new(
+            crate::tls::client_listener(&config.file, identity).map_err(|e| e.to_string())?,
+        ))),
+        None => None,
+    };
+    let link_tls = match config.peer.as_ref().and_then(|p| p.link_tls.as_ref()) {
+        Some(link) => {
+            Some(crate::tls::replication_link(&config.file, link).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let rank = pair.as_ref().map_or(0, |p| p.rank);
@@ -276,6 +290,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let max_clients = max_clients.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
         let per_ip = per_ip.clone();
+        let tls = client_tls.clone();
         spawn("accept", move || {
             acceptor::run(
                 listener,
@@ -285,6 +300,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 next_conn,
                 stop,
                 per_ip,
+                tls,
             )
         })?;
     }
@@ -356,6 +372,7 @@ pub fn run(config: Config) -> Result<(), String> {
             Duration::from_millis(peer.heartbeat_interval_ms),
             config.data_dir.clone(),
             base,
+            link_tls,
         ));
         {
             let ctx = ctx.clone();
@@ -402,6 +419,7 @@ pub fn run(config: Config) -> Result<(), String> {
         clients,
         max_clients,
         per_ip,
+        client_tls,
         verifier,
         status,
         snapshot,
@@ -550,6 +568,8 @@ struct Driver {
     max_clients: Arc<AtomicUsize>,
     /// Connections per source address (the acceptor's table; its limit reloads).
     per_ip: Arc<acceptor::PerIp>,
+    /// The client listener's TLS config, swapped by a reload; `None`: plain TCP.
+    client_tls: Option<acceptor::TlsSlot>,
     /// Token checks, with `auth.mode = "token"`.
     verifier: Option<verifier::Verifier>,
     status: Arc<LocalStatus>,
@@ -1177,6 +1197,47 @@ impl Driver {
                 }
             }
         }
+        // The certificate is re-read on every reload (renewals keep their paths); new
+        // connections get it, open ones keep theirs. A file that does not load keeps the
+        // one in use.
+        let mut tls_applied = false;
+        if let (Some(slot), Some(identity)) = (&self.client_tls, &new_c.tls) {
+            match crate::tls::client_listener(&file, identity) {
+                Ok(tls) => {
+                    *slot.lock().expect("never poisoned: no panic inside") = tls;
+                    tls_applied = true;
+                    changed.push(format!(
+                        "client TLS certificate reloaded from {}",
+                        identity.cert.display()
+                    ));
+                }
+                Err(e) => {
+                    log::error!("reload: keeping the TLS certificate in use: {e}");
+                    changed.push(format!("client TLS certificate NOT reloaded ({e})"));
+                }
+            }
+        }
+        // The link's certificates likewise, for links made from now on.
+        let mut link_tls_applied = false;
+        let link_tls = |c: &Config| c.peer.as_ref().and_then(|p| p.link_tls.clone());
+        if let (Some(links), Some(_), Some(fresh)) =
+            (&self.links, link_tls(&self.config), link_tls(&new))
+        {
+            match crate::tls::replication_link(&file, &fresh) {
+                Ok(tls) => {
+                    links.replace_tls(tls);
+                    link_tls_applied = true;
+                    changed.push(format!(
+                        "replication TLS certificates reloaded from {}",
+                        fresh.identity.cert.display()
+                    ));
+                }
+                Err(e) => {
+                    log::error!("reload: keeping the replication TLS certificates in use: {e}");
+                    changed.push(format!("replication TLS certificates NOT reloaded ({e})"));
+                }
+            }
+        }
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($name:literal, $old:expr, $new:expr) => {
@@ -1188,6 +1249,12 @@ impl Driver {
         needs_restart!("node.id", self.config.node_id, new.node_id);
         needs_restart!("node.data_dir", self.config.data_dir, new.data_dir);
         needs_restart!("client.listen", old_c.listen, new_c.listen);
+        // Turning TLS on or off changes what the listener speaks: a restart.
+        needs_restart!(
+            "client.tls_cert (TLS on or off)",
+            old_c.tls.is_some(),
+            new_c.tls.is_some()
+        );
         needs_restart!("client.io_threads", old_c.io_threads, new_c.io_threads);
         needs_restart!(
             "client.max_line_bytes",
@@ -1231,10 +1298,18 @@ impl Driver {
             self.config.log.retain_bytes,
             new.log.retain_bytes
         );
+        // The link's TLS files reload (above); only turning link TLS on or off restarts.
+        let without_tls_files = |c: &Config| {
+            c.peer.clone().map(|mut p| {
+                let tls_on = p.link_tls.is_some();
+                p.link_tls = None;
+                (p, tls_on)
+            })
+        };
         needs_restart!(
             "[peer], [heartbeat], [replication], [failover]",
-            format!("{:?}", self.config.peer),
-            format!("{:?}", new.peer)
+            format!("{:?}", without_tls_files(&self.config)),
+            format!("{:?}", without_tls_files(&new))
         );
         needs_restart!("logging.target", self.config.log_target, new.log_target);
         needs_restart!(
@@ -1313,7 +1388,11 @@ impl Driver {
         let mut kept = new;
         kept.node_id = self.config.node_id.clone();
         kept.data_dir = self.config.data_dir.clone();
+        let applied_link_tls = link_tls(&kept).filter(|_| link_tls_applied);
         kept.peer = self.config.peer.clone();
+        if let (Some(peer), Some(tls)) = (kept.peer.as_mut(), applied_link_tls) {
+            peer.link_tls = Some(tls);
+        }
         kept.log = self.config.log.clone();
         kept.log_target = self.config.log_target;
         kept.log_facility = self.config.log_facility;
@@ -1324,7 +1403,13 @@ impl Driver {
             failure_delay_ms: kept.auth.failure_delay_ms,
             ..self.config.auth.clone()
         };
+        let tls = if tls_applied {
+            kept.client.tls.clone()
+        } else {
+            self.config.client.tls.clone()
+        };
         kept.client = crate::config::ClientConfig {
+            tls,
             max_clients: kept.client.max_clients,
             hello_timeout_ms: kept.client.hello_timeout_ms,
             rate_per_sec: kept.client.rate_per_sec,

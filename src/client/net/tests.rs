@@ -85,6 +85,7 @@ fn start(servers: Vec<String>) -> (Sender<Command>, Receiver<Event>, JoinHandle<
         token: None,
         ping_interval: Duration::from_millis(PING_INTERVAL_MS),
         seed: Some(7),
+        tls: None,
     };
     let handle = spawn(config, command_rx, event_tx).unwrap();
     (command_tx, event_rx, handle)
