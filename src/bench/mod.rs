@@ -55,7 +55,33 @@ pub fn raise_nofile(wanted: u64) -> u64 {
     soft
 }
 
-/// How many cores this machine has.
+/// How many cores this machine has online. Not `available_parallelism`: that follows this
+/// process's affinity, which is one core once [`pin_self`] ran, and then no server would be
+/// pinned (they all shared the load generator's core).
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
+        Ok(Some(n)) if n > 0 => n as usize,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_the_load_generator_does_not_hide_the_other_cores() {
+        // On a thread of its own: pinning changes only the calling thread here.
+        let (before, after) = std::thread::spawn(|| {
+            let before = cores();
+            let pinned = pin_self(0).is_ok();
+            (before, pinned.then(cores))
+        })
+        .join()
+        .expect("pinning thread");
+        if let Some(after) = after {
+            assert_eq!(after, before, "cores() must count the machine, not the affinity");
+        }
+    }
 }
