@@ -126,7 +126,8 @@ pub struct RawNode {
 pub struct RawClient {
     pub listen: String,
     pub max_clients: usize,
-    pub io_threads: usize,
+    /// Unset: [`default_io_threads`].
+    pub io_threads: Option<usize>,
     pub max_line_bytes: usize,
     pub max_body_bytes: usize,
     pub hello_timeout_ms: u64,
@@ -145,12 +146,19 @@ pub struct RawClient {
     pub tls_key: PathBuf,
 }
 
+/// `client.io_threads` when unset: two workers, or one when this process may run on one
+/// core only (`taskset -c 0`, a cpuset): there the workers, the core thread and the log writer
+/// would only wait on each other (docs/benchmarks.md, "Threads on one core").
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
 impl Default for RawClient {
     fn default() -> Self {
         RawClient {
             listen: "127.0.0.1:7400".into(),
             max_clients: 10_000,
-            io_threads: 2,
+            io_threads: None,
             max_line_bytes: 65_536,
             max_body_bytes: 4_096,
             hello_timeout_ms: 10_000,
@@ -677,7 +685,10 @@ impl RawConfig {
         let client = ClientConfig {
             listen: parse_socket(file, "client.listen", &c.listen)?,
             max_clients: check_range(file, "client.max_clients", c.max_clients, 1, 1_000_000)?,
-            io_threads: check_range(file, "client.io_threads", c.io_threads, 1, 64)?,
+            io_threads: match c.io_threads {
+                Some(n) => check_range(file, "client.io_threads", n, 1, 64)?,
+                None => default_io_threads(),
+            },
             max_line_bytes: check_range(
                 file,
                 "client.max_line_bytes",
