@@ -313,16 +313,22 @@ impl NodeFiles {
     }
 }
 
+/// `client.send_queue_bytes` of the benchmark's nodes (see [`client_section`]).
+pub const BENCH_SEND_QUEUE_BYTES: usize = 8 << 20;
+
 fn client_section(options: &NodeOptions, port: u16) -> String {
     // Rate limits and timeouts out of the way: the benchmark measures throughput, its
     // clients all come from 127.0.0.1, and its idle clients must not be closed for idling
-    // during a long capacity run.
+    // during a long capacity run. The send queue is Redis's pub/sub output buffer soft
+    // limit (8 MB): with P = N/10 senders a member may have P × window messages queued,
+    // more than the 1 MiB default, which would measure slow-consumer drops instead.
     format!(
         "[client]\nlisten = \"127.0.0.1:{port}\"\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
          max_clients = {max}\nmax_connections_per_ip = {max}\nidle_timeout_ms = 3600000\n\
-         hello_timeout_ms = 600000\n{}\n",
+         hello_timeout_ms = 600000\nsend_queue_bytes = {queue}\n{}\n",
         options.client_extra,
         max = options.max_clients,
+        queue = BENCH_SEND_QUEUE_BYTES,
     )
 }
 

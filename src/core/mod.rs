@@ -530,6 +530,13 @@ impl Node {
         }
     }
 
+    /// Sizes the de-duplication index for about `entries` recovered entries (the caller's
+    /// estimate from the log's size, capped by retention).
+    pub fn expect_recovered(&mut self, entries: u64) {
+        self.dedup
+            .reserve(usize::try_from(entries).unwrap_or(usize::MAX));
+    }
+
     /// Feeds one recovered, durable log entry (in seq order) at start-up.
     pub fn recover(&mut self, entry: &Entry) {
         assert!(

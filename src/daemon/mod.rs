@@ -159,6 +159,9 @@ pub fn run(config: Config) -> Result<(), String> {
         node.start_as_primary();
     }
     let started = Instant::now();
+    node.expect_recovered(
+        (dir_bytes(&log_dir) / RECORD_BYTES_TYPICAL).min(config.log.retain_messages),
+    );
     let (mut log, recovery) = Log::open(
         LogOptions {
             dir: log_dir.clone(),
@@ -1424,4 +1427,21 @@ impl Driver {
         };
         self.config = kept;
     }
+}
+
+/// About what one log record of a short chat line takes on disk (a 64-byte body makes 147):
+/// the log's size over this sizes the de-duplication index before recovery.
+const RECORD_BYTES_TYPICAL: u64 = 128;
+
+/// Bytes in the files directly inside `dir` (0 when it cannot be read: nothing is reserved).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
