@@ -81,7 +81,10 @@ mod tests {
         .join()
         .expect("pinning thread");
         if let Some(after) = after {
-            assert_eq!(after, before, "cores() must count the machine, not the affinity");
+            assert_eq!(
+                after, before,
+                "cores() must count the machine, not the affinity"
+            );
         }
     }
 }
