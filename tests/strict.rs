@@ -333,3 +333,79 @@ fn status_shows_the_mode_the_lease_and_the_witness() {
     let text = status(&pair.config_a, false).unwrap();
     assert!(text.contains("no lease"), "{text}");
 }
+
+/// systemd/pbchat-witness.service is `Type=notify` with `WatchdogSec=`: the witness says
+/// READY once it answers, feeds the watchdog while idle, says STOPPING on TERM and exits 0.
+/// Its stderr lines carry its own name, as the unit's SyslogIdentifier= does.
+#[test]
+fn the_witness_tells_systemd_ready_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pair.secret");
+    let made = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
+        .arg("--gen-secret")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let config = dir.path().join("witness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\n",
+            free_port(true),
+            secret.display(),
+            dir.path().join("witness.state").display()
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbchat-witness"))
+        .arg("-c")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut collect = |done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 1024];
+        while !done(&seen) {
+            assert!(Instant::now() < deadline, "datagrams so far: {seen:?}");
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        seen.clone()
+    };
+    let seen_now = collect(&|seen| {
+        seen.iter().any(|d| d.starts_with("READY=1"))
+            && seen.iter().filter(|d| *d == "WATCHDOG=1").count() >= 2
+    });
+    let ready = seen_now.iter().find(|d| d.starts_with("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=granted epoch 0"), "{ready:?}");
+    signal_pid(child.id(), "TERM");
+    collect(&|seen| seen.iter().any(|d| d.starts_with("STOPPING=1")));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let lines = log.join().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pbchat-witness[witness]: witness on udp")),
+        "{lines:?}"
+    );
+}
