@@ -65,6 +65,7 @@ if [ -x "$release_dir/pbchatctl" ]; then
 else
   echo "note: $release_dir/pbchatctl does not exist: packaging without pbchatctl and its man page"
 fi
+binaries+=(pbchat-witness)
 for bin in "${binaries[@]}"; do
   [ -x "$release_dir/$bin" ] || die "$release_dir/$bin is missing: build first (or drop --no-build)"
 done
@@ -152,15 +153,39 @@ for instance in primary backup; do
     die "$dst: a path under data/ is left: $(grep -n 'data/' "$dst" | grep -v '^[0-9]*:#')"
   fi
 done
-printf '/etc/pbchat/primary.toml\n/etc/pbchat/backup.toml\n' >"$root/DEBIAN/conffiles"
+# The witness (strict mode), from config/witness.toml: the pair's secret in /etc/pbchat,
+# its state file under StateDirectory=pbchat of pbchat-witness.service.
+src=config/witness.toml
+dst=$root/etc/pbchat/witness.toml
+{
+  echo "# Installed by the pbchat package as /etc/pbchat/witness.toml (a conffile: your"
+  echo "# changes are kept on upgrade). Started by: systemctl start pbchat-witness"
+  echo "# Set listen to this host's IP, copy the pair's secret to /etc/pbchat/pair.secret,"
+  echo "# and see pbchat-witness(8) and /usr/share/doc/pbchat/operations.md."
+  echo "#"
+  awk '
+    /^secret_file[ \t]*=/ { print "secret_file = \"/etc/pbchat/pair.secret\""; next }
+    /^state_file[ \t]*=/ { print "state_file = \"/var/lib/pbchat/witness.state\""; next }
+    { gsub(/-c config\/witness\.toml/, "-c /etc/pbchat/witness.toml"); print }
+  ' "$src"
+} >"$dst"
+chmod 0644 "$dst"
+grep -q '^secret_file = "/etc/pbchat/pair.secret"$' "$dst" || die "$src: secret_file not rewritten"
+grep -q '^state_file = "/var/lib/pbchat/witness.state"$' "$dst" || die "$src: state_file not rewritten"
+if grep -n 'data/' "$dst" | grep -v '^[0-9]*:#' >/dev/null; then
+  die "$dst: a path under data/ is left"
+fi
+printf '/etc/pbchat/primary.toml\n/etc/pbchat/backup.toml\n/etc/pbchat/witness.toml\n' \
+  >"$root/DEBIAN/conffiles"
 
 # The systemd unit template, and /run/pbchat from boot on.
 install -m 0644 systemd/pbchat@.service "$root/lib/systemd/system/pbchat@.service"
+install -m 0644 systemd/pbchat-witness.service "$root/lib/systemd/system/pbchat-witness.service"
 install -d -m 0755 "$root/usr/lib/tmpfiles.d"
 install -m 0644 "$templates/pbchat.tmpfiles" "$root/usr/lib/tmpfiles.d/pbchat.conf"
 
 # Man pages, one per binary shipped plus the configuration format.
-pages=(man/pbchatd.8 man/pbchat-client.1 man/pbchat.toml.5)
+pages=(man/pbchatd.8 man/pbchat-client.1 man/pbchat.toml.5 man/pbchat-witness.8)
 if [[ " ${binaries[*]} " == *" pbchatctl "* ]]; then
   pages+=(man/pbchatctl.8)
 fi

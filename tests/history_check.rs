@@ -6,7 +6,7 @@ mod history;
 
 use std::time::Duration;
 
-use history::{check, Broken, Event, Kind};
+use history::{check, check_one_committer, Broken, Event, Kind};
 
 /// A history written by hand, one event per call, 10 ms apart.
 #[derive(Default)]
@@ -39,6 +39,7 @@ impl Script {
             Kind::Send {
                 id: id.into(),
                 node: node.into(),
+                clock_ns: None,
             },
         )
     }
@@ -49,6 +50,36 @@ impl Script {
                 id: id.into(),
                 seq,
                 node: "a".into(),
+                clock_ns: None,
+            },
+        )
+    }
+    /// The next event's time as a sender's clock stamp (10 ms per event, like `at`).
+    fn clock_ns(&self) -> Option<u64> {
+        Some(10_000_000 * self.events.len() as u64)
+    }
+    /// A stamped send attempt of `id` to the node at `address`.
+    fn send_to(&mut self, client: &str, id: &str, address: &str) -> &mut Self {
+        let clock_ns = self.clock_ns();
+        self.at(
+            client,
+            Kind::Send {
+                id: id.into(),
+                node: address.into(),
+                clock_ns,
+            },
+        )
+    }
+    /// A stamped ack of `id` at `seq` from the node at `address`.
+    fn ack_from(&mut self, client: &str, id: &str, seq: u64, address: &str) -> &mut Self {
+        let clock_ns = self.clock_ns();
+        self.at(
+            client,
+            Kind::Ack {
+                id: id.into(),
+                seq,
+                node: address.into(),
+                clock_ns,
             },
         )
     }
@@ -292,4 +323,109 @@ fn an_ack_at_the_seq_a_merge_names_in_orig_is_right() {
     s.show_orig("ear", "s/m4", 2, 5, Some((1, 4)));
     s.show_orig("eye", "s/m4", 2, 5, Some((1, 4)));
     check(&s.events, &["ear", "eye"]).unwrap_or_else(|v| panic!("{v}"));
+}
+
+/// Strict mode's check: node a at address A, node b at B.
+const NODES: [(&str, &str); 2] = [("a", "A"), ("b", "B")];
+
+fn overlapping(script: &Script) -> history::Violation {
+    let violation = check_one_committer(&script.events, &NODES).expect_err("the checker missed it");
+    assert!(violation.to_string().contains("smallest excerpt"));
+    violation
+}
+
+#[test]
+fn a_failover_with_a_gap_between_the_committers_passes_with_the_gap() {
+    let mut s = Script::default();
+    s.term("a", 1);
+    s.send_to("s", "m1", "A").ack_from("s", "m1", 1, "A");
+    // m2 reaches a, which loses its lease and never commits it; t's n1 waits there too.
+    s.send_to("s", "m2", "A").send_to("t", "n1", "A");
+    s.term("b", 2);
+    // Both resent to b once it was granted epoch 2: b's span starts at these sends.
+    s.send_to("s", "m2", "B").ack_from("s", "m2", 2, "B");
+    s.send_to("t", "n1", "B").ack_from("t", "n1", 3, "B");
+    s.show("ear", "s/m1", 1, 1)
+        .show("ear", "s/m2", 2, 2)
+        .show("ear", "t/n1", 2, 3);
+    let committers = check_one_committer(&s.events, &NODES).expect("one committer at a time");
+    let spans: Vec<(&str, u64, usize)> = committers
+        .spans
+        .iter()
+        .map(|s| (s.node.as_str(), s.epoch, s.acks))
+        .collect();
+    assert_eq!(spans, [("a", 1, 1), ("b", 2, 2)]);
+    // a's last ack was event 2 (20 ms), b's first send to it event 6 (60 ms).
+    assert_eq!(committers.closest_handoff, Some(Duration::from_millis(40)));
+}
+
+#[test]
+fn two_nodes_acking_in_overlapping_time_are_caught() {
+    // Available mode in a partition: a and b both commit, each for its own clients.
+    let mut s = Script::default();
+    s.term("a", 1).term("b", 2);
+    s.send_to("left", "m1", "A");
+    s.send_to("right", "n1", "B");
+    s.ack_from("left", "m1", 7, "A");
+    s.ack_from("right", "n1", 7, "B");
+    s.show("ear", "left/m1", 1, 7).show("ear", "right/n1", 2, 7);
+    let v = overlapping(&s);
+    assert_eq!(v.broken, Broken::TwoCommitting);
+    assert_eq!(v.excerpt.len(), 4, "{v}");
+}
+
+#[test]
+fn an_old_primary_acking_once_after_the_new_one_began_is_caught() {
+    // The new primary's first commit, then one late ack from the old one (a lease that
+    // outlived the grant): the overlap is a single message long.
+    let mut s = Script::default();
+    s.term("a", 1);
+    s.send_to("s", "m1", "A").ack_from("s", "m1", 1, "A");
+    s.send_to("t", "n1", "A");
+    s.term("b", 2);
+    s.send_to("s", "m2", "B").ack_from("s", "m2", 2, "B");
+    s.ack_from("t", "n1", 3, "A");
+    s.show("ear", "s/m1", 1, 1)
+        .show("ear", "s/m2", 2, 2)
+        .show("ear", "t/n1", 1, 3);
+    let v = overlapping(&s);
+    assert_eq!(v.broken, Broken::TwoCommitting);
+    assert!(v.what.contains("node a (epoch 1)"), "{v}");
+}
+
+#[test]
+fn an_ack_without_a_clock_stamp_cannot_be_placed() {
+    let mut s = Script::default();
+    s.term("a", 1);
+    s.send_to("s", "m1", "A");
+    s.at(
+        "s",
+        Kind::Ack {
+            id: "m1".into(),
+            seq: 1,
+            node: "A".into(),
+            clock_ns: None,
+        },
+    );
+    s.show("ear", "s/m1", 1, 1);
+    assert_eq!(overlapping(&s).broken, Broken::CommitNotPlaced);
+}
+
+#[test]
+fn a_resend_acked_from_the_new_primarys_dedup_table_bounds_no_span() {
+    // a committed m1 but its ack was lost with a; b answers the resend with a's seq. That
+    // ack is b's answer, not b's commit: it must not stretch a's span into b's.
+    let mut s = Script::default();
+    s.term("a", 1);
+    s.send_to("s", "m0", "A").ack_from("s", "m0", 1, "A");
+    s.send_to("s", "m1", "A");
+    s.term("b", 2);
+    s.send_to("t", "n1", "B").ack_from("t", "n1", 3, "B");
+    s.send_to("s", "m1", "B").ack_from("s", "m1", 2, "B");
+    s.show("ear", "s/m0", 1, 1)
+        .show("ear", "s/m1", 1, 2)
+        .show("ear", "t/n1", 2, 3);
+    let committers = check_one_committer(&s.events, &NODES).expect("one committer at a time");
+    assert_eq!(committers.dedup_acks, 1);
+    assert_eq!(committers.spans.len(), 2);
 }

@@ -85,6 +85,17 @@ fn partition_between_the_nodes_with_clients_on_both_sides_merges_on_heal_without
 
     let report = lab.verify(&[&a, &b], &b, &[&left_ear, &right_ear]);
     assert!(report.merged > 0, "nothing was re-committed with orig");
+    // Available mode commits on both sides: strict mode's check (tests/strict_lab.rs) must
+    // see it in this real history, or it could not fail there either.
+    let overlap = history::check_one_committer(
+        &lab.history.events(),
+        &[
+            ("a", &a.client_addr.to_string()),
+            ("b", &b.client_addr.to_string()),
+        ],
+    )
+    .expect_err("two primaries committed, yet the one-committer check passed");
+    assert_eq!(overlap.broken, history::Broken::TwoCommitting, "{overlap}");
     assert!(
         promoted - cut < FAILOVER_BOUND,
         "promotion took {:?}",

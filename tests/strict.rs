@@ -78,6 +78,11 @@ impl Drop for Witness {
 
 /// A pair in strict mode with its witness, `a` serving as primary with a client on it.
 fn strict_pair() -> (PairFiles, Witness, Daemon, Daemon) {
+    strict_pair_with("")
+}
+
+/// As [`strict_pair`], with `extra` (whole sections) in both nodes' configs.
+fn strict_pair_with(extra: &str) -> (PairFiles, Witness, Daemon, Daemon) {
     // The witness's port must be known before the configs are written: reserve one, then
     // let the pair's failover section name it.
     let port = free_port(true);
@@ -85,7 +90,7 @@ fn strict_pair() -> (PairFiles, Witness, Daemon, Daemon) {
         "",
         "",
         "",
-        &format!("mode = \"strict\"\nwitness = \"127.0.0.1:{port}\"\nlease_ms = 600\n"),
+        &format!("mode = \"strict\"\nwitness = \"127.0.0.1:{port}\"\nlease_ms = 600\n{extra}"),
     );
     let witness = Witness::start_at(&pair, port);
     let a = pair.start_a();
@@ -332,4 +337,173 @@ fn status_shows_the_mode_the_lease_and_the_witness() {
     wait_failover_status(&pair.config_a, |f| f["lease_left_ms"] == 0);
     let text = status(&pair.config_a, false).unwrap();
     assert!(text.contains("no lease"), "{text}");
+}
+
+/// systemd/pbchat-witness.service is `Type=notify` with `WatchdogSec=`: the witness says
+/// READY once it answers, feeds the watchdog while idle, says STOPPING on TERM and exits 0.
+/// Its stderr lines carry its own name, as the unit's SyslogIdentifier= does.
+#[test]
+fn the_witness_tells_systemd_ready_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pair.secret");
+    let made = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
+        .arg("--gen-secret")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let config = dir.path().join("witness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\n",
+            free_port(true),
+            secret.display(),
+            dir.path().join("witness.state").display()
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbchat-witness"))
+        .arg("-c")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut collect = |done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 1024];
+        while !done(&seen) {
+            assert!(Instant::now() < deadline, "datagrams so far: {seen:?}");
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        seen.clone()
+    };
+    let seen_now = collect(&|seen| {
+        seen.iter().any(|d| d.starts_with("READY=1"))
+            && seen.iter().filter(|d| *d == "WATCHDOG=1").count() >= 2
+    });
+    let ready = seen_now.iter().find(|d| d.starts_with("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=granted epoch 0"), "{ready:?}");
+    signal_pid(child.id(), "TERM");
+    collect(&|seen| seen.iter().any(|d| d.starts_with("STOPPING=1")));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let lines = log.join().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pbchat-witness[witness]: witness on udp")),
+        "{lines:?}"
+    );
+}
+
+/// `GET /metrics` from the node's `[metrics]` endpoint (its address from the log).
+fn scrape(node: &Daemon) -> String {
+    use std::io::{Read, Write};
+
+    node.wait_log("metrics on http://");
+    let address = node
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("metrics on http://")
+                .nth(1)
+                .map(|rest| rest.trim_end_matches("/metrics").to_string())
+        })
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .parse()
+        .unwrap()
+}
+
+/// The primary's metrics follow strict mode through losing the witness and the backup:
+/// its lease shows and renews, then runs out, the sends it refuses are counted, and the
+/// backup's bids show as refused claims while the primary still holds its lease.
+#[test]
+fn metrics_show_the_lease_the_claims_and_the_refused_sends() {
+    let (pair, mut witness, a, mut b) = strict_pair_with("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let mut alice = joined(pair.client_a, "alice");
+    assert!(send(&mut alice, "m-1").is_ok());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let body = scrape(&a);
+        if metric(&body, "pbchat_witness_lease_remaining_ms") > 0
+            && metric(&body, "pbchat_witness_grants_total") >= 2
+        {
+            assert_eq!(metric(&body, "pbchat_strict_sends_refused_total"), 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lease in the metrics: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The backup claims nothing while it hears the primary.
+    assert_eq!(metric(&scrape(&b), "pbchat_witness_claims_total"), 0);
+
+    witness.kill9();
+    b.kill9();
+    a.wait_log("witness lease ran out");
+    let mut refused = 0;
+    let mut n = 1;
+    while refused < 3 {
+        n += 1;
+        if send(&mut alice, &format!("m-{n}")) == Err("unavailable".into()) {
+            refused += 1;
+        }
+        assert!(Instant::now() < deadline + DEADLINE, "sends still taken");
+    }
+    // The status the metrics show is published at most every 100 ms: wait for it.
+    let deadline = Instant::now() + DEADLINE;
+    let body = loop {
+        let body = scrape(&a);
+        if metric(&body, "pbchat_strict_sends_refused_total") >= 3 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused sends not counted: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(metric(&body, "pbchat_witness_lease_remaining_ms"), 0);
+    let claims = metric(&body, "pbchat_witness_claims_total");
+    // Unanswered renewals go on, one per heartbeat interval.
+    let deadline = Instant::now() + DEADLINE;
+    while metric(&scrape(&a), "pbchat_witness_claims_total") < claims + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no more claims while the witness is away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         println!("pbchat-witness: {}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    pbchat::daemon::logging::init("witness", config.log_level.to_filter());
+    pbchat::daemon::logging::init_as("pbchat-witness", "witness", config.log_level.to_filter());
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {

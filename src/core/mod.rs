@@ -1313,6 +1313,7 @@ impl Node {
             return;
         }
         if let Some(message) = strict_refusal {
+            self.strict_on_send_refused();
             self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
             return;
         }

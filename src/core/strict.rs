@@ -81,6 +81,21 @@ pub(super) struct Strict {
     witness_heard_ms: Option<u64>,
     /// The witness was answering, as of the last change (logged once each way).
     lease_held: bool,
+    /// Counters for metrics, from the start (they only rise).
+    counts: StrictCounts,
+}
+
+/// What strict mode did since the node started, for the metrics (counters, never reset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StrictCounts {
+    /// Claims sent to the witness: lease renewals of a primary and bids of a backup.
+    pub claims: u64,
+    /// Answers that granted the epoch claimed (a renewal or a take-over).
+    pub grants: u64,
+    /// Answers that refused it (another node holds a newer or a running lease).
+    pub refusals: u64,
+    /// Client sends answered `unavailable` because this primary held no lease.
+    pub sends_refused: u64,
 }
 
 /// What an operator sees of strict mode (status).
@@ -92,6 +107,7 @@ pub struct StrictStatus {
     pub witness_heard_ms: Option<u64>,
     /// The epoch this backup asked the witness for, while it waits.
     pub bidding: Option<u64>,
+    pub counts: StrictCounts,
 }
 
 impl Strict {
@@ -108,6 +124,7 @@ impl Strict {
             bid: None,
             witness_heard_ms: None,
             lease_held: false,
+            counts: StrictCounts::default(),
         }
     }
 }
@@ -129,6 +146,7 @@ impl Node {
             },
             witness_heard_ms: s.witness_heard_ms,
             bidding: s.bid.map(|b| b.epoch),
+            counts: s.counts,
         })
     }
 
@@ -172,6 +190,13 @@ impl Node {
             return None;
         }
         Some("no lease from the witness and no synchronous backup: this node cannot commit now; retry")
+    }
+
+    /// Counts a send refused for [`Node::strict_refusal`]'s reason.
+    pub(super) fn strict_on_send_refused(&mut self) {
+        if let Some(s) = self.strict.as_mut() {
+            s.counts.sends_refused += 1;
+        }
     }
 
     /// A backup's ack of `acked` renews the pair lease from when that entry was appended
@@ -219,6 +244,7 @@ impl Node {
             sent_ms: now,
         });
         s.last_claim_ms = Some(now);
+        s.counts.claims += 1;
         actions.push(Action::Claim { request, epoch });
     }
 
@@ -359,6 +385,11 @@ impl Node {
         let claim = s.inflight.remove(index).expect("found");
         s.witness_heard_ms = Some(now);
         let drift_ppm = s.config.drift_ppm;
+        if granted && epoch == claim.epoch {
+            s.counts.grants += 1;
+        } else if !granted {
+            s.counts.refusals += 1;
+        }
         if !granted {
             // `epoch` is the witness's highest grant: a primary below it was replaced.
             self.note_epoch(epoch, actions);

@@ -437,6 +437,12 @@ impl World {
         self.nodes[i].process.as_ref().map_or(0, |p| p.node.head())
     }
 
+    /// Node `i`'s strict-mode counters (what its metrics export).
+    fn counts(&self, i: usize) -> super::strict::StrictCounts {
+        let node = &self.nodes[i].process.as_ref().expect("running").node;
+        node.strict_status().expect("strict mode").counts
+    }
+
     /// Cuts (or heals) both directions between `x` and `y`.
     fn set_cut(&mut self, x: usize, y: usize, cut: bool) {
         self.cut[x][y] = cut;
@@ -1220,6 +1226,8 @@ fn full_partition_between_the_nodes_leaves_exactly_one_side_committing() {
     world.set_cut(0, 1, true);
     let cut_ms = world.now_ms;
     let before = world.committed_by[0];
+    // a's first claims were refused while the new witness held epoch 0 for one lease.
+    let a_before = world.counts(0);
     world.run_until(cut_ms + 10_000);
     assert_eq!(world.violation, None);
     // The primary keeps the witness lease and commits on; the backup asks in vain.
@@ -1227,6 +1235,15 @@ fn full_partition_between_the_nodes_leaves_exactly_one_side_committing() {
     assert_eq!(world.role(1), Some(Role::Backup));
     assert!(world.committed_by[0] > before + 50, "a commits on");
     assert_eq!(world.committed_by[1], 0, "b never commits");
+    // The metrics tell the story: b's bids all refused, a's renewals all granted.
+    let (a, b) = (world.counts(0), world.counts(1));
+    assert!(b.claims > 10 && b.refusals > 10 && b.grants == 0, "{b:?}");
+    assert!(a.grants > a_before.grants + 10, "{a:?}");
+    assert_eq!(
+        (a.refusals, a.sends_refused),
+        (a_before.refusals, 0),
+        "{a:?}"
+    );
     // Healed, b follows a again.
     world.set_cut(0, 1, false);
     let a_head = world.head(0);
@@ -1265,6 +1282,8 @@ fn losing_the_witness_and_the_backup_leaves_the_primary_unavailable() {
         world.last_commit_ms[0]
     );
     assert!(world.unavailable[0] > 10);
+    // Every one of those is counted for the metrics, from the node's own decisions.
+    assert_eq!(world.counts(0).sends_refused, world.unavailable[0]);
     // b, which still reaches the witness, takes over once a's lease ran out.
     assert_eq!(world.role(1), Some(Role::Primary));
     assert!(world.committed_by[1] > 10);

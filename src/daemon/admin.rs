@@ -97,10 +97,12 @@ pub struct StrictInfo {
     pub witness_heard_mono_ms: Option<u64>,
     /// A backup waiting for a grant of this epoch.
     pub bidding: Option<u64>,
+    /// Claims, grants, refusals and refused sends since the start (metrics).
+    pub counts: crate::core::strict::StrictCounts,
 }
 
 impl StrictInfo {
-    fn lease_left_ms(&self, now_mono_ms: u64) -> u64 {
+    pub fn lease_left_ms(&self, now_mono_ms: u64) -> u64 {
         self.lease_until_mono_ms
             .map_or(0, |until| until.saturating_sub(now_mono_ms))
     }

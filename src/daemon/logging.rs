@@ -30,6 +30,8 @@ enum Sink {
 }
 
 struct Logger {
+    /// The binary's name in each stderr line and as the syslog identity.
+    program: &'static str,
     node_id: String,
     sink: Sink,
 }
@@ -61,9 +63,10 @@ impl log::Log for Logger {
 impl Logger {
     fn to_stderr(&self, level: log::Level, args: &std::fmt::Arguments) {
         let line = format!(
-            "{} {:<5} pbchatd[{}]: {}\n",
+            "{} {:<5} {}[{}]: {}\n",
             utc_now(),
             level,
+            self.program,
             self.node_id,
             args
         );
@@ -134,9 +137,28 @@ pub fn init(node_id: &str, level: log::LevelFilter) {
     );
 }
 
+/// Logs to stderr only, as `program` (a binary other than pbchatd, e.g. `pbchat-witness`:
+/// under systemd its unit's SyslogIdentifier= names the journal's lines the same).
+pub fn init_as(program: &'static str, node_id: &str, level: log::LevelFilter) {
+    install(
+        program,
+        node_id,
+        level,
+        Target {
+            target: LogTarget::Stderr,
+            facility: SyslogFacility::Daemon,
+            syslog_socket: Path::new("/dev/log"),
+        },
+    );
+}
+
 /// Installs the logger once; later calls only change the level (as on reload). When syslog
 /// cannot be reached at start, lines go to stderr and one warning says why.
 pub fn init_with(node_id: &str, level: log::LevelFilter, target: Target) {
+    install("pbchatd", node_id, level, target);
+}
+
+fn install(program: &'static str, node_id: &str, level: log::LevelFilter, target: Target) {
     let mut fallback = None;
     let logger = LOGGER.get_or_init(|| {
         let sink = match target.target {
@@ -145,7 +167,7 @@ pub fn init_with(node_id: &str, level: log::LevelFilter, target: Target) {
                 let formatter = syslog::Formatter3164 {
                     facility: facility(target.facility),
                     hostname: None,
-                    process: "pbchatd".into(),
+                    process: program.into(),
                     pid: std::process::id(),
                 };
                 match syslog::unix_custom(formatter.clone(), target.syslog_socket) {
@@ -166,6 +188,7 @@ pub fn init_with(node_id: &str, level: log::LevelFilter, target: Target) {
             }
         };
         Logger {
+            program,
             node_id: node_id.to_string(),
             sink,
         }

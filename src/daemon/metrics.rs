@@ -144,6 +144,39 @@ pub fn render(ops: &Ops) -> String {
                 lag,
             );
         }
+        // failover.mode = "strict" only: in available mode there is no lease to report.
+        if let Some(strict) = &peer.strict {
+            metric(
+                "witness_lease_remaining_ms",
+                "gauge",
+                "How much longer this primary's witness lease runs (0: none; it then commits only what a synchronous backup holds).",
+                strict.lease_left_ms(now_mono_ms),
+            );
+            metric(
+                "witness_claims_total",
+                "counter",
+                "Claims sent to the witness: lease renewals (primary) and bids to take over (backup).",
+                strict.counts.claims,
+            );
+            metric(
+                "witness_grants_total",
+                "counter",
+                "Claims the witness granted (renewals and take-overs).",
+                strict.counts.grants,
+            );
+            metric(
+                "witness_refusals_total",
+                "counter",
+                "Claims the witness refused (another node's lease runs, or a newer epoch).",
+                strict.counts.refusals,
+            );
+            metric(
+                "strict_sends_refused_total",
+                "counter",
+                "Sends answered unavailable because this primary held no lease (no witness lease, no synchronous backup).",
+                strict.counts.sends_refused,
+            );
+        }
     }
     metric(
         "uptime_seconds",
@@ -238,5 +271,59 @@ mod tests {
         // Standalone: nothing about a peer is made up.
         assert!(!text.contains("backup_lag"));
         assert!(!text.contains("heartbeats"));
+        assert!(!text.contains("witness"));
+    }
+
+    #[test]
+    fn strict_mode_exports_the_lease_and_the_witness_counters() {
+        use crate::core::strict::StrictCounts;
+        use crate::daemon::admin::{PeerInfo, StrictInfo};
+
+        let base = Instant::now() - Duration::from_secs(10);
+        let now_mono_ms = base.elapsed().as_millis() as u64;
+        let ops = Ops::new(base, Arc::default(), None);
+        let strict = StrictInfo {
+            witness: "10.0.0.3:7410".into(),
+            // Far enough ahead that the render, a few ms later, still sees most of it.
+            lease_until_mono_ms: Some(now_mono_ms + 60_000),
+            witness_heard_mono_ms: Some(now_mono_ms),
+            bidding: None,
+            counts: StrictCounts {
+                claims: 12,
+                grants: 11,
+                refusals: 1,
+                sends_refused: 4,
+            },
+        };
+        ops.publish(Status {
+            role: "primary",
+            peer: Some(PeerInfo {
+                strict: Some(strict),
+                ..PeerInfo::default()
+            }),
+            ..Status::default()
+        });
+        let text = render(&ops);
+        let value = |name: &str| -> u64 {
+            let prefix = format!("pbchat_{name} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .parse()
+                .unwrap()
+        };
+        assert!((50_000..=60_000).contains(&value("witness_lease_remaining_ms")));
+        assert_eq!(value("witness_claims_total"), 12);
+        assert_eq!(value("witness_grants_total"), 11);
+        assert_eq!(value("witness_refusals_total"), 1);
+        assert_eq!(value("strict_sends_refused_total"), 4);
+        assert!(text.contains("# TYPE pbchat_witness_grants_total counter\n"));
+        // Without strict mode a paired node exports none of them.
+        ops.publish(Status {
+            role: "primary",
+            peer: Some(PeerInfo::default()),
+            ..Status::default()
+        });
+        assert!(!render(&ops).contains("witness"));
     }
 }

@@ -894,6 +894,7 @@ impl Driver {
                             .then(|| self.mono_ms() + st.lease_left_ms),
                         witness_heard_mono_ms: st.witness_heard_ms,
                         bidding: st.bidding,
+                        counts: st.counts,
                     }
                 }),
             }

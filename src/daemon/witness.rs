@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::witness::{Granted, Verdict, Witness};
 use crate::daemon::logging::{suppressed_note, Throttle};
+use crate::daemon::notify::Notifier;
 use crate::wire::auth::load_keyring;
 use crate::wire::heartbeat::ReplayGuard;
 use crate::wire::witness::{decode_claim, encode_answer, Answer, WITNESS_DATAGRAM_MAX_BYTES};
@@ -101,10 +102,19 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         granted.holder,
         config.lease_ms
     );
+    // Type=notify in systemd/pbchat-witness.service: READY once the socket is bound and the
+    // state file proved writable; the watchdog is fed from this loop, so a witness stuck in
+    // it (or in a state-file fsync) is restarted.
+    let mut notifier = Notifier::from_env();
+    notifier.ready(&format!(
+        "granted epoch {} to {:?}; lease {} ms",
+        granted.epoch, granted.holder, config.lease_ms
+    ));
     let mut guard = ReplayGuard::new();
     let mut rejects = Throttle::new(1, Duration::from_secs(10));
     let mut buf = [0u8; WITNESS_DATAGRAM_MAX_BYTES + 1];
     while !stop.load(Ordering::Acquire) {
+        notifier.poll(Instant::now());
         let (len, from) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
             Err(e)
@@ -165,6 +175,7 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             log::debug!("answer to {from}: {e}");
         }
     }
+    notifier.stopping();
     log::info!("stopped cleanly");
     Ok(())
 }

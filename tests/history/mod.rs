@@ -34,9 +34,21 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A send attempt of `id` to `node` (a resend after a fail-over is another attempt).
-    Send { id: String, node: String },
-    /// `node` acknowledged `id` with `seq`.
-    Ack { id: String, seq: u64, node: String },
+    /// `clock_ns`: the sender's CLOCK_MONOTONIC read just before the send left it, so no
+    /// node can have received this attempt earlier (see [`check_one_committer`]).
+    Send {
+        id: String,
+        node: String,
+        clock_ns: Option<u64>,
+    },
+    /// `node` acknowledged `id` with `seq`. `clock_ns`: the sender's CLOCK_MONOTONIC read
+    /// just after the ack arrived, so the commit it reports happened before.
+    Ack {
+        id: String,
+        seq: u64,
+        node: String,
+        clock_ns: Option<u64>,
+    },
     /// The client showed message `(from, id)` at `(epoch, seq)`; `orig` when it was
     /// re-committed from a history that lost.
     Deliver {
@@ -65,8 +77,8 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "+{:>8.3}s {:<10} ", self.at.as_secs_f64(), self.client)?;
         match &self.kind {
-            Kind::Send { id, node } => write!(f, "send {id} to {node}"),
-            Kind::Ack { id, seq, node } => write!(f, "ack {id} seq {seq} from {node}"),
+            Kind::Send { id, node, .. } => write!(f, "send {id} to {node}"),
+            Kind::Ack { id, seq, node, .. } => write!(f, "ack {id} seq {seq} from {node}"),
             Kind::Deliver {
                 from,
                 id,
@@ -207,6 +219,12 @@ pub enum Broken {
     /// An ack named a seq at which no receiver showed the message (neither as its seq nor
     /// as the `orig` of its re-committed copy).
     AckedAtAnotherSeq,
+    /// Strict mode ([`check_one_committer`]): the clocks cannot rule out that two nodes
+    /// committed in overlapping time.
+    TwoCommitting,
+    /// Strict mode: an ack whose commit cannot be placed in time (no stamp, or no send of
+    /// the message to the node that held its epoch).
+    CommitNotPlaced,
 }
 
 /// A broken invariant with the fewest events that show it.
@@ -566,4 +584,241 @@ pub fn assert_history(history: &History, receivers: &[&str]) -> Report {
         Ok(report) => report,
         Err(violation) => panic!("{violation}"),
     }
+}
+
+/// One term's observed commits, bounded by the senders' clocks: every commit that an ack
+/// of this term reports happened within `[from_ns, until_ns]` (CLOCK_MONOTONIC).
+#[derive(Clone, Debug)]
+pub struct CommitSpan {
+    pub node: String,
+    pub epoch: u64,
+    /// The earliest send, to this node, of a message it committed in this epoch: no commit
+    /// of those messages can precede it.
+    pub from_ns: u64,
+    /// The latest ack of this term read by its sender: every commit of the term precedes it.
+    pub until_ns: u64,
+    pub acks: usize,
+    first_send: Event,
+    last_ack: Event,
+}
+
+/// What [`check_one_committer`] proved.
+#[derive(Debug, Default)]
+pub struct Committers {
+    /// One per term that acknowledged something, in time order.
+    pub spans: Vec<CommitSpan>,
+    /// The shortest time between one node's last observed commit and another node's first.
+    pub closest_handoff: Option<Duration>,
+    /// Acks sent by a node that did not hold the message's epoch: a resend answered from
+    /// the dedup table (protocol: "a send ... already committed ... gets an ack with the
+    /// original seq"). They say when the holder committed only loosely (before this ack),
+    /// so they bound no span; the order checks in [`check`] still cover them.
+    pub dedup_acks: usize,
+    /// The earliest clock stamp of the run, for printing spans relative to it.
+    pub origin_ns: u64,
+}
+
+impl fmt::Display for Committers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = |ns: u64| (ns - self.origin_ns) as f64 / 1e9;
+        write!(f, "commits, one node at a time:")?;
+        for s in &self.spans {
+            write!(
+                f,
+                " {}:{} +{:.3}..+{:.3}s ({} acks);",
+                s.node,
+                s.epoch,
+                at(s.from_ns),
+                at(s.until_ns),
+                s.acks
+            )?;
+        }
+        match self.closest_handoff {
+            Some(gap) => write!(f, " closest hand-off {} ms", gap.as_millis())?,
+            None => write!(f, " one committer")?,
+        }
+        write!(f, "; {} dedup acks", self.dedup_acks)
+    }
+}
+
+/// Strict mode's invariant: at most one node commits at any moment. `nodes` maps each
+/// node id (as terms name it) to its client address (as sends and acks name it).
+///
+/// Every ack places one commit in time: its message's epoch (from where receivers showed
+/// it, or the `orig` of its re-committed copy) names the node that committed it; that node
+/// cannot have committed it before the first send of it to that node (stamped before the
+/// send left the sender) nor after the ack was read (stamped after). A term's commits
+/// therefore lie within [earliest such send, latest such ack]. The check passes only if the
+/// spans of different nodes are disjoint, with no slack: the lease arithmetic
+/// (docs/failover.md) promises a real-time gap between the old primary's last commit and
+/// the new one's first, and the stamps only ever widen a span, never narrow it, so a pass
+/// proves the commits did not overlap, whatever the harness's read delays. All stamps come
+/// from one clock: CLOCK_MONOTONIC of the one kernel every lab process runs on.
+pub fn check_one_committer(
+    events: &[Event],
+    nodes: &[(&str, &str)],
+) -> Result<Committers, Violation> {
+    let total = events.len();
+    let violation = |broken, what: String, mut excerpt: Vec<Event>| {
+        excerpt.sort_by_key(|e| e.at);
+        Violation {
+            broken,
+            what,
+            excerpt,
+            total,
+        }
+    };
+    let mut holder_of: BTreeMap<u64, &str> = BTreeMap::new();
+    for e in events {
+        if let Kind::Term { node, epoch } = &e.kind {
+            holder_of.entry(*epoch).or_insert(node);
+        }
+    }
+    // ((from, id), seq) -> the epoch the message was committed in at that seq.
+    let mut epoch_at: HashMap<(Key, u64), u64> = HashMap::new();
+    for e in events {
+        if let Kind::Deliver {
+            from,
+            id,
+            epoch,
+            seq,
+            orig,
+        } = &e.kind
+        {
+            let key = (from.clone(), id.clone());
+            epoch_at.insert((key.clone(), *seq), *epoch);
+            if let Some((orig_epoch, orig_seq)) = orig {
+                epoch_at.insert((key, *orig_seq), *orig_epoch);
+            }
+        }
+    }
+    // (client, id, node address) -> the first stamped send of it there.
+    let mut first_send: HashMap<(String, String, String), (u64, &Event)> = HashMap::new();
+    for e in events {
+        if let Kind::Send { id, node, clock_ns } = &e.kind {
+            let Some(clock) = clock_ns else {
+                return Err(violation(
+                    Broken::CommitNotPlaced,
+                    format!("a send of {id} by {} has no clock stamp", e.client),
+                    vec![e.clone()],
+                ));
+            };
+            first_send
+                .entry((e.client.clone(), id.clone(), node.clone()))
+                .and_modify(|(c, first)| {
+                    if clock < c {
+                        (*c, *first) = (*clock, e);
+                    }
+                })
+                .or_insert((*clock, e));
+        }
+    }
+    let mut report = Committers {
+        origin_ns: u64::MAX,
+        ..Committers::default()
+    };
+    let mut spans: BTreeMap<u64, CommitSpan> = BTreeMap::new();
+    for e in events {
+        let Kind::Ack {
+            id,
+            seq,
+            node: acked_by,
+            clock_ns,
+        } = &e.kind
+        else {
+            continue;
+        };
+        let key = (e.client.clone(), id.clone());
+        let Some(until) = *clock_ns else {
+            return Err(violation(
+                Broken::CommitNotPlaced,
+                format!("the ack of {key:?} has no clock stamp"),
+                vec![e.clone()],
+            ));
+        };
+        // Not shown anywhere at that seq: `check` reports it (lost, or acked elsewhere).
+        let Some(&epoch) = epoch_at.get(&(key.clone(), *seq)) else {
+            continue;
+        };
+        let Some(&holder) = holder_of.get(&epoch) else {
+            return Err(violation(
+                Broken::CommitNotPlaced,
+                format!("{key:?} was committed in epoch {epoch}, which no node's log announced"),
+                vec![e.clone()],
+            ));
+        };
+        let Some(&(_, address)) = nodes.iter().find(|(id, _)| *id == holder) else {
+            return Err(violation(
+                Broken::CommitNotPlaced,
+                format!("node {holder} (epoch {epoch}) has no known address"),
+                vec![e.clone()],
+            ));
+        };
+        if acked_by != address {
+            report.dedup_acks += 1;
+            continue;
+        }
+        let Some(&(from, sent)) = first_send.get(&(key.0.clone(), key.1.clone(), address.into()))
+        else {
+            return Err(violation(
+                Broken::CommitNotPlaced,
+                format!("{key:?} was acked by {holder} but never sent to it"),
+                vec![e.clone()],
+            ));
+        };
+        report.origin_ns = report.origin_ns.min(from);
+        let span = spans.entry(epoch).or_insert_with(|| CommitSpan {
+            node: holder.to_string(),
+            epoch,
+            from_ns: from,
+            until_ns: until,
+            acks: 0,
+            first_send: sent.clone(),
+            last_ack: e.clone(),
+        });
+        span.acks += 1;
+        if from < span.from_ns {
+            span.from_ns = from;
+            span.first_send = sent.clone();
+        }
+        if until > span.until_ns {
+            span.until_ns = until;
+            span.last_ack = e.clone();
+        }
+    }
+    let mut spans: Vec<CommitSpan> = spans.into_values().collect();
+    spans.sort_by_key(|s| s.from_ns);
+    for (n, x) in spans.iter().enumerate() {
+        for y in spans[n + 1..].iter().filter(|y| y.node != x.node) {
+            // Sorted by start: y starts no earlier than x; they are disjoint only if x
+            // ended before y's first possible commit.
+            if y.from_ns <= x.until_ns {
+                return Err(violation(
+                    Broken::TwoCommitting,
+                    format!(
+                        "node {} (epoch {}) committed until as late as {:.3} ms after node {} \
+                         (epoch {}) may have committed first: their commits may overlap",
+                        x.node,
+                        x.epoch,
+                        (x.until_ns - y.from_ns) as f64 / 1e6,
+                        y.node,
+                        y.epoch
+                    ),
+                    vec![
+                        x.first_send.clone(),
+                        x.last_ack.clone(),
+                        y.first_send.clone(),
+                        y.last_ack.clone(),
+                    ],
+                ));
+            }
+            let gap = Duration::from_nanos(y.from_ns - x.until_ns);
+            report.closest_handoff = Some(report.closest_handoff.map_or(gap, |g| g.min(gap)));
+        }
+    }
+    if spans.is_empty() {
+        report.origin_ns = 0;
+    }
+    report.spans = spans;
+    Ok(report)
 }

@@ -1,13 +1,14 @@
-//! The namespace fault lab: three hosts as network namespaces on a bridge that lives in a
-//! fourth namespace, the real `pbchatd` and `pbchat-client` binaries run inside them with
-//! `ip netns exec`, and faults made with nftables in the hosts' namespaces.
+//! The namespace fault lab: four hosts as network namespaces on a bridge that lives in a
+//! fifth namespace, the real `pbchatd`, `pbchat-witness` and `pbchat-client` binaries run
+//! inside them with `ip netns exec`, and faults made with nftables in the hosts' namespaces.
 //!
 //! Layout of one lab (`k` unique per lab in this process, names unique per process):
 //!
 //! ```text
 //!   pbl-<pid>-<n>-h1 (10.77.k.1: node a)  ─veth─┐
-//!   pbl-<pid>-<n>-h2 (10.77.k.2: node b)  ─veth─┼─ br0 in pbl-<pid>-<n>-br
-//!   pbl-<pid>-<n>-h3 (10.77.k.3: clients) ─veth─┘
+//!   pbl-<pid>-<n>-h2 (10.77.k.2: node b)  ─veth─┤
+//!   pbl-<pid>-<n>-h3 (10.77.k.3: clients) ─veth─┼─ br0 in pbl-<pid>-<n>-br
+//!   pbl-<pid>-<n>-h4 (10.77.k.4: witness) ─veth─┘  (strict mode only; idle otherwise)
 //! ```
 //!
 //! Nothing is created in the root namespace. Everything is removed when the `Lab` is
@@ -50,11 +51,16 @@ pub const CLIENT_PROCESS_TEST: &str = "netlab_client_process";
 static SERIAL: Mutex<()> = Mutex::new(());
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
 
-/// A host of the lab: 1, 2 or 3.
+/// A host of the lab: 1 to [`HOSTS`].
 pub type Host = u8;
+/// Node a, node b, the clients, the witness.
+pub const HOSTS: Host = 4;
+/// The witness's host and UDP port (strict mode).
+pub const WITNESS_HOST: Host = 4;
+pub const WITNESS_PORT: u16 = 7410;
 
 pub struct Lab {
-    /// `pbl-<pid>-<n>`; the namespaces are `<prefix>-br` and `<prefix>-h1..h3`.
+    /// `pbl-<pid>-<n>`; the namespaces are `<prefix>-br` and `<prefix>-h1..h4`.
     pub prefix: String,
     /// The third octet of the lab's addresses: 10.77.k.0/24.
     pub k: u32,
@@ -154,7 +160,7 @@ impl Lab {
             return None;
         }
         lab.created.push(br.clone());
-        for host in 1..=3 {
+        for host in 1..=HOSTS {
             let ns = lab.ns(host);
             must("ip netns add", ip(&["netns", "add", &ns]));
             lab.created.push(ns);
@@ -167,7 +173,7 @@ impl Lab {
         format!("{}-br", self.prefix)
     }
 
-    /// The namespace of host 1, 2 or 3.
+    /// The namespace of host 1 to [`HOSTS`].
     pub fn ns(&self, host: Host) -> String {
         format!("{}-h{host}", self.prefix)
     }
@@ -188,7 +194,7 @@ impl Lab {
             ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]),
         );
         must("bridge up", ip(&["-n", &br, "link", "set", "br0", "up"]));
-        for host in 1..=3 {
+        for host in 1..=HOSTS {
             let ns = self.ns(host);
             let port = format!("v{host}");
             must(
@@ -316,7 +322,7 @@ impl Lab {
     /// Removes every fault from every host.
     pub fn heal(&self) {
         self.history.fault("heal");
-        for host in 1..=3 {
+        for host in 1..=HOSTS {
             self.nft(
                 host,
                 "flush chain inet pbl input\nflush chain inet pbl output\n",
@@ -340,6 +346,15 @@ impl Lab {
     /// As [`Lab::pair_configs`], but node a sends its heartbeats and dials replication at
     /// `peer_of[0]` (b's, or a relay's) and node b at `peer_of[1]`.
     pub fn pair_configs_to(&self, peer_of: [(SocketAddr, SocketAddr); 2]) -> (PathBuf, PathBuf) {
+        self.pair_configs_with(peer_of, "")
+    }
+
+    /// As [`Lab::pair_configs_to`], with `extra` (whole sections) appended to both configs.
+    fn pair_configs_with(
+        &self,
+        peer_of: [(SocketAddr, SocketAddr); 2],
+        extra: &str,
+    ) -> (PathBuf, PathBuf) {
         let secret = self.dir.join("pair.secret");
         let out = Command::new(env!("CARGO_BIN_EXE_pbchatd"))
             .arg("--gen-secret")
@@ -357,7 +372,7 @@ impl Lab {
                  replication_address = \"{replication_to}\"\n\
                  [heartbeat]\nlisten = \"{me_ip}:{HEARTBEAT_PORT}\"\nsecret_file = \"{secret}\"\n\
                  [replication]\nlisten = \"{me_ip}:{REPLICATION_PORT}\"\n\
-                 [logging]\nlevel = \"debug\"\n",
+                 [logging]\nlevel = \"debug\"\n{extra}",
                 data = self.dir.join(format!("data-{id}")).display(),
                 me_ip = self.ip_of(me),
                 them_ip = self.ip_of(them),
@@ -395,6 +410,28 @@ impl Lab {
         let (config_a, config_b) = self.pair_configs_to([to_b, to_a]);
         let (a, b) = self.start_configured(config_a, config_b);
         (a, b, relay)
+    }
+
+    /// A strict-mode pair (docs/failover.md, "Strict mode") with its witness in host 4:
+    /// `failover.mode = "strict"`, lease 600 ms (the shipped default), every other key as in
+    /// [`Lab::pair_configs`]. Starts the witness, then a (which takes epoch 1 through a
+    /// grant) and b, and waits until b follows a.
+    pub fn start_strict_pair(&self) -> (Node, Node, WitnessProc) {
+        let direct = |host| {
+            (
+                self.addr(host, HEARTBEAT_PORT),
+                self.addr(host, REPLICATION_PORT),
+            )
+        };
+        let failover = format!(
+            "[failover]\nmode = \"strict\"\nwitness = \"{}\"\nlease_ms = {STRICT_LEASE_MS}\n",
+            self.addr(WITNESS_HOST, WITNESS_PORT)
+        );
+        let (config_a, config_b) = self.pair_configs_with([direct(2), direct(1)], &failover);
+        let witness = WitnessProc::start(self);
+        let (a, b) = self.start_configured(config_a, config_b);
+        a.wait_log("promoted to primary in epoch 1");
+        (a, b, witness)
     }
 
     fn start_configured(&self, config_a: PathBuf, config_b: PathBuf) -> (Node, Node) {
@@ -450,6 +487,123 @@ impl Drop for Lab {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The lease of the lab's strict pairs and their witness (the shipped default).
+pub const STRICT_LEASE_MS: u64 = 600;
+
+/// `pbchat-witness` running in host 4 with the pair's secret, its state file in the lab's
+/// directory (kept across [`WitnessProc::restart`]).
+pub struct WitnessProc {
+    ns: String,
+    config: PathBuf,
+    child: Option<Child>,
+    /// Every stderr line with the time it was read.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl WitnessProc {
+    /// Writes its config and starts it; the pair's secret must exist already.
+    pub fn start(lab: &Lab) -> WitnessProc {
+        let config = lab.dir.join("witness.toml");
+        let text = format!(
+            "listen = \"{}\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\n\
+             lease_ms = {STRICT_LEASE_MS}\nlog_level = \"debug\"\n",
+            lab.addr(WITNESS_HOST, WITNESS_PORT),
+            lab.dir.join("pair.secret").display(),
+            lab.dir.join("witness.state").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut witness = WitnessProc {
+            ns: lab.ns(WITNESS_HOST),
+            config,
+            child: None,
+            log: Arc::default(),
+        };
+        witness.spawn();
+        witness
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_pbchat-witness"),
+            ])
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pbchat-witness");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("witness on udp") {
+                    let _ = tx.send(());
+                }
+                eprintln!("  w| {line}");
+                log.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        if rx.recv_timeout(DEADLINE).is_err() {
+            panic!(
+                "pbchat-witness did not start: {:?}",
+                self.log.lock().unwrap()
+            );
+        }
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// kill -9 and start again on the same state file.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let log = self.log.lock().unwrap();
+        log.iter().any(|(_, l)| l.contains(needle))
+    }
+
+    pub fn wait_log(&self, needle: &str) -> Instant {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some((at, _)) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+            {
+                return *at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "witness: no log line with {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 
@@ -694,6 +848,35 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// [`Lab::verify`], then strict mode's invariant over the same run
+    /// ([`history::check_one_committer`]): the commits of the two nodes, as the senders'
+    /// clocks bound them, never overlap. Panics with the excerpt when they may have.
+    pub fn verify_strict(
+        &self,
+        nodes: &[&Node],
+        store: &Node,
+        listeners: &[&Listener],
+    ) -> (Report, history::Committers) {
+        let report = self.verify(nodes, store, listeners);
+        let addresses: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.client_addr.to_string()))
+            .collect();
+        let addresses: Vec<(&str, &str)> = addresses
+            .iter()
+            .map(|(id, addr)| (id.as_str(), addr.as_str()))
+            .collect();
+        match history::check_one_committer(&self.history.events(), &addresses) {
+            Ok(committers) => {
+                eprintln!("figures: {committers}");
+                (report, committers)
+            }
+            Err(violation) => panic!("{violation}"),
+        }
+    }
+}
+
 /// The history event of a `msg` line (a listener's or a stored history's).
 fn deliver_of(v: &Value) -> Kind {
     let field = |name: &str| {
@@ -754,24 +937,32 @@ impl SenderProc {
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    let mut words = line.split_whitespace();
-                    match (words.next(), words.next(), words.next(), words.next()) {
-                        (Some("PBL-SEND"), Some(id), Some(node), _) => history.record(
+                    // libtest may print `test netlab_client_process ... ` before the
+                    // first report on the same line.
+                    let Some(at) = line.find("PBL-") else {
+                        continue;
+                    };
+                    let words: Vec<&str> = line[at..].split_whitespace().collect();
+                    let clock = |at: usize| words.get(at).and_then(|w| w.parse().ok());
+                    match words[..] {
+                        ["PBL-SEND", id, node, ..] => history.record(
                             &nick,
                             Kind::Send {
                                 id: id.into(),
                                 node: node.into(),
+                                clock_ns: clock(3),
                             },
                         ),
-                        (Some("PBL-ACK"), Some(id), Some(seq), Some(node)) => history.record(
+                        ["PBL-ACK", id, seq, node, ..] => history.record(
                             &nick,
                             Kind::Ack {
                                 id: id.into(),
                                 seq: seq.parse().unwrap(),
                                 node: node.into(),
+                                clock_ns: clock(4),
                             },
                         ),
-                        (Some("PBL-DONE"), ..) => done.store(true, Ordering::Relaxed),
+                        ["PBL-DONE", ..] => done.store(true, Ordering::Relaxed),
                         _ => {}
                     }
                 }
@@ -828,11 +1019,20 @@ impl Drop for SenderProc {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this kernel (the lab
+/// makes no time namespaces), unlike `Instant`, which cannot leave its process.
+pub fn monotonic_ns() -> u64 {
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 /// The body of the sender process (see [`SenderProc`]): when `PBL_CLIENT_NICK` is set,
 /// sends `m-0`, `m-1`, ... one at a time to the servers in `PBL_CLIENT_SERVERS` until its
 /// stdin closes, riding over fail-overs the protocol's way (reconnect, the announced primary
-/// first; rejoin; resend the unacknowledged id), and prints `PBL-SEND id server` per send
-/// attempt, `PBL-ACK id seq server` per ack, `PBL-DONE` at the end. Returns false when the
+/// first; rejoin; resend the unacknowledged id), and prints `PBL-SEND id server clock` per
+/// send attempt, `PBL-ACK id seq server clock` per ack ([`monotonic_ns`]), `PBL-DONE` at
+/// the end. Returns false when the
 /// variables are not set (an ordinary run of the test suite).
 pub fn client_process_main() -> bool {
     let Ok(nick) = std::env::var("PBL_CLIENT_NICK") else {
@@ -880,7 +1080,8 @@ pub fn client_process_main() -> bool {
         'conn: while !stop.load(Ordering::Relaxed) {
             let id = format!("m-{next}");
             let body = format!("{nick} {next}");
-            report(format!("PBL-SEND {id} {addr}"));
+            // Stamped before the send leaves: no node can have received it earlier.
+            report(format!("PBL-SEND {id} {addr} {}", monotonic_ns()));
             if c.send(json!({"type":"send","room":ROOM,"id":id,"body":body}))
                 .is_err()
             {
@@ -890,7 +1091,9 @@ pub fn client_process_main() -> bool {
                 let Some(frame) = c.recv() else { break 'conn };
                 match frame.kind.as_str() {
                     "ack" if frame.id.as_deref() == Some(id.as_str()) => {
-                        report(format!("PBL-ACK {id} {} {addr}", frame.seq.unwrap()));
+                        // Stamped after the ack arrived: the commit came before.
+                        let seq = frame.seq.unwrap();
+                        report(format!("PBL-ACK {id} {seq} {addr} {}", monotonic_ns()));
                         next += 1;
                         // A steady stream, not a flood: at most 50 messages a second,
                         // so a scenario's history stays under the 1000 `history` returns.
