@@ -97,7 +97,7 @@ pub enum Command {
 /// multiplicative hash spreads them as well as SipHash does at a fraction of the cost that
 /// every delivery pays (one lookup per subscriber).
 #[derive(Default, Clone, Copy)]
-struct ConnIdHasher(u64);
+pub struct ConnIdHasher(u64);
 
 impl Hasher for ConnIdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -115,7 +115,7 @@ impl Hasher for ConnIdHasher {
     }
 }
 
-type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
+pub type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
 
 /// Bytes queued to a connection: one frame, or several `msg` lines joined (see `batch`).
 #[derive(Debug)]
