@@ -10,16 +10,13 @@
 
 use crate::wire::client::{
     check_nick, check_printable, check_room, decode_request, decode_server_frame, ErrorCode,
-    Request, HISTORY_LIMIT_MAX, ID_CHARS_MAX, SESSION_CHARS_MAX,
+    Request, ERROR_MESSAGE_MAX_BYTES, HISTORY_LIMIT_MAX, ID_CHARS_MAX, SESSION_CHARS_MAX,
 };
 use crate::wire::lines::Lines;
 
 /// Small, so that the fuzzer reaches the too-long path with short inputs.
 const MAX_LINE_BYTES: usize = 256;
 const MAX_BODY_BYTES: usize = 64;
-/// Longest error message the node may send for any line: a few fixed words plus at most a
-/// short quote of the input.
-const ERROR_MESSAGE_MAX_BYTES: usize = 400;
 
 /// What the stream meant: its lines, then whether it ended on an overlong line.
 #[derive(Debug, PartialEq)]

@@ -103,7 +103,7 @@ impl DecodeError {
     fn bad(message: impl Into<String>) -> Self {
         DecodeError {
             code: ErrorCode::BadRequest,
-            message: message.into(),
+            message: clip_message(message.into()),
             id: None,
         }
     }
@@ -227,6 +227,25 @@ pub fn decode_request(line: &[u8], max_body_bytes: usize) -> Result<Request, Dec
             id: None,
         }),
     }
+}
+
+/// Longest `message` of an error answer, in bytes. serde_json quotes what it could not
+/// parse, escaping control characters six-fold (`\u{7f}`), so its text grows with the input
+/// unless clipped (found by the client_frame fuzzer).
+pub const ERROR_MESSAGE_MAX_BYTES: usize = 400;
+
+/// `message` cut to [`ERROR_MESSAGE_MAX_BYTES`] at a character boundary, marked with `…`.
+fn clip_message(mut message: String) -> String {
+    if message.len() <= ERROR_MESSAGE_MAX_BYTES {
+        return message;
+    }
+    let mut end = ERROR_MESSAGE_MAX_BYTES - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push('…');
+    message
 }
 
 fn truncate_for_message(s: &str) -> &str {
@@ -542,5 +561,27 @@ mod tests {
                 Ok(Request::Send { room: "r".into(), id: id.clone(), body: body.clone() })
             );
         }
+    }
+
+    #[test]
+    fn an_error_message_quoting_control_characters_stays_bounded() {
+        // What the client_frame fuzzer found: serde_json quotes the string with each 0x7f as
+        // `\u{7f}`, which made a 482-byte message from a 73-byte line.
+        let mut line = br#""moroMoo"#.to_vec();
+        line.extend(std::iter::repeat_n(0x7f, 63));
+        line.extend_from_slice(br#"m""#);
+        let error = decode_request(&line, 4096).expect_err("not a request");
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(
+            error.message.starts_with("not a valid JSON object"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.len() <= ERROR_MESSAGE_MAX_BYTES,
+            "{}",
+            error.message.len()
+        );
+        assert!(error.message.ends_with("…"), "{}", error.message);
     }
 }
