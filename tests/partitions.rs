@@ -17,7 +17,7 @@ mod resilient;
 use std::time::{Duration, Instant};
 
 use netlab::relay::Impairment;
-use netlab::{Lab, Listener, SenderProc, HEARTBEAT_PORT};
+use netlab::{hold, Lab, Listener, SenderProc, HEARTBEAT_PORT};
 
 /// Not a scenario: the body of the sender processes the lab starts inside a host (this test
 /// binary re-run on this test alone). In an ordinary run it does nothing.
@@ -32,14 +32,6 @@ const FAILOVER_BOUND: Duration = Duration::from_millis(2_000);
 
 fn lab() -> Option<Lab> {
     Lab::new()
-}
-
-/// Waits `span` (a scenario's "for N seconds"), not a condition.
-fn hold(span: Duration) {
-    let until = Instant::now() + span;
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Partition {a, clients in host 3} | {b, clients in host 2}: b promotes while a keeps

@@ -15,7 +15,7 @@ mod resilient;
 
 use std::time::{Duration, Instant};
 
-use netlab::{Lab, Listener, SenderProc, WITNESS_HOST};
+use netlab::{hold, Lab, Listener, SenderProc, WITNESS_HOST};
 
 /// Not a scenario: the body of the sender processes the lab starts inside a host (this test
 /// binary re-run on this test alone). In an ordinary run it does nothing.
@@ -27,14 +27,6 @@ fn netlab_client_process() {
 /// The available-mode bound of tests/partitions.rs (detection 1 s + 1 s): issue 8 asks
 /// strict mode to fail over within the same bound.
 const FAILOVER_BOUND: Duration = Duration::from_millis(2_000);
-
-/// Waits `span` (a scenario's "for N seconds"), not a condition.
-fn hold(span: Duration) {
-    let until = Instant::now() + span;
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Full partition a | b, the witness reachable from both: a keeps its witness lease and
 /// commits (degraded: b no longer acknowledges); b, silent peer or not, is refused every

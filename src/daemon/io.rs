@@ -942,17 +942,7 @@ impl Worker {
                 }
             }
         }
-        if c.out.is_empty() {
-            if c.out.capacity() > 64 {
-                c.out = VecDeque::new();
-            }
-            if c.closing {
-                let _ = c.stream.shutdown(std::net::Shutdown::Write);
-                self.drop_conn(conn);
-            } else if self.catching_up.contains(&conn) {
-                // Drained: the next refill happens on this loop's next turn.
-            }
-        }
+        self.after_flush(conn);
     }
 
     /// [`Worker::flush`] for a TLS connection: frames go into rustls while its bounded
@@ -1000,17 +990,28 @@ impl Worker {
                 }
             }
         }
-        if c.out.is_empty() {
-            if c.out.capacity() > 64 {
-                c.out = VecDeque::new();
-            }
-            if c.closing {
-                // Everything went out: say close_notify (best effort) and go.
+        self.after_flush(conn);
+    }
+
+    /// After a flush of either kind: a drained queue gives its memory back, and a closing
+    /// connection goes (a TLS one says close_notify first, best effort).
+    fn after_flush(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.out.is_empty() {
+            return;
+        }
+        if c.out.capacity() > 64 {
+            c.out = VecDeque::new();
+        }
+        if c.closing {
+            if let Some(tls) = c.tls.as_mut() {
                 tls.send_close_notify();
                 let _ = tls.write_tls(&mut c.stream);
-                let _ = c.stream.shutdown(std::net::Shutdown::Write);
-                self.drop_conn(conn);
             }
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            self.drop_conn(conn);
         }
     }
 

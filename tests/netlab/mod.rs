@@ -761,6 +761,14 @@ impl Drop for Node {
     }
 }
 
+/// Waits `span` (a scenario's "for N seconds"), not a condition.
+pub fn hold(span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !condition() {
