@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, PairFiles, DEADLINE};
+use common::{Client, Daemon, PairFiles, DEADLINE};
 use resilient::Connection;
 use serde_json::json;
 
@@ -555,4 +555,44 @@ fn a_backup_that_cannot_reach_check_address_does_not_promote() {
     // Once the check address answers, it promotes.
     let _gateway = std::net::TcpListener::bind(("127.0.0.1", unreachable)).unwrap();
     b.wait_log("promoted to primary");
+}
+
+#[test]
+fn a_client_that_reaches_the_backup_during_detection_is_welcomed_when_it_takes_over() {
+    let pair = PairFiles::new("");
+    let (mut a, b) = start_pair(&pair);
+    let mut early = a.hello("early", "s-early");
+    early.join(ROOM);
+    let seq = early.send_acked(ROOM, "m-0", "before the kill");
+    a.kill9();
+    // Until b notices the silence it redirects to a; from then on it holds the hello (and
+    // the join sent right behind it) and answers once it has taken over.
+    let mut attempts = 0;
+    let (mut client, sent_before_promotion) = loop {
+        attempts += 1;
+        assert!(attempts < 500, "b never held a hello");
+        let sent_before_promotion = !b.log_contains("promoted to primary");
+        let mut client = Client::connect(pair.client_b);
+        client.send(json!({"type":"hello","version":1,"nick":"late","session":"s-late"}));
+        client.send(json!({"type":"join","room":ROOM,"after":0}));
+        let first = client.recv();
+        match first.kind.as_str() {
+            "redirect" => std::thread::sleep(Duration::from_millis(20)),
+            "welcome" => {
+                assert_eq!(first.role.as_deref(), Some("primary"));
+                break (client, sent_before_promotion);
+            }
+            other => panic!("unexpected answer {other}: {first:?}"),
+        }
+    };
+    assert!(
+        sent_before_promotion,
+        "every hello sent before the promotion was redirected ({attempts} attempts)"
+    );
+    let joined = client.recv_kind("joined");
+    assert_eq!(joined.head, Some(seq));
+    let replayed = client.recv_kind("msg");
+    assert_eq!(replayed.id.as_deref(), Some("m-0"));
+    let acked = client.send_acked(ROOM, "n-1", "after the take-over");
+    assert!(acked > seq);
 }

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::load::{find, leading_u64};
 use crate::client::reconnect::backoff_delay;
 
 /// Connection attempts in flight at once: a thundering herd of SYNs overflows the accept
@@ -69,18 +70,9 @@ pub struct IdleClients {
     scratch: Vec<u8>,
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 fn number_after(line: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(line, key)? + key.len();
-    let digits: Vec<u8> = line[at..]
-        .iter()
-        .copied()
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    leading_u64(&line[at..])
 }
 
 impl IdleClients {
@@ -251,7 +243,7 @@ impl IdleClients {
         let mut refused = false;
         let buf = std::mem::take(&mut self.clients[i].inbuf);
         let mut at = 0;
-        while let Some(len) = buf[at..].iter().position(|&b| b == b'\n') {
+        while let Some(len) = memchr::memchr(b'\n', &buf[at..]) {
             let line = &buf[at..at + len];
             at += len + 1;
             let c = &mut self.clients[i];

@@ -162,7 +162,7 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 }
 
 /// Digits at the start of `bytes`.
-fn leading_u64(bytes: &[u8]) -> Option<u64> {
+pub(super) fn leading_u64(bytes: &[u8]) -> Option<u64> {
     let end = bytes
         .iter()
         .position(|b| !b.is_ascii_digit())
@@ -170,7 +170,7 @@ fn leading_u64(bytes: &[u8]) -> Option<u64> {
     parse_u64(&bytes[..end])
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(haystack, needle)
 }
 

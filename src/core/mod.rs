@@ -49,6 +49,15 @@ pub enum LogLevel {
 /// A node's own timers firing this much later than due means it was stopped or starved.
 pub const STALL_MIN_MS: u64 = 500;
 
+/// Longest a backup holds a `hello` while it waits to see whether it takes over: below
+/// `pbchat-client`'s wait for an answer (`client::net::HANDSHAKE_TIMEOUT_MS`, 3 s), so a held
+/// client is answered before it gives up on the connection.
+pub const HELLO_HOLD_MAX_MS: u64 = 2_000;
+
+/// Frames a client may send behind a held `hello` (a pipelined `join`, say); they are
+/// handled in order once the hello is answered. More get `bad_request`.
+pub const HELD_REQUESTS_MAX: usize = 8;
+
 /// Limits and identity the core needs; validated by `config` before a node is built.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -369,6 +378,21 @@ enum AuthState {
     Verifying { nick: Arc<str>, session: Arc<str> },
     /// Refused: it gets `unauthorized` at its deadline and is closed; input is ignored.
     Refused,
+    /// A backup that has stopped hearing its primary holds the `hello` until it knows who
+    /// serves (see `Node::hold_hello`). Boxed: most connections never hold one.
+    Held(Box<HeldHello>),
+}
+
+/// A `hello` a backup answers later, and what the client sent behind it.
+#[derive(Debug)]
+struct HeldHello {
+    nick: String,
+    session: String,
+    token: Option<String>,
+    /// Monotonic time at which the hello is answered whatever happened (a redirect).
+    until_ms: u64,
+    /// At most [`HELD_REQUESTS_MAX`], handled in order after the answer.
+    queued: Vec<Request>,
 }
 
 /// A message ordered and appended but not yet committed.
@@ -448,6 +472,9 @@ pub struct Node {
     /// refusal (one delay for all, so deadlines ascend but across a reload). At most one per
     /// connection.
     auth_failures: VecDeque<(u64, ConnId)>,
+    /// Connections whose `hello` is held, oldest first (a connection closed meanwhile is
+    /// skipped when the list is next reviewed). At most one entry per connection.
+    held: VecDeque<ConnId>,
     /// Strict mode (`failover.mode = "strict"`): leases and the witness; `None` otherwise.
     strict: Option<strict::Strict>,
 }
@@ -499,6 +526,7 @@ impl Node {
             last_change: None,
             rate_limited_total: 0,
             auth_failures: VecDeque::new(),
+            held: VecDeque::new(),
             strict: None,
         }
     }
@@ -805,12 +833,14 @@ impl Node {
         }
         self.last_tick_mono_ms = Some(mono_ms);
         self.on_pair_tick(actions);
+        self.review_held(actions);
         while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
             if deadline > self.now_ms {
                 break;
             }
             self.hello_deadlines.pop_front();
-            if self.conns.get(&conn).is_some_and(|c| c.session.is_none()) {
+            let silent = |c: &Conn| c.session.is_none() && !matches!(c.auth, AuthState::Held(_));
+            if self.conns.get(&conn).is_some_and(silent) {
                 self.error(
                     conn,
                     ErrorCode::BadRequest,
@@ -960,6 +990,10 @@ impl Node {
         match c.auth {
             // It will be told and closed at its deadline; nothing it says matters now.
             AuthState::Refused => return,
+            AuthState::Held(_) if !matches!(request, Request::Ping { .. } | Request::Quit) => {
+                self.queue_behind_held(conn, request, actions);
+                return;
+            }
             AuthState::Verifying { .. } if !matches!(request, Request::Ping { .. }) => {
                 self.error(
                     conn,
@@ -1048,6 +1082,20 @@ impl Node {
         token: Option<String>,
         actions: &mut Vec<Action>,
     ) {
+        if !self.hold_hello(conn, &nick, &session, &token) {
+            self.answer_hello(conn, nick, session, token, actions);
+        }
+    }
+
+    /// Redirects, refuses, opens the session or starts checking the token.
+    fn answer_hello(
+        &mut self,
+        conn: ConnId,
+        nick: String,
+        session: String,
+        token: Option<String>,
+        actions: &mut Vec<Action>,
+    ) {
         if !self.may_open_session(conn, actions) {
             return;
         }
@@ -1126,6 +1174,116 @@ impl Node {
             return false;
         }
         true
+    }
+
+    /// A backup whose primary has gone quiet (a heartbeat interval without word) may be about
+    /// to take over: it holds the `hello` instead of redirecting the client to a primary that
+    /// is probably gone. The client is answered as soon as this node knows who serves (it
+    /// promotes: `welcome`; the primary speaks again: `redirect`), or with a redirect at
+    /// [`HELLO_HOLD_MAX_MS`]. Without this, every client of a failed primary bounces between
+    /// the nodes with growing back-off during detection and comes back up to a back-off step
+    /// after the promotion (docs/benchmarks.md, "Capacity").
+    fn hold_hello(
+        &mut self,
+        conn: ConnId,
+        nick: &str,
+        session: &str,
+        token: &Option<String>,
+    ) -> bool {
+        let Some(hold_ms) = self.hello_hold_ms() else {
+            return false;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        c.auth = AuthState::Held(Box::new(HeldHello {
+            nick: nick.to_string(),
+            session: session.to_string(),
+            token: token.clone(),
+            until_ms: self.mono_ms + hold_ms,
+            queued: Vec::new(),
+        }));
+        self.held.push_back(conn);
+        true
+    }
+
+    /// How long a `hello` arriving now would be held: `None` unless this is a backup whose
+    /// primary has been silent for a heartbeat interval or more. Long enough to cover the
+    /// rest of detection and the promotion.
+    fn hello_hold_ms(&self) -> Option<u64> {
+        let pair = self.pair()?;
+        if self.role != Role::Backup || self.draining || !self.primary_quiet() {
+            return None;
+        }
+        Some((pair.detection_ms + 2 * pair.interval_ms).min(HELLO_HOLD_MAX_MS))
+    }
+
+    fn primary_quiet(&self) -> bool {
+        self.pair().is_some_and(|pair| {
+            self.mono_ms.saturating_sub(self.peer.last_heard_ms) >= pair.interval_ms
+        })
+    }
+
+    /// A frame behind a held `hello` waits for the answer, within [`HELD_REQUESTS_MAX`].
+    fn queue_behind_held(&mut self, conn: ConnId, request: Request, actions: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let AuthState::Held(held) = &mut c.auth else {
+            return;
+        };
+        if matches!(request, Request::Hello { .. }) || held.queued.len() >= HELD_REQUESTS_MAX {
+            self.error(
+                conn,
+                ErrorCode::BadRequest,
+                "hello: this node answers once it knows which node serves; wait for the answer",
+                None,
+                actions,
+            );
+            self.count_error(conn, actions);
+            return;
+        }
+        held.queued.push(request);
+    }
+
+    /// Answers the held `hello`s whose answer is known: every one once this node is primary
+    /// (or draining), every one with a redirect once the primary speaks again, and each at
+    /// its own deadline.
+    fn review_held(&mut self, actions: &mut Vec<Action>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let settled = self.role != Role::Backup || self.draining || !self.primary_quiet();
+        let mut kept = VecDeque::new();
+        while let Some(conn) = self.held.pop_front() {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let AuthState::Held(held) = &c.auth else {
+                continue;
+            };
+            if !settled && self.mono_ms < held.until_ms {
+                kept.push_back(conn);
+                continue;
+            }
+            let AuthState::Held(held) = std::mem::replace(&mut c.auth, AuthState::Open) else {
+                unreachable!("matched above");
+            };
+            let HeldHello {
+                nick,
+                session,
+                token,
+                queued,
+                ..
+            } = *held;
+            // Held past its deadline on a backup that is still not sure: the answer is the
+            // usual redirect, naming the primary it last heard of.
+            self.answer_hello(conn, nick, session, token, actions);
+            for request in queued {
+                self.on_request(conn, request, actions);
+            }
+        }
+        self.held = kept;
     }
 
     /// Opens the session (taking it over from an older connection of the same nick).

@@ -2180,3 +2180,93 @@ fn acked_messages_a_node_kept_aside_are_recommitted_when_it_becomes_primary() {
         pair.nodes[A].disk.orphans
     );
 }
+
+fn kinds(frames: &[ServerFrame]) -> Vec<&str> {
+    frames.iter().map(|f| f.kind.as_str()).collect()
+}
+
+#[test]
+fn a_backup_holds_hellos_while_its_primary_is_quiet_and_welcomes_them_on_promotion() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 2);
+    // Before anything is wrong, a backup redirects at once, naming the primary.
+    let early = pair.connect(B, "early");
+    let frames = pair.frames_to(early);
+    assert_eq!(kinds(&frames), ["redirect"]);
+    assert_eq!(frames[0].primary.as_deref(), Some(CLIENT_ADDRESSES[A]));
+    pair.crash(A, true);
+    pair.run_for(INTERVAL_MS + TICK_MS);
+    // A heartbeat interval without word: b may be about to take over, so it holds the hello
+    // (and the join sent right behind it) instead of sending the client to a.
+    let bob = pair.connect(B, "bob");
+    pair.run_for(DETECTION_MS / 2);
+    assert!(!is_primary(B)(&pair));
+    assert_eq!(kinds(&pair.frames_to(bob)), Vec::<&str>::new());
+    assert!(pair.run_until(3_000, is_primary(B)), "b never promoted");
+    let frames = pair.frames_to(bob);
+    assert_eq!(kinds(&frames), ["welcome", "joined"]);
+    assert_eq!(frames[0].epoch, Some(2), "welcomed in b's new epoch");
+    assert_eq!(frames[1].head, Some(2));
+    // The session is open: bob's send commits at once.
+    pair.send(bob, "b-1");
+    pair.run_for(10);
+    assert_eq!(pair.ack_of(B, "bob", "b-1"), Some(3));
+}
+
+#[test]
+fn a_held_hello_is_redirected_when_the_primary_speaks_again() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 1);
+    // a stalls for less than detection: b holds hellos meanwhile.
+    pair.stop(A, DETECTION_MS / 2);
+    pair.run_for(INTERVAL_MS + TICK_MS);
+    let bob = pair.connect(B, "bob");
+    assert_eq!(kinds(&pair.frames_to(bob)), Vec::<&str>::new());
+    // What waits behind a held hello is bounded (connect queued one join already).
+    for k in 1..=HELD_REQUESTS_MAX {
+        pair.request(B, bob, &format!(r#"{{"type":"leave","room":"r{k}"}}"#));
+    }
+    let frames = pair.frames_to(bob);
+    assert_eq!(kinds(&frames), ["error"]);
+    assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+    assert!(pair.run_until(DETECTION_MS, |p| p.frames_to(bob).len() > 1));
+    assert!(!is_primary(B)(&pair), "b took over from a live primary");
+    let frames = pair.frames_to(bob);
+    assert_eq!(kinds(&frames), ["error", "redirect"]);
+    assert_eq!(frames[1].primary.as_deref(), Some(CLIENT_ADDRESSES[A]));
+}
+
+#[test]
+fn a_held_hello_is_answered_by_its_deadline_when_the_backup_cannot_take_over() {
+    const COOLDOWN_MS: u64 = 30_000;
+    let mut pair = linked_pair(COOLDOWN_MS);
+    commit_messages(&mut pair, 1);
+    pair.crash(A, true);
+    assert!(pair.run_until(3_000, is_primary(B)));
+    pair.restart(A);
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    pair.partition();
+    assert!(pair.run_until(3_000, is_primary(A)));
+    pair.heal();
+    assert!(pair.run_until(1_000, |p| p.node(B).role() == Role::Backup));
+    assert!(pair.run_until(1_000, Pair::in_sync));
+    // a dies, and b's cooldown keeps it from taking over for a long while: a held client
+    // gets the usual redirect at the hold deadline and may try elsewhere.
+    pair.crash(A, true);
+    pair.run_for(INTERVAL_MS + TICK_MS);
+    let bob = pair.connect(B, "bob");
+    let held_at = pair.now_ms;
+    assert!(pair.run_until(HELLO_HOLD_MAX_MS + TICK_MS, |p| !p
+        .frames_to(bob)
+        .is_empty()));
+    let waited = pair.now_ms - held_at;
+    let hold_ms = (DETECTION_MS + 2 * INTERVAL_MS).min(HELLO_HOLD_MAX_MS);
+    assert!(
+        (hold_ms..hold_ms + 2 * TICK_MS).contains(&waited),
+        "answered after {waited} ms"
+    );
+    let frames = pair.frames_to(bob);
+    assert_eq!(kinds(&frames), ["redirect"]);
+    assert_eq!(frames[0].primary.as_deref(), Some(CLIENT_ADDRESSES[A]));
+    assert!(!is_primary(B)(&pair));
+}

@@ -280,6 +280,8 @@ impl Node {
         );
         self.note_change("promoted", why);
         actions.push(Action::RoleChanged);
+        // Clients that came to this node while it waited to take over get their welcome now.
+        self.review_held(actions);
     }
 
     pub(super) fn on_pair_tick(&mut self, actions: &mut Vec<Action>) {

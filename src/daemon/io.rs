@@ -170,7 +170,8 @@ struct Conn {
     close_deadline: Option<Instant>,
     /// Input is ignored from now on (after `too_large` or a slow-consumer drop).
     discard_input: bool,
-    /// Reading stopped with data possibly left in the socket (outbox full).
+    /// Reading stopped with data possibly left in the socket (outbox full); listed in
+    /// `Worker::paused` when it became true.
     read_pending: bool,
     /// Listed in `Worker::dirty` (so it is listed once).
     dirty: bool,
@@ -208,11 +209,12 @@ impl Conn {
     }
 }
 
-/// Lists `c` for this turn's flush, once.
-fn mark_dirty(dirty: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
+/// Lists `conn` once, by its flag: for this turn's flush (`Worker::dirty`), or for reading
+/// again (`Worker::paused`).
+fn list_once(list: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
     if !*flag {
         *flag = true;
-        dirty.push(conn);
+        list.push(conn);
     }
 }
 
@@ -231,6 +233,9 @@ pub struct Worker {
     /// Connections with queued output not yet handed to the socket (each once, by
     /// `Conn::dirty`; ids of connections dropped meanwhile are skipped).
     dirty: Vec<ConnId>,
+    /// Connections that stopped reading while the outbox was full (`Conn::read_pending`),
+    /// so that resuming does not scan every connection on every turn.
+    paused: Vec<ConnId>,
     /// Connections with replay or history still to read from the log.
     catching_up: HashSet<ConnId>,
     scratch: Vec<u8>,
@@ -279,6 +284,7 @@ impl Worker {
             reader,
             limits,
             dirty: Vec::new(),
+            paused: Vec::new(),
             catching_up: HashSet::new(),
             scratch: vec![0; READ_CHUNK_BYTES],
             clients,
@@ -371,7 +377,7 @@ impl Worker {
 
     fn mark_dirty(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+            list_once(&mut self.dirty, conn, &mut c.dirty);
         }
     }
 
@@ -523,7 +529,7 @@ impl Worker {
                 continue;
             }
             c.push_frames(frame.clone(), frames);
-            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+            list_once(&mut self.dirty, conn, &mut c.dirty);
         }
         for conn in overflowed {
             self.drop_slow_consumer(conn);
@@ -542,7 +548,7 @@ impl Worker {
             return;
         }
         c.push(frame);
-        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+        list_once(&mut self.dirty, conn, &mut c.dirty);
     }
 
     /// The client did not read fast enough: what is queued is dropped (but for a frame
@@ -567,7 +573,7 @@ impl Worker {
         });
         c.push(frame.into());
         c.discard_input = true;
-        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+        list_once(&mut self.dirty, conn, &mut c.dirty);
         self.stats
             .slow_consumer_drops
             .fetch_add(1, Ordering::Relaxed);
@@ -592,7 +598,7 @@ impl Worker {
             self.catching_up.remove(&conn);
             // The core learns at once, so the session and nick are free for a reconnect.
             self.outbox.push_back(Input::Disconnected { conn });
-            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+            list_once(&mut self.dirty, conn, &mut c.dirty);
         }
     }
 
@@ -616,7 +622,7 @@ impl Worker {
         loop {
             if self.outbox.len() >= OUTBOX_MAX {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.read_pending = true;
+                    list_once(&mut self.paused, conn, &mut c.read_pending);
                 }
                 return;
             }
@@ -658,7 +664,7 @@ impl Worker {
         loop {
             if self.outbox.len() >= OUTBOX_MAX {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.read_pending = true;
+                    list_once(&mut self.paused, conn, &mut c.read_pending);
                 }
                 return;
             }
@@ -706,7 +712,7 @@ impl Worker {
                     }
                     if tls.wants_write() {
                         // Handshake answers (and whatever the core queued meanwhile).
-                        mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+                        list_once(&mut self.dirty, conn, &mut c.dirty);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -744,7 +750,7 @@ impl Worker {
                     };
                     self.outbox.push_back(input);
                     if self.outbox.len() >= OUTBOX_MAX {
-                        c.read_pending = true;
+                        list_once(&mut self.paused, conn, &mut c.read_pending);
                         break;
                     }
                 }
@@ -790,16 +796,15 @@ impl Worker {
 
     /// Reads again from connections that stopped while the outbox was full.
     fn resume_reads(&mut self) {
-        if self.outbox.len() >= OUTBOX_MAX / 2 {
+        if self.paused.is_empty() || self.outbox.len() >= OUTBOX_MAX / 2 {
             return;
         }
-        let pending: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.read_pending)
-            .map(|(&id, _)| id)
-            .collect();
-        for conn in pending {
+        for conn in std::mem::take(&mut self.paused) {
+            match self.conns.get_mut(&conn) {
+                // Listed again if reading stops again below.
+                Some(c) if c.read_pending => c.read_pending = false,
+                _ => continue,
+            }
             // Lines already buffered go first, then the socket.
             self.process_lines(conn);
             self.read(conn);
@@ -844,7 +849,7 @@ impl Worker {
                 for entry in &entries {
                     c.push(encode_msg(entry).into());
                 }
-                mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+                list_once(&mut self.dirty, conn, &mut c.dirty);
                 continue;
             }
             let Some(job) = c.history.front_mut() else {
@@ -867,7 +872,7 @@ impl Worker {
                     c.push(encode_reply(&Reply::HistoryEnd { room: &job.room }).into());
                 }
             }
-            mark_dirty(&mut self.dirty, conn, &mut c.dirty);
+            list_once(&mut self.dirty, conn, &mut c.dirty);
         }
         Ok(())
     }
