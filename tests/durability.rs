@@ -1,5 +1,6 @@
 //! kill -9 and restart: no acknowledged message is lost, in `always` and `batch` modes, and a
-//! torn log tail is cut at start-up without losing what came before it.
+//! torn log tail is cut at start-up without losing what came before it; the de-duplication
+//! index rebuilt at start-up still recognises a resend.
 
 mod common;
 
@@ -152,4 +153,29 @@ fn a_torn_log_tail_is_cut_and_reported_and_what_came_before_survives() {
     let mut c = node.hello("alice", "s");
     c.join("r");
     assert_eq!(c.send_acked("r", "m-21", "after"), 21);
+}
+
+/// The de-duplication index is rebuilt from the log at start-up, in batches (issue 6): a
+/// resend after a restart, of an id from anywhere in the log (the first batch, a middle one,
+/// the partial last one), is acked with its first seq and stored once.
+#[test]
+fn a_resend_after_a_restart_is_acked_with_its_first_seq_and_not_stored_again() {
+    let mut node = Daemon::start("primary", "", "");
+    let mut c = node.hello("alice", "s");
+    c.join("r");
+    // 2.5 recovery batches: the last keys reach the index only at finish_recovery.
+    let sent = 2 * pbchat::core::dedup::RECOVERY_BATCH as u64 + 8;
+    for i in 1..=sent {
+        assert_eq!(c.send_acked("r", &format!("m-{i}"), "first"), i);
+    }
+    drop(c);
+    node.restart();
+    let mut c = node.hello("alice", "s");
+    c.join("r");
+    for i in [1, 17, sent - 1, sent] {
+        assert_eq!(c.send_acked("r", &format!("m-{i}"), "again"), i, "m-{i}");
+    }
+    assert_eq!(c.send_acked("r", "m-new", "new"), sent + 1);
+    let stored = stored(&node);
+    assert_eq!(stored.len() as u64, sent + 1, "nothing was stored twice");
 }

@@ -2,114 +2,384 @@
 //!
 //! Bounded by log retention: an entry lives while its message is retained, so the index
 //! holds at most `log.retain_messages` keys plus the pending ones.
+//!
+//! The index is a small open-addressing table of its own rather than a `HashMap`: start-up
+//! recovery inserts every retained key at a random place in a table far larger than the
+//! caches, and with hashbrown each insert missed twice (its control bytes, then its 32-byte
+//! bucket, as a `u128` key pads the tuple), about 37 % of the daemon's start-up (issue 6).
+//! Here a slot is 24 bytes and holds all that a probe reads, and recovery hands keys over in
+//! batches whose home slots are prefetched first, so the misses of a batch overlap instead of
+//! following one another.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 
-/// Keys are 128-bit hashes of (session, id) rather than the strings, to keep the index small
-/// (24 bytes a message instead of ~100). Two independent 64-bit SipHashes make an accidental
-/// collision among a million keys about 1 in 10^26.
-type Key = u128;
+/// Recovered keys handed to the table at once. Each key's home slot is prefetched before the
+/// first is inserted, so a batch keeps this many misses in flight: about what a core's
+/// line-fill buffers can track (10-24 on current x86); beyond that the prefetches only queue.
+pub const RECOVERY_BATCH: usize = 16;
 
-/// The map's own hasher: a key is a SipHash already, so its low 64 bits are as good a hash as
-/// hashing it again (which was a tenth of start-up recovery's time, docs/benchmarks.md).
-#[derive(Default)]
-struct KeyIsHash(u64);
+/// The table grows (doubles) before it is fuller than this. Linear probing stays short below
+/// it (at most about 2.5 probes for a hit and 8.5 for a miss, most in the same cache line),
+/// and 1M keys take 2M slots all the same: 48 MB of 24-byte slots, where hashbrown's 2M
+/// 32-byte buckets and control bytes took 66 MB.
+const LOAD_MAX_PERCENT: usize = 75;
 
-impl Hasher for KeyIsHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// The smallest table once a key arrives, so a handful of keys do not double it repeatedly.
+const SLOTS_MIN: usize = 16;
 
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used for a `Key`; anything else still hashes, just not well.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+/// A 128-bit hash of (session, id), kept instead of the strings to keep the index small. Two
+/// independent 64-bit SipHashes make an accidental collision among a million keys about
+/// 1 in 10^26. Two `u64`s rather than a `u128`, whose 16-byte alignment would pad a slot to
+/// 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    high: u64,
+    low: u64,
+}
+
+impl Key {
+    /// Marks a free slot. The one real key equal to it is stored as `(0, 1)` instead (see
+    /// `Key::new`): a chance of 2^-128 to merge two keys, next to 2^-87 for any collision.
+    const EMPTY: Key = Key { high: 0, low: 0 };
+
+    fn new(high: u64, low: u64) -> Key {
+        if high == 0 && low == 0 {
+            Key { high: 0, low: 1 }
+        } else {
+            Key { high, low }
         }
     }
 
-    fn write_u128(&mut self, key: u128) {
-        self.0 = key as u64;
+    fn of(session: &str, id: &str) -> Key {
+        let half = |salt: u8| {
+            let mut hasher = DefaultHasher::new();
+            salt.hash(&mut hasher);
+            session.hash(&mut hasher);
+            id.hash(&mut hasher);
+            hasher.finish()
+        };
+        Key::new(half(1), half(2))
+    }
+
+    fn is_empty(self) -> bool {
+        self == Key::EMPTY
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Dedup {
-    seqs: HashMap<Key, u64, BuildHasherDefault<KeyIsHash>>,
-    /// Keys in seq order, for forgetting the oldest when retention moves on.
-    order: VecDeque<(u64, Key)>,
+/// One key and the seq of its message: a table slot, and an entry of the seq-ordered list.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    key: Key,
+    seq: u64,
 }
 
-fn key(session: &str, id: &str) -> Key {
-    let half = |salt: u8| {
-        let mut hasher = DefaultHasher::new();
-        salt.hash(&mut hasher);
-        session.hash(&mut hasher);
-        id.hash(&mut hasher);
-        hasher.finish()
-    };
-    (u128::from(half(1)) << 64) | u128::from(half(2))
+const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+
+const EMPTY_SLOT: Slot = Slot {
+    key: Key::EMPTY,
+    seq: 0,
+};
+
+/// Linear probing over a power-of-two number of slots, without tombstones: a removal shifts
+/// the run after it back (`remove`).
+///
+/// Invariant: every key sits in the run of occupied slots that starts at its home slot (no
+/// free slot lies between the two, going up and wrapping), and at least a quarter of the
+/// slots are free, so every probe ends.
+#[derive(Debug, Default)]
+struct Table {
+    /// Empty, or a power of two long; a slot holding `Key::EMPTY` is free.
+    slots: Vec<Slot>,
+    /// Occupied slots.
+    len: usize,
+}
+
+impl Table {
+    /// Where a key's probe starts. A key is a SipHash already, so its low bits are as good an
+    /// index as hashing it again.
+    fn home(&self, key: Key) -> usize {
+        key.low as usize & (self.slots.len() - 1)
+    }
+
+    fn next(&self, index: usize) -> usize {
+        (index + 1) & (self.slots.len() - 1)
+    }
+
+    /// Keys the current slots hold without going over `LOAD_MAX_PERCENT`.
+    fn capacity(&self) -> usize {
+        self.slots.len() / 100 * LOAD_MAX_PERCENT + self.slots.len() % 100 * LOAD_MAX_PERCENT / 100
+    }
+
+    /// Makes room for `additional` more keys, growing to the smallest power of two that holds
+    /// them (at least double, as the current size does not).
+    fn reserve(&mut self, additional: usize) {
+        let keys = self.len.saturating_add(additional);
+        if keys <= self.capacity() {
+            return;
+        }
+        let needed = keys
+            .saturating_mul(100)
+            .div_ceil(LOAD_MAX_PERCENT)
+            .max(SLOTS_MIN);
+        let slots = needed
+            .checked_next_power_of_two()
+            .expect("dedup index: slot count overflows usize");
+        self.resize(slots);
+    }
+
+    fn resize(&mut self, slots: usize) {
+        debug_assert!(slots.is_power_of_two());
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; slots]);
+        for slot in old {
+            if !slot.key.is_empty() {
+                let mut index = self.home(slot.key);
+                while !self.slots[index].key.is_empty() {
+                    index = self.next(index);
+                }
+                self.slots[index] = slot;
+            }
+        }
+    }
+
+    /// The index of `key`'s slot, if present.
+    fn find(&self, key: Key) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut index = self.home(key);
+        loop {
+            let slot = &self.slots[index];
+            if slot.key == key {
+                return Some(index);
+            }
+            if slot.key.is_empty() {
+                return None;
+            }
+            index = self.next(index);
+        }
+    }
+
+    fn get(&self, key: Key) -> Option<u64> {
+        self.find(key).map(|index| self.slots[index].seq)
+    }
+
+    /// Sets `key` to `seq`, over any earlier seq.
+    fn insert(&mut self, key: Key, seq: u64) {
+        self.reserve(1);
+        self.insert_reserved(key, seq);
+    }
+
+    /// `insert` once `reserve` has made room.
+    fn insert_reserved(&mut self, key: Key, seq: u64) {
+        debug_assert!(!key.is_empty() && self.len < self.capacity());
+        let mut index = self.home(key);
+        loop {
+            let slot = &mut self.slots[index];
+            if slot.key == key {
+                slot.seq = seq;
+                return;
+            }
+            if slot.key.is_empty() {
+                *slot = Slot { key, seq };
+                self.len += 1;
+                return;
+            }
+            index = self.next(index);
+        }
+    }
+
+    /// Inserts keys in order, like `insert` on each, with every home slot prefetched first so
+    /// that the cache misses of the batch overlap.
+    fn insert_batch(&mut self, batch: &[Slot]) {
+        // Grow first: growing moves every slot, and would waste the prefetches.
+        self.reserve(batch.len());
+        for slot in batch {
+            prefetch(&self.slots[self.home(slot.key)]);
+        }
+        for slot in batch {
+            self.insert_reserved(slot.key, slot.seq);
+        }
+    }
+
+    /// Removes `key` if it maps to `seq` (a later insert of the same key keeps it).
+    fn remove(&mut self, key: Key, seq: u64) {
+        let Some(mut hole) = self.find(key) else {
+            return;
+        };
+        if self.slots[hole].seq != seq {
+            return;
+        }
+        self.len -= 1;
+        // Backward shift: a later key of the run moves into the hole unless its home lies
+        // after the hole (it would then sit before its home); the run ends at a free slot.
+        let mut index = hole;
+        loop {
+            index = self.next(index);
+            let key = self.slots[index].key;
+            if key.is_empty() {
+                break;
+            }
+            let mask = self.slots.len() - 1;
+            let from_home = index.wrapping_sub(self.home(key)) & mask;
+            let from_hole = index.wrapping_sub(hole) & mask;
+            if from_home >= from_hole {
+                self.slots[hole] = self.slots[index];
+                hole = index;
+            }
+        }
+        self.slots[hole] = EMPTY_SLOT;
+    }
+}
+
+/// Asks the CPU to start loading `slot`'s cache lines (a slot can straddle two) without
+/// waiting for them. Only a hint: it reads nothing and changes nothing the program sees.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn prefetch(slot: &Slot) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let first: *const i8 = (slot as *const Slot).cast();
+    let last = first.wrapping_add(std::mem::size_of::<Slot>() - 1);
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a prefetch never faults
+    // and has no effect the program can observe, and both addresses lie inside `slot`.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(first);
+        _mm_prefetch::<_MM_HINT_T0>(last);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn prefetch(_slot: &Slot) {}
+
+#[derive(Debug, Default)]
+pub struct Dedup {
+    table: Table,
+    /// Keys in seq order, for forgetting the oldest when retention moves on.
+    order: VecDeque<Slot>,
+    /// Recovered keys the table has not taken yet, at most `RECOVERY_BATCH`, in seq order
+    /// after `order`. Empty outside start-up recovery: `finish_recovery` empties it, and every
+    /// other method asserts that it is empty, so a forgotten call stops the node at once
+    /// rather than letting a resend commit twice.
+    recovered: Vec<Slot>,
 }
 
 impl Dedup {
-    /// Room for `keys` more keys, so start-up recovery of a long log does not rehash the map
-    /// a score of times on the way.
+    /// Room for `keys` more keys, so start-up recovery of a long log does not double the
+    /// table a score of times on the way.
     pub fn reserve(&mut self, keys: usize) {
-        self.seqs.reserve(keys);
+        self.table.reserve(keys);
         self.order.reserve(keys);
     }
 
     pub fn get(&self, session: &str, id: &str) -> Option<u64> {
-        self.seqs.get(&key(session, id)).copied()
+        self.get_key(Key::of(session, id))
     }
 
     /// Records (session, id) at `seq`; seqs arrive in increasing order.
     pub fn insert(&mut self, session: &str, id: &str, seq: u64) {
-        debug_assert!(self.order.back().is_none_or(|&(last, _)| last < seq));
-        let k = key(session, id);
-        self.seqs.insert(k, seq);
-        self.order.push_back((seq, k));
+        self.insert_key(Key::of(session, id), seq)
+    }
+
+    /// Records a recovered (session, id) at `seq` during start-up, in seq order after any
+    /// `insert`. It may wait in a batch: call `finish_recovery` after the last one, before
+    /// anything else.
+    pub fn recover(&mut self, session: &str, id: &str, seq: u64) {
+        self.recover_key(Key::of(session, id), seq)
+    }
+
+    /// Hands the last recovered keys to the table.
+    pub fn finish_recovery(&mut self) {
+        self.flush_recovered();
+    }
+
+    /// True while recovered keys wait for `finish_recovery`.
+    pub fn is_recovering(&self) -> bool {
+        !self.recovered.is_empty()
     }
 
     /// Forgets every key whose message is below `first_seq` (dropped by retention).
     pub fn forget_below(&mut self, first_seq: u64) {
-        while let Some(&(seq, k)) = self.order.front() {
+        self.assert_recovered();
+        while let Some(&Slot { key, seq }) = self.order.front() {
             if seq >= first_seq {
                 break;
             }
             self.order.pop_front();
-            if self.seqs.get(&k) == Some(&seq) {
-                self.seqs.remove(&k);
-            }
+            self.table.remove(key, seq);
         }
     }
 
     /// Forgets every key at `seq` or above (their messages were cut from the log).
     pub fn forget_from(&mut self, seq: u64) {
-        while let Some(&(last, k)) = self.order.back() {
+        self.assert_recovered();
+        while let Some(&Slot { key, seq: last }) = self.order.back() {
             if last < seq {
                 break;
             }
             self.order.pop_back();
-            if self.seqs.get(&k) == Some(&last) {
-                self.seqs.remove(&k);
-            }
+            self.table.remove(key, last);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.seqs.len()
+        self.assert_recovered();
+        self.table.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
+        self.len() == 0
+    }
+
+    fn get_key(&self, key: Key) -> Option<u64> {
+        self.assert_recovered();
+        self.table.get(key)
+    }
+
+    fn insert_key(&mut self, key: Key, seq: u64) {
+        self.assert_recovered();
+        debug_assert!(self.order.back().is_none_or(|last| last.seq < seq));
+        self.table.insert(key, seq);
+        self.order.push_back(Slot { key, seq });
+    }
+
+    fn recover_key(&mut self, key: Key, seq: u64) {
+        debug_assert!(self
+            .recovered
+            .last()
+            .or(self.order.back())
+            .is_none_or(|last| last.seq < seq));
+        if self.recovered.capacity() == 0 {
+            self.recovered.reserve_exact(RECOVERY_BATCH);
+        }
+        self.recovered.push(Slot { key, seq });
+        if self.recovered.len() == RECOVERY_BATCH {
+            self.flush_recovered();
+        }
+    }
+
+    fn flush_recovered(&mut self) {
+        self.table.insert_batch(&self.recovered);
+        self.order.extend(self.recovered.drain(..));
+    }
+
+    fn assert_recovered(&self) {
+        assert!(
+            self.recovered.is_empty(),
+            "dedup index read with {} recovered keys not yet in it: finish_recovery was not \
+             called",
+            self.recovered.len()
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
 
     #[test]
     fn remembers_until_retention_moves_past() {
@@ -145,5 +415,174 @@ mod tests {
             Some(15_001)
         );
         assert_eq!(dedup.get(&format!("s{}", 19_001 % 7), "m-19001"), None);
+    }
+
+    #[test]
+    fn recovered_keys_count_once_the_recovery_is_finished() {
+        let mut dedup = Dedup::default();
+        // Not a multiple of the batch: the last keys wait for finish_recovery.
+        let keys = 3 * RECOVERY_BATCH as u64 + 5;
+        for seq in 1..=keys {
+            dedup.recover("s", &format!("m-{seq}"), seq);
+        }
+        assert!(dedup.is_recovering());
+        dedup.finish_recovery();
+        assert!(!dedup.is_recovering());
+        assert_eq!(dedup.len(), keys as usize);
+        assert_eq!(dedup.get("s", &format!("m-{keys}")), Some(keys));
+        dedup.insert("s", "m-new", keys + 1);
+        dedup.forget_below(keys);
+        assert_eq!(dedup.len(), 2);
+        assert_eq!(dedup.get("s", "m-1"), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "finish_recovery was not called")]
+    fn a_read_before_finish_recovery_stops_the_node() {
+        let mut dedup = Dedup::default();
+        dedup.recover("s", "m-1", 1);
+        dedup.get("s", "m-1");
+    }
+
+    #[test]
+    fn the_key_that_equals_empty_is_stored_all_the_same() {
+        let zero = Key::new(0, 0);
+        assert!(!zero.is_empty());
+        let mut dedup = Dedup::default();
+        dedup.insert_key(zero, 7);
+        assert_eq!(dedup.get_key(Key::new(0, 0)), Some(7));
+        assert_eq!(dedup.len(), 1);
+        dedup.forget_below(8);
+        assert_eq!(dedup.get_key(zero), None);
+        assert!(dedup.is_empty());
+    }
+
+    #[test]
+    fn a_removal_at_the_end_of_the_slots_shifts_back_across_the_wrap() {
+        let mut table = Table::default();
+        table.reserve(1);
+        let last = table.slots.len() as u64 - 1;
+        // Three keys homed on the last slot fill it and wrap to slots 0 and 1.
+        let keys: Vec<Key> = (1..=3).map(|high| Key::new(high, last)).collect();
+        for (seq, &key) in keys.iter().enumerate() {
+            table.insert(key, seq as u64);
+        }
+        assert_eq!(table.find(keys[2]), Some(1));
+        table.remove(keys[0], 0);
+        assert_eq!(table.find(keys[1]), Some(last as usize));
+        assert_eq!(table.find(keys[2]), Some(0));
+        assert!(table.slots[1].key.is_empty());
+        assert_eq!(table.len, 2);
+    }
+
+    /// Checks the table's invariant: its count, and every key reachable from its home.
+    fn check_table(table: &Table) {
+        let occupied = table.slots.iter().filter(|s| !s.key.is_empty()).count();
+        assert_eq!(occupied, table.len);
+        assert!(table.len <= table.capacity());
+        for (index, slot) in table.slots.iter().enumerate() {
+            if !slot.key.is_empty() {
+                assert_eq!(table.find(slot.key), Some(index), "{slot:?} unreachable");
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Insert key number `key` at the next seq.
+        Insert(u8),
+        /// Recover keys at the next seqs (only before any other op, as at start-up).
+        Recover(Vec<u8>),
+        /// Forget below the seq `back` before the next one.
+        ForgetBelow(u8),
+        /// Forget from the seq `back` before the next one.
+        ForgetFrom(u8),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            6 => any::<u8>().prop_map(Op::Insert),
+            1 => (0u8..40).prop_map(Op::ForgetBelow),
+            1 => (0u8..40).prop_map(Op::ForgetFrom),
+        ];
+        (
+            prop::collection::vec(any::<u8>(), 0..80),
+            prop::collection::vec(op, 0..300),
+        )
+            .prop_map(|(recovered, mut ops)| {
+                ops.insert(0, Op::Recover(recovered));
+                ops
+            })
+    }
+
+    /// Key number `n` of a test: only `spread` distinct low halves (homes), so keys collide
+    /// on purpose and long runs form; home 0's low half is all ones, the last slot at every
+    /// size, so runs wrap too.
+    fn test_key(n: u8, spread: u8) -> Key {
+        let low = u64::from(n % spread)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_sub(1);
+        Key::new(u64::from(n) + 1, low)
+    }
+
+    proptest! {
+        /// The table against `HashMap` through Dedup's own operations: each seq-ordered
+        /// forget removes a key only when its latest seq goes, so the model keeps the same
+        /// list and applies the same rule on a plain map.
+        #[test]
+        fn the_table_behaves_like_a_hash_map(ops in ops(), spread in 1u8..=32, reserve in 0usize..40) {
+            let mut dedup = Dedup::default();
+            dedup.reserve(reserve);
+            let mut model: HashMap<Key, u64> = HashMap::new();
+            let mut model_order: Vec<(u64, Key)> = Vec::new();
+            let mut seq = 0u64;
+            for op in ops {
+                match op {
+                    Op::Insert(n) => {
+                        seq += 1;
+                        let key = test_key(n, spread);
+                        dedup.insert_key(key, seq);
+                        model.insert(key, seq);
+                        model_order.push((seq, key));
+                    }
+                    Op::Recover(keys) => {
+                        for n in keys {
+                            seq += 1;
+                            let key = test_key(n, spread);
+                            dedup.recover_key(key, seq);
+                            model.insert(key, seq);
+                            model_order.push((seq, key));
+                        }
+                        dedup.finish_recovery();
+                    }
+                    Op::ForgetBelow(back) => {
+                        let below = seq.saturating_sub(u64::from(back));
+                        dedup.forget_below(below);
+                        model_order.retain(|&(s, key)| {
+                            if s < below && model.get(&key) == Some(&s) {
+                                model.remove(&key);
+                            }
+                            s >= below
+                        });
+                    }
+                    Op::ForgetFrom(back) => {
+                        let from = seq.saturating_sub(u64::from(back));
+                        dedup.forget_from(from);
+                        model_order.retain(|&(s, key)| {
+                            if s >= from && model.get(&key) == Some(&s) {
+                                model.remove(&key);
+                            }
+                            s < from
+                        });
+                    }
+                }
+                check_table(&dedup.table);
+                prop_assert_eq!(dedup.len(), model.len());
+                for n in 0..=u8::MAX {
+                    let key = test_key(n, spread);
+                    prop_assert_eq!(dedup.get_key(key), model.get(&key).copied(), "key {}", n);
+                }
+            }
+        }
     }
 }

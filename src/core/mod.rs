@@ -481,7 +481,8 @@ pub struct Node {
 
 impl Node {
     /// Builds a node from its recovered state: the epoch history, and the committed log
-    /// (every entry is offered to `recover` in order before the first step).
+    /// (every entry is offered to `recover` in order, then `finish_recovery`, before the first
+    /// step).
     /// `role` is where the node starts (the daemon picks backup for a paired node with state);
     /// `seen_epoch` is the persisted highest epoch seen.
     pub fn new(config: CoreConfig, role: Role, epochs: EpochHistory, seen_epoch: u64) -> Self {
@@ -576,7 +577,13 @@ impl Node {
         self.head = entry.seq;
         self.last_seq = entry.seq;
         self.durable = entry.seq;
-        self.dedup.insert(&entry.session, &entry.id, entry.seq);
+        self.dedup.recover(&entry.session, &entry.id, entry.seq);
+    }
+
+    /// Ends start-up recovery: call after the last `recover` (or none), before anything else.
+    /// `recover` batches its keys for the de-duplication index, and this hands over the rest.
+    pub fn finish_recovery(&mut self) {
+        self.dedup.finish_recovery();
     }
 
     /// Tells the node that retention left `first_seq` as the oldest message, at start-up or
@@ -664,6 +671,10 @@ impl Node {
 
     /// Processes one input, appending what to do to `actions`.
     pub fn step(&mut self, input: Input, actions: &mut Vec<Action>) {
+        debug_assert!(
+            !self.dedup.is_recovering(),
+            "Node::step before Node::finish_recovery"
+        );
         match input {
             Input::Connected { conn, now_ms } => self.on_connected(conn, now_ms),
             Input::Request {

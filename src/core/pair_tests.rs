@@ -368,6 +368,7 @@ impl Pair {
         for entry in &disk.log {
             node.recover(entry);
         }
+        node.finish_recovery();
         disk.synced_seq = disk.last_seq();
         node.begin_first_epoch(i as u64);
         self.trace(i, "restarted");

@@ -349,6 +349,7 @@ impl World {
         for entry in &n.log {
             node.recover(entry);
         }
+        node.finish_recovery();
         if configured_primary {
             node.start_as_primary();
         }

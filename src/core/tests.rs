@@ -403,6 +403,7 @@ fn recovery_continues_seq_and_remembers_ids() {
             orig: None,
         });
     }
+    h.node.finish_recovery();
     h.connect(1, "alice", "s1");
     h.request(1, r#"{"type":"join","room":"r"}"#);
     let frames = frames_to(1, &h.send_committed(1, "r", "m-2"));

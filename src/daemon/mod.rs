@@ -172,6 +172,7 @@ pub fn run(config: Config) -> Result<(), String> {
         |entry| node.recover(entry),
     )
     .map_err(|e| format!("log {}: {e}", log_dir.display()))?;
+    node.finish_recovery();
     // A primary without an epoch yet (new, or standalone after serving as backup) begins one.
     node.begin_first_epoch(rank);
     if let Some(strict) = config.peer.as_ref().and_then(|p| p.strict.as_ref()) {
