@@ -1007,7 +1007,10 @@ impl Worker {
         if !c.out.is_empty() {
             return;
         }
-        if c.out.capacity() > 64 {
+        if c.out.capacity() > 0 {
+            // Idle connections hold no queue: a queue that grew to a few dozen entries while
+            // a room was busy (presence of a rejoin storm, say) would otherwise stay with
+            // every idle client. Allocating it again costs far less than the write did.
             c.out = VecDeque::new();
         }
         if c.closing {
