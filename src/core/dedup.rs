@@ -11,9 +11,8 @@
 //! batches whose home slots are prefetched first, so the misses of a batch overlap instead of
 //! following one another.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 
 /// Recovered keys handed to the table at once. Each key's home slot is prefetched before the
 /// first is inserted, so a batch keeps this many misses in flight: about what a core's
@@ -52,14 +51,12 @@ impl Key {
         }
     }
 
-    fn of(session: &str, id: &str) -> Key {
-        let half = |salt: u8| {
-            let mut hasher = DefaultHasher::new();
-            salt.hash(&mut hasher);
-            session.hash(&mut hasher);
-            id.hash(&mut hasher);
-            hasher.finish()
-        };
+    /// SipHash under this process's random keys (`Dedup::keys`): a client that could
+    /// compute the hashes could choose ids whose keys all start their probe at one slot,
+    /// making every insert and lookup walk one long run (hash flooding). The keys never leave
+    /// the process: the index is rebuilt from the log at every start.
+    fn of(keys: &RandomState, session: &str, id: &str) -> Key {
+        let half = |salt: u8| keys.hash_one((salt, session, id));
         Key::new(half(1), half(2))
     }
 
@@ -97,8 +94,8 @@ struct Table {
 }
 
 impl Table {
-    /// Where a key's probe starts. A key is a SipHash already, so its low bits are as good an
-    /// index as hashing it again.
+    /// Where a key's probe starts. A key is a keyed SipHash already, so its low bits are as
+    /// good an index as hashing it again, and as hard to aim at one slot.
     fn home(&self, key: Key) -> usize {
         key.low as usize & (self.slots.len() - 1)
     }
@@ -256,6 +253,8 @@ fn prefetch(_slot: &Slot) {}
 
 #[derive(Debug, Default)]
 pub struct Dedup {
+    /// Random SipHash keys, chosen once per index (`RandomState::default`), for `Key::of`.
+    keys: RandomState,
     table: Table,
     /// Keys in seq order, for forgetting the oldest when retention moves on.
     order: VecDeque<Slot>,
@@ -275,19 +274,19 @@ impl Dedup {
     }
 
     pub fn get(&self, session: &str, id: &str) -> Option<u64> {
-        self.get_key(Key::of(session, id))
+        self.get_key(Key::of(&self.keys, session, id))
     }
 
     /// Records (session, id) at `seq`; seqs arrive in increasing order.
     pub fn insert(&mut self, session: &str, id: &str, seq: u64) {
-        self.insert_key(Key::of(session, id), seq)
+        self.insert_key(Key::of(&self.keys, session, id), seq)
     }
 
     /// Records a recovered (session, id) at `seq` during start-up, in seq order after any
     /// `insert`. It may wait in a batch: call `finish_recovery` after the last one, before
     /// anything else.
     pub fn recover(&mut self, session: &str, id: &str, seq: u64) {
-        self.recover_key(Key::of(session, id), seq)
+        self.recover_key(Key::of(&self.keys, session, id), seq)
     }
 
     /// Hands the last recovered keys to the table.
@@ -380,6 +379,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn two_indexes_place_the_same_id_apart() {
+        // Random hash keys per index (per process in the daemon): what a client sends cannot
+        // be aimed at one slot. With fixed keys every index would agree on every key.
+        let a = Dedup::default();
+        let b = Dedup::default();
+        let differs = (0..8).any(|n| {
+            let id = format!("m-{n}");
+            Key::of(&a.keys, "s", &id) != Key::of(&b.keys, "s", &id)
+        });
+        assert!(differs, "two indexes hashed eight ids alike");
+        // Within one index a key is stable, so a resend finds its first seq.
+        assert_eq!(Key::of(&a.keys, "s", "m-1"), Key::of(&a.keys, "s", "m-1"));
+    }
 
     #[test]
     fn remembers_until_retention_moves_past() {
