@@ -144,6 +144,13 @@ fn one_way_partition_backup_to_primary_degrades_the_primary_and_nothing_promotes
         degraded - cut,
         synced - healed,
     );
+    // The old link's data waits for TCP's backed-off retransmission timer (it took 2.5 s);
+    // a aborts a link that stays silent while b's heartbeats arrive, and b dials anew.
+    assert!(
+        synced - healed < Duration::from_millis(1_500),
+        "resynced only {:?} after the heal",
+        synced - healed
+    );
 }
 
 /// One-way partition the other way: b drops everything from a (b hears nothing; a still

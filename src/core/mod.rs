@@ -286,6 +286,12 @@ pub enum Action {
         link: LinkId,
         reason: String,
     },
+    /// Primary side: close `link` at once with a reset, dropping what is queued on it (a
+    /// stalled link, see `Node::abort_stalled_link`).
+    AbortLink {
+        link: LinkId,
+        reason: String,
+    },
     /// Backup side: tell the primary what is durable here.
     AckPrimary {
         link: LinkId,
@@ -733,6 +739,9 @@ impl Node {
             Input::LinkAlive { mono_ms } => {
                 self.advance(mono_ms);
                 self.heard(mono_ms);
+                if let Some(Link::ToBackup { heard_ms, .. }) = &mut self.link {
+                    *heard_ms = (*heard_ms).max(mono_ms);
+                }
             }
             Input::LinkDown { link } => self.on_link_down(link),
             Input::TookOver { link, epoch } => self.on_took_over(link, epoch, actions),

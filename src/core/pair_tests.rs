@@ -236,6 +236,9 @@ struct Pair {
     cooldown_ms: u64,
     /// cut[from][to]: datagrams from `from` to `to` are lost, link frames wait.
     cut: [[bool; 2]; 2],
+    /// (link id, from): frames `from` sends on that link wait even without a cut, as TCP's
+    /// retransmission timeout holds a connection's data after a long cut has healed.
+    stuck: Option<(LinkId, usize)>,
     datagrams: Vec<Datagram>,
     links: Vec<SimLink>,
     /// Inputs a node gives itself (link down after its own close, probe results).
@@ -316,6 +319,7 @@ impl Pair {
             nodes: [node(), node()],
             cooldown_ms,
             cut: [[false; 2]; 2],
+            stuck: None,
             datagrams: Vec::new(),
             links: Vec::new(),
             inbox: VecDeque::new(),
@@ -800,7 +804,10 @@ impl Pair {
                         break;
                     };
                     let gone = self.nodes[to].process.is_none() || !l.open[to];
-                    if !gone && (due > self.now_ms || self.cut[1 - to][to] || !self.running(to)) {
+                    let stuck = self.stuck == Some((l.id, 1 - to));
+                    if !gone
+                        && (due > self.now_ms || self.cut[1 - to][to] || stuck || !self.running(to))
+                    {
                         break;
                     }
                     let (_, frame) = self.links[link].inflight[to].pop_front().expect("front");
@@ -1039,6 +1046,7 @@ impl Pair {
                 | Action::Handover { .. }
                 | Action::TookOver { .. }
                 | Action::ResubmitDone { .. }
+                | Action::AbortLink { .. }
                 | Action::Exit
         ) {
             self.nodes[i].events.push((now, action.clone()));
@@ -1128,7 +1136,7 @@ impl Pair {
                     self.links[link].next_seq = Some(restart_at.unwrap_or(truncate_after + 1));
                 }
             }
-            Action::CloseLink { link, .. } => {
+            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
                 if let Some(link) = self.link_index(link) {
                     self.close_end(link, i);
                 }
@@ -2270,4 +2278,49 @@ fn a_held_hello_is_answered_by_its_deadline_when_the_backup_cannot_take_over() {
     assert_eq!(kinds(&frames), ["redirect"]);
     assert_eq!(frames[0].primary.as_deref(), Some(CLIENT_ADDRESSES[A]));
     assert!(!is_primary(B)(&pair));
+}
+
+#[test]
+fn a_primary_aborts_a_link_that_stays_stuck_after_a_one_way_cut_heals() {
+    let mut pair = linked_pair(0);
+    commit_messages(&mut pair, 2);
+    // An idle link carries beats: a long quiet spell aborts nothing.
+    pair.run_for(3 * DETECTION_MS);
+    let aborted = |p: &Pair| {
+        p.events(A)
+            .iter()
+            .any(|a| matches!(a, Action::AbortLink { .. }))
+    };
+    assert!(!aborted(&pair));
+    // b's packets to a are lost for a while: a hears nothing from b, b still hears a.
+    pair.cut[B][A] = true;
+    pair.run_for(3 * DETECTION_MS);
+    assert!(!is_primary(B)(&pair), "b promoted while it heard a");
+    assert!(
+        !aborted(&pair),
+        "aborted while b's heartbeats were lost too"
+    );
+    // The cut heals, but the link's own data stays stuck (TCP waits out its backed-off
+    // retransmission timer): heartbeats arrive again, link frames do not.
+    let stuck_id = pair.links.last().expect("a link").id;
+    pair.stuck = Some((stuck_id, B));
+    pair.cut[B][A] = false;
+    let healed = pair.now_ms;
+    assert!(
+        pair.run_until(2 * INTERVAL_MS + 2 * TICK_MS, aborted),
+        "a kept the stuck link"
+    );
+    // b dials again on a fresh connection and catches up.
+    let relinked = |p: &Pair| {
+        p.links
+            .iter()
+            .any(|l| l.id != stuck_id && l.open == [true; 2])
+    };
+    assert!(pair.run_until(DETECTION_MS, |p| relinked(p) && Pair::in_sync(p)));
+    eprintln!("in sync {} ms after the heal", pair.now_ms - healed);
+    let alice = pair.connect(A, "alice2");
+    pair.send(alice, "after");
+    pair.run_for(50);
+    assert!(pair.ack_of(A, "alice2", "after").is_some());
+    assert!(!pair.node(A).degraded());
 }

@@ -57,6 +57,8 @@ pub struct PairConfig {
 pub(super) struct PeerView {
     /// Monotonic time of the last heartbeat or replication frame from the peer.
     pub last_heard_ms: u64,
+    /// Monotonic time of the last heartbeat (the UDP path alone).
+    pub beat_ms: u64,
     /// Last time the peer said it was primary.
     pub primary_seen_ms: u64,
     pub primary: bool,
@@ -67,8 +69,13 @@ pub(super) struct PeerView {
 /// The replication link, seen from either end.
 #[derive(Clone, Debug)]
 pub(super) enum Link {
-    /// We are primary: the backup on `id` has `acked` durably.
-    ToBackup { id: LinkId, acked: u64 },
+    /// We are primary: the backup on `id` has `acked` durably; `heard_ms` is the monotonic
+    /// time of the last frame from it on this link (an ack or a beat).
+    ToBackup {
+        id: LinkId,
+        acked: u64,
+        heard_ms: u64,
+    },
     /// We are backup, following the primary on `id`.
     ToPrimary { id: LinkId },
 }
@@ -153,6 +160,7 @@ impl Node {
         actions: &mut Vec<Action>,
     ) {
         self.heard(mono_ms);
+        self.peer.beat_ms = self.peer.beat_ms.max(mono_ms);
         self.peer.primary = primary;
         self.peer.epoch = epoch;
         self.peer.head = head;
@@ -355,6 +363,7 @@ impl Node {
             }
             Role::Primary => {
                 self.strict_primary_tick(actions);
+                self.abort_stalled_link(&pair, actions);
                 if let Some(since) = self.fenced_since {
                     if now >= since + 2 * pair.detection_ms {
                         self.fenced_since = None;
@@ -406,6 +415,33 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A link that has carried nothing from the backup for a detection time while the
+    /// backup's heartbeats arrive is stuck, not idle (an idle link carries a beat every
+    /// interval): typically the backup-to-primary direction was cut and has just healed, and
+    /// TCP would resend what it lost only at its next retransmission timeout, which grows to
+    /// seconds during a long cut. Aborting the link (a reset, which does not queue behind the
+    /// unacknowledged data as a close would) makes the backup dial again at once.
+    fn abort_stalled_link(&mut self, pair: &PairConfig, actions: &mut Vec<Action>) {
+        let now = self.mono_ms;
+        let Some(Link::ToBackup { id, heard_ms, .. }) = &mut self.link else {
+            return;
+        };
+        let silent_ms = now.saturating_sub(*heard_ms);
+        let beat_fresh = now.saturating_sub(self.peer.beat_ms) < 2 * pair.interval_ms;
+        if silent_ms < pair.detection_ms || !beat_fresh {
+            return;
+        }
+        // Once per detection time at most, until the link is gone.
+        *heard_ms = now;
+        let link = *id;
+        actions.push(Action::AbortLink {
+            link,
+            reason: format!(
+                "stalled: nothing from the backup on the link for {silent_ms} ms while its heartbeats arrive"
+            ),
+        });
     }
 
     /// The node's own timers fired far too late (a pause, SIGSTOP, CPU starvation): what it
@@ -506,7 +542,11 @@ impl Node {
                 ),
             );
         }
-        self.link = Some(super::peer::Link::ToBackup { id: link, acked: 0 });
+        self.link = Some(super::peer::Link::ToBackup {
+            id: link,
+            acked: 0,
+            heard_ms: self.mono_ms,
+        });
         actions.push(Action::AcceptBackup {
             link,
             truncate_after: common,
@@ -529,12 +569,18 @@ impl Node {
         actions: &mut Vec<Action>,
     ) {
         self.heard(mono_ms);
-        let Some(Link::ToBackup { id, acked }) = &mut self.link else {
+        let Some(Link::ToBackup {
+            id,
+            acked,
+            heard_ms,
+        }) = &mut self.link
+        else {
             return;
         };
         if *id != link {
             return;
         }
+        *heard_ms = (*heard_ms).max(mono_ms);
         *acked = (*acked).max(durable_seq.min(self.last_seq));
         let acked = *acked;
         self.strict_on_backup_ack(link, acked);

@@ -892,7 +892,9 @@ impl World {
                     },
                 );
             }
-            Action::CloseLink { link, .. } => self.close_end(link as usize - 1, i),
+            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
+                self.close_end(link as usize - 1, i)
+            }
             Action::AckPrimary { link, durable_seq } => {
                 let link = link as usize - 1;
                 if self.links[link].open[i] {

@@ -236,6 +236,17 @@ impl LinkContext {
         }
     }
 
+    /// Closes the link with a reset: no linger, so the last close of the socket drops what
+    /// is queued instead of waiting behind it, and the peer learns at once.
+    pub fn abort(&self, id: LinkId, reason: &str) {
+        let links = self.links.lock().expect("links lock");
+        if let Some(handle) = links.get(&id) {
+            log::warn!("replication link {id}: aborting: {reason}");
+            let _ = socket2::SockRef::from(&handle.stream).set_linger(Some(Duration::ZERO));
+            let _ = handle.stream.shutdown(Shutdown::Both);
+        }
+    }
+
     pub fn close_all(&self) {
         for handle in self.links.lock().expect("links lock").values() {
             let _ = handle.stream.shutdown(Shutdown::Both);

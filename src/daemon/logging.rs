@@ -126,15 +126,7 @@ pub struct Target<'a> {
 
 /// Logs to stderr only (tools and tests).
 pub fn init(node_id: &str, level: log::LevelFilter) {
-    init_with(
-        node_id,
-        level,
-        Target {
-            target: LogTarget::Stderr,
-            facility: SyslogFacility::Daemon,
-            syslog_socket: Path::new("/dev/log"),
-        },
-    );
+    init_as("pbchatd", node_id, level);
 }
 
 /// Logs to stderr only, as `program` (a binary other than pbchatd, e.g. `pbchat-witness`:

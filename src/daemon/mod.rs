@@ -1037,6 +1037,11 @@ impl Driver {
                         links.close(link, &reason);
                     }
                 }
+                Action::AbortLink { link, reason } => {
+                    if let Some(links) = &self.links {
+                        links.abort(link, &reason);
+                    }
+                }
                 Action::AckPrimary { link, durable_seq } => {
                     if let Some(links) = &self.links {
                         links.ack(link, durable_seq);
