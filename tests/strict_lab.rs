@@ -250,3 +250,48 @@ fn strict_kill9_of_the_primary_fails_over_within_the_available_mode_bound() {
         committers.closest_handoff.map_or(0, |gap| gap.as_millis()),
     );
 }
+
+/// SIGSTOP of the primary past detection, in strict mode: a's lease runs out while it is
+/// stopped, the witness grants b the next epoch, b promotes and serves. On SIGCONT a's
+/// clients' sends are waiting in its sockets and its timers fire late: it must not commit
+/// any of them on the lease it held before the stop (its monotonic clock ran on while it
+/// was stopped), and it steps down on hearing b. The commit spans must not overlap.
+#[test]
+fn strict_sigstop_of_the_primary_past_detection_never_leaves_two_committers() {
+    let Some(lab) = Lab::new() else { return };
+    let (a, b, witness) = lab.start_strict_pair();
+    let servers = [a.client_addr, b.client_addr];
+    let ear = Listener::start(&lab, 3, "ear", &servers);
+    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    sender.wait_more(30, "traffic before the stop");
+
+    let stopped = Instant::now();
+    lab.history.fault("SIGSTOP a");
+    a.signal("STOP");
+    let promoted = b.wait_log("promoted to primary in epoch 2");
+    witness.wait_log("granted epoch 2 to b");
+    sender.wait_more(30, "acks from b while a is stopped");
+    hold((stopped + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
+    lab.history.fault("SIGCONT a");
+    let continued = Instant::now();
+    a.signal("CONT");
+    let stepped = a.wait_log("stepping down");
+    a.wait_log("following the primary b");
+    netlab::wait_until("b in sync with a", || {
+        b.log_contains("replication is synchronous again")
+    });
+    sender.wait_more(20, "acks with a as backup");
+    sender.stop();
+
+    let failover = promoted.saturating_duration_since(stopped);
+    assert!(failover < FAILOVER_BOUND, "promotion took {failover:?}");
+    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
+    assert_eq!(report.terms.len(), 2, "one fail-over: {:?}", report.terms);
+    assert_eq!(committers.spans.len(), 2, "{committers}");
+    eprintln!(
+        "figures: strict: b promoted {failover:?} after SIGSTOP of a; a stepped down {:?} \
+         after SIGCONT; hand-off gap between the committers {} ms",
+        stepped.saturating_duration_since(continued),
+        committers.closest_handoff.map_or(0, |gap| gap.as_millis()),
+    );
+}
