@@ -1253,11 +1253,16 @@ impl Node {
             return;
         };
         if matches!(request, Request::Hello { .. }) || held.queued.len() >= HELD_REQUESTS_MAX {
+            // A refused send is named, so that the client knows which one to send again.
+            let id = match &request {
+                Request::Send { id, .. } => Some(id.as_str()),
+                _ => None,
+            };
             self.error(
                 conn,
                 ErrorCode::BadRequest,
                 "hello: this node answers once it knows which node serves; wait for the answer",
-                None,
+                id,
                 actions,
             );
             self.count_error(conn, actions);

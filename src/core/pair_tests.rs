@@ -2232,12 +2232,23 @@ fn a_held_hello_is_redirected_when_the_primary_speaks_again() {
     let bob = pair.connect(B, "bob");
     assert_eq!(kinds(&pair.frames_to(bob)), Vec::<&str>::new());
     // What waits behind a held hello is bounded (connect queued one join already).
-    for k in 1..=HELD_REQUESTS_MAX {
+    for k in 1..HELD_REQUESTS_MAX {
         pair.request(B, bob, &format!(r#"{{"type":"leave","room":"r{k}"}}"#));
     }
+    assert_eq!(kinds(&pair.frames_to(bob)), Vec::<&str>::new());
+    pair.request(
+        B,
+        bob,
+        &format!(r#"{{"type":"send","room":"{ROOM}","id":"over","body":"x"}}"#),
+    );
     let frames = pair.frames_to(bob);
     assert_eq!(kinds(&frames), ["error"]);
     assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
+    assert_eq!(
+        frames[0].id.as_deref(),
+        Some("over"),
+        "names the refused send"
+    );
     assert!(pair.run_until(DETECTION_MS, |p| p.frames_to(bob).len() > 1));
     assert!(!is_primary(B)(&pair), "b took over from a live primary");
     let frames = pair.frames_to(bob);
