@@ -395,6 +395,8 @@ struct HeldHello {
     nick: String,
     session: String,
     token: Option<String>,
+    /// Monotonic time the hello was held: word from the peer after it settles the answer.
+    since_ms: u64,
     /// Monotonic time at which the hello is answered whatever happened (a redirect).
     until_ms: u64,
     /// At most [`HELD_REQUESTS_MAX`], handled in order after the answer.
@@ -1220,6 +1222,7 @@ impl Node {
             nick: nick.to_string(),
             session: session.to_string(),
             token: token.clone(),
+            since_ms: self.mono_ms,
             until_ms: self.mono_ms + hold_ms,
             queued: Vec::new(),
         }));
@@ -1228,20 +1231,16 @@ impl Node {
     }
 
     /// How long a `hello` arriving now would be held: `None` unless this is a backup whose
-    /// primary has been silent for a heartbeat interval or more. Long enough to cover the
-    /// rest of detection and the promotion.
+    /// primary may be gone: its replication link is down (a primary that dies closes it at
+    /// once), or it has been silent for a heartbeat interval or more (a stopped or cut-off
+    /// one). Long enough to cover the rest of detection and the promotion.
     fn hello_hold_ms(&self) -> Option<u64> {
         let pair = self.pair()?;
-        if self.role != Role::Backup || self.draining || !self.primary_quiet() {
+        let quiet = self.mono_ms.saturating_sub(self.peer.last_heard_ms) >= pair.interval_ms;
+        if self.role != Role::Backup || self.draining || !(quiet || self.link.is_none()) {
             return None;
         }
         Some((pair.detection_ms + 2 * pair.interval_ms).min(HELLO_HOLD_MAX_MS))
-    }
-
-    fn primary_quiet(&self) -> bool {
-        self.pair().is_some_and(|pair| {
-            self.mono_ms.saturating_sub(self.peer.last_heard_ms) >= pair.interval_ms
-        })
     }
 
     /// A frame behind a held `hello` waits for the answer, within [`HELD_REQUESTS_MAX`].
@@ -1272,13 +1271,15 @@ impl Node {
     }
 
     /// Answers the held `hello`s whose answer is known: every one once this node is primary
-    /// (or draining), every one with a redirect once the primary speaks again, and each at
-    /// its own deadline.
+    /// (or draining), each with a redirect once the peer has spoken since it was held (a
+    /// primary that is alive after all sends a heartbeat every interval), and each at its own
+    /// deadline.
     fn review_held(&mut self, actions: &mut Vec<Action>) {
         if self.held.is_empty() {
             return;
         }
-        let settled = self.role != Role::Backup || self.draining || !self.primary_quiet();
+        let settled = self.role != Role::Backup || self.draining;
+        let heard_ms = self.peer.last_heard_ms;
         let mut kept = VecDeque::new();
         while let Some(conn) = self.held.pop_front() {
             let Some(c) = self.conns.get_mut(&conn) else {
@@ -1287,7 +1288,7 @@ impl Node {
             let AuthState::Held(held) = &c.auth else {
                 continue;
             };
-            if !settled && self.mono_ms < held.until_ms {
+            if !settled && heard_ms <= held.since_ms && self.mono_ms < held.until_ms {
                 kept.push_back(conn);
                 continue;
             }
