@@ -58,6 +58,15 @@ pub const HELLO_HOLD_MAX_MS: u64 = 2_000;
 /// handled in order once the hello is answered. More get `bad_request`.
 pub const HELD_REQUESTS_MAX: usize = 8;
 
+/// The `id` of a refused `send`, which its error names so that the client knows which one
+/// to send again.
+fn send_id(request: &Request) -> Option<&str> {
+    match request {
+        Request::Send { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
 /// Limits and identity the core needs; validated by `config` before a node is built.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -1059,15 +1068,11 @@ impl Node {
             ),
             Request::Quit => self.close(conn, actions),
             _ if !open => {
-                let id = match &request {
-                    Request::Send { id, .. } => Some(id.as_str()),
-                    _ => None,
-                };
                 self.error(
                     conn,
                     ErrorCode::BadRequest,
                     "the first frame must be hello",
-                    id,
+                    send_id(&request),
                     actions,
                 );
                 self.count_error(conn, actions);
@@ -1252,16 +1257,11 @@ impl Node {
             return;
         };
         if matches!(request, Request::Hello { .. }) || held.queued.len() >= HELD_REQUESTS_MAX {
-            // A refused send is named, so that the client knows which one to send again.
-            let id = match &request {
-                Request::Send { id, .. } => Some(id.as_str()),
-                _ => None,
-            };
             self.error(
                 conn,
                 ErrorCode::BadRequest,
                 "hello: this node answers once it knows which node serves; wait for the answer",
-                id,
+                send_id(&request),
                 actions,
             );
             self.count_error(conn, actions);

@@ -1748,10 +1748,11 @@ fn a_drill_hands_over_and_the_old_primary_follows() {
     assert_eq!(pair.ack_of(B, "alice", "m-3"), Some(3));
 }
 
-#[test]
-fn cooldown_limits_automatic_promotions() {
-    const COOLDOWN_MS: u64 = 30_000;
-    let mut pair = linked_pair(COOLDOWN_MS);
+/// b promotes once (a crashed), then a, restarted, takes over again across a partition and
+/// b steps down: b is a backup in sync with a, within `cooldown_ms` of its promotion (at the
+/// returned time).
+fn b_backup_within_its_cooldown(cooldown_ms: u64) -> (Pair, u64) {
+    let mut pair = linked_pair(cooldown_ms);
     commit_messages(&mut pair, 1);
     pair.crash(A, true);
     assert!(pair.run_until(3_000, is_primary(B)));
@@ -1764,6 +1765,13 @@ fn cooldown_limits_automatic_promotions() {
     pair.heal();
     assert!(pair.run_until(1_000, |p| p.node(B).role() == Role::Backup));
     assert!(pair.run_until(1_000, Pair::in_sync));
+    (pair, first_ms)
+}
+
+#[test]
+fn cooldown_limits_automatic_promotions() {
+    const COOLDOWN_MS: u64 = 30_000;
+    let (mut pair, first_ms) = b_backup_within_its_cooldown(COOLDOWN_MS);
     // a dies: b, silent for far longer than detection, waits out its cooldown.
     pair.crash(A, true);
     let silent = pair.run_until(COOLDOWN_MS, is_primary(B));
@@ -2259,17 +2267,7 @@ fn a_held_hello_is_redirected_when_the_primary_speaks_again() {
 #[test]
 fn a_held_hello_is_answered_by_its_deadline_when_the_backup_cannot_take_over() {
     const COOLDOWN_MS: u64 = 30_000;
-    let mut pair = linked_pair(COOLDOWN_MS);
-    commit_messages(&mut pair, 1);
-    pair.crash(A, true);
-    assert!(pair.run_until(3_000, is_primary(B)));
-    pair.restart(A);
-    assert!(pair.run_until(1_000, Pair::in_sync));
-    pair.partition();
-    assert!(pair.run_until(3_000, is_primary(A)));
-    pair.heal();
-    assert!(pair.run_until(1_000, |p| p.node(B).role() == Role::Backup));
-    assert!(pair.run_until(1_000, Pair::in_sync));
+    let (mut pair, _) = b_backup_within_its_cooldown(COOLDOWN_MS);
     // a dies, and b's cooldown keeps it from taking over for a long while: a held client
     // gets the usual redirect at the hold deadline and may try elsewhere.
     pair.crash(A, true);
