@@ -265,22 +265,9 @@ impl Client {
     }
 }
 
-/// A free port on 127.0.0.1 for `kind` ("tcp" or "udp"): bound by the OS, then released for
-/// the daemon to take (the pair's configs must name each other's ports before either starts).
+/// A free port on 127.0.0.1, from below the ephemeral range (see the library's doc for why).
 pub fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    pbchat::bench::procs::free_port(udp)
 }
 
 /// Two nodes' configs naming each other, a shared secret, and their data dirs, in one temp
