@@ -15,7 +15,7 @@ mod resilient;
 
 use std::time::{Duration, Instant};
 
-use netlab::{hold, Lab, Listener, SenderProc, WITNESS_HOST};
+use netlab::{hold, Lab, Listener, Node, SenderProc, WitnessProc, WITNESS_HOST};
 
 /// Not a scenario: the body of the sender processes the lab starts inside a host (this test
 /// binary re-run on this test alone). In an ordinary run it does nothing.
@@ -27,6 +27,17 @@ fn netlab_client_process() {
 /// The available-mode bound of tests/partitions.rs (detection 1 s + 1 s): issue 8 asks
 /// strict mode to fail over within the same bound.
 const FAILOVER_BOUND: Duration = Duration::from_millis(2_000);
+
+/// A strict pair with its witness, a listener ("ear") and a steady sender ("mouth") in
+/// host 3; None when this machine cannot build the lab (see [`Lab::new`]).
+fn scenario() -> Option<(Lab, Node, Node, WitnessProc, Listener, SenderProc)> {
+    let lab = Lab::new()?;
+    let (a, b, witness) = lab.start_strict_pair();
+    let servers = [a.client_addr, b.client_addr];
+    let ear = Listener::start(&lab, 3, "ear", &servers);
+    let sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    Some((lab, a, b, witness, ear, sender))
+}
 
 /// Full partition a | b, the witness reachable from both: a keeps its witness lease and
 /// commits (degraded: b no longer acknowledges); b, silent peer or not, is refused every
@@ -93,11 +104,9 @@ fn strict_partition_between_the_nodes_leaves_exactly_one_side_committing() {
 /// unavailability. When the witness is back, a holds its lease again.
 #[test]
 fn strict_witness_cut_off_alone_changes_nothing_while_the_nodes_see_each_other() {
-    let Some(lab) = Lab::new() else { return };
-    let (a, b, _witness) = lab.start_strict_pair();
-    let servers = [a.client_addr, b.client_addr];
-    let ear = Listener::start(&lab, 3, "ear", &servers);
-    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    let Some((lab, a, b, _witness, ear, mut sender)) = scenario() else {
+        return;
+    };
     sender.wait_more(20, "traffic before the cut");
 
     let held_before = a.log_count("witness lease held for epoch 1");
@@ -149,11 +158,9 @@ fn strict_witness_cut_off_alone_changes_nothing_while_the_nodes_see_each_other()
 /// commits again as soon as the witness is back.
 #[test]
 fn strict_loss_of_the_witness_and_the_backup_stops_the_primary_until_the_witness_returns() {
-    let Some(lab) = Lab::new() else { return };
-    let (a, mut b, _witness) = lab.start_strict_pair();
-    let servers = [a.client_addr, b.client_addr];
-    let ear = Listener::start(&lab, 3, "ear", &servers);
-    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    let Some((lab, a, mut b, _witness, ear, mut sender)) = scenario() else {
+        return;
+    };
     sender.wait_more(30, "traffic before the faults");
 
     lab.history.fault("kill -9 b");
@@ -212,11 +219,9 @@ fn strict_loss_of_the_witness_and_the_backup_stops_the_primary_until_the_witness
 /// The two terms' commits do not overlap.
 #[test]
 fn strict_kill9_of_the_primary_fails_over_within_the_available_mode_bound() {
-    let Some(lab) = Lab::new() else { return };
-    let (mut a, b, witness) = lab.start_strict_pair();
-    let servers = [a.client_addr, b.client_addr];
-    let ear = Listener::start(&lab, 3, "ear", &servers);
-    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    let Some((lab, mut a, b, witness, ear, mut sender)) = scenario() else {
+        return;
+    };
     sender.wait_more(50, "traffic before the kill");
 
     let killed = Instant::now();
@@ -258,11 +263,9 @@ fn strict_kill9_of_the_primary_fails_over_within_the_available_mode_bound() {
 /// was stopped), and it steps down on hearing b. The commit spans must not overlap.
 #[test]
 fn strict_sigstop_of_the_primary_past_detection_never_leaves_two_committers() {
-    let Some(lab) = Lab::new() else { return };
-    let (a, b, witness) = lab.start_strict_pair();
-    let servers = [a.client_addr, b.client_addr];
-    let ear = Listener::start(&lab, 3, "ear", &servers);
-    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    let Some((lab, a, b, witness, ear, mut sender)) = scenario() else {
+        return;
+    };
     sender.wait_more(30, "traffic before the stop");
 
     let stopped = Instant::now();
@@ -303,11 +306,9 @@ fn strict_sigstop_of_the_primary_past_detection_never_leaves_two_committers() {
 /// epoch 2 by the restarted witness when a dies.
 #[test]
 fn strict_witness_restart_under_traffic_keeps_serving_and_still_grants_the_next_epoch() {
-    let Some(lab) = Lab::new() else { return };
-    let (mut a, b, mut witness) = lab.start_strict_pair();
-    let servers = [a.client_addr, b.client_addr];
-    let ear = Listener::start(&lab, 3, "ear", &servers);
-    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    let Some((lab, mut a, b, mut witness, ear, mut sender)) = scenario() else {
+        return;
+    };
     sender.wait_more(30, "traffic before the witness restart");
 
     lab.history.fault("kill -9 and restart the witness");
@@ -337,6 +338,166 @@ fn strict_witness_restart_under_traffic_keeps_serving_and_still_grants_the_next_
         "figures: strict: witness restarted under traffic, a served throughout; b promoted \
          {failover:?} after kill -9 of a with the restarted witness's grant; longest client \
          wait {} ms",
+        report.longest_unavailable.as_millis(),
+    );
+}
+
+/// Two planned hand-overs in strict mode under traffic (SIGUSR1, the fail-over drill): a
+/// hands the role to b, then b hands it back. Each time the old primary stops taking sends,
+/// waits until the backup has everything, and stops renewing its lease; the witness grants
+/// the next epoch only once that lease has lapsed. The three terms' commits must not
+/// overlap, and the clients wait about a lease each time, not a detection time.
+#[test]
+fn strict_planned_hand_overs_under_traffic_keep_one_committer_at_a_time() {
+    let Some((lab, a, b, witness, ear, mut sender)) = scenario() else {
+        return;
+    };
+    sender.wait_more(30, "traffic before the first hand-over");
+
+    let first = Instant::now();
+    lab.history.fault("SIGUSR1 a");
+    a.signal("USR1");
+    let promoted_b = b.wait_log("promoted to primary in epoch 2");
+    witness.wait_log("granted epoch 2 to b");
+    a.wait_log("handed over: serving as backup");
+    netlab::wait_until("a following b", || {
+        a.log_count("following the primary b") > 0
+    });
+    sender.wait_more(30, "acks from b");
+
+    let second = Instant::now();
+    lab.history.fault("SIGUSR1 b");
+    b.signal("USR1");
+    let promoted_a = a.wait_log("promoted to primary in epoch 3");
+    witness.wait_log("granted epoch 3 to a");
+    b.wait_log("handed over: serving as backup");
+    sender.wait_more(30, "acks from a again");
+    sender.stop();
+
+    assert!(!b.log_contains("did not answer in time"));
+    assert!(!a.log_contains("did not answer in time"));
+    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
+    assert_eq!(report.terms.len(), 3, "two hand-overs: {:?}", report.terms);
+    assert_eq!(committers.spans.len(), 3, "{committers}");
+    // A lease (600 ms) plus the drift margin and a claim's round trip; a hand-over that
+    // fell back to failure detection would take a detection time more.
+    assert!(
+        report.longest_unavailable < Duration::from_millis(1_500),
+        "{report}"
+    );
+    eprintln!(
+        "figures: strict hand-overs under traffic: b promoted {:?} after SIGUSR1 to a, a \
+         promoted {:?} after SIGUSR1 to b; longest client wait {} ms; closest hand-off \
+         between the committers {} ms",
+        promoted_b.saturating_duration_since(first),
+        promoted_a.saturating_duration_since(second),
+        report.longest_unavailable.as_millis(),
+        committers.closest_handoff.map_or(0, |gap| gap.as_millis()),
+    );
+}
+
+/// A one-way cut during a partition a | b: a no longer hears the witness, but its claims
+/// still reach it. The witness, seeing a renew, keeps a's lease and refuses b's bids; a,
+/// hearing no answer, lets its own lease run out and, with no backup acknowledging either,
+/// stops acknowledging. Nobody commits until the heal: strict mode gives up availability
+/// here rather than let b commit while a might. After the heal a holds its lease again,
+/// b catches up, and the sends that waited are committed once.
+#[test]
+fn strict_primary_deaf_to_the_witness_during_a_partition_leaves_no_second_committer() {
+    let Some((lab, a, b, witness, ear, mut sender)) = scenario() else {
+        return;
+    };
+    sender.wait_more(30, "traffic before the cut");
+
+    let syncs_before = a.log_count("replication is synchronous again");
+    let held_before = a.log_count("witness lease held for epoch 1");
+    let cut = Instant::now();
+    lab.partition(1, 2);
+    lab.drop_from(1, WITNESS_HOST);
+    let ran_out = a.wait_log("witness lease ran out");
+    b.wait_log("asking the witness for epoch");
+    witness.wait_log("refused epoch");
+    // An ack decided just before the lease ended may still be on its way.
+    hold(Duration::from_millis(200));
+    let stalled = sender.count();
+    hold(Duration::from_secs(2));
+    assert_eq!(
+        sender.count(),
+        stalled,
+        "an ack while a held no lease and b was refused"
+    );
+    assert!(!b.log_contains("promoted"), "b promoted without a grant");
+
+    let healed = Instant::now();
+    lab.heal();
+    netlab::wait_until("a holding the witness lease again", || {
+        a.log_count("witness lease held for epoch 1") > held_before
+    });
+    netlab::wait_until("b in sync with a again", || {
+        a.log_count("replication is synchronous again") > syncs_before
+    });
+    sender.wait_more(20, "acks after the heal");
+    let resumed = Instant::now();
+    sender.stop();
+    assert!(!a.log_contains("stepping down"));
+
+    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
+    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
+    assert_eq!(committers.spans.len(), 1, "{committers}");
+    eprintln!(
+        "figures: strict, a deaf to the witness and cut from b: a's lease ran out {:?} after \
+         the cut, b was refused, nobody acknowledged for {} ms; acks resumed {:?} after the \
+         heal",
+        ran_out - cut,
+        report.longest_unavailable.as_millis(),
+        resumed - healed,
+    );
+}
+
+/// The witness process down for three seconds (five leases) under traffic, nodes fine: a's
+/// witness lease runs out and it goes on committing on the pair lease (b acknowledges
+/// synchronously), b never bids (it hears a), and when the witness starts again on its
+/// state file a holds its lease again. Clients see no unavailability.
+#[test]
+fn strict_witness_down_longer_than_a_lease_under_traffic_changes_nothing_for_clients() {
+    let Some((lab, a, b, mut witness, ear, mut sender)) = scenario() else {
+        return;
+    };
+    sender.wait_more(30, "traffic before the witness goes down");
+
+    let held_before = a.log_count("witness lease held for epoch 1");
+    lab.history.fault("kill -9 the witness");
+    let killed = Instant::now();
+    witness.kill9();
+    let ran_out = a.wait_log("witness lease ran out");
+    let from = sender.count();
+    hold((killed + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
+    let during = sender.count() - from;
+    lab.history.fault("start the witness again");
+    witness.restart();
+    netlab::wait_until("a holding the witness lease again", || {
+        a.log_count("witness lease held for epoch 1") > held_before
+    });
+    sender.wait_more(20, "acks with the witness back");
+    sender.stop();
+
+    assert!(
+        !b.log_contains("asking the witness"),
+        "b bid while it heard a"
+    );
+    assert!(!a.log_contains("degraded"), "b acknowledged all along");
+    assert!(during > 30, "only {during} acks while the witness was down");
+    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
+    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
+    assert_eq!(committers.spans.len(), 1, "{committers}");
+    assert!(
+        report.longest_unavailable < Duration::from_millis(1_000),
+        "clients waited while only the witness was down: {report}"
+    );
+    eprintln!(
+        "figures: witness down 3 s under traffic: a's lease ran out {:?} after the kill; \
+         {during} acks meanwhile (pair lease); longest client wait {} ms",
+        ran_out - killed,
         report.longest_unavailable.as_millis(),
     );
 }
