@@ -135,6 +135,8 @@ pub struct RawClient {
     pub send_queue_bytes: usize,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    pub room_rate_per_sec: u32,
+    pub room_rate_burst: u32,
     pub max_errors: u32,
     pub max_rooms_per_client: usize,
     pub max_connections_per_ip: usize,
@@ -166,6 +168,8 @@ impl Default for RawClient {
             send_queue_bytes: 1 << 20,
             rate_per_sec: 1_000,
             rate_burst: 2_000,
+            room_rate_per_sec: 50,
+            room_rate_burst: 200,
             max_errors: 20,
             max_rooms_per_client: 100,
             max_connections_per_ip: 256,
@@ -436,6 +440,10 @@ pub struct ClientConfig {
     pub send_queue_bytes: usize,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// Per-connection token bucket for `join`, `leave` and `history` (each fans out presence
+    /// or reads the log): requests per second, and the burst allowed.
+    pub room_rate_per_sec: u32,
+    pub room_rate_burst: u32,
     pub max_errors: u32,
     pub max_rooms_per_client: usize,
     /// Connections open at once from one IP address; more get `unavailable`.
@@ -726,6 +734,20 @@ impl RawConfig {
             )?,
             rate_per_sec: check_range(file, "client.rate_per_sec", c.rate_per_sec, 1, 10_000_000)?,
             rate_burst: check_range(file, "client.rate_burst", c.rate_burst, 1, 10_000_000)?,
+            room_rate_per_sec: check_range(
+                file,
+                "client.room_rate_per_sec",
+                c.room_rate_per_sec,
+                1,
+                1_000_000,
+            )?,
+            room_rate_burst: check_range(
+                file,
+                "client.room_rate_burst",
+                c.room_rate_burst,
+                1,
+                1_000_000,
+            )?,
             max_errors: check_range(file, "client.max_errors", c.max_errors, 1, 1_000_000)?,
             max_rooms_per_client: check_range(
                 file,
@@ -776,6 +798,17 @@ impl RawConfig {
                 problem: format!(
                     "{} leaves no room for the frame around it within client.max_line_bytes ({}); keep it at least 256 bytes smaller",
                     client.max_body_bytes, client.max_line_bytes
+                ),
+            });
+        }
+        // After a fail-over a client rejoins all its rooms at once: that must never be refused.
+        if (client.room_rate_burst as usize) < client.max_rooms_per_client {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                key: "client.room_rate_burst",
+                problem: format!(
+                    "{} is below client.max_rooms_per_client ({}): a client rejoining its rooms after a fail-over would be refused",
+                    client.room_rate_burst, client.max_rooms_per_client
                 ),
             });
         }

@@ -22,14 +22,24 @@ fn check(text: &str) -> (Option<i32>, String) {
 
 const NODE: &str = "[node]\nid = \"a\"\nrole = \"primary\"\ndata_dir = \"d\"\n";
 
+/// The shipped configs name paths relative to where the pair runs (`scripts/pair.sh` runs
+/// it from the repository, where it makes `data/pair.secret`); they are checked from a
+/// scratch dir holding a fresh secret, so the test needs no earlier quick start.
 #[test]
 fn shipped_configs_pass_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = pbchatd()
+        .args(["--gen-secret", "data/pair.secret"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     for name in ["config/primary.toml", "config/backup.toml"] {
         let out = pbchatd()
             .arg("--check")
             .arg("-c")
-            .arg(name)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
+            .current_dir(dir.path())
             .output()
             .unwrap();
         assert!(
@@ -46,6 +56,16 @@ fn a_bad_value_names_file_key_and_problem_and_exits_2() {
     assert_eq!(code, Some(2));
     assert!(
         err.contains("bad.toml: client.listen: \"127.0.0.1\" is not an IP address with a port"),
+        "{err}"
+    );
+    let (code, err) = check(&format!(
+        "{NODE}[client]\nmax_rooms_per_client = 300\nroom_rate_burst = 250\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "bad.toml: client.room_rate_burst: 250 is below client.max_rooms_per_client (300)"
+        ),
         "{err}"
     );
     let (code, err) = check(&format!("{NODE}[log]\nfsync = \"sometimes\"\n"));

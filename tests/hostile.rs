@@ -695,3 +695,88 @@ fn forged_replayed_and_garbage_heartbeats_at_volume_change_no_role() {
     assert_alive(&mut b);
     witness.finish("spoofed heartbeats");
 }
+
+/// A welcomed client that toggles `join`/`leave` (and asks for history) as fast as it can
+/// write, in a room with a listening member: each join or leave would send presence to the
+/// whole room. The node carries out the first `room_rate_burst` (200 by default), answers
+/// the rest `rate_limited` without doing them, and after `rate_violations_max` (20)
+/// refusals closes the connection. The room's member hears a bounded number of presence
+/// frames, and the witness chats on.
+#[test]
+fn join_leave_and_history_floods_are_refused_and_cut_off_without_a_presence_storm() {
+    let mut node = Daemon::start("primary", "", "");
+    let witness = Witness::start(node.addr);
+    let mut member = node.hello("member", "s-member");
+    member.join("crowd");
+    witness.wait_sent(3);
+
+    let flooder = node.hello("flood", "s-flood");
+    let mut lines = String::new();
+    for i in 0..10_000 {
+        lines.push_str(match i % 3 {
+            0 => "{\"type\":\"join\",\"room\":\"crowd\"}\n",
+            1 => "{\"type\":\"leave\",\"room\":\"crowd\"}\n",
+            _ => "{\"type\":\"history\",\"room\":\"crowd\",\"limit\":1000}\n",
+        });
+    }
+    let mut writer = flooder.stream.try_clone().unwrap();
+    let writing = std::thread::spawn(move || {
+        // The node closes the connection partway: the rest of the write fails, as it should.
+        let _ = writer.write_all(lines.as_bytes());
+    });
+    let mut reader = flooder.stream;
+    reader.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut bytes = Vec::new();
+    let _ = reader.read_to_end(&mut bytes);
+    writing.join().unwrap();
+    let mut done = 0;
+    let mut refused = Vec::new();
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(frame) = pbchat::wire::client::decode_server_frame(line) else {
+            continue; // a line cut short by the close
+        };
+        match frame.kind.as_str() {
+            "joined" | "left" | "history_end" => done += 1,
+            "error" => refused.push((frame.code.unwrap(), frame.message.unwrap_or_default())),
+            _ => {}
+        }
+    }
+    // A history request granted by the bucket may still find four in flight (the
+    // worker's own bound), answered `rate_limited` too, with a message of its own.
+    let (paced, busy): (Vec<_>, Vec<_>) = refused
+        .iter()
+        .partition(|(_, message)| message.contains("join, leave and history"));
+    // Up to four granted history requests still in flight at the close get no answer.
+    assert!(
+        (196..=260).contains(&(done + busy.len())),
+        "{done} requests carried out, {} history requests refused as in flight",
+        busy.len()
+    );
+    assert_eq!(paced.len(), 20, "{paced:?}");
+    assert!(refused.iter().all(|(code, _)| code == "rate_limited"));
+    assert!(paced.last().unwrap().1.contains("closing"), "{paced:?}");
+
+    // Everything the flood made the member hear is in before a pong to its own ping.
+    member.send(json!({"type":"ping","token":"after"}));
+    let mut presence = 0;
+    loop {
+        let frame = member.recv();
+        match frame.kind.as_str() {
+            "presence" => presence += 1,
+            "pong" => break,
+            _ => {}
+        }
+    }
+    assert!(
+        presence <= 200,
+        "the member heard {presence} presence frames"
+    );
+    assert_alive(&mut node);
+    witness.finish("join/leave/history flood");
+    eprintln!(
+        "join/leave/history flood: {done} of 10000 pipelined requests carried out, {} \
+         history requests refused as in flight, 20 refused as too fast, then closed; the \
+         room's member heard {presence} presence frames",
+        busy.len()
+    );
+}

@@ -99,6 +99,10 @@ pub struct AccessConfig {
     /// `rate_limited` refusals within `rate_violations_window_ms` that close a connection.
     pub rate_violations_max: u32,
     pub rate_violations_window_ms: u64,
+    /// Per-connection token bucket for `join`, `leave` and `history`: each join or leave
+    /// sends presence to every member of the room, and each history request reads the log.
+    pub room_rate_per_sec: u32,
+    pub room_rate_burst: u32,
 }
 
 impl Default for AccessConfig {
@@ -110,6 +114,8 @@ impl Default for AccessConfig {
             max_room_members: 10_000,
             rate_violations_max: 20,
             rate_violations_window_ms: 10_000,
+            room_rate_per_sec: 50,
+            room_rate_burst: 200,
         }
     }
 }
@@ -375,6 +381,8 @@ struct Conn {
     nick: Option<Arc<str>>,
     rooms: HashSet<Arc<str>>,
     bucket: TokenBucket,
+    /// For `join`, `leave` and `history` (`AccessConfig::room_rate_per_sec`).
+    room_bucket: TokenBucket,
     /// Bad frames so far; at `max_errors` the connection is closed.
     errors: u32,
     /// Where authentication stands (always `Open` without authentication).
@@ -483,7 +491,7 @@ pub struct Node {
     probe_failing: bool,
     /// The latest role change and why, for status; `None` since start.
     last_change: Option<RoleChange>,
-    /// Sends refused by a client's token bucket since start (a counter for metrics).
+    /// Requests refused by a client's token buckets since start (a counter for metrics).
     rate_limited_total: u64,
     /// Refused `hello`s waiting out the failure delay: (deadline, conn), in order of
     /// refusal (one delay for all, so deadlines ascend but across a reload). At most one per
@@ -840,6 +848,7 @@ impl Node {
                 nick: None,
                 rooms: HashSet::new(),
                 bucket: TokenBucket::new(self.config.rate_burst, now_ms),
+                room_bucket: TokenBucket::new(self.config.access.room_rate_burst, now_ms),
                 errors: 0,
                 auth: AuthState::Open,
                 violations: 0,
@@ -1077,6 +1086,9 @@ impl Node {
                 );
                 self.count_error(conn, actions);
             }
+            // Each fans out presence to a room or reads the log: paced per connection.
+            Request::Join { .. } | Request::Leave { .. } | Request::History { .. }
+                if !self.take_room_token(conn, actions) => {}
             Request::Join {
                 room,
                 after,
@@ -1441,6 +1453,59 @@ impl Node {
         self.reply(conn, &Reply::Left { room: &room }, actions);
     }
 
+    /// Takes a token from `conn`'s bucket for `join`, `leave` and `history`, or answers
+    /// `rate_limited` (the request is not carried out) and returns false.
+    fn take_room_token(&mut self, conn: ConnId, actions: &mut Vec<Action>) -> bool {
+        let access = &self.config.access;
+        let (rate, burst) = (access.room_rate_per_sec, access.room_rate_burst);
+        let now = self.now_ms;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.room_bucket.take(rate, burst, now) {
+            return true;
+        }
+        let refusal = (
+            "join, leave and history requests",
+            "too many join, leave and history requests; retry later",
+        );
+        self.refuse_rate(conn, refusal, None, actions);
+        false
+    }
+
+    /// Answers `rate_limited` to a request one of `conn`'s buckets refused: `refusal` is
+    /// (what was refused, in the plural; the message for one refusal). A client that keeps
+    /// asking into refusals (`rate_violations_max` within the window) is cut off.
+    fn refuse_rate(
+        &mut self,
+        conn: ConnId,
+        (what, message): (&str, &str),
+        id: Option<&str>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.rate_limited_total += 1;
+        let now = self.now_ms;
+        let access = &self.config.access;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if now.saturating_sub(c.violations_since_ms) >= access.rate_violations_window_ms {
+            c.violations = 0;
+            c.violations_since_ms = now;
+        }
+        c.violations += 1;
+        if c.violations >= access.rate_violations_max {
+            let message = format!(
+                "{} {what} refused as too fast within {} ms; closing",
+                c.violations, access.rate_violations_window_ms
+            );
+            self.error(conn, ErrorCode::RateLimited, &message, id, actions);
+            self.close(conn, actions);
+            return;
+        }
+        self.error(conn, ErrorCode::RateLimited, message, id, actions);
+    }
+
     fn on_send(
         &mut self,
         conn: ConnId,
@@ -1512,30 +1577,8 @@ impl Node {
             return;
         }
         if !c.bucket.take(rate, burst, now) {
-            self.rate_limited_total += 1;
-            let access = &self.config.access;
-            if now.saturating_sub(c.violations_since_ms) >= access.rate_violations_window_ms {
-                c.violations = 0;
-                c.violations_since_ms = now;
-            }
-            c.violations += 1;
-            if c.violations >= access.rate_violations_max {
-                // Flood control: a client that keeps sending into refusals is cut off.
-                let message = format!(
-                    "{} sends refused as too fast within {} ms; closing",
-                    c.violations, access.rate_violations_window_ms
-                );
-                self.error(conn, ErrorCode::RateLimited, &message, Some(&id), actions);
-                self.close(conn, actions);
-                return;
-            }
-            self.error(
-                conn,
-                ErrorCode::RateLimited,
-                "sending too fast; retry later",
-                Some(&id),
-                actions,
-            );
+            let refusal = ("sends", "sending too fast; retry later");
+            self.refuse_rate(conn, refusal, Some(&id), actions);
             return;
         }
         self.last_seq += 1;

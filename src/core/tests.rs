@@ -538,6 +538,68 @@ fn repeated_rate_limit_violations_close_the_connection() {
     assert!(actions.contains(&Action::Close { conn: 1 }));
 }
 
+#[test]
+fn join_leave_and_history_beyond_their_burst_are_refused_without_presence_then_closed() {
+    let mut h = Harness::new(Role::Primary);
+    h.node.config.access.room_rate_per_sec = 10;
+    h.node.config.access.room_rate_burst = 4;
+    h.connect(1, "alice", "s1");
+    h.connect(2, "bob", "s2");
+    h.request(2, r#"{"type":"join","room":"r"}"#);
+    // Bob's own join took one of his tokens; Alice has all four.
+    let toggles = [
+        r#"{"type":"join","room":"r"}"#,
+        r#"{"type":"leave","room":"r"}"#,
+        r#"{"type":"history","room":"r","limit":5}"#,
+        r#"{"type":"join","room":"r"}"#,
+    ];
+    for request in toggles {
+        let actions = h.request(1, request);
+        assert!(frames_to(1, &actions).iter().all(|f| f.kind != "error"));
+    }
+    // The fifth: refused, not carried out, and no presence for it goes to the room.
+    let actions = h.request(1, r#"{"type":"leave","room":"r"}"#);
+    let frames = frames_to(1, &actions);
+    assert_eq!(kinds(&frames), ["error"]);
+    assert_eq!(frames[0].code.as_deref(), Some("rate_limited"));
+    assert!(frames[0]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("join, leave and history"));
+    assert!(!actions.iter().any(|a| matches!(
+        a,
+        Action::History { .. } | Action::Presence { .. } | Action::Unsubscribe { .. }
+    )));
+    // 100 ms bring one token back at 10 per second.
+    h.now_ms += 100;
+    let actions = h.request(1, r#"{"type":"leave","room":"r"}"#);
+    assert_eq!(kinds(&frames_to(1, &actions)), ["left"]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Presence { .. })));
+    // Sends have their own bucket: Alice's send rate is untouched.
+    h.now_ms += 100;
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    assert_eq!(
+        kinds(&frames_to(1, &h.send_committed(1, "r", "m-1"))),
+        ["ack"]
+    );
+    // Refusals count toward flood control like refused sends: the third (the leave above
+    // was the first) closes the connection.
+    let actions = h.request(1, r#"{"type":"history","room":"r"}"#);
+    assert_eq!(
+        frames_to(1, &actions)[0].code.as_deref(),
+        Some("rate_limited")
+    );
+    assert!(!actions.contains(&Action::Close { conn: 1 }));
+    let actions = h.request(1, r#"{"type":"history","room":"r"}"#);
+    assert!(frames_to(1, &actions)[0]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("closing"));
+    assert!(actions.contains(&Action::Close { conn: 1 }));
+}
+
 /// Regression (found by the pair simulation with lossy, reordering heartbeats, seed 2379 of
 /// 10 000): one slot held the re-commit waiting to be reported done, so a backup's batch
 /// that arrived before the primary's own orphans had committed replaced it. The primary

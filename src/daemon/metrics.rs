@@ -199,7 +199,7 @@ pub fn render(ops: &Ops) -> String {
     metric(
         "rate_limited_total",
         "counter",
-        "Sends refused by a client's rate limit.",
+        "Requests (sends; joins, leaves and history requests) refused by a client's rate limits.",
         status.rate_limited_total,
     );
     metric(

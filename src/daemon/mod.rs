@@ -510,6 +510,8 @@ fn core_config(config: &Config, pair: Option<PairConfig>) -> CoreConfig {
             max_room_members: config.client.max_room_members,
             rate_violations_max: config.client.rate_violations_max,
             rate_violations_window_ms: config.client.rate_violations_window_ms,
+            room_rate_per_sec: config.client.room_rate_per_sec,
+            room_rate_burst: config.client.room_rate_burst,
         },
     }
 }
@@ -1159,6 +1161,16 @@ impl Driver {
             new_c.rate_per_sec
         );
         note!("client.rate_burst", old_c.rate_burst, new_c.rate_burst);
+        note!(
+            "client.room_rate_per_sec",
+            old_c.room_rate_per_sec,
+            new_c.room_rate_per_sec
+        );
+        note!(
+            "client.room_rate_burst",
+            old_c.room_rate_burst,
+            new_c.room_rate_burst
+        );
         note!("client.max_errors", old_c.max_errors, new_c.max_errors);
         note!(
             "client.max_rooms_per_client",
@@ -1424,6 +1436,8 @@ impl Driver {
             hello_timeout_ms: kept.client.hello_timeout_ms,
             rate_per_sec: kept.client.rate_per_sec,
             rate_burst: kept.client.rate_burst,
+            room_rate_per_sec: kept.client.room_rate_per_sec,
+            room_rate_burst: kept.client.room_rate_burst,
             max_errors: kept.client.max_errors,
             max_rooms_per_client: kept.client.max_rooms_per_client,
             max_connections_per_ip: kept.client.max_connections_per_ip,
