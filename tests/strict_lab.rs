@@ -501,3 +501,64 @@ fn strict_witness_down_longer_than_a_lease_under_traffic_changes_nothing_for_cli
         report.longest_unavailable.as_millis(),
     );
 }
+
+/// The other one-way cut during a partition a | b: the witness no longer hears a (its
+/// claims are lost), a still hears the witness (which has nothing to say to it). a's lease
+/// runs out on both sides, so b, bidding after the detection time, is granted epoch 2 and
+/// serves; a, without a lease and without a backup, acknowledges nothing meanwhile, and
+/// steps down once the partition heals. One committer at a time.
+#[test]
+fn strict_primary_unheard_by_the_witness_during_a_partition_hands_over_to_one_committer() {
+    let Some((lab, a, b, witness, ear, mut sender)) = scenario() else {
+        return;
+    };
+    sender.wait_more(30, "traffic before the cut");
+
+    let cut = Instant::now();
+    lab.partition(1, 2);
+    lab.drop_from(WITNESS_HOST, 1);
+    let ran_out = a.wait_log("witness lease ran out");
+    let promoted = b.wait_log("promoted to primary in epoch 2");
+    witness.wait_log("granted epoch 2 to b");
+    sender.wait_more(30, "acks from b");
+
+    // pbchat-client, given a first: a welcomes it (it still thinks itself primary) but
+    // refuses its send as unavailable; the client leaves a after UNAVAILABLE_MOVE_MS and
+    // b acknowledges. (A room of its own: the history check is about the senders' room.)
+    let asked = Instant::now();
+    let out = lab
+        .exec(3, env!("CARGO_BIN_EXE_pbchat-client"))
+        .args(["--server", &a.client_addr.to_string()])
+        .args(["--server", &b.client_addr.to_string()])
+        .args(["--nick", "cli", "--room", "cli", "--send", "via b"])
+        .args(["--timeout-ms", "15000", "-v"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let took = asked.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pbchat-client --send: {stderr}");
+    assert!(stderr.contains("unavailable"), "{stderr}");
+
+    let healed = Instant::now();
+    lab.heal();
+    let stepped = a.wait_log("stepping down");
+    a.wait_log("following the primary b");
+    sender.wait_more(20, "acks with a as backup");
+    sender.stop();
+
+    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
+    assert_eq!(report.terms.len(), 2, "{:?}", report.terms);
+    assert_eq!(committers.spans.len(), 2, "{committers}");
+    let failover = promoted.saturating_duration_since(cut);
+    assert!(failover < FAILOVER_BOUND, "promotion took {failover:?}");
+    eprintln!(
+        "figures: strict, a unheard by the witness and cut from b: a's lease ran out {:?} \
+         after the cut, b promoted {failover:?} after the cut; pbchat-client sent to a was \
+         acked by b {took:?} after it started; a stepped down {:?} after the heal; \
+         hand-off gap between the committers {} ms",
+        ran_out - cut,
+        stepped.saturating_duration_since(healed),
+        committers.closest_handoff.map_or(0, |gap| gap.as_millis()),
+    );
+}

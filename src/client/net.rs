@@ -53,6 +53,13 @@ pub const SILENCE_DEAD_MS: u64 = 7_000;
 /// Pause before resending a send refused as `rate_limited` or `unavailable`.
 pub const SEND_RETRY_DELAY_MS: u64 = 500;
 
+/// A node that answered every send `unavailable` for this long is left for the other
+/// servers: in strict mode an old primary cut off from its backup and the witness refuses
+/// sends until the partition heals, while the backup may already serve (docs/failover.md).
+/// Longer than what a strict hand-over waits (one lease, 600 ms by default) and than a
+/// commit queue that is full for a moment.
+pub const UNAVAILABLE_MOVE_MS: u64 = 2_500;
+
 /// After `/quit`, how long unacknowledged sends may still wait for their ack (across a
 /// reconnect too) before the client says `quit` anyway: long enough for a commit, short
 /// enough that leaving never feels stuck.
@@ -354,6 +361,9 @@ enum Ended {
         reason: String,
         primary: Option<String>,
     },
+    /// The node refused every send as `unavailable` for [`UNAVAILABLE_MOVE_MS`]: reconnect,
+    /// to the other servers first.
+    Unavailable { reason: String },
 }
 
 /// The node's answer to `hello`.
@@ -496,6 +506,8 @@ struct Driver {
     /// Ids of sends refused for now (`rate_limited`, `unavailable`) and when to resend them.
     retry: Vec<String>,
     retry_at: Option<Instant>,
+    /// Since when this connection's sends have been refused as `unavailable` with no ack.
+    unavailable_since: Option<Instant>,
     /// Counts pings, for their tokens.
     pings_sent: u64,
     /// Whether any session was open yet, for "connecting" versus "reconnecting".
@@ -522,6 +534,7 @@ impl Driver {
             events,
             retry: Vec::new(),
             retry_at: None,
+            unavailable_since: None,
             pings_sent: 0,
             was_connected: false,
             quit_deadline: None,
@@ -625,6 +638,13 @@ impl Driver {
                             })?;
                             let lived = connection.opened.elapsed();
                             self.policy.on_dropped(&server, lived, primary.as_deref());
+                        }
+                        Ended::Unavailable { reason } => {
+                            self.emit(Event::Disconnected {
+                                server: server.clone(),
+                                reason,
+                            })?;
+                            self.policy.on_unavailable(&server);
                         }
                     }
                 }
@@ -766,6 +786,7 @@ impl Driver {
         // A new connection: whatever waited for a retry goes out now with the resume.
         self.retry.clear();
         self.retry_at = None;
+        self.unavailable_since = None;
         for frame in self.session.resume_frames() {
             if let Err(e) = connection.write(&frame) {
                 return Ok(dropped(e));
@@ -800,6 +821,16 @@ impl Driver {
                 return Ok(Ended::Dropped {
                     reason: format!("nothing heard for {SILENCE_DEAD_MS} ms"),
                     primary: None,
+                });
+            }
+            if self.unavailable_since.is_some_and(|since| {
+                now.duration_since(since) >= Duration::from_millis(UNAVAILABLE_MOVE_MS)
+            }) {
+                return Ok(Ended::Unavailable {
+                    reason: format!(
+                        "every send refused as unavailable for {UNAVAILABLE_MOVE_MS} ms; \
+                         trying the other servers"
+                    ),
                 });
             }
             if now.duration_since(connection.last_ping) >= self.config.ping_interval {
@@ -875,6 +906,7 @@ impl Driver {
             }
             "ack" => {
                 if let (Some(id), Some(seq)) = (frame.id, frame.seq) {
+                    self.unavailable_since = None;
                     if self.session.on_ack(&id).is_some() {
                         self.emit(Event::Acked { id, seq })?;
                     }
@@ -918,6 +950,9 @@ impl Driver {
                 }
                 SendErrorAction::RetryLater => {
                     log::info!("send {id}: {code}: {message}; retrying");
+                    if code == "unavailable" {
+                        self.unavailable_since.get_or_insert_with(Instant::now);
+                    }
                     if !self.retry.contains(&id) {
                         self.retry.push(id);
                     }

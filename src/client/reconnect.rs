@@ -101,6 +101,18 @@ impl Reconnect {
         self.on_failure();
     }
 
+    /// `server` kept refusing sends as `unavailable` (it cannot commit: in strict mode, an
+    /// old primary cut off from its backup and the witness, while the backup may already
+    /// serve): the other servers are tried first. Counts as a failed attempt, so a pair
+    /// where no node can commit is cycled through with growing waits.
+    pub fn on_unavailable(&mut self, server: &str) {
+        self.preferred = None;
+        if let Some(at) = self.servers.iter().position(|s| s == server) {
+            self.next_index = (at + 1) % self.servers.len();
+        }
+        self.on_failure();
+    }
+
     /// A session on `server` ended after `lived`. `primary` is the address a `goodbye`
     /// named; without one, the same server is tried first, since most drops (a slow read,
     /// a restart) leave the primary where it was, and refusing connections costs little.
@@ -190,6 +202,21 @@ mod tests {
         assert!(policy.delay(&mut StdRng::seed_from_u64(0)) >= Duration::from_millis(25));
         assert_eq!(policy.next_target(), "a:1");
         assert_eq!(policy.next_target(), "b:2");
+    }
+
+    #[test]
+    fn a_server_that_keeps_refusing_sends_is_left_for_the_next_one_with_a_backoff() {
+        let mut policy = Reconnect::new(vec!["a:1".into(), "b:2".into(), "c:3".into()]);
+        assert_eq!(policy.next_target(), "a:1");
+        assert_eq!(policy.next_target(), "b:2");
+        // Connected to b; it kept answering `unavailable`.
+        policy.on_unavailable("b:2");
+        assert_eq!(policy.next_target(), "c:3");
+        assert!(policy.delay(&mut StdRng::seed_from_u64(0)) >= Duration::from_millis(25));
+        // Connected to a server reached through a redirect, not in the list: the list goes on.
+        policy.on_unavailable("elsewhere:9");
+        assert_eq!(policy.next_target(), "a:1");
+        assert_eq!(policy.attempt(), 3);
     }
 
     #[test]

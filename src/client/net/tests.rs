@@ -102,6 +102,27 @@ fn next_event(events: &Receiver<Event>) -> Event {
     }
 }
 
+/// Asks the client to join "general" with no position (live messages only).
+fn join_general(commands: &Sender<Command>) {
+    commands
+        .send(Command::Join {
+            room: "general".into(),
+            after: None,
+        })
+        .unwrap();
+}
+
+/// Asks the client to send `body` to "general" as `id`.
+fn send_general(commands: &Sender<Command>, id: &str, body: &str) {
+    commands
+        .send(Command::Send {
+            room: "general".into(),
+            id: id.into(),
+            body: body.into(),
+        })
+        .unwrap();
+}
+
 fn shown_seq(event: Event) -> (u64, bool) {
     match event {
         Event::Msg { frame, history, .. } => (frame.seq.unwrap(), history),
@@ -139,12 +160,7 @@ fn dropped_connection_resumes_after_last_shown_and_resends_unacked_send() {
     let (first, first_address) = listener();
     let (second, second_address) = listener();
     let (commands, events, handle) = start(vec![first_address.clone()]);
-    commands
-        .send(Command::Join {
-            room: "general".into(),
-            after: None,
-        })
-        .unwrap();
+    join_general(&commands);
 
     // Connection 1: join, one message shown, a send that is never acknowledged.
     let mut peer = Peer::welcome(&first, "a", 1);
@@ -158,13 +174,7 @@ fn dropped_connection_resumes_after_last_shown_and_resends_unacked_send() {
     );
     assert!(matches!(next_event(&events), Event::Joined { ref members, .. } if members.len() == 2));
     assert_eq!(shown_seq(next_event(&events)), (11, false));
-    commands
-        .send(Command::Send {
-            room: "general".into(),
-            id: "m-1".into(),
-            body: "hello".into(),
-        })
-        .unwrap();
+    send_general(&commands, "m-1", "hello");
     assert_eq!(peer.recv_kind("send")["id"], "m-1");
     drop(peer);
     assert!(matches!(next_event(&events), Event::Disconnected { .. }));
@@ -279,19 +289,8 @@ fn slow_consumer_reconnects_and_rejoins_without_loss() {
 fn rate_limited_send_is_retried_with_the_same_id() {
     let (node, address) = listener();
     let (commands, events, handle) = start(vec![address]);
-    commands
-        .send(Command::Join {
-            room: "general".into(),
-            after: None,
-        })
-        .unwrap();
-    commands
-        .send(Command::Send {
-            room: "general".into(),
-            id: "m-1".into(),
-            body: "x".into(),
-        })
-        .unwrap();
+    join_general(&commands);
+    send_general(&commands, "m-1", "x");
     let mut peer = Peer::welcome(&node, "a", 1);
     peer.recv_kind("join");
     assert_eq!(peer.recv_kind("send")["id"], "m-1");
@@ -365,5 +364,57 @@ fn history_answer_is_told_from_live_messages() {
             room: "lobby".into()
         }
     );
+    quit(&commands, &events, &mut peer, handle);
+}
+
+#[test]
+fn a_node_that_keeps_refusing_sends_as_unavailable_is_left_for_the_other_server() {
+    let (stuck, stuck_address) = listener();
+    let (serving, serving_address) = listener();
+    let (commands, events, handle) = start(vec![stuck_address.clone(), serving_address.clone()]);
+    join_general(&commands);
+    // The first node welcomes (it still believes it is the primary) but cannot commit.
+    let mut peer = Peer::welcome(&stuck, "a", 1);
+    peer.recv_kind("join");
+    peer.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    send_general(&commands, "m-1", "hello");
+    let started = Instant::now();
+    let mut refusals = 0;
+    let left = loop {
+        let mut line = String::new();
+        match peer.reader.read_line(&mut line) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) => {}
+            Err(e) => panic!("waiting for the client to leave: {e}"),
+        }
+        let frame: Value = serde_json::from_str(&line).unwrap();
+        if frame["type"] == "send" {
+            refusals += 1;
+            peer.send(json!({"type":"error","code":"unavailable","message":"no lease","id":"m-1"}));
+        }
+    };
+    assert!(refusals >= 2, "resent {refusals} times before leaving");
+    assert!(
+        left >= Duration::from_millis(UNAVAILABLE_MOVE_MS),
+        "left after {left:?}"
+    );
+    // The other server, not the stuck one again, gets the resumed session and the send.
+    let mut peer = Peer::welcome(&serving, "b", 2);
+    peer.recv_kind("join");
+    assert_eq!(peer.recv_kind("send")["id"], "m-1");
+    peer.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    peer.send(json!({"type":"ack","id":"m-1","seq":11}));
+    loop {
+        match next_event(&events) {
+            Event::Acked { id, seq } => {
+                assert_eq!((id.as_str(), seq), ("m-1", 11));
+                break;
+            }
+            Event::Disconnected { reason, .. } => {
+                assert!(reason.contains("unavailable"), "{reason}")
+            }
+            _ => {}
+        }
+    }
     quit(&commands, &events, &mut peer, handle);
 }
