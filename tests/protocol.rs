@@ -353,18 +353,28 @@ fn a_silent_connection_is_closed_at_the_hello_timeout() {
 
 #[test]
 fn sighup_reloads_limits_and_says_what_needs_a_restart() {
-    let node = Daemon::start("primary", "max_rooms_per_client = 1", "");
+    let node = Daemon::start(
+        "primary",
+        "max_rooms_per_client = 1\nroom_rate_per_sec = 1\nroom_rate_burst = 2",
+        "",
+    );
     let mut c = node.hello("alice", "s");
     c.join("r1");
     c.send(json!({"type":"join","room":"r2"}));
     assert_eq!(c.recv().code.as_deref(), Some("bad_request"));
+    // Two room requests were the burst; the third waits for the next token (1 per second).
+    c.send(json!({"type":"history","room":"r1"}));
+    assert_eq!(c.recv().code.as_deref(), Some("rate_limited"));
     let text = std::fs::read_to_string(&node.config_path).unwrap();
     let text = text
         .replace("max_rooms_per_client = 1", "max_rooms_per_client = 5")
+        .replace("room_rate_per_sec = 1\n", "room_rate_per_sec = 1000\n")
+        .replace("room_rate_burst = 2", "room_rate_burst = 5")
         .replace("[log]\n", "[log]\nfsync = \"always\"\n");
     std::fs::write(&node.config_path, text).unwrap();
     node.signal(1);
     node.wait_log("client.max_rooms_per_client 1 -> 5");
+    node.wait_log("client.room_rate_per_sec 1 -> 1000");
     node.wait_log("log.fsync changed; that takes a restart");
     assert_eq!(c.join("r2").room.as_deref(), Some("r2"));
     // A broken file is refused and the running config kept.
