@@ -780,3 +780,52 @@ fn join_leave_and_history_floods_are_refused_and_cut_off_without_a_presence_stor
         busy.len()
     );
 }
+
+/// A welcomed client that pipelines pings as fast as it can write while reading the pongs.
+/// Before each connection got a share of its worker's turn (`FRAMES_PER_TURN`), such a
+/// client refilled the worker's outbox first on every turn and the connections behind it
+/// (the witness's, when they shared its worker) never got a `hello` answered. The witness
+/// must chat on with quick round trips while the flooder is answered too.
+#[test]
+fn a_ping_flood_from_one_connection_does_not_starve_the_others() {
+    let mut node = Daemon::start("primary", "", "");
+    let witness = Witness::start(node.addr);
+    witness.wait_sent(3);
+    let flooder = node.hello("pinger", "s-pinger");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = flooder.stream.try_clone().unwrap();
+    let writing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let batch = "{\"type\":\"ping\"}\n".repeat(1000);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && writer.write_all(batch.as_bytes()).is_ok() {
+                sent += 1000;
+            }
+            sent
+        })
+    };
+    let mut reader = flooder.stream;
+    reader.set_read_timeout(Some(DEADLINE)).unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pongs = 0u64;
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            pongs += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        pongs
+    });
+    let from = witness.sent.load(Ordering::Relaxed);
+    witness.wait_sent(from + 50);
+    stop.store(true, Ordering::Relaxed);
+    let sent = writing.join().unwrap();
+    assert_alive(&mut node);
+    let report = witness.finish("ping flood");
+    drop(node);
+    let pongs = reading.join().unwrap();
+    assert!(pongs > 1000, "the flooder got {pongs} pongs");
+    eprintln!("ping flood: {sent} pings written, {pongs} pongs read; witness {report:?}");
+}

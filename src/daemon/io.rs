@@ -40,6 +40,10 @@ const WAKER: Token = Token(usize::MAX);
 /// Inputs a worker holds for the core while the core's channel is full; past it, the worker
 /// stops reading sockets until the core catches up (backpressure instead of growth).
 const OUTBOX_MAX: usize = 4096;
+/// Frames one connection may hand to the core per turn of its worker; a connection with
+/// more waits (listed in `Worker::paused`) until the others have had theirs, so one client
+/// pipelining requests as fast as it can write cannot take the whole outbox turn after turn.
+const FRAMES_PER_TURN: usize = 256;
 /// Bytes read per `read` call; also the scratch buffer each worker owns.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Replay and history refill a connection only while less than this is queued to it, so a
@@ -170,8 +174,8 @@ struct Conn {
     close_deadline: Option<Instant>,
     /// Input is ignored from now on (after `too_large` or a slow-consumer drop).
     discard_input: bool,
-    /// Reading stopped with data possibly left in the socket (outbox full); listed in
-    /// `Worker::paused` when it became true.
+    /// Reading stopped with data possibly left in the socket or in `inbuf` (outbox full,
+    /// or its [`FRAMES_PER_TURN`] used); listed in `Worker::paused` when it became true.
     read_pending: bool,
     /// Listed in `Worker::dirty` (so it is listed once).
     dirty: bool,
@@ -233,8 +237,9 @@ pub struct Worker {
     /// Connections with queued output not yet handed to the socket (each once, by
     /// `Conn::dirty`; ids of connections dropped meanwhile are skipped).
     dirty: Vec<ConnId>,
-    /// Connections that stopped reading while the outbox was full (`Conn::read_pending`),
-    /// so that resuming does not scan every connection on every turn.
+    /// Connections that stopped reading while the outbox was full or with their turn's
+    /// share used (`Conn::read_pending`), in the order they are to be resumed; a list, so
+    /// that resuming does not scan every connection on every turn.
     paused: Vec<ConnId>,
     /// Connections with replay or history still to read from the log.
     catching_up: HashSet<ConnId>,
@@ -304,7 +309,10 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         loop {
             let busy = !self.outbox.is_empty() || !self.catching_up.is_empty();
-            let timeout = if busy {
+            let timeout = if !self.paused.is_empty() && self.outbox.len() < OUTBOX_MAX / 2 {
+                // Input is waiting in buffers or sockets that no new event will announce.
+                Duration::ZERO
+            } else if busy || !self.paused.is_empty() {
                 Duration::from_millis(2)
             } else {
                 SWEEP_INTERVAL
@@ -618,7 +626,20 @@ impl Worker {
         }
     }
 
+    /// A readiness event for `conn`. One already waiting in `paused` keeps its place
+    /// there: reading it now would let a client that never stops writing go first on every
+    /// event.
     fn read(&mut self, conn: ConnId) {
+        if self.conns.get(&conn).is_some_and(|c| c.read_pending) {
+            return;
+        }
+        let mut share = FRAMES_PER_TURN;
+        self.read_some(conn, &mut share);
+    }
+
+    /// Reads `conn` until its socket would block, the outbox is full, or `share` frames were
+    /// decoded; in the last two cases it is listed in `paused`.
+    fn read_some(&mut self, conn: ConnId, share: &mut usize) {
         loop {
             if self.outbox.len() >= OUTBOX_MAX {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -630,7 +651,7 @@ impl Worker {
                 return;
             };
             if c.tls.is_some() {
-                self.read_tls(conn);
+                self.read_tls(conn, share);
                 return;
             }
             c.read_pending = false;
@@ -646,7 +667,9 @@ impl Worker {
                         continue;
                     }
                     c.inbuf.extend_from_slice(&self.scratch[..n]);
-                    self.process_lines(conn);
+                    if !self.process_lines(conn, share) {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -660,7 +683,7 @@ impl Worker {
 
     /// [`Worker::read`] for a TLS connection: the plaintext rustls holds goes to the line
     /// splitter first, then more records are read from the socket, until it would block.
-    fn read_tls(&mut self, conn: ConnId) {
+    fn read_tls(&mut self, conn: ConnId, share: &mut usize) {
         loop {
             if self.outbox.len() >= OUTBOX_MAX {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -682,7 +705,9 @@ impl Worker {
                 Ok(n) => {
                     if !c.discard_input {
                         c.inbuf.extend_from_slice(&self.scratch[..n]);
-                        self.process_lines(conn);
+                        if !self.process_lines(conn, share) {
+                            return;
+                        }
                     }
                     continue;
                 }
@@ -725,13 +750,16 @@ impl Worker {
         }
     }
 
-    /// Decodes the complete lines buffered for `conn` into inputs for the core.
-    fn process_lines(&mut self, conn: ConnId) {
+    /// Decodes the complete lines buffered for `conn` into inputs for the core, at most
+    /// `share` of them. False when it stopped with lines left (the outbox is full, or the
+    /// share is used): `conn` is then listed in `paused`, and reading it must stop.
+    fn process_lines(&mut self, conn: ConnId, share: &mut usize) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         let mut lines = Lines::new(&c.inbuf, self.limits.max_line_bytes);
         let mut too_long = false;
+        let mut stopped = false;
         let stamp = now_ms();
         for line in lines.by_ref() {
             match line {
@@ -749,8 +777,10 @@ impl Worker {
                         Err(error) => Input::BadFrame { conn, error },
                     };
                     self.outbox.push_back(input);
-                    if self.outbox.len() >= OUTBOX_MAX {
+                    *share = share.saturating_sub(1);
+                    if self.outbox.len() >= OUTBOX_MAX || *share == 0 {
                         list_once(&mut self.paused, conn, &mut c.read_pending);
+                        stopped = true;
                         break;
                     }
                 }
@@ -769,13 +799,15 @@ impl Worker {
                     id: None,
                 },
             });
-            return;
+            // Reading goes on, into the discard, until the node closes the connection.
+            return true;
         }
         c.inbuf.drain(..consumed);
         if c.inbuf.is_empty() && c.inbuf.capacity() > 0 {
             // Idle connections hold no buffer.
             c.inbuf = Vec::new();
         }
+        !stopped
     }
 
     fn flush_outbox(&mut self) {
@@ -794,21 +826,32 @@ impl Worker {
         }
     }
 
-    /// Reads again from connections that stopped while the outbox was full.
+    /// Reads again from connections that stopped while the outbox was full or with their
+    /// turn's share used, in turn: each gets up to [`FRAMES_PER_TURN`] frames; those the
+    /// outbox had no room for this time go first next time.
     fn resume_reads(&mut self) {
         if self.paused.is_empty() || self.outbox.len() >= OUTBOX_MAX / 2 {
             return;
         }
-        for conn in std::mem::take(&mut self.paused) {
+        let mut waiting = std::mem::take(&mut self.paused).into_iter();
+        for conn in waiting.by_ref() {
             match self.conns.get_mut(&conn) {
-                // Listed again if reading stops again below.
+                // Listed again (at the back) if it stops again below.
                 Some(c) if c.read_pending => c.read_pending = false,
                 _ => continue,
             }
             // Lines already buffered go first, then the socket.
-            self.process_lines(conn);
-            self.read(conn);
+            let mut share = FRAMES_PER_TURN;
+            if self.process_lines(conn, &mut share) {
+                self.read_some(conn, &mut share);
+            }
+            if self.outbox.len() >= OUTBOX_MAX / 2 {
+                break;
+            }
         }
+        // The ones not reached keep their place ahead of those that just had their turn.
+        let turned = std::mem::take(&mut self.paused);
+        self.paused = waiting.chain(turned).collect();
     }
 
     fn refill_catch_ups(&mut self) {
