@@ -39,6 +39,21 @@ fn scenario() -> Option<(Lab, Node, Node, WitnessProc, Listener, SenderProc)> {
     Some((lab, a, b, witness, ear, sender))
 }
 
+/// [`Lab::verify_strict`] with the senders' room stored at `store`, and checks that the run
+/// had `terms` terms, each committing in a span of its own.
+fn verify_terms(
+    lab: &Lab,
+    nodes: [&Node; 2],
+    store: &Node,
+    ear: &Listener,
+    terms: usize,
+) -> (history::Report, history::Committers) {
+    let (report, committers) = lab.verify_strict(&nodes, store, &[ear]);
+    assert_eq!(report.terms.len(), terms, "terms: {:?}", report.terms);
+    assert_eq!(committers.spans.len(), terms, "{committers}");
+    (report, committers)
+}
+
 /// Full partition a | b, the witness reachable from both: a keeps its witness lease and
 /// commits (degraded: b no longer acknowledges); b, silent peer or not, is refused every
 /// epoch it claims and never promotes, so the clients that can reach only b get no ack
@@ -136,9 +151,7 @@ fn strict_witness_cut_off_alone_changes_nothing_while_the_nodes_see_each_other()
         "b acknowledged all along: replication stays synchronous"
     );
     assert!(during > 50, "only {during} acks in 3 s without the witness");
-    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
-    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
-    assert_eq!(committers.spans.len(), 1, "{committers}");
+    let (report, _) = verify_terms(&lab, [&a, &b], &a, &ear, 1);
     // The sender's own pace is 20 ms between sends; a commit waits for b's ack only.
     assert!(
         report.longest_unavailable < Duration::from_millis(1_000),
@@ -195,9 +208,7 @@ fn strict_loss_of_the_witness_and_the_backup_stops_the_primary_until_the_witness
     sender.stop();
     assert!(!a.log_contains("stepping down"));
 
-    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
-    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
-    assert_eq!(committers.spans.len(), 1, "{committers}");
+    let (report, _) = verify_terms(&lab, [&a, &b], &a, &ear, 1);
     assert!(
         report.longest_unavailable >= Duration::from_secs(2),
         "the sender was served without a lease: {report}"
@@ -240,9 +251,7 @@ fn strict_kill9_of_the_primary_fails_over_within_the_available_mode_bound() {
     sender.wait_more(20, "acks with a as backup");
     sender.stop();
 
-    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
-    assert_eq!(report.terms.len(), 2, "one fail-over: {:?}", report.terms);
-    assert_eq!(committers.spans.len(), 2, "{committers}");
+    let (report, committers) = verify_terms(&lab, [&a, &b], &b, &ear, 2);
     assert!(
         report.longest_unavailable < Duration::from_millis(3_000),
         "{report}"
@@ -288,9 +297,7 @@ fn strict_sigstop_of_the_primary_past_detection_never_leaves_two_committers() {
 
     let failover = promoted.saturating_duration_since(stopped);
     assert!(failover < FAILOVER_BOUND, "promotion took {failover:?}");
-    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
-    assert_eq!(report.terms.len(), 2, "one fail-over: {:?}", report.terms);
-    assert_eq!(committers.spans.len(), 2, "{committers}");
+    let (_, committers) = verify_terms(&lab, [&a, &b], &b, &ear, 2);
     eprintln!(
         "figures: strict: b promoted {failover:?} after SIGSTOP of a; a stepped down {:?} \
          after SIGCONT; hand-off gap between the committers {} ms",
@@ -331,9 +338,7 @@ fn strict_witness_restart_under_traffic_keeps_serving_and_still_grants_the_next_
 
     let failover = promoted.saturating_duration_since(killed);
     assert!(failover < FAILOVER_BOUND, "promotion took {failover:?}");
-    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
-    assert_eq!(report.terms.len(), 2, "one fail-over: {:?}", report.terms);
-    assert_eq!(committers.spans.len(), 2, "{committers}");
+    let (report, _) = verify_terms(&lab, [&a, &b], &b, &ear, 2);
     eprintln!(
         "figures: strict: witness restarted under traffic, a served throughout; b promoted \
          {failover:?} after kill -9 of a with the restarted witness's grant; longest client \
@@ -376,9 +381,7 @@ fn strict_planned_hand_overs_under_traffic_keep_one_committer_at_a_time() {
 
     assert!(!b.log_contains("did not answer in time"));
     assert!(!a.log_contains("did not answer in time"));
-    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
-    assert_eq!(report.terms.len(), 3, "two hand-overs: {:?}", report.terms);
-    assert_eq!(committers.spans.len(), 3, "{committers}");
+    let (report, committers) = verify_terms(&lab, [&a, &b], &a, &ear, 3);
     // A lease (600 ms) plus the drift margin and a claim's round trip; a hand-over that
     // fell back to failure detection would take a detection time more.
     assert!(
@@ -441,9 +444,7 @@ fn strict_primary_deaf_to_the_witness_during_a_partition_leaves_no_second_commit
     sender.stop();
     assert!(!a.log_contains("stepping down"));
 
-    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
-    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
-    assert_eq!(committers.spans.len(), 1, "{committers}");
+    let (report, _) = verify_terms(&lab, [&a, &b], &a, &ear, 1);
     eprintln!(
         "figures: strict, a deaf to the witness and cut from b: a's lease ran out {:?} after \
          the cut, b was refused, nobody acknowledged for {} ms; acks resumed {:?} after the \
@@ -487,9 +488,7 @@ fn strict_witness_down_longer_than_a_lease_under_traffic_changes_nothing_for_cli
     );
     assert!(!a.log_contains("degraded"), "b acknowledged all along");
     assert!(during > 30, "only {during} acks while the witness was down");
-    let (report, committers) = lab.verify_strict(&[&a, &b], &a, &[&ear]);
-    assert_eq!(report.terms.len(), 1, "{:?}", report.terms);
-    assert_eq!(committers.spans.len(), 1, "{committers}");
+    let (report, _) = verify_terms(&lab, [&a, &b], &a, &ear, 1);
     assert!(
         report.longest_unavailable < Duration::from_millis(1_000),
         "clients waited while only the witness was down: {report}"
@@ -547,9 +546,7 @@ fn strict_primary_unheard_by_the_witness_during_a_partition_hands_over_to_one_co
     sender.wait_more(20, "acks with a as backup");
     sender.stop();
 
-    let (report, committers) = lab.verify_strict(&[&a, &b], &b, &[&ear]);
-    assert_eq!(report.terms.len(), 2, "{:?}", report.terms);
-    assert_eq!(committers.spans.len(), 2, "{committers}");
+    let (_, committers) = verify_terms(&lab, [&a, &b], &b, &ear, 2);
     let failover = promoted.saturating_duration_since(cut);
     assert!(failover < FAILOVER_BOUND, "promotion took {failover:?}");
     eprintln!(
