@@ -54,6 +54,11 @@ pub const STALL_MIN_MS: u64 = 500;
 /// client is answered before it gives up on the connection.
 pub const HELLO_HOLD_MAX_MS: u64 = 2_000;
 
+/// The liveness wait a standalone node announces in `welcome`: the wait of a pair with the
+/// default heartbeat (2 x 200 ms). It has no peer to probe, but a client with other servers
+/// may use it the same way.
+pub const STANDALONE_PROBE_MS: u64 = 400;
+
 /// Frames a client may send behind a held `hello` (a pipelined `join`, say); they are
 /// handled in order once the hello is answered. More get `bad_request`.
 pub const HELD_REQUESTS_MAX: usize = 8;
@@ -1260,6 +1265,15 @@ impl Node {
         Some((pair.detection_ms + 2 * pair.interval_ms).min(HELLO_HOLD_MAX_MS))
     }
 
+    /// How long a client that wrote a frame waits, hearing nothing at all, before it asks the
+    /// peer whether it took over: two heartbeat intervals, so that by the time the probe
+    /// arrives the backup has missed a heartbeat of a stopped primary and holds the `hello`
+    /// until it decides (`hello_hold_ms`), rather than redirecting back to the stopped node.
+    fn probe_ms(&self) -> u64 {
+        self.pair()
+            .map_or(STANDALONE_PROBE_MS, |pair| 2 * pair.interval_ms)
+    }
+
     /// A frame behind a held `hello` waits for the answer, within [`HELD_REQUESTS_MAX`].
     fn queue_behind_held(&mut self, conn: ConnId, request: Request, actions: &mut Vec<Action>) {
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -1367,6 +1381,8 @@ impl Node {
             role: self.role.as_str(),
             epoch: self.epoch(),
             head: self.head,
+            peer: self.pair().map(|pair| pair.peer_client_address.as_str()),
+            probe_ms: self.probe_ms(),
         };
         self.reply(conn, &reply, actions);
     }

@@ -2223,6 +2223,9 @@ fn a_backup_holds_hellos_while_its_primary_is_quiet_and_welcomes_them_on_promoti
     let frames = pair.frames_to(bob);
     assert_eq!(kinds(&frames), ["welcome", "joined"]);
     assert_eq!(frames[0].epoch, Some(2), "welcomed in b's new epoch");
+    // The welcome names where to go if b fails, and the client's liveness wait.
+    assert_eq!(frames[0].peer.as_deref(), Some(CLIENT_ADDRESSES[A]));
+    assert_eq!(frames[0].probe_ms, Some(2 * INTERVAL_MS));
     assert_eq!(frames[1].head, Some(2));
     // The session is open: bob's send commits at once.
     pair.send(bob, "b-1");

@@ -128,6 +128,9 @@ fn hello_is_welcomed_with_role_epoch_and_head() {
     assert_eq!(frames[0].role.as_deref(), Some("primary"));
     assert_eq!(frames[0].epoch, Some(1));
     assert_eq!(frames[0].head, Some(0));
+    // A standalone node has no peer to send clients to.
+    assert_eq!(frames[0].peer, None);
+    assert_eq!(frames[0].probe_ms, Some(crate::core::STANDALONE_PROBE_MS));
 }
 
 #[test]

@@ -362,6 +362,12 @@ pub enum Reply<'a> {
         role: &'a str,
         epoch: u64,
         head: u64,
+        /// The other node's client address, where a client goes when this one fails;
+        /// `None` on a standalone node.
+        peer: Option<&'a str>,
+        /// The client's liveness wait: a client that wrote a frame and heard nothing at all
+        /// for this long asks `peer` whether it took over (docs/protocol.md, "Liveness").
+        probe_ms: u64,
     },
     Redirect {
         primary: Option<&'a str>,
@@ -441,6 +447,8 @@ pub struct ServerFrame {
     pub orig: Option<ServerOrig>,
     pub token: Option<Value>,
     pub reason: Option<String>,
+    pub peer: Option<String>,
+    pub probe_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
