@@ -7,6 +7,8 @@
 //! Layout:
 //! - `session`: PURE state kept across reconnects: rooms with the position of the last
 //!   message shown, unacknowledged sends, pending history requests, duplicate skipping.
+//! - `liveness`: PURE liveness rule: when a silent node is suspect, and which other node to
+//!   ask whether it took over.
 //! - `reconnect`: PURE reconnect policy: which server next, backoff with jitter, which
 //!   refusals are final.
 //! - `frames`: builders of the client frames (JSON lines).
@@ -17,6 +19,7 @@
 pub mod display;
 pub mod frames;
 pub mod input;
+pub mod liveness;
 pub mod net;
 pub mod reconnect;
 pub mod session;

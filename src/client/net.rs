@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::client::frames;
+use crate::client::liveness::Liveness;
 use crate::client::reconnect::{refusal_is_final, Reconnect};
 use crate::client::session::{MsgVerdict, PendingSend, Position, SendErrorAction, Session};
 use crate::wire::client::{decode_server_frame, ServerFrame};
@@ -48,6 +49,8 @@ pub const PING_INTERVAL_MS: u64 = 3_000;
 
 /// A connection from which nothing (not even a pong) arrived for this long is dead: two
 /// missed pongs plus a margin are proof enough to go elsewhere (and resuming is lossless).
+/// The last resort: the liveness probe (`client::liveness`) moves a client within the pair's
+/// detection time when the other node takes over.
 pub const SILENCE_DEAD_MS: u64 = 7_000;
 
 /// Pause before resending a send refused as `rate_limited` or `unavailable`.
@@ -364,13 +367,57 @@ enum Ended {
     /// The node refused every send as `unavailable` for [`UNAVAILABLE_MOVE_MS`]: reconnect,
     /// to the other servers first.
     Unavailable { reason: String },
+    /// The node went silent and a liveness probe was welcomed by `server`, which serves
+    /// now: the session goes on there.
+    Moved {
+        reason: String,
+        server: String,
+        connection: Box<Connection>,
+        welcome: Welcome,
+    },
+}
+
+/// What `welcome` said.
+struct Welcome {
+    node: String,
+    epoch: u64,
+    /// The other node's client address, the first place to probe.
+    peer: Option<String>,
+    /// The liveness wait; `None` from a node that does not announce one (no probing then).
+    probe_ms: Option<u64>,
 }
 
 /// The node's answer to `hello`.
 enum Handshake {
-    Welcome { node: String, epoch: u64 },
+    Welcome(Welcome),
     Redirect { primary: Option<String> },
     Refused { code: String, message: String },
+}
+
+/// A `hello` to another node in flight while the session's node is silent
+/// (`client::liveness`): a thread of its own, so the session goes on meanwhile.
+struct Probe {
+    server: String,
+    answer: Receiver<Result<(Connection, Handshake), NetError>>,
+}
+
+impl Probe {
+    /// At most one thread per session at a time, ending within the connect and handshake
+    /// bounds; its answer is dropped if the session ended first.
+    fn start(server: String, tls: Option<ClientTls>, hello: Value) -> io::Result<Probe> {
+        let (tx, answer) = bounded(1);
+        let target = server.clone();
+        thread::Builder::new()
+            .name("pbchat-probe".into())
+            .spawn(move || {
+                let result = Connection::open(&target, tls.as_ref()).and_then(|mut c| {
+                    let handshake = say_hello(&mut c, &hello)?;
+                    Ok((c, handshake))
+                });
+                let _ = tx.send(result);
+            })?;
+        Ok(Probe { server, answer })
+    }
 }
 
 /// One TCP connection and its partial input.
@@ -384,6 +431,9 @@ struct Connection {
     opened: Instant,
     last_received: Instant,
     last_ping: Instant,
+    /// The first write since the node last sent anything: every frame is answered, so a
+    /// node silent long after it is suspect (`client::liveness`).
+    unanswered_since: Option<Instant>,
 }
 
 impl Connection {
@@ -423,6 +473,7 @@ impl Connection {
                         opened: now,
                         last_received: now,
                         last_ping: now,
+                        unanswered_since: None,
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -440,6 +491,7 @@ impl Connection {
     }
 
     fn write(&mut self, frame: &Value) -> Result<(), NetError> {
+        self.unanswered_since.get_or_insert_with(Instant::now);
         self.stream
             .write_all(&frames::to_line(frame))
             .map_err(|source| NetError::Io {
@@ -476,6 +528,7 @@ impl Connection {
             }
         };
         self.last_received = Instant::now();
+        self.unanswered_since = None;
         self.buffer.extend_from_slice(&chunk[..count]);
         let mut split = Lines::new(&self.buffer, LINE_MAX_BYTES);
         for line in split.by_ref() {
@@ -577,32 +630,33 @@ impl Driver {
                 attempt: self.policy.attempt(),
                 reconnecting: self.was_connected,
             })?;
-            let (mut connection, handshake) =
-                match Connection::open(&server, self.config.tls.as_ref()).and_then(|mut c| {
-                    let answer = self.handshake(&mut c)?;
+            let hello = self.hello();
+            let (connection, handshake) = match Connection::open(&server, self.config.tls.as_ref())
+                .and_then(|mut c| {
+                    let answer = say_hello(&mut c, &hello)?;
                     Ok((c, answer))
                 }) {
-                    Ok(open) => open,
-                    Err(NetError::Tls {
+                Ok(open) => open,
+                Err(NetError::Tls {
+                    server,
+                    message,
+                    certain: true,
+                }) => {
+                    self.emit(Event::Fatal {
+                        code: "tls".into(),
+                        message: format!("{server}: {message}"),
+                    })?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.emit(Event::AttemptFailed {
                         server,
-                        message,
-                        certain: true,
-                    }) => {
-                        self.emit(Event::Fatal {
-                            code: "tls".into(),
-                            message: format!("{server}: {message}"),
-                        })?;
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        self.emit(Event::AttemptFailed {
-                            server,
-                            reason: e.to_string(),
-                        })?;
-                        self.policy.on_failure();
-                        continue;
-                    }
-                };
+                        reason: e.to_string(),
+                    })?;
+                    self.policy.on_failure();
+                    continue;
+                }
+            };
             match handshake {
                 Handshake::Redirect { primary } => {
                     self.emit(Event::Redirected {
@@ -622,91 +676,128 @@ impl Driver {
                     })?;
                     self.policy.on_failure();
                 }
-                Handshake::Welcome { node, epoch } => {
-                    self.was_connected = true;
-                    self.emit(Event::Connected {
-                        server: server.clone(),
-                        node,
-                        epoch,
-                    })?;
-                    match self.serve(&mut connection)? {
-                        Ended::Quit => return Ok(()),
-                        Ended::Dropped { reason, primary } => {
-                            self.emit(Event::Disconnected {
-                                server: server.clone(),
-                                reason,
-                            })?;
-                            let lived = connection.opened.elapsed();
-                            self.policy.on_dropped(&server, lived, primary.as_deref());
-                        }
-                        Ended::Unavailable { reason } => {
-                            self.emit(Event::Disconnected {
-                                server: server.clone(),
-                                reason,
-                            })?;
-                            self.policy.on_unavailable(&server);
-                        }
+                Handshake::Welcome(welcome) => {
+                    if self.serve_until_lost(server, connection, welcome)? {
+                        return Ok(());
                     }
                 }
             }
         }
     }
 
-    /// Sends `hello` and waits for the answer.
-    fn handshake(&mut self, connection: &mut Connection) -> Result<Handshake, NetError> {
-        connection.write(&frames::hello(
+    /// Serves a welcomed session, and the sessions it moves to when its node goes silent and
+    /// the other node took over, until one is lost (false: reconnect) or the client quits.
+    fn serve_until_lost(
+        &mut self,
+        mut server: String,
+        mut connection: Connection,
+        mut welcome: Welcome,
+    ) -> Result<bool, UiGone> {
+        loop {
+            self.was_connected = true;
+            self.emit(Event::Connected {
+                server: server.clone(),
+                node: welcome.node.clone(),
+                epoch: welcome.epoch,
+            })?;
+            match self.serve(&mut connection, &welcome)? {
+                Ended::Quit => return Ok(true),
+                Ended::Dropped { reason, primary } => {
+                    self.emit(Event::Disconnected {
+                        server: server.clone(),
+                        reason,
+                    })?;
+                    let lived = connection.opened.elapsed();
+                    self.policy.on_dropped(&server, lived, primary.as_deref());
+                    return Ok(false);
+                }
+                Ended::Unavailable { reason } => {
+                    self.emit(Event::Disconnected {
+                        server: server.clone(),
+                        reason,
+                    })?;
+                    self.policy.on_unavailable(&server);
+                    return Ok(false);
+                }
+                Ended::Moved {
+                    reason,
+                    server: next,
+                    connection: next_connection,
+                    welcome: next_welcome,
+                } => {
+                    self.emit(Event::Disconnected {
+                        server: server.clone(),
+                        reason,
+                    })?;
+                    (server, connection, welcome) = (next, *next_connection, next_welcome);
+                }
+            }
+        }
+    }
+
+    fn hello(&self) -> Value {
+        frames::hello(
             &self.config.nick,
             &self.config.session,
             self.config.token.as_deref(),
-        ))?;
-        let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-        let mut lines = Vec::new();
-        while Instant::now() < deadline {
-            connection.read_lines(&mut lines)?;
-            // Only the first frame answers hello; nothing else may come before it, and a
-            // node sends nothing more after a redirect or a refusal.
-            let Some(line) = lines.first() else {
-                continue;
-            };
-            let Ok(frame) = decode_server_frame(line.as_bytes()) else {
-                log::warn!("{}: undecodable answer to hello: {line}", connection.server);
-                lines.remove(0);
-                continue;
-            };
-            let answer = match frame.kind.as_str() {
-                "welcome" => Handshake::Welcome {
-                    node: frame.node.unwrap_or_default(),
-                    epoch: frame.epoch.unwrap_or(0),
-                },
-                "redirect" => Handshake::Redirect {
-                    primary: frame.primary,
-                },
-                // A node going away before it let us in: follow it like a redirect.
-                "goodbye" => Handshake::Redirect {
-                    primary: frame.primary,
-                },
-                "error" => Handshake::Refused {
-                    code: frame.code.unwrap_or_default(),
-                    message: frame.message.unwrap_or_default(),
-                },
-                other => {
-                    return Err(NetError::Unexpected {
-                        server: connection.server.clone(),
-                        kind: other.to_string(),
-                    })
-                }
-            };
-            // Frames right behind welcome are the session's: keep them for `serve`.
-            lines.remove(0);
-            connection.pending = lines;
-            return Ok(answer);
-        }
-        Err(NetError::HandshakeTimeout {
-            server: connection.server.clone(),
-            timeout_ms: HANDSHAKE_TIMEOUT_MS,
-        })
+        )
     }
+}
 
+/// Sends `hello` and waits for the answer.
+fn say_hello(connection: &mut Connection, hello: &Value) -> Result<Handshake, NetError> {
+    connection.write(hello)?;
+    let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        connection.read_lines(&mut lines)?;
+        // Only the first frame answers hello; nothing else may come before it, and a
+        // node sends nothing more after a redirect or a refusal.
+        let Some(line) = lines.first() else {
+            continue;
+        };
+        let Ok(frame) = decode_server_frame(line.as_bytes()) else {
+            log::warn!("{}: undecodable answer to hello: {line}", connection.server);
+            lines.remove(0);
+            continue;
+        };
+        let answer = match frame.kind.as_str() {
+            "welcome" => Handshake::Welcome(Welcome {
+                node: frame.node.unwrap_or_default(),
+                epoch: frame.epoch.unwrap_or(0),
+                peer: frame.peer,
+                probe_ms: frame.probe_ms,
+            }),
+            "redirect" => Handshake::Redirect {
+                primary: frame.primary,
+            },
+            // A node going away before it let us in: follow it like a redirect.
+            "goodbye" => Handshake::Redirect {
+                primary: frame.primary,
+            },
+            "error" => Handshake::Refused {
+                code: frame.code.unwrap_or_default(),
+                message: frame.message.unwrap_or_default(),
+            },
+            other => {
+                return Err(NetError::Unexpected {
+                    server: connection.server.clone(),
+                    kind: other.to_string(),
+                })
+            }
+        };
+        // Frames right behind welcome are the session's: keep them for `serve`.
+        lines.remove(0);
+        connection.pending = lines;
+        return Ok(answer);
+    }
+    Err(NetError::HandshakeTimeout {
+        server: connection.server.clone(),
+        timeout_ms: HANDSHAKE_TIMEOUT_MS,
+    })
+}
+
+impl Driver {
     /// Waits out a backoff pause while still taking commands. Returns true on quit.
     fn idle_for(&mut self, pause: Duration) -> Result<bool, UiGone> {
         let deadline = Instant::now() + pause;
@@ -770,7 +861,7 @@ impl Driver {
     }
 
     /// Runs an open session until it ends.
-    fn serve(&mut self, connection: &mut Connection) -> Result<Ended, UiGone> {
+    fn serve(&mut self, connection: &mut Connection, welcome: &Welcome) -> Result<Ended, UiGone> {
         // The status line names the server already.
         let server_prefix = format!("{}: ", connection.server);
         let dropped = |e: NetError| {
@@ -793,7 +884,17 @@ impl Driver {
             }
         }
         let mut lines = std::mem::take(&mut connection.pending);
+        let mut liveness = Liveness::new(
+            &connection.server,
+            welcome.peer.as_deref(),
+            welcome.probe_ms,
+            &self.config.servers,
+        );
+        let mut probe: Option<Probe> = None;
         loop {
+            if let Some(moved) = self.check_liveness(connection, &mut liveness, &mut probe) {
+                return Ok(moved);
+            }
             loop {
                 let command = match self.commands.try_recv() {
                     Ok(command) => command,
@@ -857,6 +958,61 @@ impl Driver {
                 if let Some(ended) = self.on_line(line)? {
                     return Ok(ended);
                 }
+            }
+        }
+    }
+
+    /// The liveness rule: starts a probe of the other node when this one is suspect, and
+    /// moves the session there if the probe was welcomed.
+    fn check_liveness(
+        &self,
+        connection: &Connection,
+        liveness: &mut Liveness,
+        probe: &mut Option<Probe>,
+    ) -> Option<Ended> {
+        let now = Instant::now();
+        let Some(out) = probe else {
+            if liveness.probe_due(connection.unanswered_since, now) {
+                let server = liveness.next_target()?;
+                log::info!(
+                    "{}: nothing heard for {} ms after a request; asking {server} whether it took over",
+                    connection.server,
+                    liveness.probe_ms()
+                );
+                let tls = self.config.tls.clone();
+                match Probe::start(server, tls, self.hello()) {
+                    Ok(started) => *probe = Some(started),
+                    Err(e) => {
+                        log::warn!("cannot start a liveness probe: {e}");
+                        liveness.on_probe_failed(now);
+                    }
+                }
+            }
+            return None;
+        };
+        let answer = match out.answer.try_recv() {
+            Ok(answer) => answer,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(NetError::Closed {
+                server: out.server.clone(),
+            }),
+        };
+        let server = out.server.clone();
+        *probe = None;
+        match answer {
+            Ok((next, Handshake::Welcome(welcome))) => Some(Ended::Moved {
+                reason: format!(
+                    "no answer for {} ms; {server} took over",
+                    liveness.probe_ms()
+                ),
+                server,
+                connection: Box::new(next),
+                welcome,
+            }),
+            Ok(_) | Err(_) => {
+                log::info!("{server} does not serve: staying on {}", connection.server);
+                liveness.on_probe_failed(Instant::now());
+                None
             }
         }
     }

@@ -418,3 +418,82 @@ fn a_node_that_keeps_refusing_sends_as_unavailable_is_left_for_the_other_server(
     }
     quit(&commands, &events, &mut peer, handle);
 }
+
+/// Accepts the client's hello and answers `welcome` naming `peer` and a liveness wait.
+fn welcome_with_peer(listener: &TcpListener, node: &str, epoch: u64, peer: &str) -> Peer {
+    let mut conn = Peer::accept(listener);
+    assert_eq!(conn.recv_kind("hello")["session"], "s-1");
+    conn.send(
+        json!({"type":"welcome","version":1,"node":node,"role":"primary","epoch":epoch,
+                     "head":10,"peer":peer,"probe_ms":200}),
+    );
+    conn
+}
+
+#[test]
+fn a_silent_node_is_left_for_the_peer_that_welcomes_the_probe() {
+    let (first, first_address) = listener();
+    let (second, second_address) = listener();
+    // The client knows only a; a's welcome names b.
+    let (commands, events, handle) = start(vec![first_address.clone()]);
+    join_general(&commands);
+    let mut a = welcome_with_peer(&first, "a", 1, &second_address);
+    a.recv_kind("join");
+    a.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    assert!(matches!(next_event(&events), Event::Joined { .. }));
+    // a takes the send and says nothing more (stopped): the client asks b, with its session,
+    // while a's connection stays open.
+    send_general(&commands, "m-1", "hello");
+    assert_eq!(a.recv_kind("send")["id"], "m-1");
+    let mut b = welcome_with_peer(&second, "b", 2, &first_address);
+    // Welcomed: the session moves to b, rejoins and resends m-1 with its id.
+    assert_eq!(b.recv_kind("join")["room"], "general");
+    assert_eq!(b.recv_kind("send")["id"], "m-1");
+    b.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    b.send(json!({"type":"ack","id":"m-1","seq":11}));
+    match next_event(&events) {
+        Event::Disconnected { server, reason } => {
+            assert_eq!(server, first_address);
+            assert!(reason.contains("took over"), "{reason}");
+        }
+        other => panic!("expected the move off a, got {other:?}"),
+    }
+    assert!(
+        matches!(next_event(&events), Event::Connected { ref node, epoch: 2, .. } if node == "b")
+    );
+    assert!(matches!(next_event(&events), Event::Joined { .. }));
+    assert!(matches!(next_event(&events), Event::Acked { ref id, seq: 11 } if id == "m-1"));
+    // a's connection was closed by the client.
+    let mut rest = String::new();
+    assert_eq!(
+        a.reader.read_line(&mut rest).unwrap_or(0),
+        0,
+        "a got {rest}"
+    );
+    quit(&commands, &events, &mut b, handle);
+}
+
+#[test]
+fn a_probe_redirected_back_keeps_the_session_on_a_slow_node() {
+    let (first, first_address) = listener();
+    let (second, second_address) = listener();
+    let (commands, events, handle) = start(vec![first_address.clone(), second_address.clone()]);
+    join_general(&commands);
+    let mut a = welcome_with_peer(&first, "a", 1, &second_address);
+    a.recv_kind("join");
+    a.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    assert!(matches!(next_event(&events), Event::Joined { .. }));
+    send_general(&commands, "m-1", "hello");
+    assert_eq!(a.recv_kind("send")["id"], "m-1");
+    // b hears its primary a: it sends the probe back there.
+    let mut b = Peer::accept(&second);
+    assert_eq!(b.recv_kind("hello")["session"], "s-1");
+    b.send(json!({"type":"redirect","primary":first_address,"epoch":1}));
+    drop(b);
+    // a was only slow: the ack arrives on the same session, with no move.
+    a.send(json!({"type":"ack","id":"m-1","seq":11}));
+    assert!(matches!(next_event(&events), Event::Acked { ref id, seq: 11 } if id == "m-1"));
+    quit(&commands, &events, &mut a, handle);
+}
