@@ -196,7 +196,10 @@ for page in "${pages[@]}"; do
   chmod 0644 "$root/usr/share/man/man$section/$(basename "$page").gz"
 done
 
-# Documentation.
+# Documentation. docs/protocol.md is the client contract, the one page a client author in
+# another language needs: it must be in the package (as /usr/share/doc/pbchat/protocol.md,
+# uncompressed like the other pages, so that their links to each other work).
+[ -f docs/protocol.md ] || die "docs/protocol.md is missing"
 install -m 0644 README.md docs/*.md "$root/usr/share/doc/pbchat/"
 copyright_line=$(sed -n 's/^Copyright (c) //p' LICENSE | head -1)
 license_text=$(awk '
@@ -222,6 +225,14 @@ changelog_name=changelog.Debian.gz
   echo " -- $maintainer  $(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n >"$root/usr/share/doc/pbchat/$changelog_name"
 chmod 0644 "$root/usr/share/doc/pbchat/"*
+# The Python reference client that docs/protocol.md says to read next to it, where Debian
+# puts examples (after the chmod above, which is for files only).
+if [ -f examples/python/pbchat_client.py ]; then
+  install -D -m 0644 examples/python/pbchat_client.py \
+    "$root/usr/share/doc/pbchat/examples/pbchat_client.py"
+else
+  echo "note: examples/python/pbchat_client.py does not exist: packaging without it"
+fi
 
 # Lintian overrides, each with its reason in the file.
 install -d -m 0755 "$root/usr/share/lintian/overrides"
