@@ -30,6 +30,12 @@ fn netlab_client_process() {
 /// defaults the lab uses) + 1 s.
 const FAILOVER_BOUND: Duration = Duration::from_millis(2_000);
 
+/// How long after the promotion a client following the liveness rule (docs/protocol.md)
+/// waits at most for its first ack from the new primary: its probe is held by the backup
+/// and welcomed on promotion, then it rejoins and resends. Waiting out a read timeout
+/// instead (2 s in the lab's sender) fails it.
+const FOLLOW_BOUND: Duration = Duration::from_millis(600);
+
 fn lab() -> Option<Lab> {
     Lab::new()
 }
@@ -455,10 +461,61 @@ fn sigstop_of_the_primary_past_detection_fails_over_and_the_old_primary_rejoins(
     assert!(failover < FAILOVER_BOUND, "{failover:?}");
     let report = lab.verify(&[&a, &b], &b, &[&listener]);
     assert_eq!(report.terms.len(), 2, "{:?}", report.terms);
+    assert!(
+        report.longest_unavailable < failover + FOLLOW_BOUND,
+        "the sender waited {:?}; b promoted {failover:?} after the stop",
+        report.longest_unavailable
+    );
     eprintln!(
-        "figures: b promoted {failover:?} after SIGSTOP of a; a stepped down {:?} after \
-         SIGCONT",
+        "figures: b promoted {failover:?} after SIGSTOP of a; longest wait for an ack {:?}; \
+         a stepped down {:?} after SIGCONT",
+        report.longest_unavailable,
         stepped.saturating_duration_since(continued),
+    );
+}
+
+/// Everything a sends is lost (the backup's host and the clients' host drop all that comes
+/// from a's), so the clients' connections to a stay open and silent. b promotes; the
+/// clients, hearing nothing for `probe_ms` after a send, ask b, are held until it takes
+/// over and go on there (the liveness rule). a hears b's newer epoch and steps down; after
+/// the heal it follows b. Nothing is lost.
+#[test]
+fn a_one_way_cut_of_all_the_primary_sends_moves_clients_within_the_detection_time() {
+    let Some(lab) = lab() else { return };
+    let (a, b) = lab.start_pair();
+    let servers = [a.client_addr, b.client_addr];
+    let listener = Listener::start(&lab, 3, "ear", &servers);
+    let mut sender = SenderProc::start(&lab, 3, "mouth", &servers);
+    sender.wait_more(20, "traffic before the cut");
+
+    let cut = Instant::now();
+    lab.drop_from(2, 1);
+    lab.drop_from(3, 1);
+    let promoted = b.wait_log("promoted to primary");
+    let stepped = a.wait_log("stepping down");
+    sender.wait_more(30, "acks from b while a's words are lost");
+    lab.heal();
+    a.wait_log("following the primary b");
+    netlab::wait_until("b in sync with a again", || {
+        b.log_contains("replication is synchronous again")
+    });
+    sender.wait_more(20, "acks in sync again");
+    sender.stop();
+
+    let failover = promoted.saturating_duration_since(cut);
+    assert!(failover < FAILOVER_BOUND, "{failover:?}");
+    let report = lab.verify(&[&a, &b], &b, &[&listener]);
+    assert_eq!(report.terms.len(), 2, "one fail-over: {:?}", report.terms);
+    assert!(
+        report.longest_unavailable < failover + FOLLOW_BOUND,
+        "the sender waited {:?}; b promoted {failover:?} after the cut",
+        report.longest_unavailable
+    );
+    eprintln!(
+        "figures: b promoted {failover:?} after the cut; longest wait for an ack {:?}; a \
+         stepped down {:?} after the cut",
+        report.longest_unavailable,
+        stepped.saturating_duration_since(cut),
     );
 }
 

@@ -1,10 +1,13 @@
 //! One client that sends without pause (one message in flight) and rides over fail-overs
 //! the way the protocol's recipe says: on a dropped connection, `goodbye` or `redirect` it
 //! reconnects (the announced primary first, else the other node), rejoins, and resends its
-//! unacknowledged message with the same id. Each break is recorded as the time from the last
-//! ack before it to the first ack after it: the gap a chat user sees.
+//! unacknowledged message with the same id. It follows the liveness rule too: a node that
+//! says nothing for the `probe_ms` its welcome announced is asked about by a `hello` to the
+//! `peer` it named, and a `welcome` there moves the client (a `redirect` keeps it waiting).
+//! Each break is recorded as the time from the last ack before it to the first ack after
+//! it: the gap a chat user sees.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,10 @@ use std::time::{Duration, Instant};
 
 /// Pause between reconnect attempts: short, so it adds little to the measured gap.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Wait for a line from a node that announced no liveness wait, and for the answer to a
+/// `hello` (a backup may hold it up to 2 s while it decides whether to take over).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One break as the client saw it.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +46,16 @@ pub struct GapClient {
 struct Connection {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
+    /// The other node and the liveness wait, as `welcome` named them.
+    peer: Option<SocketAddr>,
+    probe: Option<Duration>,
+}
+
+enum Received {
+    Line(String),
+    /// Nothing for the read timeout.
+    Silent,
+    Closed,
 }
 
 enum Opened {
@@ -62,11 +79,16 @@ impl Connection {
             return Opened::Elsewhere(None);
         };
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+        let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
         let Ok(reader) = stream.try_clone().map(BufReader::new) else {
             return Opened::Elsewhere(None);
         };
-        let mut c = Connection { stream, reader };
+        let mut c = Connection {
+            stream,
+            reader,
+            peer: None,
+            probe: None,
+        };
         let hello = format!(
             "{{\"type\":\"hello\",\"version\":1,\"nick\":\"{nick}\",\"session\":\"{nick}\"}}\n\
              {{\"type\":\"join\",\"room\":\"{room}\"}}\n"
@@ -75,10 +97,19 @@ impl Connection {
             return Opened::Elsewhere(None);
         }
         loop {
-            let Some(line) = c.recv() else {
+            let Received::Line(line) = c.recv() else {
                 return Opened::Elsewhere(None);
             };
+            if line.starts_with("{\"type\":\"welcome\"") {
+                c.peer = field(&line, "peer").and_then(|p| p.parse().ok());
+                c.probe = field(&line, "probe_ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .map(Duration::from_millis);
+            }
             if line.starts_with("{\"type\":\"joined\"") {
+                if let Some(probe) = c.probe {
+                    let _ = c.stream.set_read_timeout(Some(probe));
+                }
                 return Opened::Ready(c);
             }
             if line.starts_with("{\"type\":\"redirect\"") || line.starts_with("{\"type\":\"error\"")
@@ -88,11 +119,24 @@ impl Connection {
         }
     }
 
-    fn recv(&mut self) -> Option<String> {
+    fn recv(&mut self) -> Received {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
-            Ok(n) if n > 0 => Some(line),
-            _ => None,
+            Ok(n) if n > 0 => Received::Line(line),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Received::Silent
+            }
+            _ => Received::Closed,
+        }
+    }
+
+    /// The liveness rule: the node said nothing for `probe`; ask its peer. The new
+    /// connection if the peer welcomed the probe (it serves now), else `None`: stay.
+    fn probe_peer(&self, nick: &str, room: &str) -> Option<Connection> {
+        self.probe?;
+        match Connection::open(self.peer?, nick, room) {
+            Opened::Ready(moved) => Some(moved),
+            Opened::Elsewhere(_) => None,
         }
     }
 }
@@ -224,7 +268,20 @@ fn run(
                 break;
             }
             loop {
-                let Some(line) = c.recv() else { break 'conn };
+                let line = match c.recv() {
+                    Received::Line(line) => line,
+                    Received::Closed => break 'conn,
+                    Received::Silent if c.probe.is_none() => break 'conn,
+                    Received::Silent => {
+                        if let Some(moved) = c.probe_peer(nick, room) {
+                            // Resume there: the same id goes out again on the new node.
+                            c = moved;
+                            broken |= last_ack.is_some();
+                            continue 'conn;
+                        }
+                        continue;
+                    }
+                };
                 if line.starts_with("{\"type\":\"ack\"") {
                     if field(&line, "id") != Some(id.as_str()) {
                         continue;

@@ -72,7 +72,7 @@ enum Cmd {
     Latency(LatencyArgs),
     /// K idle clients: RSS per connection; then kill -9 the primary and time the resume.
     Capacity(CapacityArgs),
-    /// Client-visible gap over repeated kill -9 or planned hand-overs of a pair's primary.
+    /// Client-visible gap over repeated kill -9, SIGSTOP or planned hand-overs of a pair's primary.
     Failover(FailoverArgs),
     /// Log recovery speed at start-up after M records.
     Recovery(RecoveryArgs),
@@ -151,8 +151,9 @@ struct CapacityArgs {
 struct FailoverArgs {
     #[arg(long, default_value_t = 20)]
     runs: usize,
-    /// kill (kill -9 of the primary, which then restarts as backup) or handover
-    /// (SIGUSR1: planned hand-over), or both.
+    /// kill (kill -9 of the primary, which then restarts as backup), stop (SIGSTOP of the
+    /// primary, SIGCONT once the client resumed: it steps down and follows), handover
+    /// (SIGUSR1: planned hand-over), both (kill and handover) or all.
     #[arg(long, default_value = "both")]
     mode: String,
 }
@@ -805,9 +806,15 @@ fn failover(
     };
     let modes: Vec<&str> = match args.mode.as_str() {
         "both" => vec!["handover", "kill"],
+        "all" => vec!["handover", "kill", "stop"],
         "kill" => vec!["kill"],
+        "stop" => vec!["stop"],
         "handover" => vec!["handover"],
-        other => return Err(format!("--mode: {other:?} is not kill, handover or both")),
+        other => {
+            return Err(format!(
+                "--mode: {other:?} is not kill, stop, handover, both or all"
+            ))
+        }
     };
     for mode in modes {
         let options = node_options(common, 1000)?;
@@ -828,6 +835,7 @@ fn failover(
             let started = Instant::now();
             match mode {
                 "kill" => pair.kill9(primary),
+                "stop" => pair.node(primary).signal("STOP")?,
                 _ => pair.node(primary).signal("USR1")?,
             }
             pair.node(other)
@@ -850,8 +858,11 @@ fn failover(
             pair.primary = other;
             // Back to a pair in sync before the next run (after a hand-over the old primary
             // follows at once, so the line may already be there: search from the mark).
-            if mode == "kill" {
-                pair.restart(primary)?;
+            match mode {
+                "kill" => pair.restart(primary)?,
+                // Woken, it hears the newer epoch, steps down and follows.
+                "stop" => pair.node(primary).signal("CONT")?,
+                _ => {}
             }
             pair.node(other)
                 .wait_log_from(mark, IN_SYNC, START_DEADLINE)?;

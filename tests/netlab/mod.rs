@@ -1089,18 +1089,24 @@ pub fn client_process_main() -> bool {
             let id = format!("m-{next}");
             let body = format!("{nick} {next}");
             // Stamped before the send leaves: no node can have received it earlier.
-            report(format!("PBL-SEND {id} {addr} {}", monotonic_ns()));
+            report(format!("PBL-SEND {id} {} {}", c.addr(), monotonic_ns()));
             if c.send(json!({"type":"send","room":ROOM,"id":id,"body":body}))
                 .is_err()
             {
                 break;
             }
             loop {
-                let Some(frame) = c.recv() else { break 'conn };
+                let frame = match c.next(&nick, ROOM) {
+                    crate::resilient::Next::Frame(frame) => frame,
+                    // The liveness rule moved it: resend the same id there.
+                    crate::resilient::Next::Moved => continue 'conn,
+                    crate::resilient::Next::Lost => break 'conn,
+                };
                 match frame.kind.as_str() {
                     "ack" if frame.id.as_deref() == Some(id.as_str()) => {
                         // Stamped after the ack arrived: the commit came before.
                         let seq = frame.seq.unwrap();
+                        let addr = c.addr();
                         report(format!("PBL-ACK {id} {seq} {addr} {}", monotonic_ns()));
                         next += 1;
                         // A steady stream, not a flood: at most 50 messages a second,

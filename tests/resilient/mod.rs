@@ -1,17 +1,38 @@
 //! A client connection that follows the protocol's resume recipe at connect time: hello
-//! (following a `redirect`), then join. Shared by the loopback fail-over tests and the
+//! (following a `redirect`), then join; and its liveness rule while it waits for an answer
+//! (a node silent for the welcome's `probe_ms` is asked about by a `hello` to its `peer`; a
+//! `welcome` there moves the connection). Shared by the loopback fail-over tests and the
 //! namespace lab's sender, which re-send on it until acked.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pbchat::wire::client::{decode_server_frame, ServerFrame};
 use serde_json::{json, Value};
 
+/// Wait for the answer to `hello` (a backup may hold it up to 2 s while it decides whether
+/// to take over), and the silence after which a connection is given up for lost.
+const SILENCE_LOST: Duration = Duration::from_millis(2_000);
+
 pub struct Connection {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
+    #[allow(dead_code)] // read by the namespace lab's sender only
+    addr: SocketAddr,
+    /// What `welcome` named: the other node, and the liveness wait.
+    peer: Option<SocketAddr>,
+    probe: Option<Duration>,
+}
+
+/// What [`Connection::next`] found.
+pub enum Next {
+    Frame(ServerFrame),
+    /// The node went silent and its peer welcomed a probe: the connection now leads there,
+    /// rejoined; resend what was not acknowledged.
+    Moved,
+    /// Closed, or silent for [`SILENCE_LOST`] with nowhere to move.
+    Lost,
 }
 
 impl Connection {
@@ -24,16 +45,23 @@ impl Connection {
     ) -> Result<Connection, Option<SocketAddr>> {
         let stream =
             TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|_| None)?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(2_000)))
-            .unwrap();
+        stream.set_read_timeout(Some(SILENCE_LOST)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Connection { stream, reader };
+        let mut c = Connection {
+            stream,
+            reader,
+            addr,
+            peer: None,
+            probe: None,
+        };
         c.send(json!({"type":"hello","version":1,"nick":nick,"session":format!("session-{nick}")}))
             .map_err(|_| None)?;
         let welcome = c.recv().ok_or(None)?;
         match welcome.kind.as_str() {
-            "welcome" => {}
+            "welcome" => {
+                c.peer = welcome.peer.and_then(|p| p.parse().ok());
+                c.probe = welcome.probe_ms.map(Duration::from_millis);
+            }
             "redirect" => return Err(welcome.primary.and_then(|p| p.parse().ok())),
             _ => return Err(None),
         }
@@ -42,6 +70,9 @@ impl Connection {
         loop {
             let frame = c.recv().ok_or(None)?;
             if frame.kind == "joined" {
+                if let Some(probe) = c.probe {
+                    c.stream.set_read_timeout(Some(probe)).unwrap();
+                }
                 return Ok(c);
             }
         }
@@ -51,12 +82,44 @@ impl Connection {
         self.stream.write_all(format!("{frame}\n").as_bytes())
     }
 
-    /// The next frame, or None once the connection is gone (or silent for 2 s).
+    /// The node this connection leads to.
+    #[allow(dead_code)] // the namespace lab's sender only
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next frame, or None once the connection is gone (or silent for a read timeout).
     pub fn recv(&mut self) -> Option<ServerFrame> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(n) if n > 0 => decode_server_frame(line.trim_end().as_bytes()).ok(),
             _ => None,
+        }
+    }
+
+    /// The next frame, following the liveness rule while the node is silent.
+    pub fn next(&mut self, nick: &str, room: &str) -> Next {
+        let silent_since = Instant::now();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(n) if n > 0 => match decode_server_frame(line.trim_end().as_bytes()) {
+                    Ok(frame) => return Next::Frame(frame),
+                    Err(_) => return Next::Lost,
+                },
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                _ => return Next::Lost,
+            }
+            if let (Some(_), Some(peer)) = (self.probe, self.peer) {
+                // Welcomed: the peer serves now. Anything else: the node is still the one.
+                if let Ok(moved) = Connection::open(peer, nick, room) {
+                    *self = moved;
+                    return Next::Moved;
+                }
+            }
+            if silent_since.elapsed() >= SILENCE_LOST {
+                return Next::Lost;
+            }
         }
     }
 }
