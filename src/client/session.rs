@@ -7,7 +7,8 @@
 //!
 //! Pure: frames in, verdicts and frames to send out. No sockets, clocks, threads or terminal.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use serde_json::Value;
 use thiserror::Error;
@@ -68,7 +69,8 @@ pub enum MsgVerdict {
     History,
     /// Already shown: a replay after reconnect, or a history answer re-sent after one.
     Duplicate,
-    /// A carried-over copy (`orig`) of a message already shown.
+    /// A carried-over copy (`orig`) of a message already shown, or the surviving history's
+    /// copy (same sender and id) of one shown from a history the node replaced.
     OrigShown,
     /// A message of a room this client is not in and asked no history of.
     Stray,
@@ -92,17 +94,17 @@ pub enum SendErrorAction {
 struct RecentShown {
     /// Insertion order, oldest first; evicted from the front beyond the bound.
     order: VecDeque<(u64, u64)>,
-    /// Same pairs as `order`, for lookup.
-    set: HashSet<(u64, u64)>,
+    /// Same pairs as `order`, for lookup, each with the [`fingerprint`] of its sender and id.
+    set: HashMap<(u64, u64), u64>,
 }
 
 impl RecentShown {
     fn contains(&self, key: (u64, u64)) -> bool {
-        self.set.contains(&key)
+        self.set.contains_key(&key)
     }
 
-    fn insert(&mut self, key: (u64, u64)) {
-        if !self.set.insert(key) {
+    fn insert(&mut self, key: (u64, u64), fingerprint: u64) {
+        if self.set.insert(key, fingerprint).is_some() {
             return;
         }
         self.order.push_back(key);
@@ -115,6 +117,27 @@ impl RecentShown {
         }
         debug_assert_eq!(self.order.len(), self.set.len());
     }
+
+    /// The fingerprints of the messages shown at `seq` or later in an epoch older than
+    /// `epoch`: a history that the node's history (in `epoch` from `seq` on) replaced.
+    fn replaced_by(&self, epoch: u64, seq: u64) -> HashSet<u64> {
+        self.set
+            .iter()
+            .filter(|((shown_epoch, shown_seq), _)| *shown_epoch < epoch && *shown_seq >= seq)
+            .map(|(_, fingerprint)| *fingerprint)
+            .collect()
+    }
+}
+
+/// Identifies a message by its sender and id. Within one history a (session, id) is stored
+/// once; a message stored by two primaries at once (the old one alone, the new one from the
+/// client's resend) keeps its sender and id in both, but only the copy that wins carries
+/// on, without `orig`. Ids unique per nick (pbchat-client's are) make this exact.
+fn fingerprint(frame: &ServerFrame) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    frame.from.hash(&mut hasher);
+    frame.id.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +147,10 @@ struct Room {
     /// `None` only until the first `joined` of a join without `after`.
     position: Option<Position>,
     recent: RecentShown,
+    /// Fingerprints of messages shown from a part of history that the node replaced (after
+    /// two primaries): their copies in the surviving history are not shown again. A subset
+    /// of `recent`, so bounded by it.
+    replaced: HashSet<u64>,
     /// Members as of the last `joined`, updated by `presence`.
     members: BTreeSet<String>,
 }
@@ -319,28 +346,34 @@ impl Session {
         if state.recent.contains((epoch, seq)) {
             return MsgVerdict::Duplicate;
         }
-        if let Some(orig) = frame.orig {
-            if state.recent.contains((orig.epoch, orig.seq)) {
-                // It now stands at (epoch, seq) in the node's history: resume after it.
-                state.recent.insert((epoch, seq));
-                state.position = Some(Position {
-                    seq,
-                    epoch: Some(epoch),
-                });
-                return MsgVerdict::OrigShown;
-            }
-        }
+        let fingerprint = fingerprint(frame);
         if let Some(position) = state.position {
             // Within one history epochs never fall as seq rises, so a message at or before
             // our position with an epoch no newer is one we showed (or skipped past). A
             // newer epoch at a seq we passed is the surviving history after two primaries,
-            // replayed from where the histories part: new to us, so shown.
+            // replayed from where the histories part: new to us, so shown, except copies of
+            // what we showed from the replaced part.
             let epoch_not_newer = position.epoch.is_none_or(|shown| epoch <= shown);
             if seq <= position.seq && epoch_not_newer {
                 return MsgVerdict::Duplicate;
             }
+            if seq <= position.seq {
+                state.replaced = state.recent.replaced_by(epoch, seq);
+            }
         }
-        state.recent.insert((epoch, seq));
+        let copy = frame
+            .orig
+            .is_some_and(|orig| state.recent.contains((orig.epoch, orig.seq)));
+        if copy || state.replaced.remove(&fingerprint) {
+            // It now stands at (epoch, seq) in the node's history: resume after it.
+            state.recent.insert((epoch, seq), fingerprint);
+            state.position = Some(Position {
+                seq,
+                epoch: Some(epoch),
+            });
+            return MsgVerdict::OrigShown;
+        }
+        state.recent.insert((epoch, seq), fingerprint);
         state.position = Some(Position {
             seq,
             epoch: Some(epoch),
@@ -395,7 +428,8 @@ mod tests {
             seq: Some(seq),
             ts: Some(1_764_084_000_123),
             from: Some("bob".into()),
-            id: Some(format!("b-{seq}")),
+            // One message, one id: the copies that keep an id are made explicitly.
+            id: Some(format!("b-{epoch}-{seq}")),
             body: Some(format!("text {seq}")),
             ..ServerFrame::default()
         }
@@ -535,6 +569,34 @@ mod tests {
     }
 
     #[test]
+    fn a_message_stored_by_both_primaries_is_shown_once() {
+        let mut session = joined_session("general", 20);
+        assert_eq!(session.on_msg(&msg("general", 1, 21)), MsgVerdict::Show);
+        // The old primary stored alice's m-7 alone (its ack never reached her) ...
+        let mut alone = msg("general", 1, 22);
+        (alone.from, alone.id) = (Some("alice".into()), Some("m-7".into()));
+        assert_eq!(session.on_msg(&alone), MsgVerdict::Show);
+        // ... she resent it to the new primary, which stored it too, from 21 on in its
+        // epoch 2. The merge drops the old primary's copy as a duplicate (same session and
+        // id), so no `orig` ever names it: the copy is known by its sender and id.
+        assert_eq!(session.on_msg(&msg("general", 2, 21)), MsgVerdict::Show);
+        let mut resent = msg("general", 2, 22);
+        (resent.from, resent.id) = (Some("alice".into()), Some("m-7".into()));
+        assert_eq!(session.on_msg(&resent), MsgVerdict::OrigShown);
+        // Another of alice's messages is new; so is m-7 of someone else.
+        let mut next = msg("general", 2, 23);
+        (next.from, next.id) = (Some("alice".into()), Some("m-8".into()));
+        assert_eq!(session.on_msg(&next), MsgVerdict::Show);
+        let mut other = msg("general", 2, 24);
+        other.id = Some("m-7".into());
+        assert_eq!(session.on_msg(&other), MsgVerdict::Show);
+        // Within one history the same sender and id is not taken for a copy.
+        let mut again = msg("general", 2, 25);
+        (again.from, again.id) = (Some("alice".into()), Some("m-7".into()));
+        assert_eq!(session.on_msg(&again), MsgVerdict::Show);
+    }
+
+    #[test]
     fn carried_over_copy_of_a_shown_message_is_skipped() {
         let mut session = joined_session("general", 1000);
         // Seen on the primary that later lost: epoch 3, seqs 1001-1002.
@@ -572,7 +634,7 @@ mod tests {
         let mut recent = RecentShown::default();
         let total = RECENT_SHOWN_PER_ROOM_MAX as u64 + 10;
         for seq in 0..total {
-            recent.insert((1, seq));
+            recent.insert((1, seq), seq);
         }
         assert_eq!(recent.order.len(), RECENT_SHOWN_PER_ROOM_MAX);
         assert_eq!(recent.set.len(), RECENT_SHOWN_PER_ROOM_MAX);
