@@ -78,7 +78,7 @@ impl Sender {
                     }
                     loop {
                         let frame = match c.next(&nick, ROOM) {
-                            Next::Frame(frame) => frame,
+                            Next::Frame(frame) => *frame,
                             // The liveness rule moved it: resend the same id there.
                             Next::Moved => {
                                 broken = true;

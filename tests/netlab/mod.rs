@@ -1097,7 +1097,7 @@ pub fn client_process_main() -> bool {
             }
             loop {
                 let frame = match c.next(&nick, ROOM) {
-                    crate::resilient::Next::Frame(frame) => frame,
+                    crate::resilient::Next::Frame(frame) => *frame,
                     // The liveness rule moved it: resend the same id there.
                     crate::resilient::Next::Moved => continue 'conn,
                     crate::resilient::Next::Lost => break 'conn,

@@ -27,7 +27,7 @@ pub struct Connection {
 
 /// What [`Connection::next`] found.
 pub enum Next {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     /// The node went silent and its peer welcomed a probe: the connection now leads there,
     /// rejoined; resend what was not acknowledged.
     Moved,
@@ -104,7 +104,7 @@ impl Connection {
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
                 Ok(n) if n > 0 => match decode_server_frame(line.trim_end().as_bytes()) {
-                    Ok(frame) => return Next::Frame(frame),
+                    Ok(frame) => return Next::Frame(Box::new(frame)),
                     Err(_) => return Next::Lost,
                 },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
