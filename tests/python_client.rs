@@ -46,8 +46,16 @@ fn script() -> String {
 
 /// Fails (never skips) when python3 is missing: the reference client must be tested.
 fn require_python3() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(check_python3);
+}
+
+fn check_python3() {
     match Command::new("python3").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout);
+            eprintln!("python3: {}", version.trim());
+        }
         Ok(out) => panic!("python3 --version failed: {out:?}"),
         Err(e) => panic!(
             "python3 is required to test the Python reference client \
