@@ -8,8 +8,10 @@ It is written from the protocol texts alone, not from the server's code:
   send/ack, ping/pong, goodbye, error codes, the guarantees);
 * the resume recipe of docs/protocol.md: stable session, rejoin with `after`/`after_epoch`
   of the last message shown, resend unacknowledged sends with their original ids, skip a
-  `msg` whose `seq` is not above the last shown in its room or whose `orig` names a message
-  already shown;
+  `msg` at or before the last shown in its room unless its epoch is newer (the surviving
+  history after two primaries, replayed from where the histories part), a `msg` whose
+  `orig` names a message already shown, and the surviving history's copy (same sender and
+  id) of a message shown from the part it replaced;
 * the liveness rule (issue 14): `welcome` carries `peer` and `probe_ms`; a client that wrote
   a frame and then heard nothing at all for `probe_ms` asks the other node, on a second
   connection, with a `hello`; only a node that serves answers `welcome`, and then the client
@@ -24,8 +26,10 @@ Limits (on purpose, to stay short):
 
 * standard library only, Python 3.9 or later (Debian 12's python3 is 3.11);
 * `history` is not wrapped: its replies would mix with the live order the skip rules keep;
-* the set of (epoch, seq) shown per room is bounded (SHOWN_PER_ROOM_MAX); an `orig` copy of
-  a message shown longer ago than that is shown again;
+* the messages shown per room are remembered within a bound (SHOWN_PER_ROOM_MAX); an `orig`
+  copy of a message shown longer ago than that is shown again;
+* message ids carry a random per-process prefix, so ids are unique per nick, which the
+  copy rule above relies on;
 * at most UNACKED_MAX sends are in flight; `send` raises WindowFull beyond it;
 * TLS (`--tls`, `--ca FILE`) checks the certificate against the host part of the address.
 
@@ -92,8 +96,8 @@ UNACKED_MAX = 256
 # A send refused for now (rate_limited, unavailable, not_primary) is retried after this.
 RETRY_PAUSE_S = 0.2
 
-# (epoch, seq) pairs remembered per room for the `orig` rule. A re-committed message comes
-# back right after the two histories meet, so the recent past is enough.
+# Messages remembered per room for the copy rules. A re-committed message comes back right
+# after the two histories meet, so the recent past is enough.
 SHOWN_PER_ROOM_MAX = 10_000
 
 # Bytes read per readiness event, and the longest line accepted from a node: a msg carries
@@ -142,15 +146,23 @@ class _Room:
         # first `joined` for a live-only join). None: nothing yet, join live.
         self.after = after
         self.after_epoch = after_epoch
-        # (epoch, seq) of messages shown, for the `orig` rule; the deque evicts the oldest.
-        self.shown = set()
+        # (epoch, seq) -> (from, id) of messages shown, for the copy rules; the deque
+        # evicts the oldest.
+        self.shown = {}
         self.shown_order = collections.deque()
+        # (from, id) of messages shown from a part of history the node replaced (after two
+        # primaries served at once): their copies in the surviving history are skipped.
+        self.replaced = set()
 
-    def remember(self, epoch, seq):
+    def remember(self, epoch, seq, key):
         if len(self.shown_order) >= SHOWN_PER_ROOM_MAX:
-            self.shown.discard(self.shown_order.popleft())
-        self.shown.add((epoch, seq))
+            self.shown.pop(self.shown_order.popleft(), None)
+        self.shown[(epoch, seq)] = key
         self.shown_order.append((epoch, seq))
+
+    def replaced_by(self, epoch, seq):
+        """What was shown at `seq` or later in an epoch older than `epoch`."""
+        return {key for (e, s), key in self.shown.items() if e < epoch and s >= seq}
 
 
 class _Pending:
@@ -702,13 +714,26 @@ class Client:
         if room is None or not isinstance(seq, int):
             return
         if room.after is not None and seq <= room.after:
-            return  # replayed and shown before
+            # Within one history epochs never fall as seq rises: at or before our position
+            # with an epoch no newer, it is a replay of what we showed.
+            if room.after_epoch is None or not isinstance(epoch, int) or epoch <= room.after_epoch:
+                return
+            # A newer epoch at a seq we passed: the surviving history after two primaries,
+            # replayed from where the histories part. New to us, except copies of what we
+            # showed from the part it replaced.
+            room.replaced = room.replaced_by(epoch, seq)
+        key = (frame.get("from"), frame.get("id"))
         orig = frame.get("orig")
         seen = isinstance(orig, dict) and (orig.get("epoch"), orig.get("seq")) in room.shown
+        if not seen and key in room.replaced:
+            # The same message stored by both primaries (the old one alone, the new one from
+            # the sender's resend): the merge kept one, without `orig`.
+            room.replaced.discard(key)
+            seen = True
         room.after, room.after_epoch = seq, epoch
-        room.remember(epoch, seq)
+        room.remember(epoch, seq, key)
         if seen:
-            return  # a re-committed copy of a message shown before
+            return  # a copy of a message shown before
         self._event(
             "msg",
             room=frame["room"],
