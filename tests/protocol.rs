@@ -1,4 +1,4 @@
-//! The client protocol of shared/protocol.md against the real `pbchatd` binary over TCP.
+//! The client protocol of docs/protocol.md against the real `pbchatd` binary over TCP.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Builders of the client → node frames of protocol v1 (`shared/protocol.md`).
+//! Builders of the client → node frames of protocol v1 (docs/protocol.md).
 //!
 //! Pure: each returns a JSON value; [`to_line`] makes the wire line. No validation here:
 //! callers check names with `wire::client::check_*` before they get this far.

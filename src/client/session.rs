@@ -1,5 +1,5 @@
 //! Protocol state of one client session, kept across reconnects, so that a fail-over is
-//! never seen as lost or doubled text (`shared/protocol.md`, Guarantees 3).
+//! never seen as lost or doubled text (docs/protocol.md, section 11, guarantee 3).
 //!
 //! It holds the rooms the client is in, with the position of the last message shown in
 //! each; the sends not yet acknowledged; the history requests not yet answered; and a

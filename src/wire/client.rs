@@ -1,4 +1,4 @@
-//! Client protocol v1 codec (`shared/protocol.md`): JSON-line frames in both directions.
+//! Client protocol v1 codec (docs/protocol.md): JSON-line frames in both directions.
 //!
 //! Pure: bytes in, typed frames out, and typed frames to bytes. Line splitting lives in
 //! [`super::lines`]; this module sees one complete line at a time.
