@@ -479,3 +479,28 @@ fn syslog_target_sends_lines_with_the_facility_and_falls_back_to_stderr() {
     assert!(node.log_contains("logging to stderr instead"));
     drop(node);
 }
+
+/// Issue 15: `pbchatctl --help` called itself "A highly available primary-backup chat
+/// daemon"; `role` and `pid` answer scripts in one word.
+#[test]
+fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
+    let help = pbchatctl(&["--help"]);
+    let first = text(&help.stdout).lines().next().unwrap_or("").to_string();
+    assert!(first.starts_with("Ask a running pbchatd"), "{first}");
+    let pair = PairFiles::new("");
+    let (a, b) = start_pair(&pair);
+    let one_word = |config: &Path, request: &str| {
+        let out = ctl(config, &[request]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(one_word(&pair.config_a, "role"), "primary\n");
+    assert_eq!(one_word(&pair.config_b, "role"), "backup\n");
+    assert_eq!(one_word(&pair.config_a, "pid"), format!("{}\n", a.pid()));
+    assert_eq!(one_word(&pair.config_b, "pid"), format!("{}\n", b.pid()));
+    let status = text(&ctl(&pair.config_a, &["status"]).stdout);
+    assert!(
+        status.contains(&format!("pid:         {}\n", a.pid())),
+        "{status}"
+    );
+}

@@ -7,7 +7,8 @@ use clap::Parser;
 
 /// pbchat daemon: a highly available primary-backup chat server.
 #[derive(Parser)]
-#[command(version, about)]
+// No bare `about`: it would replace the line above with Cargo.toml's description.
+#[command(version)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(

@@ -592,7 +592,7 @@ struct Driver {
     /// What `pbchatctl` and metrics read; rebuilt by `publish_status`.
     ops: Arc<admin::Ops>,
     notifier: notify::Notifier,
-    /// Wall-clock ms at start, for uptime.
+    /// Wall-clock ms at start, for `started_at` (uptime is measured on `base`).
     started_ms: u64,
     /// Messages committed (one `Publish` each) since start.
     commits_total: u64,
