@@ -324,7 +324,12 @@ fn failover(ops: &Ops, signals: &Sender<Signal>) -> String {
             peer.id
         );
     }
-    if signals.try_send(Signal::Drill).is_err() {
+    if signals
+        .try_send(Signal::Drill {
+            from: "pbchatctl failover".into(),
+        })
+        .is_err()
+    {
         return "error: the node is busy with other signals; retry\n".into();
     }
     let moved = wait_for(FAILOVER_WAIT, || ops.current().role != "primary");
@@ -343,7 +348,12 @@ fn failover(ops: &Ops, signals: &Sender<Signal>) -> String {
 
 fn reload(ops: &Ops, signals: &Sender<Signal>) -> String {
     let before = ops.current().reloads;
-    if signals.try_send(Signal::Reload).is_err() {
+    if signals
+        .try_send(Signal::Reload {
+            from: "pbchatctl reload".into(),
+        })
+        .is_err()
+    {
         return "error: the node is busy with other signals; retry\n".into();
     }
     if wait_for(RELOAD_WAIT, || ops.current().reloads > before) {
