@@ -34,7 +34,7 @@ case $# in
     config_a=config/primary.toml
     config_b=config/backup.toml
     # The pair's shared secret (both configs name it); made once, mode 0600.
-    "$pbchatd" --gen-secret data/pair.secret >/dev/null 2>&1
+    "$pbchatd" --gen-secret data/pair.secret >/dev/null
     ;;
   2)
     config_a=$1
