@@ -580,7 +580,7 @@ fn a_link_peer_with_an_untrusted_certificate_is_refused_until_hup_brings_a_good_
     let a = pair.start_a();
     let b = pair.start_b();
     a.wait_log("TLS: the peer's certificate is not issued by a trusted CA");
-    b.wait_log("TLS: the peer refused this side's certificate (alert UnknownCA)");
+    b.wait_log("TLS: the peer refused this side's certificate (TLS alert: unknown CA)");
     assert!(!b.log_contains("following the primary"));
     assert!(!a.log_contains("backup b connected"));
 
@@ -630,4 +630,47 @@ fn check_names_the_key_of_a_tls_file_that_does_not_load() {
     let out = pbchatd().arg("-c").arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("client.tls_cert"));
+}
+
+/// Issue 15: the certificate most people make first, `openssl req -x509 -newkey ec ...
+/// -addext subjectAltName=IP:127.0.0.1`, is a CA certificate (openssl's default
+/// basicConstraints CA:TRUE). pbchatd serves it, and pbchat-client said only `invalid peer
+/// certificate: Other(OtherError(CaUsedAsEndEntity))`.
+#[test]
+fn pbchat_client_explains_a_ca_certificate_used_as_the_servers_own() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.join("node.pem");
+    let key_path = dir.join("node.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let issued = Issued {
+        cert: cert_path.clone(),
+        key: key_path,
+        der: cert.der().clone(),
+    };
+    let node = start_tls_node(dir, &issued, "");
+    let out = pbchat_client(&[node.addr])
+        .args(["--tls", "--ca", cert_path.to_str().unwrap()])
+        .args(["--room", "r", "--send", "never sent"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the peer's certificate is a CA certificate (basicConstraints CA:TRUE"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pbchatd --gen-cert DIR --name NAME"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("OtherError"), "{stderr}");
 }
