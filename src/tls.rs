@@ -358,6 +358,7 @@ pub fn explain(error: &rustls::Error) -> String {
         Error::InvalidCertificate(
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
         ) => "the peer's certificate is not for this use: its extendedKeyUsage lacks serverAuth (a server) or clientAuth (a replication peer dialing)".into(),
+        Error::InvalidCertificate(CertificateError::BadSignature) => "the peer's certificate's signature does not verify against its issuer (was it signed with another key than its CA certificate's?)".into(),
         Error::InvalidCertificate(CertificateError::Other(other)) => {
             explain_webpki(other.0.downcast_ref::<webpki::Error>())
         }
