@@ -9,6 +9,7 @@
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `tls`: rustls configs from PEM files (certificates, keys, CAs), for the node and the
 //!   client; no sockets.
+//! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -332,8 +332,14 @@ pub fn host_of(address: &str) -> &str {
     }
 }
 
+/// What to run for a certificate pair that works: the fix offered when a certificate is
+/// of the wrong kind.
+pub const GEN_CERT_HINT: &str =
+    "make a private CA and a node certificate signed by it: pbchatd --gen-cert DIR --name NAME --ip IP (docs/security.md)";
+
 /// Says what a failed handshake means, for people: rustls names certificate problems
-/// tersely (`invalid peer certificate: UnknownIssuer`).
+/// tersely (`invalid peer certificate: UnknownIssuer`), and passes some of webpki's through
+/// as a Rust debug string (`Other(OtherError(CaUsedAsEndEntity))`).
 pub fn explain(error: &rustls::Error) -> String {
     use rustls::{AlertDescription, CertificateError, Error};
     match error {
@@ -342,22 +348,107 @@ pub fn explain(error: &rustls::Error) -> String {
         }
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the peer's certificate does not carry the name it was reached by".into(),
+        ) => "the peer's certificate does not carry the name it was reached by (as a subjectAltName: the CN is not read)".into(),
         Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "the peer's certificate has expired".into(),
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "the peer's certificate is not valid yet (is one of the two clocks wrong?)".into(),
+        Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        ) => "the peer's certificate is not for this use: its extendedKeyUsage lacks serverAuth (a server) or clientAuth (a replication peer dialing)".into(),
+        Error::InvalidCertificate(CertificateError::BadSignature) => "the peer's certificate's signature does not verify against its issuer (was it signed with another key than its CA certificate's?)".into(),
+        Error::InvalidCertificate(CertificateError::Other(other)) => {
+            explain_webpki(other.0.downcast_ref::<webpki::Error>())
+        }
+        Error::InvalidCertificate(other) => {
+            format!("the peer's certificate is refused: {}", words(&format!("{other:?}")))
+        }
         Error::AlertReceived(
             alert @ (AlertDescription::UnknownCA
             | AlertDescription::BadCertificate
             | AlertDescription::CertificateRequired
             | AlertDescription::CertificateUnknown
             | AlertDescription::CertificateExpired),
-        ) => format!("the peer refused this side's certificate (alert {alert:?})"),
+        ) => format!(
+            "the peer refused this side's certificate (TLS alert: {})",
+            words(&format!("{alert:?}"))
+        ),
         Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
             "the peer does not speak TLS on this address (it answered in plain text)".into()
         }
         other => other.to_string(),
     }
+}
+
+/// The certificate problems rustls passes through from webpki unnamed, in words with the
+/// fix where there is one.
+fn explain_webpki(error: Option<&webpki::Error>) -> String {
+    let Some(error) = error else {
+        return "the peer's certificate is refused".into();
+    };
+    match error {
+        webpki::Error::CaUsedAsEndEntity => format!(
+            "the peer's certificate is a CA certificate (basicConstraints CA:TRUE, which `openssl req -x509` sets by default), so it cannot be the server's own; {GEN_CERT_HINT}"
+        ),
+        webpki::Error::EndEntityUsedAsCa => format!(
+            "the peer's certificate was signed by a certificate that is not a CA (no basicConstraints CA:TRUE); {GEN_CERT_HINT}"
+        ),
+        webpki::Error::UnsupportedCertVersion => format!(
+            "the peer's certificate is X.509 version 1 (made without extensions); TLS needs version 3 with a subjectAltName; {GEN_CERT_HINT}"
+        ),
+        webpki::Error::PathLenConstraintViolated => {
+            "the peer's certificate chain is longer than its CA's pathLenConstraint allows".into()
+        }
+        webpki::Error::MalformedExtensions
+        | webpki::Error::ExtensionValueInvalid
+        | webpki::Error::UnsupportedCriticalExtension
+        | webpki::Error::EmptyEkuExtension => format!(
+            "the peer's certificate has extensions that cannot be used ({}); {GEN_CERT_HINT}",
+            words(&format!("{error:?}"))
+        ),
+        other => format!(
+            "the peer's certificate is refused: {}",
+            words(&format!("{other:?}"))
+        ),
+    }
+}
+
+/// `CaUsedAsEndEntity` as `ca used as end entity`, `UnknownCA` as `unknown CA`: a Rust name
+/// read as words (what is left of the debug string before the first `(`, `{` or space).
+fn words(debug: &str) -> String {
+    let name: Vec<char> = debug
+        .split(['(', '{', ' '])
+        .next()
+        .unwrap_or(debug)
+        .chars()
+        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    for (i, &c) in name.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|j| name[j]);
+        let next = name.get(i + 1);
+        // A word starts at an upper-case letter after a lower-case one, or at the last
+        // capital of a run that a lower-case letter follows (`CAUsed`: `CA`, `Used`).
+        let starts = c.is_uppercase()
+            && previous
+                .is_some_and(|p| !p.is_uppercase() || next.is_some_and(|n| n.is_lowercase()));
+        if starts || parts.is_empty() {
+            parts.push(String::new());
+        }
+        parts.last_mut().expect("pushed above").push(c);
+    }
+    parts
+        .iter()
+        .map(|part| {
+            if part.chars().count() > 1 && part.chars().all(char::is_uppercase) {
+                part.clone()
+            } else {
+                part.to_lowercase()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// [`explain`] for an I/O error that carries a rustls error (as `complete_io` and the
@@ -459,6 +550,41 @@ mod tests {
         };
         let err = client_listener(file, &broken).err().unwrap().to_string();
         assert!(err.starts_with("node.toml: client.tls_cert: "), "{err}");
+    }
+
+    #[test]
+    fn rust_names_read_as_words() {
+        assert_eq!(words("CaUsedAsEndEntity"), "ca used as end entity");
+        assert_eq!(words("UnknownCA"), "unknown CA");
+        assert_eq!(words("Other(OtherError(X))"), "other");
+        assert_eq!(words("BadDer"), "bad der");
+    }
+
+    /// Issue 15: the certificate most people make first (`openssl req -x509 ...`, a CA
+    /// certificate) as the server's own gave `invalid peer certificate:
+    /// Other(OtherError(CaUsedAsEndEntity))`.
+    #[test]
+    fn a_ca_certificate_as_the_servers_is_explained_with_the_fix() {
+        let error = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)),
+        ));
+        let text = explain(&error);
+        assert!(
+            text.contains("is a CA certificate (basicConstraints CA:TRUE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pbchatd --gen-cert DIR --name NAME"),
+            "{text}"
+        );
+        assert!(!text.contains("Other("), "{text}");
+        let alert = explain(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        assert_eq!(
+            alert,
+            "the peer refused this side's certificate (TLS alert: unknown CA)"
+        );
     }
 
     #[test]

@@ -479,3 +479,83 @@ fn syslog_target_sends_lines_with_the_facility_and_falls_back_to_stderr() {
     assert!(node.log_contains("logging to stderr instead"));
     drop(node);
 }
+
+/// The level of a node's stderr line (`2026-...Z INFO  pbchatd[a]: ...`).
+fn level(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// Issue 15: while a restarted pair picked its primary, each node logged `replication link
+/// from Some(127.0.0.1:43738): this node is not the primary` at info several times a
+/// second, and a normal first start logged its promotion as a warning.
+#[test]
+fn a_restarted_pair_picks_its_primary_quietly_and_only_a_fail_over_warns() {
+    let pair = PairFiles::new("");
+    let (mut a, mut b) = start_pair(&pair);
+    let first_start = |node: &Daemon| {
+        node.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("promoted to primary"))
+            .cloned()
+    };
+    let promoted = first_start(&a).expect("a promoted at its first start");
+    assert_eq!(level(&promoted), "INFO", "{promoted}");
+    // Both stop and start again: both start as backups and pick one between them.
+    a.kill9();
+    b.kill9();
+    let a = pair.start_a();
+    let b = pair.start_b();
+    wait_until("one of them to take over", || {
+        a.log_contains("promoted to primary") || b.log_contains("promoted to primary")
+    });
+    let (primary, backup) = if a.log_contains("promoted to primary") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    backup.wait_log("following the primary");
+    for node in [&primary, &backup] {
+        for line in node.log.lock().unwrap().iter() {
+            assert!(!line.contains("Some("), "Rust debug formatting: {line}");
+            if line.contains("not the primary") || line.contains("not primary") {
+                assert_eq!(level(line), "DEBUG", "{line}");
+            }
+        }
+    }
+    let promoted = first_start(&primary).unwrap();
+    assert_eq!(level(&promoted), "INFO", "picking a primary: {promoted}");
+    // Losing the primary is the one promotion that warns.
+    let mut primary = primary;
+    primary.kill9();
+    backup.wait_log("promoted to primary");
+    let promoted = first_start(&backup).unwrap();
+    assert_eq!(level(&promoted), "WARN", "a fail-over: {promoted}");
+    assert!(promoted.contains("(peer silent for "), "{promoted}");
+}
+
+/// Issue 15: `pbchatctl --help` called itself "A highly available primary-backup chat
+/// daemon"; `role` and `pid` answer scripts in one word.
+#[test]
+fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
+    let help = pbchatctl(&["--help"]);
+    let first = text(&help.stdout).lines().next().unwrap_or("").to_string();
+    assert!(first.starts_with("Ask a running pbchatd"), "{first}");
+    let pair = PairFiles::new("");
+    let (a, b) = start_pair(&pair);
+    let one_word = |config: &Path, request: &str| {
+        let out = ctl(config, &[request]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(one_word(&pair.config_a, "role"), "primary\n");
+    assert_eq!(one_word(&pair.config_b, "role"), "backup\n");
+    assert_eq!(one_word(&pair.config_a, "pid"), format!("{}\n", a.pid()));
+    assert_eq!(one_word(&pair.config_b, "pid"), format!("{}\n", b.pid()));
+    let status = text(&ctl(&pair.config_a, &["status"]).stdout);
+    assert!(
+        status.contains(&format!("pid:         {}\n", a.pid())),
+        "{status}"
+    );
+}

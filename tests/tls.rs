@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{pbchatd, write_config, Daemon, PairFiles, DEADLINE};
 use pbchat::wire::client::{decode_server_frame, ServerFrame};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
@@ -454,18 +455,14 @@ fn add_to_section(config: &Path, next: &str, lines: &str) {
 }
 
 /// Turns on client TLS and mutual link TLS in both of `pair`'s configs; each node has its
-/// own certificate, `link_a` and `link_b` for the link.
-fn tls_pair(pair: &PairFiles, pki: &Pki, link_a: &Issued, link_b: &Issued) {
+/// own certificate, `link_a` and `link_b` for the link, issued by the CA in `ca`.
+fn tls_pair(pair: &PairFiles, ca: &Path, link_a: &Issued, link_b: &Issued) {
     for (config, link) in [(&pair.config_a, link_a), (&pair.config_b, link_b)] {
         add_to_section(config, "[log]", &client_tls_keys(link));
         add_to_section(
             config,
             "[failover]",
-            &format!(
-                "{}tls_ca = \"{}\"\n",
-                client_tls_keys(link),
-                pki.ca.display()
-            ),
+            &format!("{}tls_ca = \"{}\"\n", client_tls_keys(link), ca.display()),
         );
     }
 }
@@ -476,7 +473,7 @@ fn a_mutual_tls_pair_replicates_and_a_tls_client_resumes_on_the_backup_after_kil
     let pki = Pki::new(&pair.dir, "pair");
     let cert_a = pki.issue("node-a", "node-a", &["127.0.0.1"]);
     let cert_b = pki.issue("node-b", "node-b", &["127.0.0.1"]);
-    tls_pair(&pair, &pki, &cert_a, &cert_b);
+    tls_pair(&pair, &pki.ca, &cert_a, &cert_b);
     let mut a = pair.start_a();
     let b = pair.start_b();
     b.wait_log("following the primary a in epoch");
@@ -576,11 +573,11 @@ fn a_link_peer_with_an_untrusted_certificate_is_refused_until_hup_brings_a_good_
     let cert_a = pki.issue("node-a", "node-a", &["127.0.0.1"]);
     // b trusts the pair's CA, but its own certificate comes from another.
     let cert_b = rogue.issue("node-b", "node-b", &["127.0.0.1"]);
-    tls_pair(&pair, &pki, &cert_a, &cert_b);
+    tls_pair(&pair, &pki.ca, &cert_a, &cert_b);
     let a = pair.start_a();
     let b = pair.start_b();
     a.wait_log("TLS: the peer's certificate is not issued by a trusted CA");
-    b.wait_log("TLS: the peer refused this side's certificate (alert UnknownCA)");
+    b.wait_log("TLS: the peer refused this side's certificate (TLS alert: unknown CA)");
     assert!(!b.log_contains("following the primary"));
     assert!(!a.log_contains("backup b connected"));
 
@@ -630,4 +627,126 @@ fn check_names_the_key_of_a_tls_file_that_does_not_load() {
     let out = pbchatd().arg("-c").arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("client.tls_cert"));
+}
+
+/// Issue 15: the certificate most people make first, `openssl req -x509 -newkey ec ...
+/// -addext subjectAltName=IP:127.0.0.1`, is a CA certificate (openssl's default
+/// basicConstraints CA:TRUE). pbchatd serves it, and pbchat-client said only `invalid peer
+/// certificate: Other(OtherError(CaUsedAsEndEntity))`.
+#[test]
+fn pbchat_client_explains_a_ca_certificate_used_as_the_servers_own() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.join("node.pem");
+    let key_path = dir.join("node.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let issued = Issued {
+        cert: cert_path.clone(),
+        key: key_path,
+        der: cert.der().clone(),
+    };
+    let node = start_tls_node(dir, &issued, "");
+    let out = pbchat_client(&[node.addr])
+        .args(["--tls", "--ca", cert_path.to_str().unwrap()])
+        .args(["--room", "r", "--send", "never sent"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the peer's certificate is a CA certificate (basicConstraints CA:TRUE"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pbchatd --gen-cert DIR --name NAME"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("OtherError"), "{stderr}");
+}
+
+/// Issue 15: nothing in the project made a CA and a node certificate signed by it, the pair
+/// that pbchat-client accepts. `pbchatd --gen-cert` does, for the client listener and for
+/// the replication link's mutual TLS, and never overwrites what is there.
+#[test]
+fn gen_cert_makes_certificates_that_a_tls_pair_and_pbchat_client_accept() {
+    let pair = PairFiles::new("");
+    let tls = pair.dir.join("tls");
+    let gen_cert = |name: &str, names: &[&str]| {
+        let out = pbchatd()
+            .arg("--gen-cert")
+            .arg(&tls)
+            .args(["--name", name])
+            .args(names)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let (code, said) = gen_cert("node-a", &["--ip", "127.0.0.1"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("made a private CA"), "{said}");
+    let ca = tls.join("ca.pem");
+    let ca_text = std::fs::read(&ca).unwrap();
+    let (code, said) = gen_cert("node-b", &["--ip", "127.0.0.1", "--dns", "localhost"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("signed with the CA already in"), "{said}");
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_text, "the CA is kept");
+    for key in ["ca.key", "node-a.key", "node-b.key"] {
+        let mode = std::fs::metadata(tls.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let node_a = std::fs::read(tls.join("node-a.pem")).unwrap();
+    let (code, said) = gen_cert("node-a", &["--ip", "127.0.0.1"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("node-a.pem: exists; nothing was written"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(tls.join("node-a.pem")).unwrap(), node_a);
+    let (code, said) = gen_cert("node-c", &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--ip IP and/or --dns NAME"), "{said}");
+
+    let issued = |name: &str| Issued {
+        cert: tls.join(format!("{name}.pem")),
+        key: tls.join(format!("{name}.key")),
+        der: CertificateDer::from_pem_file(tls.join(format!("{name}.pem"))).unwrap(),
+    };
+    tls_pair(&pair, &ca, &issued("node-a"), &issued("node-b"));
+    let _a = pair.start_a();
+    let b = pair.start_b();
+    b.wait_log("following the primary a in epoch");
+    assert!(b.log_contains("over mutual TLS"));
+    let out = pbchat_client(&[pair.client_a])
+        .args(["--tls", "--ca", ca.to_str().unwrap()])
+        .args([
+            "--nick",
+            "newcomer",
+            "--room",
+            "r",
+            "--send",
+            "hello over TLS",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -10,7 +10,8 @@ use clap::Parser;
 
 /// pbchat witness: grants one pbchat primary at a time a lease (strict fail-over mode).
 #[derive(Parser)]
-#[command(version, about)]
+// No bare `about`: it would replace the line above with Cargo.toml's description.
+#[command(version)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(short = 'c', long = "config", value_name = "FILE")]

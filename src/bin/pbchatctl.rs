@@ -14,9 +14,12 @@ use clap::{ArgGroup, Parser, Subcommand};
 /// The longest a request may take: a fail-over waits up to the hand-over timeout plus 1 s.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Control a running pbchatd through its admin socket.
+/// Ask a running pbchatd (status, role, pid) or tell it to fail over or reload, through its
+/// admin socket.
 #[derive(Parser)]
-#[command(version, about)]
+// No bare `about`: it would replace the line above with Cargo.toml's description, which
+// describes the daemon.
+#[command(version)]
 #[command(group(ArgGroup::new("target").required(true).args(["config", "socket"])))]
 struct Args {
     /// The node's configuration file; the socket is its `admin.socket` (by default
@@ -38,6 +41,11 @@ enum Request {
         #[arg(long)]
         json: bool,
     },
+    /// Print `primary` or `backup`: the role the node has now (a restart or a fail-over
+    /// moves it, whatever the config file is called).
+    Role,
+    /// Print the node's process id, e.g. `kill -9 $(pbchatctl -c FILE pid)`.
+    Pid,
     /// Hand the primary role to the caught-up backup (the same as SIGUSR1 to the primary).
     Failover,
     /// Re-read the config file (the same as SIGHUP) and show what changed.
@@ -60,6 +68,8 @@ fn main() -> ExitCode {
     let request = match args.command {
         Request::Status { json: false } => "status",
         Request::Status { json: true } => "status json",
+        Request::Role => "role",
+        Request::Pid => "pid",
         Request::Failover => "failover",
         Request::Reload => "reload",
     };

@@ -1,5 +1,6 @@
 //! `pbchatd`: parse arguments, load the config, run the node, map the result to an exit code.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,14 +8,15 @@ use clap::Parser;
 
 /// pbchat daemon: a highly available primary-backup chat server.
 #[derive(Parser)]
-#[command(version, about)]
+// No bare `about`: it would replace the line above with Cargo.toml's description.
+#[command(version)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(
         short = 'c',
         long = "config",
         value_name = "FILE",
-        required_unless_present_any = ["gen_secret", "hash_token"]
+        required_unless_present_any = ["gen_secret", "hash_token", "gen_cert"]
     )]
     config: Option<PathBuf>,
     /// Write a new shared secret for a pair to FILE (mode 0600; an existing file is kept) and exit.
@@ -24,6 +26,25 @@ struct Args {
     /// file (argon2id, a fresh salt), then exit.
     #[arg(long, value_name = "NICK", conflicts_with_all = ["config", "check", "gen_secret"])]
     hash_token: Option<String>,
+    /// Make a private CA in DIR (ca.pem, ca.key; reused once there) and a certificate
+    /// signed by it for one node (DIR/NAME.pem, DIR/NAME.key), then exit. Keys are mode 0600;
+    /// nothing is overwritten. Give the node's names with --ip and --dns.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "name",
+        conflicts_with_all = ["config", "check", "gen_secret", "hash_token"]
+    )]
+    gen_cert: Option<PathBuf>,
+    /// With --gen-cert: the node certificate's file name and common name (e.g. node-a).
+    #[arg(long, value_name = "NAME", requires = "gen_cert")]
+    name: Option<String>,
+    /// With --gen-cert: an IP address clients or the peer reach the node by (repeat it).
+    #[arg(long = "ip", value_name = "IP", requires = "gen_cert")]
+    ips: Vec<IpAddr>,
+    /// With --gen-cert: a DNS name clients or the peer reach the node by (repeat it).
+    #[arg(long = "dns", value_name = "DNSNAME", requires = "gen_cert")]
+    dns: Vec<String>,
     /// Validate the configuration and exit (0 when valid, 2 when not).
     #[arg(long)]
     check: bool,
@@ -36,6 +57,14 @@ fn main() -> ExitCode {
     }
     if let Some(nick) = &args.hash_token {
         return hash_token(nick);
+    }
+    if let Some(dir) = &args.gen_cert {
+        return gen_cert(pbchat::certs::Request {
+            dir: dir.clone(),
+            name: args.name.clone().expect("clap requires --name"),
+            ips: args.ips.clone(),
+            dns: args.dns.clone(),
+        });
     }
     let config_path = args.config.expect("clap requires --config");
     let config = match pbchat::config::load(&config_path) {
@@ -123,6 +152,36 @@ fn gen_secret(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     }
     println!("pbchatd: wrote a new secret to {}", path.display());
+    ExitCode::SUCCESS
+}
+
+/// Makes the CA (once) and a node certificate, and says where each file goes.
+fn gen_cert(request: pbchat::certs::Request) -> ExitCode {
+    let made = match pbchat::certs::generate(&request) {
+        Ok(made) => made,
+        Err(e) => {
+            eprintln!("pbchatd: --gen-cert: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let (ca, ca_key) = (made.ca_cert.display(), made.ca_key.display());
+    if made.ca_created {
+        println!(
+            "pbchatd: made a private CA: {ca} (give it to clients: pbchat-client --tls --ca {ca}; \
+             and to both nodes as replication.tls_ca) and {ca_key} (mode 0600: keep it private, \
+             it signs more node certificates)"
+        );
+    } else {
+        println!("pbchatd: signed with the CA already in {ca} and {ca_key}");
+    }
+    println!(
+        "pbchatd: wrote {} and {} (mode 0600) for {}, valid until {}: set them as \
+         client.tls_cert and client.tls_key (and replication.tls_cert and tls_key)",
+        made.cert.display(),
+        made.key.display(),
+        made.names.join(", "),
+        made.valid_until
+    );
     ExitCode::SUCCESS
 }
 

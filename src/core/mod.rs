@@ -839,6 +839,23 @@ impl Node {
             );
             return;
         }
+        let how = match self.role {
+            Role::Backup => "as backup".to_string(),
+            Role::Primary => {
+                let why = if self.pair().is_none() {
+                    "no peer configured"
+                } else if self.degraded {
+                    "the backup has not caught up"
+                } else {
+                    "no backup connected"
+                };
+                format!("without a hand-over ({why})")
+            }
+        };
+        self.log(
+            LogLevel::Info,
+            format!("stopping {how}: committing what is pending, then closing clients"),
+        );
         self.draining = true;
         self.exit_requested = true;
         self.maybe_exit(actions);

@@ -150,6 +150,8 @@ struct SimNode {
     heartbeat_epoch: u64,
     /// Sim time of the last heartbeat or link frame from the peer that reached the core.
     last_heard_ms: u64,
+    /// Every line the node logged, with its level.
+    logs: Vec<(LogLevel, String)>,
 }
 
 /// A replication-link frame (`wire::replication::PeerFrame`, as far as the core sees it).
@@ -313,6 +315,7 @@ impl Pair {
             step_downs: Vec::new(),
             heartbeat_epoch: 0,
             last_heard_ms: 0,
+            logs: Vec::new(),
         };
         Pair {
             now_ms: 0,
@@ -1020,6 +1023,12 @@ impl Pair {
         if before.0 == Role::Primary && after.0 != Role::Primary {
             self.nodes[i].step_downs.push((now, before.1));
         }
+        // Lines come last in a step, after an `Exit` that ends the routing below.
+        for action in &actions {
+            if let Action::Log { level, message } = action {
+                self.nodes[i].logs.push((*level, message.clone()));
+            }
+        }
         for action in actions {
             if self.trace {
                 match &action {
@@ -1347,6 +1356,16 @@ fn linked_pair(cooldown_ms: u64) -> Pair {
     pair
 }
 
+/// The level of each `promoted to primary` line node `i` logged.
+fn promotion_levels(pair: &Pair, i: usize) -> Vec<LogLevel> {
+    pair.nodes[i]
+        .logs
+        .iter()
+        .filter(|(_, line)| line.starts_with("promoted to primary"))
+        .map(|(level, _)| *level)
+        .collect()
+}
+
 fn is_primary(i: usize) -> impl Fn(&Pair) -> bool {
     move |pair: &Pair| pair.running(i) && pair.node(i).role() == Role::Primary
 }
@@ -1420,6 +1439,10 @@ fn primary_crash_promotes_the_backup_after_detection_and_loses_no_acked_message(
         "promoted only {} ms after the crash",
         promoted_ms - crashed_ms
     );
+    // Issue 15: a's first start as the configured primary is news, not a warning; b's
+    // take-over after losing its primary is.
+    assert_eq!(promotion_levels(&pair, A), [LogLevel::Info]);
+    assert_eq!(promotion_levels(&pair, B), [LogLevel::Warn]);
     let b = pair.node(B);
     assert_eq!(b.epoch(), 2, "b's epochs are even");
     assert!(b.head() >= 3, "b's head {} misses acked messages", b.head());
@@ -1720,6 +1743,33 @@ fn planned_handover_moves_the_primary_without_a_gap() {
     assert!(pair.nodes[A].process.is_none());
     assert_eq!(pair.copies(B, "alice", "m-2"), 1);
     assert_eq!(pair.copies(B, "alice", "m-3"), 0);
+    assert_eq!(
+        promotion_levels(&pair, B),
+        [LogLevel::Info],
+        "a planned move"
+    );
+}
+
+/// Issue 15: a stop says how the node stops, so the line after `SIGTERM from pid ...:
+/// stopping` explains itself.
+#[test]
+fn a_stop_without_a_hand_over_says_why() {
+    let mut pair = linked_pair(0);
+    pair.step(B, Input::Shutdown);
+    assert!(pair.nodes[B]
+        .logs
+        .iter()
+        .any(|(_, line)| line
+            == "stopping as backup: committing what is pending, then closing clients"));
+    pair.settle();
+    pair.step(A, Input::Shutdown);
+    let said: Vec<_> = pair.nodes[A].logs.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        said.contains(
+            &"stopping without a hand-over (no backup connected): committing what is pending, then closing clients"
+        ),
+        "{said:?}"
+    );
 }
 
 #[test]
@@ -1817,6 +1867,11 @@ fn two_backups_standoff_is_broken_by_the_better_log() {
         "a, with the longer log, takes over"
     );
     assert!(pair.nodes[B].promotions.is_empty(), "b promoted too");
+    assert_eq!(
+        promotion_levels(&pair, A),
+        [LogLevel::Info],
+        "picking a primary after a restart of both is no fail-over"
+    );
     assert_eq!(pair.node(A).epoch(), 3);
     assert!(pair.in_sync(), "b follows a");
     assert_eq!(pair.nodes[B].disk.last_seq(), 5);

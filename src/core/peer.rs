@@ -279,8 +279,19 @@ impl Node {
         self.head = self.head.max(self.durable.min(self.tail_commit));
         // Replays may read everything committed so far, including what was inherited.
         actions.push(Action::CommittedTo { seq: self.head });
+        // A warning only for a fail-over: the peer was primary when last heard and has been
+        // silent for the detection time. A first start, the pick between two backups and a
+        // planned hand-over are the pair working as it should.
+        let lost_primary = self.peer.primary
+            && self.pair().is_some_and(|pair| {
+                self.mono_ms.saturating_sub(self.peer.last_heard_ms) >= pair.detection_ms
+            });
         self.log(
-            LogLevel::Warn,
+            if lost_primary {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            },
             format!(
                 "promoted to primary in epoch {epoch} at seq {} ({why})",
                 self.last_seq + 1

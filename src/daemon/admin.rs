@@ -1,5 +1,6 @@
 //! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
-//! line-based request per connection: `status`, `status json`, `failover`, `reload`.
+//! line-based request per connection: `status`, `status json`, `role`, `pid`, `failover`,
+//! `reload`.
 //!
 //! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
 //! is never held across I/O) and how that status reads for people and for programs. It
@@ -50,7 +51,8 @@ pub struct Status {
     pub degraded: bool,
     pub clients: usize,
     pub rooms: usize,
-    /// Wall-clock start of the process, in ms.
+    /// Wall-clock start of the process, in ms (when it started, as a date; how long ago is
+    /// [`Ops::uptime_ms`]).
     pub started_ms: u64,
     /// Oldest retained seq, and the newest one written to the log.
     pub log_first_seq: u64,
@@ -109,7 +111,10 @@ impl StrictInfo {
 
     fn text(&self, now_mono_ms: u64) -> String {
         let heard = match self.witness_heard_mono_ms {
-            Some(at) => format!("answered {} ms ago", now_mono_ms.saturating_sub(at)),
+            Some(at) => format!(
+                "answered {} ago",
+                elapsed_text(now_mono_ms.saturating_sub(at))
+            ),
             None => "never answered".into(),
         };
         let lease = match self.lease_left_ms(now_mono_ms) {
@@ -157,6 +162,12 @@ impl Ops {
 
     fn now_mono_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
+    }
+
+    /// Since the start, on the same monotonic clock as the heard times, so that `uptime`
+    /// and `last heard` always agree (a wall-clock step moves neither).
+    pub fn uptime_ms(&self) -> u64 {
+        self.now_mono_ms()
     }
 }
 
@@ -265,10 +276,14 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
             text.push('\n');
             text
         }
+        // One word, for scripts: `[ "$(pbchatctl -c FILE role)" = primary ]`.
+        ["role"] => format!("{}\n", ops.current().role),
+        // For `kill`: the process that answers, whatever command line started it.
+        ["pid"] => format!("{}\n", std::process::id()),
         ["failover"] => failover(ops, signals),
         ["reload"] => reload(ops, signals),
         _ => format!(
-            "error: unknown request {request:?}; the requests are: status, status json, failover, reload\n"
+            "error: unknown request {request:?}; the requests are: status, status json, role, pid, failover, reload\n"
         ),
     }
 }
@@ -309,7 +324,12 @@ fn failover(ops: &Ops, signals: &Sender<Signal>) -> String {
             peer.id
         );
     }
-    if signals.try_send(Signal::Drill).is_err() {
+    if signals
+        .try_send(Signal::Drill {
+            from: "pbchatctl failover".into(),
+        })
+        .is_err()
+    {
         return "error: the node is busy with other signals; retry\n".into();
     }
     let moved = wait_for(FAILOVER_WAIT, || ops.current().role != "primary");
@@ -328,7 +348,12 @@ fn failover(ops: &Ops, signals: &Sender<Signal>) -> String {
 
 fn reload(ops: &Ops, signals: &Sender<Signal>) -> String {
     let before = ops.current().reloads;
-    if signals.try_send(Signal::Reload).is_err() {
+    if signals
+        .try_send(Signal::Reload {
+            from: "pbchatctl reload".into(),
+        })
+        .is_err()
+    {
         return "error: the node is busy with other signals; retry\n".into();
     }
     if wait_for(RELOAD_WAIT, || ops.current().reloads > before) {
@@ -351,11 +376,20 @@ fn duration_text(ms: u64) -> String {
     }
 }
 
+/// A time span for people, as precise as it is useful: `81 ms`, `1.2 s`, `10m 47s`.
+fn elapsed_text(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{}.{} s", ms / 1000, ms % 1000 / 100),
+        _ => duration_text(ms),
+    }
+}
+
 fn heard_text(peer: &PeerInfo, now_mono_ms: u64) -> String {
     match peer.heard_ms_ago(now_mono_ms) {
         None => "never heard".into(),
-        Some(ago) if ago < peer.detection_ms => format!("heard {ago} ms ago"),
-        Some(ago) => format!("UNREACHABLE, last heard {ago} ms ago"),
+        Some(ago) if ago < peer.detection_ms => format!("heard {} ago", elapsed_text(ago)),
+        Some(ago) => format!("UNREACHABLE, last heard {} ago", elapsed_text(ago)),
     }
 }
 
@@ -368,6 +402,7 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             "node",
             format!("{} (pbchat {})", status.node, env!("CARGO_PKG_VERSION")),
         ),
+        ("pid", std::process::id().to_string()),
         ("role", format!("{} (epoch {})", status.role, status.epoch)),
         (
             "head",
@@ -445,10 +480,7 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
         None => format!("none since start ({})", utc_seconds(status.started_ms)),
     };
     lines.push(("last change", change));
-    lines.push((
-        "uptime",
-        duration_text(super::wall_ms().saturating_sub(status.started_ms)),
-    ));
+    lines.push(("uptime", duration_text(ops.uptime_ms())));
     if let Some(hb) = &ops.heartbeats {
         lines.push((
             "heartbeats",
@@ -527,6 +559,7 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
     json!({
         "node": status.node,
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "role": status.role,
         "epoch": status.epoch,
         "head": status.head,
@@ -535,7 +568,7 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
         "degraded": status.degraded,
         "clients": status.clients,
         "rooms": status.rooms,
-        "uptime_ms": super::wall_ms().saturating_sub(status.started_ms),
+        "uptime_ms": ops.uptime_ms(),
         "started_at": utc_seconds(status.started_ms),
         "log": {
             "first_seq": status.log_first_seq,
@@ -631,5 +664,41 @@ mod tests {
         });
         assert!(answer("failover", &ops, &tx)
             .starts_with("error: fail-over refused: this node is backup"));
+    }
+
+    #[test]
+    fn role_and_pid_answer_one_word_for_scripts() {
+        let ops = ops(primary());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        assert_eq!(answer("role", &ops, &tx), "primary\n");
+        assert_eq!(
+            answer("pid", &ops, &tx),
+            format!("{}\n", std::process::id())
+        );
+        ops.publish(Status {
+            role: "backup",
+            ..primary()
+        });
+        assert_eq!(answer("role", &ops, &tx), "backup\n");
+    }
+
+    #[test]
+    fn times_read_as_people_say_them() {
+        assert_eq!(elapsed_text(81), "81 ms");
+        assert_eq!(elapsed_text(1_234), "1.2 s");
+        assert_eq!(elapsed_text(59_999), "59.9 s");
+        // The example: a peer gone for 646961 ms.
+        assert_eq!(elapsed_text(646_961), "10m 46s");
+        assert_eq!(elapsed_text(7_500_000), "2h 5m");
+        let peer = PeerInfo {
+            detection_ms: 1000,
+            heard_mono_ms: Some(1_000),
+            ..PeerInfo::default()
+        };
+        assert_eq!(heard_text(&peer, 1_081), "heard 81 ms ago");
+        assert_eq!(
+            heard_text(&peer, 647_961),
+            "UNREACHABLE, last heard 10m 46s ago"
+        );
     }
 }

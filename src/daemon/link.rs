@@ -46,6 +46,42 @@ const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(1_000);
 const LINK_COMMANDS_MAX: usize = 64;
 /// Bytes read per `read` on the link.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Failed handshakes logged per window on the primary side (anyone who can reach the port
+/// can fail one): a few lines, then a count on the next line let through.
+const HANDSHAKE_FAILURE_LINES: u32 = 10;
+const HANDSHAKE_FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// "This node is not the primary" refusals logged (at debug) per window. While the two
+/// nodes pick a primary each dials the other every 50-1000 ms and is refused; that is the
+/// pair working, so it is debug, and a few lines a window say it is still going on.
+const NOT_PRIMARY_LINES: u32 = 3;
+const NOT_PRIMARY_WINDOW: Duration = Duration::from_secs(10);
+/// What a node that is not primary answers a dialing backup.
+const NOT_PRIMARY: &str = "this node is not the primary";
+
+/// Why one link attempt or session ended.
+#[derive(Debug)]
+enum LinkEnd {
+    /// The other end (or this node, for an incoming link) is not primary: the normal answer
+    /// while the pair picks a primary, logged at debug.
+    NotPrimary,
+    /// Anything else, in words, logged at info.
+    Failed(String),
+}
+
+impl From<String> for LinkEnd {
+    fn from(text: String) -> Self {
+        LinkEnd::Failed(text)
+    }
+}
+
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEnd::NotPrimary => f.write_str(NOT_PRIMARY),
+            LinkEnd::Failed(text) => f.write_str(text),
+        }
+    }
+}
 
 /// What the core asks of a link's writer.
 #[derive(Debug)]
@@ -303,10 +339,14 @@ fn send(stream: &mut LinkWriter, frame: &PeerFrame) -> Result<(), String> {
 
 /// Accepts backups on `listener` for as long as the process runs.
 pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
-    // Anyone who can reach the port can fail a handshake: a few lines, then a count.
-    let failures = Arc::new(Mutex::new(crate::daemon::logging::Throttle::new(
-        10,
-        Duration::from_secs(10),
+    use crate::daemon::logging::{suppressed_note, Throttle};
+    let failures = Arc::new(Mutex::new(Throttle::new(
+        HANDSHAKE_FAILURE_LINES,
+        HANDSHAKE_FAILURE_WINDOW,
+    )));
+    let not_primary = Arc::new(Mutex::new(Throttle::new(
+        NOT_PRIMARY_LINES,
+        NOT_PRIMARY_WINDOW,
     )));
     for stream in listener.incoming() {
         if ctx.stopping.load(Ordering::Acquire) {
@@ -315,21 +355,31 @@ pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
         let Ok(stream) = stream else { continue };
         let ctx = ctx.clone();
         let failures = failures.clone();
+        let not_primary = not_primary.clone();
         let spawned = std::thread::Builder::new()
             .name("repl-primary".into())
             .spawn(move || {
-                let peer = stream.peer_addr().ok();
-                if let Err(e) = serve_backup(&ctx, stream) {
-                    let allowed = failures
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .allow(Instant::now());
-                    if let Some(suppressed) = allowed {
-                        log::info!(
-                            "replication link from {peer:?}: {e}{}",
-                            crate::daemon::logging::suppressed_note(suppressed)
-                        );
-                    }
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+                let Err(end) = serve_backup(&ctx, stream) else {
+                    return;
+                };
+                let throttle = match end {
+                    LinkEnd::NotPrimary => &not_primary,
+                    LinkEnd::Failed(_) => &failures,
+                };
+                let allowed = throttle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .allow(Instant::now());
+                let Some(suppressed) = allowed else { return };
+                let note = suppressed_note(suppressed);
+                match end {
+                    LinkEnd::NotPrimary => log::debug!(
+                        "replication link from {peer}: refused, {NOT_PRIMARY} (yet){note}"
+                    ),
+                    LinkEnd::Failed(e) => log::info!("replication link from {peer}: {e}{note}"),
                 }
             });
         if let Err(e) = spawned {
@@ -338,7 +388,7 @@ pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
     }
 }
 
-fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String> {
+fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
@@ -364,7 +414,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
         ..
     } = hello
     else {
-        return Err(format!("expected hello, got {hello:?}"));
+        return Err(format!("expected hello, got {}", hello.name()).into());
     };
     if version != REPLICATION_VERSION {
         let reason = format!("replication version {version} is not {REPLICATION_VERSION}");
@@ -374,7 +424,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
                 reason: reason.clone(),
             },
         );
-        return Err(reason);
+        return Err(reason.into());
     }
     if *node_id != ctx.peer_id {
         let reason = format!(
@@ -387,17 +437,16 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
                 reason: reason.clone(),
             },
         );
-        return Err(reason);
+        return Err(reason.into());
     }
     if !ctx.primary.load(Ordering::Acquire) {
-        let reason = "this node is not the primary".to_string();
         let _ = send(
             &mut writer,
             &PeerFrame::Refuse {
-                reason: reason.clone(),
+                reason: NOT_PRIMARY.into(),
             },
         );
-        return Err(reason);
+        return Err(LinkEnd::NotPrimary);
     }
     let _ = backup_nonce;
     let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
@@ -423,10 +472,16 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
         PeerFrame::Auth { key_id, mac } => {
             let t = handshake_transcript(Transcript::Auth, &hello, &welcome);
             if !ctx.keys.verify(key_id, &t, &mac) {
-                return Err("handshake: the backup's MAC does not verify (wrong secret?)".into());
+                return Err(
+                    "handshake: the backup's MAC does not verify (wrong secret?)"
+                        .to_string()
+                        .into(),
+                );
             }
         }
-        other => return Err(format!("handshake: expected auth, got {other:?}")),
+        other => {
+            return Err(format!("handshake: expected auth, got {}", other.name()).into());
+        }
     }
     conn.stream
         .set_read_timeout(None)
@@ -449,7 +504,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), String>
     );
     ctx.unregister(link);
     let _ = ctx.inputs.send(Input::LinkDown { link });
-    result
+    Ok(result?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -625,7 +680,7 @@ fn primary_reader(
             PeerFrame::TookOver { epoch } => Input::TookOver { link, epoch },
             PeerFrame::Resubmit { entries } => Input::Resubmit { link, entries },
             PeerFrame::Refuse { reason } => return Err(format!("backup refused: {reason}")),
-            other => return Err(format!("unexpected frame from the backup: {other:?}")),
+            other => return Err(format!("unexpected {} frame from the backup", other.name())),
         };
         ctx.inputs
             .send(input)
@@ -660,9 +715,15 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receive
         }
         match follow(&ctx, peer) {
             Ok(()) => backoff = DIAL_BACKOFF_MIN,
-            Err(e) => {
+            Err(end) => {
+                let e = end.to_string();
                 if e != last_error {
-                    log::info!("replication link to {peer}: {e}");
+                    match end {
+                        LinkEnd::NotPrimary => log::debug!(
+                            "replication link to {peer}: refused, the peer is not primary (yet)"
+                        ),
+                        LinkEnd::Failed(_) => log::info!("replication link to {peer}: {e}"),
+                    }
                     last_error = e;
                 }
                 let _ = role_changed.recv_timeout(backoff);
@@ -672,7 +733,7 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receive
     }
 }
 
-fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
+fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     let stream = TcpStream::connect_timeout(&peer, HANDSHAKE_TIMEOUT)
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -715,14 +776,17 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
                 unreachable!("matched above")
             };
             if *node_id != ctx.peer_id {
-                return Err(format!(
-                    "answered by {node_id:?}, not the peer {:?}",
-                    ctx.peer_id
-                ));
+                return Err(
+                    format!("answered by {node_id:?}, not the peer {:?}", ctx.peer_id).into(),
+                );
             }
             let t = handshake_transcript(Transcript::Welcome, &hello, &welcome);
             if !ctx.keys.verify(*key_id, &t, mac) {
-                return Err("handshake: the primary's MAC does not verify (wrong secret?)".into());
+                return Err(
+                    "handshake: the primary's MAC does not verify (wrong secret?)"
+                        .to_string()
+                        .into(),
+                );
             }
             let (key_id, mac) =
                 ctx.keys
@@ -730,8 +794,11 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
             send(&mut writer, &PeerFrame::Auth { key_id, mac })?;
             (*epoch, epochs.clone())
         }
-        PeerFrame::Refuse { reason } => return Err(format!("refused: {reason}")),
-        other => return Err(format!("handshake: expected welcome, got {other:?}")),
+        PeerFrame::Refuse { reason } if reason == NOT_PRIMARY => return Err(LinkEnd::NotPrimary),
+        PeerFrame::Refuse { reason } => return Err(format!("refused: {reason}").into()),
+        other => {
+            return Err(format!("handshake: expected welcome, got {}", other.name()).into());
+        }
     };
     conn.stream
         .set_read_timeout(None)
@@ -745,7 +812,7 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), String> {
     let result = backup_session(ctx, link, conn, writer, commands, ack, wake, epoch, spans);
     ctx.unregister(link);
     let _ = ctx.inputs.send(Input::LinkDown { link });
-    result
+    Ok(result?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -942,7 +1009,12 @@ fn backup_reader(
                 Input::LinkAlive { mono_ms }
             }
             PeerFrame::Refuse { reason } => return Err(format!("primary refused: {reason}")),
-            other => return Err(format!("unexpected frame from the primary: {other:?}")),
+            other => {
+                return Err(format!(
+                    "unexpected {} frame from the primary",
+                    other.name()
+                ))
+            }
         };
         ctx.inputs
             .send(input)

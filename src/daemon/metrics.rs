@@ -182,7 +182,7 @@ pub fn render(ops: &Ops) -> String {
         "uptime_seconds",
         "gauge",
         "Seconds since the process started.",
-        super::wall_ms().saturating_sub(status.started_ms) / 1000,
+        ops.uptime_ms() / 1000,
     );
     metric(
         "commits_total",

@@ -73,12 +73,14 @@ const LOG_COMMANDS_EXTRA: usize = 1_024;
 /// role, epoch, degraded, the backup link or a reload changes), never on every turn.
 const STATUS_REFRESH: Duration = Duration::from_millis(100);
 
-/// What the signal thread (and the admin socket) tells the core.
-#[derive(Debug, Clone, Copy)]
+/// What the signal thread (and the admin socket) tells the core; `from` says who asked
+/// (`SIGTERM from pid 812 (systemd)`, `pbchatctl failover`), for the line that says why the
+/// node acts.
+#[derive(Debug, Clone)]
 enum Signal {
-    Stop,
-    Reload,
-    Drill,
+    Stop { from: String },
+    Reload { from: String },
+    Drill { from: String },
 }
 
 fn wall_ms() -> u64 {
@@ -542,14 +544,22 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
 
 fn spawn_signals(tx: Sender<Signal>) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    use signal_hook::iterator::exfiltrator::WithOrigin;
+    use signal_hook::low_level::siginfo::Cause;
+    let mut signals =
+        signal_hook::iterator::SignalsInfo::<WithOrigin>::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     spawn("signals", move || {
-        for signal in signals.forever() {
-            let what = match signal {
-                SIGHUP => Signal::Reload,
-                SIGUSR1 => Signal::Drill,
-                _ => Signal::Stop,
+        for origin in signals.forever() {
+            let from = signal_origin(
+                origin.signal,
+                origin.process.map(|p| p.pid),
+                origin.cause == Cause::Kernel,
+            );
+            let what = match origin.signal {
+                SIGHUP => Signal::Reload { from },
+                SIGUSR1 => Signal::Drill { from },
+                _ => Signal::Stop { from },
             };
             if tx.send(what).is_err() {
                 return;
@@ -557,6 +567,40 @@ fn spawn_signals(tx: Sender<Signal>) -> Result<(), String> {
         }
     })?;
     Ok(())
+}
+
+/// Who sent a signal, in words: `SIGTERM from pid 812 (systemd)`. The kernel sends the
+/// SIGINT of a Ctrl-C typed in the node's terminal (no pid then).
+fn signal_origin(signal: i32, pid: Option<i32>, by_kernel: bool) -> String {
+    let name = signal_hook::low_level::signal_name(signal).unwrap_or("a signal");
+    match pid.filter(|&pid| pid > 0) {
+        Some(pid) => match process_name(pid) {
+            Some(comm) => format!("{name} from pid {pid} ({comm})"),
+            None => format!("{name} from pid {pid}"),
+        },
+        None if by_kernel => format!("{name} from the kernel (Ctrl-C in the node's terminal?)"),
+        None => format!("{name} from an unknown sender"),
+    }
+}
+
+/// A process's command name (`/proc/PID/comm`, at most 15 bytes), or `None` once it has
+/// exited or cannot be read; control characters become `?` to keep the line one line.
+fn process_name(pid: i32) -> Option<String> {
+    use std::io::Read;
+    /// More than the kernel's TASK_COMM_LEN (16): a bound, not a limit that bites.
+    const COMM_MAX_BYTES: u64 = 64;
+    let mut bytes = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/comm"))
+        .ok()?
+        .take(COMM_MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let name: String = String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\n')
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 /// The core thread's state: the node and where its actions go.
@@ -592,7 +636,7 @@ struct Driver {
     /// What `pbchatctl` and metrics read; rebuilt by `publish_status`.
     ops: Arc<admin::Ops>,
     notifier: notify::Notifier,
-    /// Wall-clock ms at start, for uptime.
+    /// Wall-clock ms at start, for `started_at` (uptime is measured on `base`).
     started_ms: u64,
     /// Messages committed (one `Publish` each) since start.
     commits_total: u64,
@@ -681,19 +725,23 @@ impl Driver {
                     }
                 }
                 recv(signals) -> signal => match signal {
-                    Ok(Signal::Stop) if stopping => {
-                        log::warn!("second stop signal: exiting without waiting");
+                    Ok(Signal::Stop { from }) if stopping => {
+                        log::warn!("{from} while stopping: exiting at once, without waiting");
                         std::process::exit(1);
                     }
-                    Ok(Signal::Stop) => {
+                    Ok(Signal::Stop { from }) => {
                         stopping = true;
                         self.notifier.stopping();
-                        log::info!("stop signal: handing over or committing what is pending, then closing clients");
+                        // The core's next line says how: a hand-over, or committing alone.
+                        log::info!("{from}: stopping");
                         self.node.step(Input::Shutdown, &mut self.actions);
                     }
-                    Ok(Signal::Reload) => self.reload(),
-                    Ok(Signal::Drill) => {
-                        log::info!("SIGUSR1: fail-over drill");
+                    Ok(Signal::Reload { from }) => {
+                        log::info!("{from}: re-reading {}", self.config.file.display());
+                        self.reload();
+                    }
+                    Ok(Signal::Drill { from }) => {
+                        log::info!("{from}: fail-over drill");
                         self.node.step(Input::Drill, &mut self.actions);
                     }
                     Err(_) => {}
