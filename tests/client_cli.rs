@@ -129,6 +129,24 @@ fn the_client_follows_a_redirect_from_the_backup() {
     );
 }
 
+/// Issue 15: `--send ""` and `--send "   "` exited 0 and posted a blank message, which the
+/// interactive client never sends.
+#[test]
+fn a_blank_send_is_refused_before_connecting_with_exit_2() {
+    // Nothing listens there: a refusal that came after a connect attempt would not be 2.
+    let nowhere = format!("127.0.0.1:{}", common::free_port(false));
+    for body in ["", "   ", " \t "] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pbchat-client"))
+            .args(["--server", &nowhere, "--room", "r", "--send", body])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body:?}: {stderr}");
+        assert!(stderr.contains("--send: the message is blank"), "{stderr}");
+    }
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

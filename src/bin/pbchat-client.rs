@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "tls")]
     tls_name: Option<String>,
 
-    /// Send TEXT to the room, wait for its ack, exit
+    /// Send TEXT to the room, wait for its ack, exit (a blank TEXT is refused, exit 2)
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["listen", "history"])]
     send: Option<String>,
 
@@ -198,6 +198,16 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     }
     if args.listen && rooms.is_empty() {
         return Err(CliError::Usage("--listen needs a --room".into()));
+    }
+    // The same rule as a typed line, which the interactive client never sends when blank.
+    if args
+        .send
+        .as_deref()
+        .is_some_and(|body| body.trim().is_empty())
+    {
+        return Err(CliError::Usage(
+            "--send: the message is blank (empty or only spaces); nothing to send".into(),
+        ));
     }
     let session_given = args.session.is_some();
     let session = match &args.session {
