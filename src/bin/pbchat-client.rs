@@ -19,7 +19,7 @@ use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use thiserror::Error;
 
-use pbchat::client::display::{status_line, View};
+use pbchat::client::display::{Progress, View};
 use pbchat::client::input::{parse_input, Input, MessageIds, HELP};
 use pbchat::client::net::{self, Command, Event, NetConfig, PING_INTERVAL_MS, QUIT_ACK_WAIT_MS};
 use pbchat::client::session::Position;
@@ -34,9 +34,13 @@ const QUIT_WAIT_MS: u64 = QUIT_ACK_WAIT_MS + 2_000;
 /// Exit code for a command line that makes no sense (as clap uses).
 const EXIT_USAGE: u8 = 2;
 
+/// Exit code of a scripted mode that gave up at `--timeout-ms`: no server answered, or the
+/// answer did not come. Told apart from 1 (the node refused) because a retry may succeed.
+const EXIT_GAVE_UP: u8 = 3;
+
 /// A chat client for pbchatd: interactive by default, or one scripted action.
 #[derive(Parser, Debug)]
-#[command(name = "pbchat-client", version)]
+#[command(name = "pbchat-client", version, after_help = AFTER_HELP)]
 struct Args {
     /// Client address of a node, HOST:PORT; repeat for several, tried in turn
     /// [default: 127.0.0.1:7400, 127.0.0.1:7410]
@@ -98,15 +102,25 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=HISTORY_LIMIT_MAX as u64))]
     history: Option<u64>,
 
-    /// Scripted modes: give up after this long (--send: until the ack; --history: until
-    /// the end of the answer)
+    /// Scripted modes: give up after this long, exit 3 (--send: until the ack; --history:
+    /// until the end of the answer; --listen: until the first connection)
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     timeout_ms: u64,
 
-    /// Say more on stderr: connection progress, --send prints the seq
+    /// Say more on stderr: every connection attempt and redirect; --send prints the seq
     #[arg(long, short)]
     verbose: bool,
 }
+
+const AFTER_HELP: &str = "\
+Exit status: 0 done (--send: acknowledged); 1 the node refused (the message is not stored),
+or another failure; 2 a command line that makes no sense (a blank --send among them);
+3 gave up after --timeout-ms: no server answered, or the answer did not come in time (a
+--send may then be stored or not: resending with the same --session and --id is safe).
+
+Connection trouble is told on stderr in words: which servers cannot be reached and why,
+a lost connection, the reconnect. A redirect to the primary is normal and said only
+with -v.";
 
 #[derive(Debug, Error)]
 enum CliError {
@@ -116,6 +130,9 @@ enum CliError {
     Node { code: String, message: String },
     #[error("{0}")]
     Failed(String),
+    /// A scripted mode reached its deadline; the text says what was missing.
+    #[error("{0}")]
+    GaveUp(String),
     #[error("cannot start the network thread: {0}")]
     Spawn(io::Error),
     #[error("terminal: {0}")]
@@ -126,6 +143,7 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            CliError::GaveUp(_) => ExitCode::from(EXIT_GAVE_UP),
             _ => ExitCode::FAILURE,
         }
     }
@@ -269,35 +287,14 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     } else if args.listen {
         listen(&args, config, &rooms)
     } else {
-        interactive(config, rooms, ids)
+        interactive(config, rooms, ids, args.verbose)
     }
 }
 
-/// Status lines of the scripted modes, on stderr: every reconnect, but the first connect
-/// only with `--verbose`, so a quiet success prints nothing.
-struct ScriptStatus {
-    verbose: bool,
-    connected_once: bool,
-}
-
-impl ScriptStatus {
-    fn show(&mut self, event: &Event) {
-        let first = !self.connected_once
-            && matches!(
-                event,
-                Event::Connecting { attempt: 1, .. } | Event::Connected { .. }
-            );
-        if let Event::Connected { .. } = event {
-            self.connected_once = true;
-        }
-        // Each failed attempt is followed by the next "reconnecting" line anyway.
-        let detail = matches!(event, Event::AttemptFailed { .. });
-        if (first || detail) && !self.verbose {
-            return;
-        }
-        if let Some(line) = status_line(event) {
-            eprintln!("{line}");
-        }
+/// Prints status lines of a scripted mode on stderr.
+fn show_status(progress: &mut Progress, event: &Event) {
+    for line in progress.on_event(event) {
+        eprintln!("{line}");
     }
 }
 
@@ -305,13 +302,21 @@ fn deadline_after(timeout_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(timeout_ms)
 }
 
-/// The next event before `deadline`, or why there is none.
-fn next_event(client: &Client, deadline: Instant, waiting_for: &str) -> Result<Event, CliError> {
+/// The next event before the deadline (`timeout_ms` after `started`), or why there is none:
+/// `progress` says what was missing, `waiting_for` when it is the node's answer.
+fn next_event(
+    client: &Client,
+    progress: &Progress,
+    started: Instant,
+    timeout_ms: u64,
+    waiting_for: &str,
+) -> Result<Event, CliError> {
+    let deadline = started + Duration::from_millis(timeout_ms);
     match client.events.recv_deadline(deadline) {
         Ok(event) => Ok(event),
-        Err(RecvTimeoutError::Timeout) => Err(CliError::Failed(format!(
-            "timed out waiting for {waiting_for}"
-        ))),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(CliError::GaveUp(progress.gave_up(timeout_ms, waiting_for)))
+        }
         Err(RecvTimeoutError::Disconnected) => {
             Err(CliError::Failed("the network thread ended".into()))
         }
@@ -325,6 +330,7 @@ fn send_once(
     id: String,
     body: &str,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     client.command(Command::Join {
         room: room.to_string(),
@@ -335,14 +341,10 @@ fn send_once(
         id: id.clone(),
         body: body.to_string(),
     })?;
-    let deadline = deadline_after(args.timeout_ms);
-    let waiting_for = format!("the ack of {id} ({} ms)", args.timeout_ms);
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    let waiting_for = format!("the ack of {id}");
     loop {
-        match next_event(&client, deadline, &waiting_for)? {
+        match next_event(&client, &progress, started, args.timeout_ms, &waiting_for)? {
             Event::Acked { id: acked, seq } if acked == id => {
                 if args.verbose {
                     println!("{seq}");
@@ -354,7 +356,7 @@ fn send_once(
             | Event::Error { code, message }
             | Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
             Event::Rejected { message } => return Err(CliError::Failed(message)),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
 }
@@ -365,20 +367,17 @@ fn print_history(
     room: &str,
     limit: usize,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     client.command(Command::History {
         room: room.to_string(),
         limit,
     })?;
-    let deadline = deadline_after(args.timeout_ms);
-    let waiting_for = format!("the history of {room} ({} ms)", args.timeout_ms);
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    let waiting_for = format!("the whole history of {room}");
     let mut stdout = io::stdout().lock();
     loop {
-        match next_event(&client, deadline, &waiting_for)? {
+        match next_event(&client, &progress, started, args.timeout_ms, &waiting_for)? {
             Event::Msg {
                 raw, history: true, ..
             } => {
@@ -392,7 +391,7 @@ fn print_history(
                 return Err(CliError::Node { code, message })
             }
             Event::Rejected { message } => return Err(CliError::Failed(message)),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
     let _ = stdout.flush();
@@ -401,6 +400,7 @@ fn print_history(
 }
 
 fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     let after = args.after.map(|seq| Position {
         seq,
@@ -412,16 +412,21 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
             after,
         })?;
     }
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    // Until the first session opens, a deadline: a listener that never reached a server
+    // says so. Once one did, it follows the pair through fail-overs for as long as it runs.
+    let mut opened = false;
     let mut stdout = io::stdout().lock();
     loop {
-        let event = client
-            .events
-            .recv()
-            .map_err(|_| CliError::Failed("the network thread ended".into()))?;
+        let event = if opened {
+            client
+                .events
+                .recv()
+                .map_err(|_| CliError::Failed("the network thread ended".into()))?
+        } else {
+            next_event(&client, &progress, started, args.timeout_ms, "a welcome")?
+        };
+        opened |= matches!(event, Event::Connected { .. });
         match event {
             Event::Msg { raw, .. } => {
                 // One line per message, flushed, so a reader sees it at once. A closed
@@ -437,7 +442,7 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
             Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
             Event::Error { code, message } => eprintln!("pbchat-client: error {code}: {message}"),
             Event::Rejected { message } => eprintln!("pbchat-client: {message}"),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
 }
@@ -449,7 +454,9 @@ fn interactive(
     config: NetConfig,
     rooms: Vec<String>,
     mut ids: MessageIds,
+    verbose: bool,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), verbose, true);
     let client = Client::start(config)?;
     for room in &rooms {
         client.command(Command::Join {
@@ -464,19 +471,12 @@ fn interactive(
             .events
             .recv()
             .map_err(|_| CliError::Failed("the network thread ended".into()))?;
-        match event {
-            Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
-            Event::Connected { .. } => {
-                if let Some(line) = status_line(&event) {
-                    println!("{line}");
-                }
-                break;
-            }
-            other => {
-                if let Some(line) = status_line(&other) {
-                    eprintln!("{line}");
-                }
-            }
+        if let Event::Fatal { code, message } = event {
+            return Err(CliError::Node { code, message });
+        }
+        show_status(&mut progress, &event);
+        if progress.is_open() {
+            break;
         }
     }
 
@@ -494,7 +494,7 @@ fn interactive(
         }),
     };
     let fatal = Arc::new(AtomicBool::new(false));
-    let printer_done = spawn_printer(client.events.clone(), printer, fatal.clone())?;
+    let printer_done = spawn_printer(client.events.clone(), printer, progress, fatal.clone())?;
 
     let mut joined = rooms;
     let mut current = joined.first().cloned();
@@ -582,6 +582,7 @@ fn interactive(
 fn spawn_printer(
     events: Receiver<Event>,
     mut printer: Printer,
+    mut progress: Progress,
     fatal: Arc<AtomicBool>,
 ) -> Result<Receiver<()>, CliError> {
     let (done_tx, done_rx) = bounded::<()>(1);
@@ -592,7 +593,9 @@ fn spawn_printer(
             let mut view = View::new();
             for event in events {
                 let is_fatal = matches!(event, Event::Fatal { .. });
-                for line in view.lines(&event) {
+                let mut lines = progress.on_event(&event);
+                lines.extend(view.lines(&event));
+                for line in lines {
                     printer(format!("{line}\n"));
                 }
                 if is_fatal {

@@ -34,31 +34,235 @@ pub fn format_msg(frame: &ServerFrame, with_room: bool) -> String {
     )
 }
 
-/// Connection status lines, shared by all modes (`None`: nothing worth a line).
-pub fn status_line(event: &Event) -> Option<String> {
-    Some(match event {
-        Event::Connecting {
-            server,
-            attempt,
-            reconnecting,
-        } => {
-            if *reconnecting || *attempt > 1 {
-                format!("-- reconnecting to {server} (attempt {attempt})…")
-            } else {
-                format!("-- connecting to {server}…")
+/// Failures remembered during one outage: the `--server` list is short, and the redirects
+/// followed add a few addresses at most. Beyond it the oldest is forgotten, so a node that
+/// keeps naming new primaries cannot grow the summary without end.
+pub const FAILURES_REMEMBERED_MAX: usize = 16;
+
+/// Whether a session is open, for the words of the status lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// No session opened yet: "connecting", "cannot connect".
+    NeverOpened,
+    Open,
+    /// A session was open and was lost: "reconnected" when one opens again.
+    Lost,
+}
+
+/// The connection status told to people: fed every network event, it says in words what
+/// happened (cannot connect to whom and why, lost, reconnected), once per change rather than
+/// once per attempt. Quiet by default in the scripted modes, so a success prints nothing;
+/// `verbose` tells every attempt and redirect.
+#[derive(Debug)]
+pub struct Progress {
+    /// How many servers the `--server` list has: after that many failed attempts in a row,
+    /// every one was tried and the summary is due.
+    servers: usize,
+    verbose: bool,
+    /// The interactive client says "connecting" before the first session; a script does
+    /// not, so that its stderr stays empty when all goes well.
+    interactive: bool,
+    link: Link,
+    /// The node of the open (or last) session.
+    node: Option<String>,
+    /// Why each server failed, last reason per server, in order of first failure, since the
+    /// last open session. At most [`FAILURES_REMEMBERED_MAX`].
+    failures: Vec<(String, String)>,
+    /// Failed attempts (refusals and redirects included) since the last open session.
+    attempts_failed: usize,
+    /// The "cannot connect …; still trying" line was shown for this outage.
+    summary_shown: bool,
+    /// The first "connecting to" line was shown.
+    announced: bool,
+}
+
+impl Progress {
+    /// `servers`: the length of the `--server` list (at least 1).
+    pub fn new(servers: usize, verbose: bool, interactive: bool) -> Self {
+        Progress {
+            servers: servers.max(1),
+            verbose,
+            interactive,
+            link: Link::NeverOpened,
+            node: None,
+            failures: Vec::new(),
+            attempts_failed: 0,
+            summary_shown: false,
+            announced: false,
+        }
+    }
+
+    /// Whether a session is open now.
+    pub fn is_open(&self) -> bool {
+        self.link == Link::Open
+    }
+
+    /// The status lines an event calls for (none for events that are not about the
+    /// connection).
+    pub fn on_event(&mut self, event: &Event) -> Vec<String> {
+        let mut lines = Vec::new();
+        match event {
+            Event::Connecting {
+                server, attempt, ..
+            } => {
+                if self.verbose {
+                    lines.push(match attempt {
+                        1 => format!("-- connecting to {server}…"),
+                        n => format!("-- connecting to {server} (attempt {n})…"),
+                    });
+                } else if self.interactive && !self.announced {
+                    lines.push(format!("-- connecting to {server}…"));
+                }
+                self.announced = true;
+            }
+            Event::AttemptFailed { server, reason } => {
+                let reason = plain_reason(server, reason);
+                if self.verbose {
+                    lines.push(format!("-- cannot connect to {server} ({reason})"));
+                }
+                self.failed(server, reason);
+                lines.extend(self.summary_due());
+            }
+            Event::Redirected { server, primary } => {
+                let reason = match primary {
+                    Some(primary) => {
+                        if self.verbose {
+                            lines.push(format!("-- {server} is not the primary; trying {primary}"));
+                        }
+                        format!("not the primary; it named {primary}")
+                    }
+                    None => {
+                        if self.verbose {
+                            lines.push(format!("-- {server} is not the primary and knows none"));
+                        }
+                        "not the primary, and it knows none".to_string()
+                    }
+                };
+                self.failed(server, reason);
+                // A named primary is tried next: not yet a reason to say nothing answers.
+                if primary.is_none() {
+                    lines.extend(self.summary_due());
+                }
+            }
+            Event::Connected { node, epoch, .. } => {
+                match self.link {
+                    Link::Lost => {
+                        lines.push(format!("-- reconnected to node {node} (epoch {epoch})"))
+                    }
+                    Link::NeverOpened | Link::Open if self.interactive || self.verbose => {
+                        lines.push(format!("-- connected to node {node} (epoch {epoch})"))
+                    }
+                    _ => {}
+                }
+                self.link = Link::Open;
+                self.node = Some(node.clone());
+                self.failures.clear();
+                self.attempts_failed = 0;
+                self.summary_shown = false;
+            }
+            Event::Disconnected { server, reason } => {
+                self.link = Link::Lost;
+                lines.push(format!("-- lost {server}: {reason}; reconnecting…"));
+            }
+            _ => {}
+        }
+        lines
+    }
+
+    fn failed(&mut self, server: &str, reason: String) {
+        self.attempts_failed = self.attempts_failed.saturating_add(1);
+        match self.failures.iter_mut().find(|(s, _)| s == server) {
+            Some(entry) => entry.1 = reason,
+            None => {
+                if self.failures.len() == FAILURES_REMEMBERED_MAX {
+                    self.failures.remove(0);
+                }
+                self.failures.push((server.to_string(), reason));
             }
         }
-        Event::Connected { node, epoch, .. } => {
-            format!("-- connected to node {node} (epoch {epoch})")
+    }
+
+    /// After a full round of failed attempts, once per outage: who failed and why.
+    fn summary_due(&mut self) -> Option<String> {
+        if self.summary_shown || self.verbose || self.attempts_failed < self.servers {
+            return None;
         }
-        Event::Disconnected { server, reason } => format!("-- lost {server}: {reason}"),
-        Event::Redirected { server, primary } => match primary {
-            Some(primary) => format!("-- {server} is not the primary; trying {primary}"),
-            None => format!("-- {server} is not the primary and knows none"),
-        },
-        Event::AttemptFailed { reason, .. } => format!("-- {reason}"),
-        _ => return None,
-    })
+        self.summary_shown = true;
+        Some(format!("-- {}; still trying", self.cannot_connect()?))
+    }
+
+    /// `cannot connect to A (why), B (why)`; `None` before any failure.
+    pub fn cannot_connect(&self) -> Option<String> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        let each: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(server, reason)| format!("{server} ({reason})"))
+            .collect();
+        Some(format!("cannot connect to {}", each.join(", ")))
+    }
+
+    /// Why a scripted mode gave up at its deadline, `after` its timeout: no server, a lost
+    /// one, or a node that did not send `what` (such as "the ack of m-1").
+    pub fn gave_up(&self, after_ms: u64, what: &str) -> String {
+        let after = duration_words(after_ms);
+        let details = match self.cannot_connect() {
+            Some(text) if !self.summary_shown => format!(" ({text})"),
+            _ => String::new(),
+        };
+        match (self.link, &self.node) {
+            (Link::Open, Some(node)) => {
+                format!("gave up after {after}: node {node} did not send {what}")
+            }
+            (Link::Lost, _) => format!(
+                "gave up after {after}: the connection was lost and no server answered since{details}"
+            ),
+            _ => format!("gave up after {after}: no server answered{details}"),
+        }
+    }
+}
+
+/// `10 s`, `2.5 s`, `300 ms`.
+pub fn duration_words(ms: u64) -> String {
+    match ms {
+        ms if ms % 1000 == 0 => format!("{} s", ms / 1000),
+        ms if ms > 1000 => format!("{:.1} s", ms as f64 / 1000.0),
+        ms => format!("{ms} ms"),
+    }
+}
+
+/// The reason of a failed attempt without what the status line says already: the server
+/// address, `connect:`, the OS error number. `Connection refused (os error 111)` becomes
+/// `connection refused`.
+pub fn plain_reason(server: &str, reason: &str) -> String {
+    let mut text = reason;
+    let resolve = format!("cannot resolve {server}: ");
+    let mut prefix = "";
+    if let Some(rest) = text.strip_prefix(&resolve) {
+        text = rest;
+        prefix = "cannot resolve the name: ";
+    }
+    text = text
+        .strip_prefix(server)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(text);
+    text = text.strip_prefix("connect: ").unwrap_or(text);
+    if let Some(at) = text.rfind(" (os error ") {
+        if text.ends_with(')') {
+            text = &text[..at];
+        }
+    }
+    // `Connection refused` reads as a sentence start; in the middle of a line it is lower.
+    let mut chars = text.chars();
+    let text = match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if first.is_uppercase() && second.is_lowercase() => {
+            first.to_lowercase().chain(text.chars().skip(1)).collect()
+        }
+        _ => text.to_string(),
+    };
+    format!("{prefix}{text}")
 }
 
 /// What the interactive view remembers to format events: the rooms it shows as joined.
@@ -115,9 +319,12 @@ impl View {
             Event::Fatal { code, message } => format!("-- error {code}: {message}"),
             // The message itself comes back as a `msg`; its ack is no news.
             Event::Acked { .. } => return Vec::new(),
-            // Each failed attempt is followed by the next "reconnecting" line.
-            Event::AttemptFailed { .. } => return Vec::new(),
-            other => return status_line(other).into_iter().collect(),
+            // Connection status is told by `Progress`.
+            Event::Connecting { .. }
+            | Event::AttemptFailed { .. }
+            | Event::Redirected { .. }
+            | Event::Connected { .. }
+            | Event::Disconnected { .. } => return Vec::new(),
         };
         vec![line]
     }
@@ -186,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn presence_and_status_read_naturally() {
+    fn presence_reads_naturally_and_acks_are_no_news() {
         let mut view = View::new();
         assert_eq!(
             view.lines(&Event::Presence {
@@ -196,27 +403,184 @@ mod tests {
             }),
             ["* bob joined general"]
         );
-        assert_eq!(
-            view.lines(&Event::Connecting {
-                server: "127.0.0.1:7400".into(),
-                attempt: 3,
-                reconnecting: true
-            }),
-            ["-- reconnecting to 127.0.0.1:7400 (attempt 3)…"]
-        );
-        assert_eq!(
-            view.lines(&Event::Connected {
-                server: "x".into(),
-                node: "b".into(),
-                epoch: 4
-            }),
-            ["-- connected to node b (epoch 4)"]
-        );
         assert!(view
             .lines(&Event::Acked {
                 id: "m-1".into(),
                 seq: 3
             })
             .is_empty());
+        // Connection status is `Progress`'s to tell.
+        assert!(view.lines(&connected("b", 4)).is_empty());
+    }
+
+    const A: &str = "127.0.0.1:7400";
+    const B: &str = "127.0.0.1:7410";
+
+    fn connecting(server: &str, attempt: u32, reconnecting: bool) -> Event {
+        Event::Connecting {
+            server: server.into(),
+            attempt,
+            reconnecting,
+        }
+    }
+
+    fn refused(server: &str) -> Event {
+        Event::AttemptFailed {
+            server: server.into(),
+            reason: format!("{server}: connect: Connection refused (os error 111)"),
+        }
+    }
+
+    fn connected(node: &str, epoch: u64) -> Event {
+        Event::Connected {
+            server: B.into(),
+            node: node.into(),
+            epoch,
+        }
+    }
+
+    fn tell(progress: &mut Progress, events: &[Event]) -> Vec<String> {
+        events.iter().flat_map(|e| progress.on_event(e)).collect()
+    }
+
+    /// Issue 15: with no server, a script printed "reconnecting to … (attempt 2)" ten
+    /// times (the first connect among them) and never that it could not connect.
+    #[test]
+    fn no_server_is_told_once_in_words_and_the_give_up_says_why() {
+        let mut progress = Progress::new(2, false, false);
+        let round = [
+            connecting(A, 1, false),
+            refused(A),
+            connecting(B, 2, false),
+            refused(B),
+        ];
+        assert_eq!(
+            tell(&mut progress, &round),
+            ["-- cannot connect to 127.0.0.1:7400 (connection refused), \
+              127.0.0.1:7410 (connection refused); still trying"]
+        );
+        // Further rounds add nothing.
+        assert!(tell(&mut progress, &round).is_empty());
+        assert_eq!(
+            progress.gave_up(10_000, "the ack of m-1"),
+            "gave up after 10 s: no server answered"
+        );
+        // A deadline before the first full round names the failures itself.
+        let mut early = Progress::new(2, false, false);
+        tell(&mut early, &round[..2]);
+        assert_eq!(
+            early.gave_up(500, "the ack of m-1"),
+            "gave up after 500 ms: no server answered \
+             (cannot connect to 127.0.0.1:7400 (connection refused))"
+        );
+    }
+
+    /// Issue 15: when b was primary every scripted call printed two lines.
+    #[test]
+    fn a_redirect_followed_to_the_primary_is_silent_unless_verbose() {
+        let events = [
+            connecting(A, 1, false),
+            Event::Redirected {
+                server: A.into(),
+                primary: Some(B.into()),
+            },
+            connecting(B, 2, false),
+            connected("b", 2),
+        ];
+        assert!(tell(&mut Progress::new(2, false, false), &events).is_empty());
+        assert_eq!(
+            tell(&mut Progress::new(2, false, true), &events),
+            [
+                "-- connecting to 127.0.0.1:7400…",
+                "-- connected to node b (epoch 2)"
+            ]
+        );
+        assert_eq!(
+            tell(&mut Progress::new(2, true, false), &events),
+            [
+                "-- connecting to 127.0.0.1:7400…",
+                "-- 127.0.0.1:7400 is not the primary; trying 127.0.0.1:7410",
+                "-- connecting to 127.0.0.1:7410 (attempt 2)…",
+                "-- connected to node b (epoch 2)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_session_is_told_and_so_is_its_return() {
+        let mut progress = Progress::new(2, false, false);
+        tell(&mut progress, &[connecting(A, 1, false), connected("a", 1)]);
+        assert!(progress.is_open());
+        let lines = tell(
+            &mut progress,
+            &[
+                Event::Disconnected {
+                    server: A.into(),
+                    reason: "the node closed the connection".into(),
+                },
+                connecting(A, 1, true),
+                refused(A),
+            ],
+        );
+        assert_eq!(
+            lines,
+            ["-- lost 127.0.0.1:7400: the node closed the connection; reconnecting…"]
+        );
+        assert_eq!(
+            progress.gave_up(10_000, "x"),
+            "gave up after 10 s: the connection was lost and no server answered since \
+             (cannot connect to 127.0.0.1:7400 (connection refused))"
+        );
+        assert_eq!(
+            tell(&mut progress, &[connecting(B, 2, true), connected("b", 2)]),
+            ["-- reconnected to node b (epoch 2)"]
+        );
+        assert_eq!(
+            progress.gave_up(2_500, "the ack of m-1"),
+            "gave up after 2.5 s: node b did not send the ack of m-1"
+        );
+    }
+
+    #[test]
+    fn reasons_lose_what_the_line_says_already() {
+        assert_eq!(
+            plain_reason(
+                A,
+                "127.0.0.1:7400: connect: Connection refused (os error 111)"
+            ),
+            "connection refused"
+        );
+        assert_eq!(
+            plain_reason(A, "127.0.0.1:7400: no answer to hello within 3000 ms"),
+            "no answer to hello within 3000 ms"
+        );
+        assert_eq!(
+            plain_reason(
+                "nohost:1",
+                "cannot resolve nohost:1: failed to lookup address information: Name or \
+                 service not known"
+            ),
+            "cannot resolve the name: failed to lookup address information: Name or service \
+             not known"
+        );
+        assert_eq!(
+            plain_reason(A, "error unavailable: not serving yet"),
+            "error unavailable: not serving yet"
+        );
+        assert_eq!(duration_words(10_000), "10 s");
+        assert_eq!(duration_words(1_500), "1.5 s");
+    }
+
+    #[test]
+    fn failures_remembered_are_bounded() {
+        let mut progress = Progress::new(1, true, false);
+        for n in 0..FAILURES_REMEMBERED_MAX + 5 {
+            progress.on_event(&refused(&format!("10.0.0.{n}:7400")));
+        }
+        assert_eq!(progress.failures.len(), FAILURES_REMEMBERED_MAX);
+        assert!(progress
+            .cannot_connect()
+            .unwrap()
+            .starts_with("cannot connect to 10.0.0.5:"));
     }
 }
