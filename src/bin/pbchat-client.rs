@@ -1,28 +1,26 @@
 //! `pbchat-client`: the interactive chat client and its scripted modes (`--send`,
 //! `--listen`, `--history`).
 //!
-//! Thin: parses arguments, runs the terminal (rustyline) or the script around the
-//! `pbchat::client` library, and turns outcomes into messages and exit codes. Protocol
-//! state, reconnects and resends live in the library, never here.
+//! Thin: parses arguments, runs the terminal (the library's line editor) or the script
+//! around the `pbchat::client` library, and turns outcomes into messages and exit codes.
+//! Protocol state, reconnects, resends, editing and drawing live in the library, never here.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender, TrySendError};
 use rand::Rng;
-use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
 use thiserror::Error;
 
-use pbchat::client::display::{Progress, View};
+use pbchat::client::display::{printable, Progress, View};
+use pbchat::client::editor::{render_row, Edit, KeyDecoder, LineEditor};
 use pbchat::client::input::{parse_input, Input, MessageIds, HELP};
 use pbchat::client::net::{self, Command, Event, NetConfig, PING_INTERVAL_MS, QUIT_ACK_WAIT_MS};
 use pbchat::client::session::Position;
+use pbchat::client::terminal::{self, Terminal, Typed, INPUT_QUEUE_MAX};
 use pbchat::client::{COMMANDS_QUEUE_MAX, DEFAULT_SERVERS, EVENTS_QUEUE_MAX};
 use pbchat::wire::client::{check_nick, check_printable, check_room, HISTORY_LIMIT_MAX};
 use pbchat::wire::client::{ID_CHARS_MAX, SESSION_CHARS_MAX};
@@ -136,7 +134,7 @@ enum CliError {
     #[error("cannot start the network thread: {0}")]
     Spawn(io::Error),
     #[error("terminal: {0}")]
-    Terminal(#[from] ReadlineError),
+    Terminal(io::Error),
 }
 
 impl CliError {
@@ -447,13 +445,228 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
     }
 }
 
-/// Prints lines above the one being typed.
-type Printer = Box<dyn FnMut(String) + Send>;
+/// Bound of the signal channel: a burst of resizes needs one redraw, and a request to
+/// stop needs one.
+const SIGNALS_QUEUE_MAX: usize = 8;
+
+/// The person's side of the interactive client: the rooms joined, the one typed lines go
+/// to, and the ids of the messages sent.
+struct Chat {
+    joined: Vec<String>,
+    current: Option<String>,
+    ids: MessageIds,
+}
+
+impl Chat {
+    fn prompt(&self) -> String {
+        match &self.current {
+            Some(room) => format!("[{room}]> "),
+            None => "> ".to_string(),
+        }
+    }
+
+    /// Carries out a typed line. Returns the lines it shows, and whether to leave.
+    fn on_line(&mut self, line: &str, client: &Client) -> Result<(Vec<String>, bool), CliError> {
+        let join_first = || vec!["-- join a room first: /join ROOM".to_string()];
+        let lines = match parse_input(line) {
+            Input::Empty => Vec::new(),
+            Input::Say(body) => match &self.current {
+                Some(room) => {
+                    client.command(Command::Send {
+                        room: room.clone(),
+                        id: self.ids.next_id(),
+                        body,
+                    })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Join(room) => {
+                if !self.joined.contains(&room) {
+                    self.joined.push(room.clone());
+                    client.command(Command::Join {
+                        room: room.clone(),
+                        after: None,
+                    })?;
+                }
+                self.current = Some(room);
+                Vec::new()
+            }
+            Input::Leave(room) => {
+                if self.joined.contains(&room) {
+                    self.joined.retain(|r| *r != room);
+                    client.command(Command::Leave { room: room.clone() })?;
+                    if self.current.as_ref() == Some(&room) {
+                        self.current = self.joined.last().cloned();
+                    }
+                    Vec::new()
+                } else {
+                    vec![format!("-- not in {room}")]
+                }
+            }
+            Input::Room(room) => {
+                if self.joined.contains(&room) {
+                    self.current = Some(room);
+                    Vec::new()
+                } else {
+                    vec![format!("-- not in {room}; /join {room} first")]
+                }
+            }
+            Input::History(limit) => match &self.current {
+                Some(room) => {
+                    client.command(Command::History {
+                        room: room.clone(),
+                        limit,
+                    })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Who => match &self.current {
+                Some(room) => {
+                    client.command(Command::Who { room: room.clone() })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Quit => return Ok((Vec::new(), true)),
+            Input::Help => HELP.lines().map(str::to_string).collect(),
+            Input::Invalid(why) => vec![format!("-- {why}")],
+        };
+        Ok((lines, false))
+    }
+}
+
+/// A person at a terminal: keys edit one row at the bottom, lines print above it.
+struct Screen {
+    terminal: Terminal,
+    decoder: KeyDecoder,
+    editor: LineEditor,
+}
+
+/// Where the interactive client shows lines and reads typed ones.
+enum Front {
+    Terminal(Box<Screen>),
+    /// Piped input: whole lines in, plain lines out.
+    Plain,
+}
+
+impl Front {
+    fn print(&mut self, lines: &[String]) -> Result<(), CliError> {
+        match self {
+            Front::Terminal(screen) => screen.terminal.print_above(lines),
+            Front::Plain => {
+                let mut stdout = io::stdout().lock();
+                lines
+                    .iter()
+                    .try_for_each(|line| writeln!(stdout, "{}", printable(line)))
+                    .and_then(|()| stdout.flush())
+            }
+        }
+        .map_err(CliError::Terminal)
+    }
+
+    /// Draws the edited row again (the prompt or the terminal's width changed).
+    fn redraw(&mut self, chat: &Chat) -> Result<(), CliError> {
+        if let Front::Terminal(screen) = self {
+            let row = screen
+                .editor
+                .render(&chat.prompt(), screen.terminal.columns());
+            screen.terminal.show(&row).map_err(CliError::Terminal)?;
+        }
+        Ok(())
+    }
+
+    fn resized(&mut self, chat: &Chat) -> Result<(), CliError> {
+        if let Front::Terminal(screen) = self {
+            screen.terminal.measure();
+        }
+        self.redraw(chat)
+    }
+
+    /// Takes what was typed; returns whether to leave.
+    fn on_typed(
+        &mut self,
+        typed: Typed,
+        chat: &mut Chat,
+        client: &Client,
+    ) -> Result<bool, CliError> {
+        let bytes = match typed {
+            Typed::Line(line) => {
+                let (lines, quit) = chat.on_line(&line, client)?;
+                self.print(&lines)?;
+                return Ok(quit);
+            }
+            Typed::Keys(bytes) => bytes,
+        };
+        let Front::Terminal(screen) = self else {
+            return Ok(false);
+        };
+        let Screen {
+            terminal,
+            decoder,
+            editor,
+        } = &mut **screen;
+        let mut keys = Vec::new();
+        decoder.feed(&bytes, &mut keys);
+        for key in keys {
+            match editor.on_key(key) {
+                Edit::Edited => {}
+                Edit::Bell => terminal.bell().map_err(CliError::Terminal)?,
+                Edit::ClearScreen => terminal.clear_screen().map_err(CliError::Terminal)?,
+                Edit::Quit => return Ok(true),
+                Edit::Submit(line) => {
+                    // The line stays on the screen as sent: its start, on one row.
+                    let chars: Vec<char> = line.chars().collect();
+                    let (echo, _) = render_row(&chat.prompt(), &chars, 0, terminal.columns(), 0);
+                    terminal.keep(&echo).map_err(CliError::Terminal)?;
+                    let (lines, quit) = chat.on_line(&line, client)?;
+                    terminal.print_above(&lines).map_err(CliError::Terminal)?;
+                    if quit {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        // One draw for all the keys of a read: a paste is drawn once, not once a key.
+        self.redraw(chat)?;
+        Ok(false)
+    }
+}
+
+/// `SIGWINCH` (the terminal was resized), and the signals that ask to stop, which must
+/// give the terminal back before the process ends.
+fn watch_signals() -> Result<Receiver<i32>, CliError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+    let mut signals = signal_hook::iterator::Signals::new([SIGWINCH, SIGTERM, SIGHUP, SIGINT])
+        .map_err(CliError::Spawn)?;
+    let (signal_tx, signal_rx) = bounded(SIGNALS_QUEUE_MAX);
+    thread::Builder::new()
+        .name("pbchat-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let sent = if signal == SIGWINCH {
+                    // A full queue already holds a redraw.
+                    !matches!(
+                        signal_tx.try_send(signal),
+                        Err(TrySendError::Disconnected(_))
+                    )
+                } else {
+                    signal_tx.send(signal).is_ok()
+                };
+                if !sent {
+                    return;
+                }
+            }
+        })
+        .map_err(CliError::Spawn)?;
+    Ok(signal_rx)
+}
 
 fn interactive(
     config: NetConfig,
     rooms: Vec<String>,
-    mut ids: MessageIds,
+    ids: MessageIds,
     verbose: bool,
 ) -> Result<ExitCode, CliError> {
     let mut progress = Progress::new(config.servers.len(), verbose, true);
@@ -480,130 +693,65 @@ fn interactive(
         }
     }
 
-    let mut editor = DefaultEditor::new()?;
-    // Lines from the network go through rustyline, which redraws the line being typed
-    // below them. Without a terminal (input piped in) there is no line to protect.
-    let printer: Printer = match editor.create_external_printer() {
-        Ok(mut external) => Box::new(move |text| {
-            let _ = external.print(text);
-        }),
-        Err(_) => Box::new(|text| {
-            let mut stdout = io::stdout().lock();
-            let _ = stdout.write_all(text.as_bytes());
-            let _ = stdout.flush();
-        }),
+    let keys = terminal::is_interactive();
+    let (typed_tx, typed_rx) = bounded(INPUT_QUEUE_MAX);
+    terminal::spawn_reader(keys, typed_tx).map_err(CliError::Spawn)?;
+    let (signals, mut front) = if keys {
+        let signals = watch_signals()?;
+        let front = Front::Terminal(Box::new(Screen {
+            terminal: Terminal::open().map_err(CliError::Terminal)?,
+            decoder: KeyDecoder::new(),
+            editor: LineEditor::new(),
+        }));
+        (signals, front)
+    } else {
+        (never(), Front::Plain)
     };
-    let fatal = Arc::new(AtomicBool::new(false));
-    let printer_done = spawn_printer(client.events.clone(), printer, progress, fatal.clone())?;
-
-    let mut joined = rooms;
-    let mut current = joined.first().cloned();
+    let mut chat = Chat {
+        current: rooms.first().cloned(),
+        joined: rooms,
+        ids,
+    };
+    let mut view = View::new();
+    front.redraw(&chat)?;
     let outcome = loop {
-        if fatal.load(Ordering::SeqCst) {
-            break ExitCode::FAILURE;
-        }
-        let prompt = match &current {
-            Some(room) => format!("[{room}]> "),
-            None => "> ".to_string(),
-        };
-        let line = match editor.readline(&prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break ExitCode::SUCCESS,
-            Err(e) => return Err(e.into()),
-        };
-        if !line.trim().is_empty() {
-            let _ = editor.add_history_entry(line.as_str());
-        }
-        match parse_input(&line) {
-            Input::Empty => {}
-            Input::Say(body) => match &current {
-                Some(room) => client.command(Command::Send {
-                    room: room.clone(),
-                    id: ids.next_id(),
-                    body,
-                })?,
-                None => println!("-- join a room first: /join ROOM"),
-            },
-            Input::Join(room) => {
-                if !joined.contains(&room) {
-                    joined.push(room.clone());
-                    client.command(Command::Join {
-                        room: room.clone(),
-                        after: None,
-                    })?;
-                }
-                current = Some(room);
-            }
-            Input::Leave(room) => {
-                if joined.contains(&room) {
-                    joined.retain(|r| *r != room);
-                    client.command(Command::Leave { room: room.clone() })?;
-                    if current.as_ref() == Some(&room) {
-                        current = joined.last().cloned();
-                    }
-                } else {
-                    println!("-- not in {room}");
-                }
-            }
-            Input::Room(room) => {
-                if joined.contains(&room) {
-                    current = Some(room);
-                } else {
-                    println!("-- not in {room}; /join {room} first");
-                }
-            }
-            Input::History(limit) => match &current {
-                Some(room) => client.command(Command::History {
-                    room: room.clone(),
-                    limit,
-                })?,
-                None => println!("-- join a room first: /join ROOM"),
-            },
-            Input::Who => match &current {
-                Some(room) => client.command(Command::Who { room: room.clone() })?,
-                None => println!("-- join a room first: /join ROOM"),
-            },
-            Input::Quit => break ExitCode::SUCCESS,
-            Input::Help => println!("{HELP}"),
-            Input::Invalid(why) => println!("-- {why}"),
-        }
-    };
-    // The printer thread shows what still arrives (acks, last messages) and ends when the
-    // network thread does.
-    let _ = client.commands.send(Command::Quit);
-    let _ = printer_done.recv_deadline(deadline_after(QUIT_WAIT_MS));
-    // Dropping the editor here, before exit, leaves the terminal as we found it.
-    drop(editor);
-    Ok(outcome)
-}
-
-/// The thread that shows network events while the person types. The returned channel
-/// disconnects when it has shown the last one.
-fn spawn_printer(
-    events: Receiver<Event>,
-    mut printer: Printer,
-    mut progress: Progress,
-    fatal: Arc<AtomicBool>,
-) -> Result<Receiver<()>, CliError> {
-    let (done_tx, done_rx) = bounded::<()>(1);
-    thread::Builder::new()
-        .name("pbchat-printer".into())
-        .spawn(move || {
-            let _done = done_tx;
-            let mut view = View::new();
-            for event in events {
-                let is_fatal = matches!(event, Event::Fatal { .. });
+        select! {
+            recv(client.events) -> event => {
+                // The thread ends only after `Fatal` or a quit, both handled here.
+                let Ok(event) = event else { break ExitCode::FAILURE };
+                let fatal = matches!(event, Event::Fatal { .. });
                 let mut lines = progress.on_event(&event);
                 lines.extend(view.lines(&event));
-                for line in lines {
-                    printer(format!("{line}\n"));
-                }
-                if is_fatal {
-                    fatal.store(true, Ordering::SeqCst);
-                    printer("-- cannot go on; press Enter to exit\n".to_string());
+                front.print(&lines)?;
+                if fatal {
+                    front.print(&["-- cannot go on".to_string()])?;
+                    break ExitCode::FAILURE;
                 }
             }
-        })
-        .map(|_| done_rx)
-        .map_err(CliError::Spawn)
+            recv(typed_rx) -> typed => {
+                // The end of the input (a pipe, or the terminal gone) is leaving.
+                let Ok(typed) = typed else { break ExitCode::SUCCESS };
+                if front.on_typed(typed, &mut chat, &client)? {
+                    break ExitCode::SUCCESS;
+                }
+            }
+            recv(signals) -> signal => match signal {
+                Ok(signal_hook::consts::SIGWINCH) => front.resized(&chat)?,
+                _ => break ExitCode::SUCCESS,
+            },
+        }
+    };
+    // What still arrives (acks, the last messages) shows until the network thread ends,
+    // which it does once the unacknowledged sends are acknowledged, or at its deadline.
+    let _ = client.commands.send(Command::Quit);
+    let deadline = deadline_after(QUIT_WAIT_MS);
+    while let Ok(event) = client.events.recv_deadline(deadline) {
+        let mut lines = progress.on_event(&event);
+        lines.extend(view.lines(&event));
+        // Leaving anyway: a terminal that is gone changes nothing.
+        let _ = front.print(&lines);
+    }
+    // Dropping the terminal gives it back as it was.
+    drop(front);
+    Ok(outcome)
 }

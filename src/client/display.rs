@@ -4,12 +4,50 @@
 //! Pure apart from reading the local time zone: events in, lines out. Printing is the
 //! binary's job.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use chrono::{Local, TimeZone};
 
 use crate::client::net::Event;
 use crate::wire::client::ServerFrame;
+
+/// Characters of a message quoted in a line about it: enough to recognise it, and short
+/// enough that the line stays one line.
+pub const QUOTE_CHARS_MAX: usize = 40;
+
+/// `body` as quoted in a line about it: whole when short, else its first
+/// [`QUOTE_CHARS_MAX`] characters, `…` and its length.
+pub fn quote(body: &str) -> String {
+    let count = body.chars().count();
+    if count <= QUOTE_CHARS_MAX {
+        return body.to_string();
+    }
+    let head: String = body.chars().take(QUOTE_CHARS_MAX).collect();
+    format!("{head}… ({count} characters)")
+}
+
+/// `text` made safe for a terminal: a body is anyone's text, and a control character in it
+/// could move the cursor, clear the screen or retitle the window. C0 controls show as
+/// `^X`, the others as `\u{…}`.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\u{0}'..='\u{1f}' => {
+                shown.push('^');
+                shown.push(char::from(c as u8 + b'@'));
+            }
+            '\u{7f}' => shown.push_str("^?"),
+            c if c.is_control() => shown.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => shown.push(c),
+        }
+    }
+    Cow::Owned(shown)
+}
 
 /// `HH:MM:SS` in local time of a `ts` in milliseconds since the Unix epoch.
 pub fn clock_time(ts_ms: u64) -> String {
@@ -312,7 +350,8 @@ impl View {
                 message,
             } => format!(
                 "-- not sent to {} ({code}: {message}): {}",
-                send.room, send.body
+                send.room,
+                quote(&send.body)
             ),
             Event::Error { code, message } => format!("-- error {code}: {message}"),
             Event::Rejected { message } => format!("-- {message}"),
@@ -539,6 +578,37 @@ mod tests {
             progress.gave_up(2_500, "the ack of m-1"),
             "gave up after 2.5 s: node b did not send the ack of m-1"
         );
+    }
+
+    /// Issue 15: the `too_large` refusal of a 5000-character paste repeated it whole.
+    #[test]
+    fn a_refused_long_message_is_quoted_short() {
+        let mut view = View::new();
+        let body = "x".repeat(5000);
+        let lines = view.lines(&Event::SendFailed {
+            send: crate::client::session::PendingSend {
+                room: "general".into(),
+                id: "m-1".into(),
+                body,
+            },
+            code: "too_large".into(),
+            message: "body is 5000 bytes; this node takes at most 4096".into(),
+        });
+        assert_eq!(
+            lines,
+            [format!(
+                "-- not sent to general (too_large: body is 5000 bytes; this node takes at \
+                 most 4096): {}… (5000 characters)",
+                "x".repeat(QUOTE_CHARS_MAX)
+            )]
+        );
+        assert_eq!(quote("short"), "short");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert!(matches!(printable("plain text, é漢"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\x1b[2Jb\nc\x7f\u{9b}"), "a^[[2Jb^Jc^?\\u{9b}");
     }
 
     #[test]
