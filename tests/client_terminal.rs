@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, DEADLINE};
+use common::{Daemon, PairFiles, DEADLINE};
 
 /// A tmux server of the test's own (its socket in a temp dir), killed on drop with every
 /// pane it runs.
@@ -186,4 +186,70 @@ fn a_long_paste_stays_on_one_row_and_its_refusal_quotes_a_short_prefix() {
     );
     // The editor is back on an empty row.
     assert_eq!(rows.last().unwrap(), "[general]>");
+}
+
+fn count(rows: &[String], needle: &str) -> usize {
+    rows.iter().filter(|row| row.contains(needle)).count()
+}
+
+/// Issue 15: after a fail-over bob saw "* alice joined general" although alice never left,
+/// and alice saw nothing for bob. Two people chat through a kill -9 of the primary; a third
+/// member (a `--listen` client) dies with it. Neither person is shown joining or leaving;
+/// the one who is really gone is shown leaving once the grace period is over.
+#[test]
+fn after_a_kill_9_of_the_primary_nobody_is_shown_joining_who_never_left() {
+    let pair = PairFiles::new("");
+    let mut a = pair.start_a();
+    let b = pair.start_b();
+    b.wait_log("following the primary");
+    let (server_a, server_b) = (pair.client_a.to_string(), pair.client_b.to_string());
+    let servers = ["--server", &server_a, "--server", &server_b];
+    let tmux = Tmux::new();
+    for nick in ["alice", "bob"] {
+        let mut args = servers.to_vec();
+        args.extend(["--nick", nick, "--room", "general"]);
+        tmux.start(nick, 120, client_program(), &args);
+        tmux.wait_row(nick, "-- joined general; members:");
+    }
+    tmux.wait_row("alice", "* bob joined general");
+    let mut carol = Command::new(client_program())
+        .args(servers)
+        .args(["--nick", "carol", "--room", "general", "--listen"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tmux.wait_row("alice", "* carol joined general");
+    tmux.wait_row("bob", "* carol joined general");
+
+    a.kill9();
+    carol.kill().unwrap();
+    carol.wait().unwrap();
+    for nick in ["alice", "bob"] {
+        tmux.wait_row(nick, "-- reconnected to node b");
+    }
+    // Each says a line after its rejoin. Once each has seen the other's, whatever the
+    // other's rejoin made the node announce has been shown: it came first on the same
+    // connection.
+    for nick in ["alice", "bob"] {
+        tmux.type_text(nick, &format!("{nick} is back"));
+        tmux.press(nick, "Enter");
+    }
+    let alice = tmux.wait_row("alice", "<bob> bob is back");
+    let bob = tmux.wait_row("bob", "<alice> alice is back");
+    let screens = || format!("alice:\n{}\n\nbob:\n{}", alice.join("\n"), bob.join("\n"));
+    // bob joined after alice: alice saw that once, before the fail-over; bob never did.
+    assert_eq!(count(&alice, "* bob joined general"), 1, "{}", screens());
+    assert_eq!(count(&bob, "* alice joined general"), 0, "{}", screens());
+    assert_eq!(count(&alice, "* bob left"), 0, "{}", screens());
+    assert_eq!(count(&bob, "* alice left"), 0, "{}", screens());
+
+    // carol did not come back: both are told, once the grace period (10 s) is over.
+    for nick in ["alice", "bob"] {
+        let rows = tmux.wait_row(nick, "* carol left general (not back since the reconnect)");
+        assert_eq!(count(&rows, "* carol"), 2, "{nick}:\n{}", rows.join("\n"));
+    }
+    let alice = tmux.rows("alice");
+    assert_eq!(count(&alice, "* bob"), 1, "{}", alice.join("\n"));
 }

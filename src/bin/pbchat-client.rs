@@ -11,7 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{
+    bounded, never, select, tick, Receiver, RecvTimeoutError, Sender, TrySendError,
+};
 use rand::Rng;
 use thiserror::Error;
 
@@ -449,6 +451,10 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
 /// stop needs one.
 const SIGNALS_QUEUE_MAX: usize = 8;
 
+/// How often the view looks for members who did not come back after a reconnect
+/// (`display::REJOIN_GRACE_MS`): they are told within this of the grace period's end.
+const PRESENCE_CHECK_MS: u64 = 1_000;
+
 /// The person's side of the interactive client: the rooms joined, the one typed lines go
 /// to, and the ids of the messages sent.
 struct Chat {
@@ -713,6 +719,7 @@ fn interactive(
         ids,
     };
     let mut view = View::new();
+    let presence_checks = tick(Duration::from_millis(PRESENCE_CHECK_MS));
     front.redraw(&chat)?;
     let outcome = loop {
         select! {
@@ -721,7 +728,7 @@ fn interactive(
                 let Ok(event) = event else { break ExitCode::FAILURE };
                 let fatal = matches!(event, Event::Fatal { .. });
                 let mut lines = progress.on_event(&event);
-                lines.extend(view.lines(&event));
+                lines.extend(view.lines(&event, Instant::now()));
                 front.print(&lines)?;
                 if fatal {
                     front.print(&["-- cannot go on".to_string()])?;
@@ -735,6 +742,7 @@ fn interactive(
                     break ExitCode::SUCCESS;
                 }
             }
+            recv(presence_checks) -> _ => front.print(&view.expire(Instant::now()))?,
             recv(signals) -> signal => match signal {
                 Ok(signal_hook::consts::SIGWINCH) => front.resized(&chat)?,
                 _ => break ExitCode::SUCCESS,
@@ -747,7 +755,7 @@ fn interactive(
     let deadline = deadline_after(QUIT_WAIT_MS);
     while let Ok(event) = client.events.recv_deadline(deadline) {
         let mut lines = progress.on_event(&event);
-        lines.extend(view.lines(&event));
+        lines.extend(view.lines(&event, Instant::now()));
         // Leaving anyway: a terminal that is gone changes nothing.
         let _ = front.print(&lines);
     }

@@ -5,7 +5,8 @@
 //! binary's job.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use chrono::{Local, TimeZone};
 
@@ -303,12 +304,38 @@ pub fn plain_reason(server: &str, reason: &str) -> String {
     format!("{prefix}{text}")
 }
 
-/// What the interactive view remembers to format events: the rooms it shows as joined.
+/// After a reconnect, how long a member from before it may take to come back before the
+/// view says they left. A fail-over drops everyone at once, and every client comes back on
+/// the same schedule: the loss seen at once (or within `SILENCE_DEAD_MS`, 7 s, when the
+/// connection went silent instead of closing), then backoff steps of at most 2 s while
+/// the backup takes over. 10 s covers the slowest detection plus a step.
+pub const REJOIN_GRACE_MS: u64 = 10_000;
+
+/// What the view knows of one joined room.
+#[derive(Debug, Default)]
+struct RoomView {
+    /// Members as last shown: the first `joined`, then `presence`, and each rejoin.
+    members: BTreeSet<String>,
+    /// After a reconnect, members from before it that the node has not seen rejoin yet:
+    /// their `presence` join is a return, not news. Given up on at `returning_until`.
+    returning: BTreeSet<String>,
+    returning_until: Option<Instant>,
+}
+
+/// What the interactive view remembers to format events: the rooms it shows as joined,
+/// with their members, so that presence across a reconnect means what it says.
+///
+/// A fail-over drops every member's connection; each client rejoins on the new primary in
+/// its own time, and the node announces each rejoin as a `presence` join. Shown as they
+/// come, the first back would see "bob joined" of a bob who never left, and nobody would
+/// ever see a member who did not come back leave (issue 15). So a rejoin is compared with
+/// the members from before: whoever is new is shown joining; whoever is missing has
+/// [`REJOIN_GRACE_MS`] to come back silently, after which they are shown as gone.
 #[derive(Debug, Default)]
 pub struct View {
     /// Rooms a `joined` was shown for and no `left` since. With more than one, messages
     /// carry a `[room]` prefix.
-    joined: BTreeSet<String>,
+    rooms: BTreeMap<String, RoomView>,
 }
 
 impl View {
@@ -316,28 +343,21 @@ impl View {
         View::default()
     }
 
-    /// The lines an event shows in the interactive client.
-    pub fn lines(&mut self, event: &Event) -> Vec<String> {
+    /// The lines an event shows in the interactive client, `now` being when it arrived.
+    pub fn lines(&mut self, event: &Event, now: Instant) -> Vec<String> {
         let line = match event {
             Event::Msg { frame, history, .. } => {
-                let with_room = self.joined.len() > 1
-                    || (*history && !self.joined.contains(frame.room.as_deref().unwrap_or("")));
+                let with_room = self.rooms.len() > 1
+                    || (*history && !self.rooms.contains_key(frame.room.as_deref().unwrap_or("")));
                 format_msg(frame, with_room)
             }
             Event::HistoryEnd { room } => format!("-- end of history of {room}"),
             Event::Presence { room, nick, joined } => {
-                let verb = if *joined { "joined" } else { "left" };
-                format!("* {nick} {verb} {room}")
+                return self.on_presence(room, nick, *joined);
             }
-            Event::Joined { room, members } => {
-                // A rejoin after a reconnect is no news.
-                if !self.joined.insert(room.clone()) {
-                    return Vec::new();
-                }
-                format!("-- joined {room}; members: {}", members.join(", "))
-            }
+            Event::Joined { room, members } => return self.on_joined(room, members, now),
             Event::Left { room } => {
-                self.joined.remove(room);
+                self.rooms.remove(room);
                 format!("-- left {room}")
             }
             Event::Members { room, members } => match members {
@@ -366,6 +386,67 @@ impl View {
             | Event::Disconnected { .. } => return Vec::new(),
         };
         vec![line]
+    }
+
+    /// Members who did not come back within [`REJOIN_GRACE_MS`] of a reconnect, as of
+    /// `now`: shown as gone. Called every so often while nothing else happens.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (room, view) in &mut self.rooms {
+            if view.returning_until.is_some_and(|until| now >= until) {
+                view.returning_until = None;
+                for nick in std::mem::take(&mut view.returning) {
+                    lines.push(format!(
+                        "* {nick} left {room} (not back since the reconnect)"
+                    ));
+                }
+            }
+        }
+        lines
+    }
+
+    fn on_joined(&mut self, room: &str, members: &[String], now: Instant) -> Vec<String> {
+        let current: BTreeSet<String> = members.iter().cloned().collect();
+        let Some(view) = self.rooms.get_mut(room) else {
+            self.rooms.insert(
+                room.to_string(),
+                RoomView {
+                    members: current,
+                    ..RoomView::default()
+                },
+            );
+            return vec![format!("-- joined {room}; members: {}", members.join(", "))];
+        };
+        // A rejoin after a reconnect (the only second `joined` of a room not left).
+        let before: BTreeSet<String> = view.members.union(&view.returning).cloned().collect();
+        let lines = current
+            .difference(&before)
+            .map(|nick| format!("* {nick} joined {room}"))
+            .collect();
+        view.returning = before.difference(&current).cloned().collect();
+        view.returning_until =
+            (!view.returning.is_empty()).then(|| now + Duration::from_millis(REJOIN_GRACE_MS));
+        view.members = current;
+        lines
+    }
+
+    fn on_presence(&mut self, room: &str, nick: &str, joined: bool) -> Vec<String> {
+        let verb = if joined { "joined" } else { "left" };
+        let line = vec![format!("* {nick} {verb} {room}")];
+        let Some(view) = self.rooms.get_mut(room) else {
+            return line;
+        };
+        if joined {
+            // Back after the reconnect, or already shown here: no news.
+            let returned = view.returning.remove(nick);
+            if !view.members.insert(nick.to_string()) || returned {
+                return Vec::new();
+            }
+        } else {
+            view.members.remove(nick);
+            view.returning.remove(nick);
+        }
+        line
     }
 }
 
@@ -412,44 +493,123 @@ mod tests {
             members: vec!["alice".into(), "bob".into()],
         };
         assert_eq!(
-            view.lines(&joined("general")),
+            view.lines(&joined("general"), Instant::now()),
             ["-- joined general; members: alice, bob"]
         );
-        let line = &view.lines(&msg_event("general", false))[0];
+        let line = &view.lines(&msg_event("general", false), Instant::now())[0];
         assert!(line.ends_with(" <bob> hi there"), "{line}");
         assert!(!line.starts_with('['));
         // A rejoin after reconnect prints nothing.
-        assert!(view.lines(&joined("general")).is_empty());
-        view.lines(&joined("random"));
-        let line = &view.lines(&msg_event("general", false))[0];
+        assert!(view.lines(&joined("general"), Instant::now()).is_empty());
+        view.lines(&joined("random"), Instant::now());
+        let line = &view.lines(&msg_event("general", false), Instant::now())[0];
         assert!(line.starts_with("[general] "), "{line}");
-        view.lines(&Event::Left {
-            room: "random".into(),
-        });
-        assert!(!view.lines(&msg_event("general", false))[0].starts_with('['));
+        view.lines(
+            &Event::Left {
+                room: "random".into(),
+            },
+            Instant::now(),
+        );
+        assert!(!view.lines(&msg_event("general", false), Instant::now())[0].starts_with('['));
         // History of a room we are not in names it.
-        assert!(view.lines(&msg_event("lobby", true))[0].starts_with("[lobby] "));
+        assert!(view.lines(&msg_event("lobby", true), Instant::now())[0].starts_with("[lobby] "));
     }
 
     #[test]
     fn presence_reads_naturally_and_acks_are_no_news() {
         let mut view = View::new();
         assert_eq!(
-            view.lines(&Event::Presence {
-                room: "general".into(),
-                nick: "bob".into(),
-                joined: true
-            }),
+            view.lines(
+                &Event::Presence {
+                    room: "general".into(),
+                    nick: "bob".into(),
+                    joined: true
+                },
+                Instant::now()
+            ),
             ["* bob joined general"]
         );
         assert!(view
-            .lines(&Event::Acked {
-                id: "m-1".into(),
-                seq: 3
-            })
+            .lines(
+                &Event::Acked {
+                    id: "m-1".into(),
+                    seq: 3
+                },
+                Instant::now()
+            )
             .is_empty());
         // Connection status is `Progress`'s to tell.
-        assert!(view.lines(&connected("b", 4)).is_empty());
+        assert!(view.lines(&connected("b", 4), Instant::now()).is_empty());
+    }
+
+    fn in_general(members: &[&str]) -> Event {
+        Event::Joined {
+            room: "general".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    fn presence(nick: &str, joined: bool) -> Event {
+        Event::Presence {
+            room: "general".into(),
+            nick: nick.into(),
+            joined,
+        }
+    }
+
+    /// Issue 15: after a fail-over bob saw "* alice joined general" though alice never
+    /// left, and alice saw nothing for bob.
+    #[test]
+    fn members_coming_back_after_a_reconnect_are_no_news_and_the_missing_are_told() {
+        let second = Duration::from_secs(1);
+        let grace = Duration::from_millis(REJOIN_GRACE_MS);
+        let start = Instant::now();
+        let back = start + 3 * second;
+        // bob's view: with alice and carol when the primary died; bob is back first.
+        let mut bob = View::new();
+        assert_eq!(
+            bob.lines(&in_general(&["alice", "bob", "carol"]), start),
+            ["-- joined general; members: alice, bob, carol"]
+        );
+        assert!(bob.lines(&in_general(&["bob"]), back).is_empty());
+        assert!(bob
+            .lines(&presence("alice", true), back + second)
+            .is_empty());
+        // Someone new is news.
+        assert_eq!(
+            bob.lines(&presence("dave", true), back + second),
+            ["* dave joined general"]
+        );
+        // carol does not come back: gone once the grace is over, and said once.
+        assert!(bob.expire(back + grace - second).is_empty());
+        assert_eq!(
+            bob.expire(back + grace),
+            ["* carol left general (not back since the reconnect)"]
+        );
+        assert!(bob.expire(back + 2 * grace).is_empty());
+        // Back later after all: that is news again.
+        assert_eq!(
+            bob.lines(&presence("carol", true), back + 2 * grace),
+            ["* carol joined general"]
+        );
+
+        // alice's view: back after bob, so bob is in her rejoin's list; so is dave, who
+        // joined while she was away.
+        let mut alice = View::new();
+        alice.lines(&in_general(&["alice", "bob", "carol"]), start);
+        assert_eq!(
+            alice.lines(&in_general(&["alice", "bob", "dave"]), back),
+            ["* dave joined general"]
+        );
+        // A leave said by the node is shown as it comes.
+        assert_eq!(
+            alice.lines(&presence("bob", false), back),
+            ["* bob left general"]
+        );
+        assert_eq!(
+            alice.expire(back + grace),
+            ["* carol left general (not back since the reconnect)"]
+        );
     }
 
     const A: &str = "127.0.0.1:7400";
@@ -585,15 +745,18 @@ mod tests {
     fn a_refused_long_message_is_quoted_short() {
         let mut view = View::new();
         let body = "x".repeat(5000);
-        let lines = view.lines(&Event::SendFailed {
-            send: crate::client::session::PendingSend {
-                room: "general".into(),
-                id: "m-1".into(),
-                body,
+        let lines = view.lines(
+            &Event::SendFailed {
+                send: crate::client::session::PendingSend {
+                    room: "general".into(),
+                    id: "m-1".into(),
+                    body,
+                },
+                code: "too_large".into(),
+                message: "body is 5000 bytes; this node takes at most 4096".into(),
             },
-            code: "too_large".into(),
-            message: "body is 5000 bytes; this node takes at most 4096".into(),
-        });
+            Instant::now(),
+        );
         assert_eq!(
             lines,
             [format!(
