@@ -252,4 +252,5 @@ fn after_a_kill_9_of_the_primary_nobody_is_shown_joining_who_never_left() {
     }
     let alice = tmux.rows("alice");
     assert_eq!(count(&alice, "* bob"), 1, "{}", alice.join("\n"));
+    eprintln!("alice's screen:\n{}", alice.join("\n"));
 }
