@@ -700,8 +700,6 @@ fn interactive(
     }
 
     let keys = terminal::is_interactive();
-    let (typed_tx, typed_rx) = bounded(INPUT_QUEUE_MAX);
-    terminal::spawn_reader(keys, typed_tx).map_err(CliError::Spawn)?;
     let (signals, mut front) = if keys {
         let signals = watch_signals()?;
         let front = Front::Terminal(Box::new(Screen {
@@ -713,6 +711,9 @@ fn interactive(
     } else {
         (never(), Front::Plain)
     };
+    // Started once the terminal is raw, so that no key is read as part of a cooked line.
+    let (typed_tx, typed_rx) = bounded(INPUT_QUEUE_MAX);
+    terminal::spawn_reader(keys, typed_tx).map_err(CliError::Spawn)?;
     let mut chat = Chat {
         current: rooms.first().cloned(),
         joined: rooms,
