@@ -1,28 +1,28 @@
 //! `pbchat-client`: the interactive chat client and its scripted modes (`--send`,
 //! `--listen`, `--history`).
 //!
-//! Thin: parses arguments, runs the terminal (rustyline) or the script around the
-//! `pbchat::client` library, and turns outcomes into messages and exit codes. Protocol
-//! state, reconnects and resends live in the library, never here.
+//! Thin: parses arguments, runs the terminal (the library's line editor) or the script
+//! around the `pbchat::client` library, and turns outcomes into messages and exit codes.
+//! Protocol state, reconnects, resends, editing and drawing live in the library, never here.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{
+    bounded, never, select, tick, Receiver, RecvTimeoutError, Sender, TrySendError,
+};
 use rand::Rng;
-use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
 use thiserror::Error;
 
-use pbchat::client::display::{status_line, View};
+use pbchat::client::display::{printable, Progress, View};
+use pbchat::client::editor::{render_row, Edit, KeyDecoder, LineEditor};
 use pbchat::client::input::{parse_input, Input, MessageIds, HELP};
 use pbchat::client::net::{self, Command, Event, NetConfig, PING_INTERVAL_MS, QUIT_ACK_WAIT_MS};
 use pbchat::client::session::Position;
+use pbchat::client::terminal::{self, Terminal, Typed, INPUT_QUEUE_MAX};
 use pbchat::client::{COMMANDS_QUEUE_MAX, DEFAULT_SERVERS, EVENTS_QUEUE_MAX};
 use pbchat::wire::client::{check_nick, check_printable, check_room, HISTORY_LIMIT_MAX};
 use pbchat::wire::client::{ID_CHARS_MAX, SESSION_CHARS_MAX};
@@ -34,9 +34,13 @@ const QUIT_WAIT_MS: u64 = QUIT_ACK_WAIT_MS + 2_000;
 /// Exit code for a command line that makes no sense (as clap uses).
 const EXIT_USAGE: u8 = 2;
 
+/// Exit code of a scripted mode that gave up at `--timeout-ms`: no server answered, or the
+/// answer did not come. Told apart from 1 (the node refused) because a retry may succeed.
+const EXIT_GAVE_UP: u8 = 3;
+
 /// A chat client for pbchatd: interactive by default, or one scripted action.
 #[derive(Parser, Debug)]
-#[command(name = "pbchat-client", version)]
+#[command(name = "pbchat-client", version, after_help = AFTER_HELP)]
 struct Args {
     /// Client address of a node, HOST:PORT; repeat for several, tried in turn
     /// [default: 127.0.0.1:7400, 127.0.0.1:7410]
@@ -72,7 +76,7 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "tls")]
     tls_name: Option<String>,
 
-    /// Send TEXT to the room, wait for its ack, exit
+    /// Send TEXT to the room, wait for its ack, exit (a blank TEXT is refused, exit 2)
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["listen", "history"])]
     send: Option<String>,
 
@@ -98,15 +102,25 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=HISTORY_LIMIT_MAX as u64))]
     history: Option<u64>,
 
-    /// Scripted modes: give up after this long (--send: until the ack; --history: until
-    /// the end of the answer)
+    /// Scripted modes: give up after this long, exit 3 (--send: until the ack; --history:
+    /// until the end of the answer; --listen: until the first connection)
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     timeout_ms: u64,
 
-    /// Say more on stderr: connection progress, --send prints the seq
+    /// Say more on stderr: every connection attempt and redirect; --send prints the seq
     #[arg(long, short)]
     verbose: bool,
 }
+
+const AFTER_HELP: &str = "\
+Exit status: 0 done (--send: acknowledged); 1 the node refused (the message is not stored),
+or another failure; 2 a command line that makes no sense (a blank --send among them);
+3 gave up after --timeout-ms: no server answered, or the answer did not come in time (a
+--send may then be stored or not: resending with the same --session and --id is safe).
+
+Connection trouble is told on stderr in words: which servers cannot be reached and why,
+a lost connection, the reconnect. A redirect to the primary is normal and said only
+with -v.";
 
 #[derive(Debug, Error)]
 enum CliError {
@@ -116,16 +130,20 @@ enum CliError {
     Node { code: String, message: String },
     #[error("{0}")]
     Failed(String),
+    /// A scripted mode reached its deadline; the text says what was missing.
+    #[error("{0}")]
+    GaveUp(String),
     #[error("cannot start the network thread: {0}")]
     Spawn(io::Error),
     #[error("terminal: {0}")]
-    Terminal(#[from] ReadlineError),
+    Terminal(io::Error),
 }
 
 impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            CliError::GaveUp(_) => ExitCode::from(EXIT_GAVE_UP),
             _ => ExitCode::FAILURE,
         }
     }
@@ -199,6 +217,16 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     if args.listen && rooms.is_empty() {
         return Err(CliError::Usage("--listen needs a --room".into()));
     }
+    // The same rule as a typed line, which the interactive client never sends when blank.
+    if args
+        .send
+        .as_deref()
+        .is_some_and(|body| body.trim().is_empty())
+    {
+        return Err(CliError::Usage(
+            "--send: the message is blank (empty or only spaces); nothing to send".into(),
+        ));
+    }
     let session_given = args.session.is_some();
     let session = match &args.session {
         Some(session) => {
@@ -259,35 +287,14 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     } else if args.listen {
         listen(&args, config, &rooms)
     } else {
-        interactive(config, rooms, ids)
+        interactive(config, rooms, ids, args.verbose)
     }
 }
 
-/// Status lines of the scripted modes, on stderr: every reconnect, but the first connect
-/// only with `--verbose`, so a quiet success prints nothing.
-struct ScriptStatus {
-    verbose: bool,
-    connected_once: bool,
-}
-
-impl ScriptStatus {
-    fn show(&mut self, event: &Event) {
-        let first = !self.connected_once
-            && matches!(
-                event,
-                Event::Connecting { attempt: 1, .. } | Event::Connected { .. }
-            );
-        if let Event::Connected { .. } = event {
-            self.connected_once = true;
-        }
-        // Each failed attempt is followed by the next "reconnecting" line anyway.
-        let detail = matches!(event, Event::AttemptFailed { .. });
-        if (first || detail) && !self.verbose {
-            return;
-        }
-        if let Some(line) = status_line(event) {
-            eprintln!("{line}");
-        }
+/// Prints status lines of a scripted mode on stderr.
+fn show_status(progress: &mut Progress, event: &Event) {
+    for line in progress.on_event(event) {
+        eprintln!("{line}");
     }
 }
 
@@ -295,13 +302,21 @@ fn deadline_after(timeout_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(timeout_ms)
 }
 
-/// The next event before `deadline`, or why there is none.
-fn next_event(client: &Client, deadline: Instant, waiting_for: &str) -> Result<Event, CliError> {
+/// The next event before the deadline (`timeout_ms` after `started`), or why there is none:
+/// `progress` says what was missing, `waiting_for` when it is the node's answer.
+fn next_event(
+    client: &Client,
+    progress: &Progress,
+    started: Instant,
+    timeout_ms: u64,
+    waiting_for: &str,
+) -> Result<Event, CliError> {
+    let deadline = started + Duration::from_millis(timeout_ms);
     match client.events.recv_deadline(deadline) {
         Ok(event) => Ok(event),
-        Err(RecvTimeoutError::Timeout) => Err(CliError::Failed(format!(
-            "timed out waiting for {waiting_for}"
-        ))),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(CliError::GaveUp(progress.gave_up(timeout_ms, waiting_for)))
+        }
         Err(RecvTimeoutError::Disconnected) => {
             Err(CliError::Failed("the network thread ended".into()))
         }
@@ -315,6 +330,7 @@ fn send_once(
     id: String,
     body: &str,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     client.command(Command::Join {
         room: room.to_string(),
@@ -325,14 +341,10 @@ fn send_once(
         id: id.clone(),
         body: body.to_string(),
     })?;
-    let deadline = deadline_after(args.timeout_ms);
-    let waiting_for = format!("the ack of {id} ({} ms)", args.timeout_ms);
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    let waiting_for = format!("the ack of {id}");
     loop {
-        match next_event(&client, deadline, &waiting_for)? {
+        match next_event(&client, &progress, started, args.timeout_ms, &waiting_for)? {
             Event::Acked { id: acked, seq } if acked == id => {
                 if args.verbose {
                     println!("{seq}");
@@ -344,7 +356,7 @@ fn send_once(
             | Event::Error { code, message }
             | Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
             Event::Rejected { message } => return Err(CliError::Failed(message)),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
 }
@@ -355,20 +367,17 @@ fn print_history(
     room: &str,
     limit: usize,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     client.command(Command::History {
         room: room.to_string(),
         limit,
     })?;
-    let deadline = deadline_after(args.timeout_ms);
-    let waiting_for = format!("the history of {room} ({} ms)", args.timeout_ms);
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    let waiting_for = format!("the whole history of {room}");
     let mut stdout = io::stdout().lock();
     loop {
-        match next_event(&client, deadline, &waiting_for)? {
+        match next_event(&client, &progress, started, args.timeout_ms, &waiting_for)? {
             Event::Msg {
                 raw, history: true, ..
             } => {
@@ -382,7 +391,7 @@ fn print_history(
                 return Err(CliError::Node { code, message })
             }
             Event::Rejected { message } => return Err(CliError::Failed(message)),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
     let _ = stdout.flush();
@@ -391,6 +400,7 @@ fn print_history(
 }
 
 fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), args.verbose, false);
     let client = Client::start(config)?;
     let after = args.after.map(|seq| Position {
         seq,
@@ -402,16 +412,21 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
             after,
         })?;
     }
-    let mut status = ScriptStatus {
-        verbose: args.verbose,
-        connected_once: false,
-    };
+    let started = Instant::now();
+    // Until the first session opens, a deadline: a listener that never reached a server
+    // says so. Once one did, it follows the pair through fail-overs for as long as it runs.
+    let mut opened = false;
     let mut stdout = io::stdout().lock();
     loop {
-        let event = client
-            .events
-            .recv()
-            .map_err(|_| CliError::Failed("the network thread ended".into()))?;
+        let event = if opened {
+            client
+                .events
+                .recv()
+                .map_err(|_| CliError::Failed("the network thread ended".into()))?
+        } else {
+            next_event(&client, &progress, started, args.timeout_ms, "a welcome")?
+        };
+        opened |= matches!(event, Event::Connected { .. });
         match event {
             Event::Msg { raw, .. } => {
                 // One line per message, flushed, so a reader sees it at once. A closed
@@ -427,19 +442,240 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
             Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
             Event::Error { code, message } => eprintln!("pbchat-client: error {code}: {message}"),
             Event::Rejected { message } => eprintln!("pbchat-client: {message}"),
-            other => status.show(&other),
+            other => show_status(&mut progress, &other),
         }
     }
 }
 
-/// Prints lines above the one being typed.
-type Printer = Box<dyn FnMut(String) + Send>;
+/// Bound of the signal channel: a burst of resizes needs one redraw, and a request to
+/// stop needs one.
+const SIGNALS_QUEUE_MAX: usize = 8;
+
+/// How often the view looks for members who did not come back after a reconnect
+/// (`display::REJOIN_GRACE_MS`): they are told within this of the grace period's end.
+const PRESENCE_CHECK_MS: u64 = 1_000;
+
+/// The person's side of the interactive client: the rooms joined, the one typed lines go
+/// to, and the ids of the messages sent.
+struct Chat {
+    joined: Vec<String>,
+    current: Option<String>,
+    ids: MessageIds,
+}
+
+impl Chat {
+    fn prompt(&self) -> String {
+        match &self.current {
+            Some(room) => format!("[{room}]> "),
+            None => "> ".to_string(),
+        }
+    }
+
+    /// Carries out a typed line. Returns the lines it shows, and whether to leave.
+    fn on_line(&mut self, line: &str, client: &Client) -> Result<(Vec<String>, bool), CliError> {
+        let join_first = || vec!["-- join a room first: /join ROOM".to_string()];
+        let lines = match parse_input(line) {
+            Input::Empty => Vec::new(),
+            Input::Say(body) => match &self.current {
+                Some(room) => {
+                    client.command(Command::Send {
+                        room: room.clone(),
+                        id: self.ids.next_id(),
+                        body,
+                    })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Join(room) => {
+                if !self.joined.contains(&room) {
+                    self.joined.push(room.clone());
+                    client.command(Command::Join {
+                        room: room.clone(),
+                        after: None,
+                    })?;
+                }
+                self.current = Some(room);
+                Vec::new()
+            }
+            Input::Leave(room) => {
+                if self.joined.contains(&room) {
+                    self.joined.retain(|r| *r != room);
+                    client.command(Command::Leave { room: room.clone() })?;
+                    if self.current.as_ref() == Some(&room) {
+                        self.current = self.joined.last().cloned();
+                    }
+                    Vec::new()
+                } else {
+                    vec![format!("-- not in {room}")]
+                }
+            }
+            Input::Room(room) => {
+                if self.joined.contains(&room) {
+                    self.current = Some(room);
+                    Vec::new()
+                } else {
+                    vec![format!("-- not in {room}; /join {room} first")]
+                }
+            }
+            Input::History(limit) => match &self.current {
+                Some(room) => {
+                    client.command(Command::History {
+                        room: room.clone(),
+                        limit,
+                    })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Who => match &self.current {
+                Some(room) => {
+                    client.command(Command::Who { room: room.clone() })?;
+                    Vec::new()
+                }
+                None => join_first(),
+            },
+            Input::Quit => return Ok((Vec::new(), true)),
+            Input::Help => HELP.lines().map(str::to_string).collect(),
+            Input::Invalid(why) => vec![format!("-- {why}")],
+        };
+        Ok((lines, false))
+    }
+}
+
+/// A person at a terminal: keys edit one row at the bottom, lines print above it.
+struct Screen {
+    terminal: Terminal,
+    decoder: KeyDecoder,
+    editor: LineEditor,
+}
+
+/// Where the interactive client shows lines and reads typed ones.
+enum Front {
+    Terminal(Box<Screen>),
+    /// Piped input: whole lines in, plain lines out.
+    Plain,
+}
+
+impl Front {
+    fn print(&mut self, lines: &[String]) -> Result<(), CliError> {
+        match self {
+            Front::Terminal(screen) => screen.terminal.print_above(lines),
+            Front::Plain => {
+                let mut stdout = io::stdout().lock();
+                lines
+                    .iter()
+                    .try_for_each(|line| writeln!(stdout, "{}", printable(line)))
+                    .and_then(|()| stdout.flush())
+            }
+        }
+        .map_err(CliError::Terminal)
+    }
+
+    /// Draws the edited row again (the prompt or the terminal's width changed).
+    fn redraw(&mut self, chat: &Chat) -> Result<(), CliError> {
+        if let Front::Terminal(screen) = self {
+            let row = screen
+                .editor
+                .render(&chat.prompt(), screen.terminal.columns());
+            screen.terminal.show(&row).map_err(CliError::Terminal)?;
+        }
+        Ok(())
+    }
+
+    fn resized(&mut self, chat: &Chat) -> Result<(), CliError> {
+        if let Front::Terminal(screen) = self {
+            screen.terminal.measure();
+        }
+        self.redraw(chat)
+    }
+
+    /// Takes what was typed; returns whether to leave.
+    fn on_typed(
+        &mut self,
+        typed: Typed,
+        chat: &mut Chat,
+        client: &Client,
+    ) -> Result<bool, CliError> {
+        let bytes = match typed {
+            Typed::Line(line) => {
+                let (lines, quit) = chat.on_line(&line, client)?;
+                self.print(&lines)?;
+                return Ok(quit);
+            }
+            Typed::Keys(bytes) => bytes,
+        };
+        let Front::Terminal(screen) = self else {
+            return Ok(false);
+        };
+        let Screen {
+            terminal,
+            decoder,
+            editor,
+        } = &mut **screen;
+        let mut keys = Vec::new();
+        decoder.feed(&bytes, &mut keys);
+        for key in keys {
+            match editor.on_key(key) {
+                Edit::Edited => {}
+                Edit::Bell => terminal.bell().map_err(CliError::Terminal)?,
+                Edit::ClearScreen => terminal.clear_screen().map_err(CliError::Terminal)?,
+                Edit::Quit => return Ok(true),
+                Edit::Submit(line) => {
+                    // The line stays on the screen as sent: its start, on one row.
+                    let chars: Vec<char> = line.chars().collect();
+                    let (echo, _) = render_row(&chat.prompt(), &chars, 0, terminal.columns(), 0);
+                    terminal.keep(&echo).map_err(CliError::Terminal)?;
+                    let (lines, quit) = chat.on_line(&line, client)?;
+                    terminal.print_above(&lines).map_err(CliError::Terminal)?;
+                    if quit {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        // One draw for all the keys of a read: a paste is drawn once, not once a key.
+        self.redraw(chat)?;
+        Ok(false)
+    }
+}
+
+/// `SIGWINCH` (the terminal was resized), and the signals that ask to stop, which must
+/// give the terminal back before the process ends.
+fn watch_signals() -> Result<Receiver<i32>, CliError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
+    let mut signals = signal_hook::iterator::Signals::new([SIGWINCH, SIGTERM, SIGHUP, SIGINT])
+        .map_err(CliError::Spawn)?;
+    let (signal_tx, signal_rx) = bounded(SIGNALS_QUEUE_MAX);
+    thread::Builder::new()
+        .name("pbchat-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let sent = if signal == SIGWINCH {
+                    // A full queue already holds a redraw.
+                    !matches!(
+                        signal_tx.try_send(signal),
+                        Err(TrySendError::Disconnected(_))
+                    )
+                } else {
+                    signal_tx.send(signal).is_ok()
+                };
+                if !sent {
+                    return;
+                }
+            }
+        })
+        .map_err(CliError::Spawn)?;
+    Ok(signal_rx)
+}
 
 fn interactive(
     config: NetConfig,
     rooms: Vec<String>,
-    mut ids: MessageIds,
+    ids: MessageIds,
+    verbose: bool,
 ) -> Result<ExitCode, CliError> {
+    let mut progress = Progress::new(config.servers.len(), verbose, true);
     let client = Client::start(config)?;
     for room in &rooms {
         client.command(Command::Join {
@@ -454,143 +690,77 @@ fn interactive(
             .events
             .recv()
             .map_err(|_| CliError::Failed("the network thread ended".into()))?;
-        match event {
-            Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
-            Event::Connected { .. } => {
-                if let Some(line) = status_line(&event) {
-                    println!("{line}");
-                }
-                break;
-            }
-            other => {
-                if let Some(line) = status_line(&other) {
-                    eprintln!("{line}");
-                }
-            }
+        if let Event::Fatal { code, message } = event {
+            return Err(CliError::Node { code, message });
+        }
+        show_status(&mut progress, &event);
+        if progress.is_open() {
+            break;
         }
     }
 
-    let mut editor = DefaultEditor::new()?;
-    // Lines from the network go through rustyline, which redraws the line being typed
-    // below them. Without a terminal (input piped in) there is no line to protect.
-    let printer: Printer = match editor.create_external_printer() {
-        Ok(mut external) => Box::new(move |text| {
-            let _ = external.print(text);
-        }),
-        Err(_) => Box::new(|text| {
-            let mut stdout = io::stdout().lock();
-            let _ = stdout.write_all(text.as_bytes());
-            let _ = stdout.flush();
-        }),
+    let keys = terminal::is_interactive();
+    let (signals, mut front) = if keys {
+        let signals = watch_signals()?;
+        let front = Front::Terminal(Box::new(Screen {
+            terminal: Terminal::open().map_err(CliError::Terminal)?,
+            decoder: KeyDecoder::new(),
+            editor: LineEditor::new(),
+        }));
+        (signals, front)
+    } else {
+        (never(), Front::Plain)
     };
-    let fatal = Arc::new(AtomicBool::new(false));
-    let printer_done = spawn_printer(client.events.clone(), printer, fatal.clone())?;
-
-    let mut joined = rooms;
-    let mut current = joined.first().cloned();
+    // Started once the terminal is raw, so that no key is read as part of a cooked line.
+    let (typed_tx, typed_rx) = bounded(INPUT_QUEUE_MAX);
+    terminal::spawn_reader(keys, typed_tx).map_err(CliError::Spawn)?;
+    let mut chat = Chat {
+        current: rooms.first().cloned(),
+        joined: rooms,
+        ids,
+    };
+    let mut view = View::new();
+    let presence_checks = tick(Duration::from_millis(PRESENCE_CHECK_MS));
+    front.redraw(&chat)?;
     let outcome = loop {
-        if fatal.load(Ordering::SeqCst) {
-            break ExitCode::FAILURE;
-        }
-        let prompt = match &current {
-            Some(room) => format!("[{room}]> "),
-            None => "> ".to_string(),
-        };
-        let line = match editor.readline(&prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break ExitCode::SUCCESS,
-            Err(e) => return Err(e.into()),
-        };
-        if !line.trim().is_empty() {
-            let _ = editor.add_history_entry(line.as_str());
-        }
-        match parse_input(&line) {
-            Input::Empty => {}
-            Input::Say(body) => match &current {
-                Some(room) => client.command(Command::Send {
-                    room: room.clone(),
-                    id: ids.next_id(),
-                    body,
-                })?,
-                None => println!("-- join a room first: /join ROOM"),
-            },
-            Input::Join(room) => {
-                if !joined.contains(&room) {
-                    joined.push(room.clone());
-                    client.command(Command::Join {
-                        room: room.clone(),
-                        after: None,
-                    })?;
-                }
-                current = Some(room);
-            }
-            Input::Leave(room) => {
-                if joined.contains(&room) {
-                    joined.retain(|r| *r != room);
-                    client.command(Command::Leave { room: room.clone() })?;
-                    if current.as_ref() == Some(&room) {
-                        current = joined.last().cloned();
-                    }
-                } else {
-                    println!("-- not in {room}");
+        select! {
+            recv(client.events) -> event => {
+                // The thread ends only after `Fatal` or a quit, both handled here.
+                let Ok(event) = event else { break ExitCode::FAILURE };
+                let fatal = matches!(event, Event::Fatal { .. });
+                let mut lines = progress.on_event(&event);
+                lines.extend(view.lines(&event, Instant::now()));
+                front.print(&lines)?;
+                if fatal {
+                    front.print(&["-- cannot go on".to_string()])?;
+                    break ExitCode::FAILURE;
                 }
             }
-            Input::Room(room) => {
-                if joined.contains(&room) {
-                    current = Some(room);
-                } else {
-                    println!("-- not in {room}; /join {room} first");
+            recv(typed_rx) -> typed => {
+                // The end of the input (a pipe, or the terminal gone) is leaving.
+                let Ok(typed) = typed else { break ExitCode::SUCCESS };
+                if front.on_typed(typed, &mut chat, &client)? {
+                    break ExitCode::SUCCESS;
                 }
             }
-            Input::History(limit) => match &current {
-                Some(room) => client.command(Command::History {
-                    room: room.clone(),
-                    limit,
-                })?,
-                None => println!("-- join a room first: /join ROOM"),
+            recv(presence_checks) -> _ => front.print(&view.expire(Instant::now()))?,
+            recv(signals) -> signal => match signal {
+                Ok(signal_hook::consts::SIGWINCH) => front.resized(&chat)?,
+                _ => break ExitCode::SUCCESS,
             },
-            Input::Who => match &current {
-                Some(room) => client.command(Command::Who { room: room.clone() })?,
-                None => println!("-- join a room first: /join ROOM"),
-            },
-            Input::Quit => break ExitCode::SUCCESS,
-            Input::Help => println!("{HELP}"),
-            Input::Invalid(why) => println!("-- {why}"),
         }
     };
-    // The printer thread shows what still arrives (acks, last messages) and ends when the
-    // network thread does.
+    // What still arrives (acks, the last messages) shows until the network thread ends,
+    // which it does once the unacknowledged sends are acknowledged, or at its deadline.
     let _ = client.commands.send(Command::Quit);
-    let _ = printer_done.recv_deadline(deadline_after(QUIT_WAIT_MS));
-    // Dropping the editor here, before exit, leaves the terminal as we found it.
-    drop(editor);
+    let deadline = deadline_after(QUIT_WAIT_MS);
+    while let Ok(event) = client.events.recv_deadline(deadline) {
+        let mut lines = progress.on_event(&event);
+        lines.extend(view.lines(&event, Instant::now()));
+        // Leaving anyway: a terminal that is gone changes nothing.
+        let _ = front.print(&lines);
+    }
+    // Dropping the terminal gives it back as it was.
+    drop(front);
     Ok(outcome)
-}
-
-/// The thread that shows network events while the person types. The returned channel
-/// disconnects when it has shown the last one.
-fn spawn_printer(
-    events: Receiver<Event>,
-    mut printer: Printer,
-    fatal: Arc<AtomicBool>,
-) -> Result<Receiver<()>, CliError> {
-    let (done_tx, done_rx) = bounded::<()>(1);
-    thread::Builder::new()
-        .name("pbchat-printer".into())
-        .spawn(move || {
-            let _done = done_tx;
-            let mut view = View::new();
-            for event in events {
-                let is_fatal = matches!(event, Event::Fatal { .. });
-                for line in view.lines(&event) {
-                    printer(format!("{line}\n"));
-                }
-                if is_fatal {
-                    fatal.store(true, Ordering::SeqCst);
-                    printer("-- cannot go on; press Enter to exit\n".to_string());
-                }
-            }
-        })
-        .map(|_| done_rx)
-        .map_err(CliError::Spawn)
 }

@@ -1,8 +1,9 @@
 //! The chat client library behind `pbchat-client`: protocol session state, reconnect
 //! policy, the network thread, and the pure text helpers of the terminal front end.
 //!
-//! It must not touch the terminal: the binary owns stdin/stdout and rustyline; this module
-//! hands it typed [`net::Event`]s and takes [`net::Command`]s over bounded channels.
+//! Only `terminal` touches the terminal, and only when the binary's interactive mode asks;
+//! the rest hands the binary typed [`net::Event`]s and takes [`net::Command`]s over bounded
+//! channels.
 //!
 //! Layout:
 //! - `session`: PURE state kept across reconnects: rooms with the position of the last
@@ -13,16 +14,22 @@
 //!   refusals are final.
 //! - `frames`: builders of the client frames (JSON lines).
 //! - `input`: PURE parsing of typed lines (`/join`, `/history`, …) and message ids.
+//! - `editor`: PURE line editing: terminal bytes to keys, keys to one edited line, and the
+//!   single row that shows it, scrolled sideways when the line is longer.
 //! - `display`: PURE formatting of events for people.
 //! - `net`: the network thread: owns the `TcpStream`, drives `session` and `reconnect`.
+//! - `terminal`: raw mode, the terminal's width, stdin on a thread, drawing the edited row
+//!   and the lines above it.
 
 pub mod display;
+pub mod editor;
 pub mod frames;
 pub mod input;
 pub mod liveness;
 pub mod net;
 pub mod reconnect;
 pub mod session;
+pub mod terminal;
 
 /// Bound of the UI → network command channel. A person types far slower than the network
 /// thread drains it; scripted modes send a handful. Full means the network thread is stuck
