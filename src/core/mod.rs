@@ -26,7 +26,7 @@ use crate::wire::client::{encode_msg, encode_reply, DecodeError, ErrorCode, Repl
 use dedup::Dedup;
 use epochs::EpochHistory;
 pub use peer::PairConfig;
-use peer::{Handover, Link, PeerView, Resubmission};
+use peer::{Handover, Link, PeerView, Resubmission, StorageWatch};
 use rate::TokenBucket;
 
 /// An encoded frame, shared by every connection it goes to.
@@ -475,6 +475,7 @@ pub struct Node {
     probing: bool,
     probe_ok_ms: Option<u64>,
     handover: Option<Handover>,
+    storage_watch: StorageWatch,
     /// Re-commits waiting to be reported done, at most one per link (the primary's own
     /// orphans on `SELF_LINK` and the backup's on its link can overlap), bounded by
     /// `RESUBMISSIONS_MAX`.
@@ -545,6 +546,7 @@ impl Node {
             probing: false,
             probe_ok_ms: None,
             handover: None,
+            storage_watch: StorageWatch::default(),
             resubmissions: Vec::new(),
             tail_commit: 0,
             log_generation: 0,
@@ -895,6 +897,7 @@ impl Node {
         }
         self.last_tick_mono_ms = Some(mono_ms);
         self.on_pair_tick(actions);
+        self.watch_storage(actions);
         self.review_held(actions);
         while let Some(&(deadline, conn)) = self.hello_deadlines.front() {
             if deadline > self.now_ms {

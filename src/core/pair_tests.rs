@@ -1669,6 +1669,62 @@ fn a_stalled_primary_steps_down_without_committing_when_the_peer_moved_on() {
     assert!(pair.copies(B, "alice", "m-2") <= 1);
 }
 
+/// a's disk stops answering (no fsync completes): it commits nothing, and its heartbeats
+/// keep b from taking over. After the detection time without a completed write it hands
+/// the role to b, which holds everything acknowledged, and sends its clients there; the
+/// message it could not commit is resent to b and stored once.
+#[test]
+fn a_primary_whose_disk_stops_answering_hands_the_role_to_its_backup() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 2);
+    pair.nodes[A].hold_fsyncs = true;
+    pair.send(alice, "m-3");
+    pair.run_for(DETECTION_MS - 2 * TICK_MS);
+    assert_eq!(
+        pair.node(A).role(),
+        Role::Primary,
+        "moved before the detection time"
+    );
+    assert_eq!(pair.ack_of(A, "alice", "m-3"), None);
+    assert!(
+        pair.run_until(4 * TICK_MS, is_primary(B)),
+        "b never took over"
+    );
+    assert!(pair.run_until(TICK_MS, |p| p.node(A).role() == Role::Backup));
+    assert_eq!(
+        goodbyes(&pair.frames_to(alice)),
+        [(Some("failover".into()), Some(CLIENT_ADDRESSES[B].into()))]
+    );
+    // The client resends m-3 to b: committed there once; nothing acknowledged is missing.
+    let again = pair.connect(B, "alice");
+    pair.send(again, "m-3");
+    pair.run_for(10);
+    assert_eq!(pair.ack_of(B, "alice", "m-3"), Some(3));
+    assert_eq!(pair.ack_of(A, "alice", "m-3"), None);
+    // The disk comes back: a follows b and ends with b's log, m-3 once.
+    pair.nodes[A].hold_fsyncs = false;
+    assert!(pair.run_until(3_000, Pair::in_sync), "a never caught up");
+    assert_eq!(pair.nodes[A].disk.ids(), pair.nodes[B].disk.ids());
+    assert_eq!(pair.copies(B, "alice", "m-3"), 1);
+}
+
+/// A disk slower than the detection time for one fsync, but not stuck, moves nothing:
+/// each completed write restarts the watch.
+#[test]
+fn a_slow_disk_that_keeps_completing_writes_keeps_the_primary() {
+    let mut pair = linked_pair(0);
+    let alice = commit_messages(&mut pair, 1);
+    pair.nodes[A].fsync_ms = DETECTION_MS * 3 / 4;
+    for n in 2..=8 {
+        pair.send(alice, &format!("m-{n}"));
+        pair.run_for(DETECTION_MS / 2);
+    }
+    pair.run_for(2 * DETECTION_MS);
+    assert_eq!(pair.node(A).role(), Role::Primary);
+    assert_eq!(pair.node(B).role(), Role::Backup);
+    assert_eq!(pair.ack_of(A, "alice", "m-8"), Some(8));
+}
+
 #[test]
 fn a_stalled_backup_does_not_promote_on_stale_silence() {
     let mut pair = linked_pair(0);

@@ -95,6 +95,18 @@ pub(super) struct Handover {
     /// Exit afterwards (TERM) or stay up as the new backup (USR1 drill).
     pub exit: bool,
     pub sent: bool,
+    /// Started because the log stopped completing writes (`watch_storage`): sent without
+    /// waiting for what is pending, which cannot commit here.
+    pub stuck_storage: bool,
+}
+
+/// What the primary watches of its own log: the durable seq when it last moved.
+#[derive(Clone, Debug, Default)]
+pub(super) struct StorageWatch {
+    pub durable: u64,
+    pub since_ms: u64,
+    /// The stuck log was acted on (or reported) once; again only after it moves.
+    pub acted: bool,
 }
 
 /// Re-commits tracked at once: the primary's own orphans and one backup link's, with room
@@ -329,7 +341,8 @@ impl Node {
                     && no_primary_ms >= pair.detection_ms
                     && (self.epoch(), self.head, 1 - pair.rank)
                         > (self.peer.epoch, self.peer.head, pair.rank);
-                if !silent && !standoff && !configured_start {
+                // A node whose log is stuck cannot commit: it takes nothing over.
+                if self.log_stuck() || (!silent && !standoff && !configured_start) {
                     self.probe_ok_ms = None;
                     self.strict_drop_bid();
                     if self.strict_handover_bid() {
@@ -415,11 +428,19 @@ impl Node {
                             self.finish_handover(None, actions);
                         } else {
                             // A drill that got no answer changes nothing: stay primary.
+                            let what = if handover.stuck_storage {
+                                // Asked again after another detection time of a stuck log.
+                                self.storage_watch.acted = false;
+                                self.storage_watch.since_ms = now;
+                                "hand-over for the stuck log"
+                            } else {
+                                "fail-over drill"
+                            };
                             self.handover = None;
                             self.draining = false;
                             self.log(
                                 LogLevel::Warn,
-                                "fail-over drill aborted: the backup did not take over in time; still primary".into(),
+                                format!("{what} aborted: the backup did not take over in time; still primary"),
                             );
                         }
                     }
@@ -836,6 +857,7 @@ impl Node {
             started_ms: self.mono_ms,
             exit,
             sent: false,
+            stuck_storage: false,
         });
         self.draining = true;
         self.exit_requested = exit;
@@ -866,11 +888,87 @@ impl Node {
         });
     }
 
+    /// Primary: the log has completed no write for the detection time while messages wait
+    /// (a disk that stopped answering: an fsync that never returns). Such a node commits
+    /// nothing, and its heartbeats keep the backup from taking over, so its clients would
+    /// wait as long as the disk hangs. It hands the role to a backup that holds everything
+    /// acknowledged, without waiting for what is pending: clients resend that to the new
+    /// primary, and what the log wrote of it is cut when this node rejoins, as after a crash.
+    pub(super) fn watch_storage(&mut self, actions: &mut Vec<Action>) {
+        let Some(detection_ms) = self.pair().map(|pair| pair.detection_ms) else {
+            return;
+        };
+        if self.durable >= self.last_seq || self.durable > self.storage_watch.durable {
+            self.storage_watch = StorageWatch {
+                durable: self.durable,
+                since_ms: self.mono_ms,
+                acted: false,
+            };
+            return;
+        }
+        let stuck_ms = self.mono_ms.saturating_sub(self.storage_watch.since_ms);
+        if stuck_ms < detection_ms
+            || self.role != Role::Primary
+            || self.handover.is_some()
+            || self.storage_watch.acted
+        {
+            return;
+        }
+        self.storage_watch.acted = true;
+        let what = format!(
+            "the log has completed no write for {stuck_ms} ms, {} messages waiting from seq {}",
+            self.last_seq - self.durable,
+            self.durable + 1
+        );
+        let link = match &self.link {
+            Some(Link::ToBackup { id, .. }) if self.backup_acked() >= self.head => *id,
+            Some(Link::ToBackup { .. }) => {
+                let message = format!("{what}; the backup lacks acknowledged messages, so this node stays primary and commits nothing");
+                self.log(LogLevel::Warn, message);
+                return;
+            }
+            _ => {
+                let message = format!("{what}; no backup is connected to take over, so this node stays primary and commits nothing");
+                self.log(LogLevel::Warn, message);
+                return;
+            }
+        };
+        self.log(
+            LogLevel::Warn,
+            format!("{what}; handing the primary role to the backup"),
+        );
+        self.handover = Some(Handover {
+            started_ms: self.mono_ms,
+            exit: false,
+            sent: true,
+            stuck_storage: true,
+        });
+        self.draining = true;
+        self.strict_on_handover_sent(link);
+        actions.push(Action::Handover {
+            link,
+            epoch: self.epochs.current(),
+        });
+    }
+
+    /// The log completed no write for the detection time while entries wait, and the node
+    /// acted on it (`watch_storage`); until it moves again the node follows no primary: it
+    /// could not keep up, and a primary in sync with it would wait on its acks.
+    pub fn log_stuck(&self) -> bool {
+        self.storage_watch.acted && self.durable < self.last_seq
+    }
+
     pub(super) fn on_took_over(&mut self, link: LinkId, epoch: u64, actions: &mut Vec<Action>) {
         if self.link.as_ref().is_none_or(|l| l.id() != link) || self.handover.is_none() {
             return;
         }
         self.note_epoch(epoch, actions);
+        // Heard on the link just now: the peer is primary. Without this, the heartbeats it
+        // sent as backup would still stand for a moment, and the standoff rule could take
+        // the role back.
+        self.peer.primary = true;
+        self.peer.epoch = epoch;
+        self.peer.primary_seen_ms = self.mono_ms;
         self.log(
             LogLevel::Info,
             format!("hand-over: the peer took over in epoch {epoch}"),
@@ -890,9 +988,18 @@ impl Node {
             self.draining = false;
             self.role = Role::Backup;
             self.degraded = false;
+            let what = if handover.stuck_storage {
+                // Never to commit here: the senders resend them to the new primary, and what
+                // the log wrote of them is cut when this node rejoins.
+                self.pending.clear();
+                self.resubmissions.clear();
+                "the log is stuck"
+            } else {
+                "fail-over drill"
+            };
             let why = match epoch {
-                Some(epoch) => format!("fail-over drill: the peer took over in epoch {epoch}"),
-                None => "fail-over drill: the backup did not answer in time".to_string(),
+                Some(epoch) => format!("{what}: the peer took over in epoch {epoch}"),
+                None => format!("{what}: the backup did not answer in time"),
             };
             self.log(
                 LogLevel::Info,

@@ -146,6 +146,8 @@ pub struct Snapshot {
     pub head: u64,
     pub last_seq: u64,
     pub first_seq: u64,
+    /// The core's `log_stuck`: do not follow a primary meanwhile.
+    pub log_stuck: bool,
 }
 
 impl LinkContext {
@@ -708,7 +710,8 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receive
         if ctx.stopping.load(Ordering::Acquire) {
             return;
         }
-        if ctx.primary.load(Ordering::Acquire) {
+        let log_stuck = ctx.snapshot.lock().expect("snapshot lock").log_stuck;
+        if ctx.primary.load(Ordering::Acquire) || log_stuck {
             // Wait for a role change (or check again now and then).
             let _ = role_changed.recv_timeout(Duration::from_millis(500));
             continue;

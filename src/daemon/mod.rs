@@ -327,6 +327,7 @@ pub fn run(config: Config) -> Result<(), String> {
         head: node.head(),
         last_seq: node.last_seq(),
         first_seq: progress.first_seq.load(Ordering::Acquire).max(1),
+        log_stuck: false,
     }));
     let (heartbeat_tx, heartbeat_rx) = bounded::<Received>(HEARTBEATS_MAX);
     let (role_tx, role_rx) = bounded::<()>(1);
@@ -792,6 +793,7 @@ impl Driver {
             snapshot.head = self.node.head();
             snapshot.last_seq = self.node.last_seq();
             snapshot.first_seq = self.retained_seq.max(1);
+            snapshot.log_stuck = self.node.log_stuck();
             if snapshot.spans.len() != self.node.epochs().spans().len()
                 || snapshot.spans.as_slice() != self.node.epochs().spans()
             {
