@@ -227,7 +227,6 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
             "--send: the message is blank (empty or only spaces); nothing to send".into(),
         ));
     }
-    let session_given = args.session.is_some();
     let session = match &args.session {
         Some(session) => {
             check_printable("--session", session, SESSION_CHARS_MAX)
@@ -236,14 +235,11 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         None => format!("{:016x}", rand::thread_rng().gen::<u64>()),
     };
-    // Ids need only be unique within the session: a session of our own starts clean, but
-    // one given on the command line may have sent `m-1` before, and a resend of that
-    // would be acknowledged without being stored. See `MessageIds`.
-    let mut ids = if session_given {
-        MessageIds::new(format!("m-{:08x}-", rand::thread_rng().gen::<u32>()))
-    } else {
-        MessageIds::new("m-")
-    };
+    // Ids unique per nick, not only per session: a session given on the command line may
+    // have sent `m-1` before (a resend of it would be acknowledged without being stored),
+    // and after two primaries served at once a copy is recognized by sender and id
+    // (docs/protocol.md, the client recipe). See `MessageIds`.
+    let mut ids = MessageIds::new(format!("m-{:08x}-", rand::thread_rng().gen::<u32>()));
     let servers = if args.servers.is_empty() {
         DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
     } else {

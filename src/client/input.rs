@@ -84,10 +84,10 @@ pub fn parse_input(line: &str) -> Input {
     }
 }
 
-/// Message ids of one process: `<prefix><n>`, n counting from 1. The prefix is `m-` for a
-/// session this process made up (ids need only be unique within the session); with a
-/// session given on the command line, which an earlier process may have used, the prefix
-/// carries a random part, or that process's `m-1` would be taken for a resend and dropped.
+/// Message ids of one process: `<prefix><n>`, n counting from 1. `pbchat-client` gives the
+/// prefix a random part, so that ids are unique per nick across processes: an earlier
+/// process's `m-1` in a reused session would be taken for a resend and dropped, and the
+/// copy rule of the client recipe knows a message by sender and id.
 #[derive(Debug)]
 pub struct MessageIds {
     prefix: String,
