@@ -180,9 +180,17 @@ impl Client {
     }
 
     fn command(&self, command: Command) -> Result<(), CliError> {
-        self.commands
-            .send(command)
-            .map_err(|_| CliError::Failed("the network thread ended".into()))
+        if self.commands.send(command).is_ok() {
+            return Ok(());
+        }
+        // The thread ended before taking the command: the refusal it reported says why (a
+        // certificate that does not verify ends it at once, as `--send` queues its frames).
+        while let Ok(event) = self.events.try_recv() {
+            if let Event::Fatal { code, message } = event {
+                return Err(CliError::Node { code, message });
+            }
+        }
+        Err(CliError::Failed("the network thread ended".into()))
     }
 
     /// Asks the network thread to quit and waits (bounded) until it has.
