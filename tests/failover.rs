@@ -240,6 +240,69 @@ fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
     (a, b)
 }
 
+/// Three resilient senders and a `pbchat-client --listen` listener on a pair, already
+/// sending when `start` returns.
+struct Traffic {
+    senders: Vec<Sender>,
+    listener: Listener,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(servers: &[SocketAddr]) -> Traffic {
+        let listener = Listener::start("ear", servers);
+        let senders: Vec<Sender> = (0..3)
+            .map(|i| Sender::new(&format!("mouth{i}"), servers.to_vec()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = senders.iter().map(|s| s.spawn(stop.clone())).collect();
+        let traffic = Traffic {
+            senders,
+            listener,
+            stop,
+            threads,
+        };
+        traffic.wait_more(20, "traffic");
+        traffic
+    }
+
+    /// Waits until every sender has `more` acks beyond what it has now.
+    fn wait_more(&self, more: usize, what: &str) {
+        let before: Vec<usize> = self.senders.iter().map(|s| s.acked().len()).collect();
+        wait_until(what, || {
+            self.senders
+                .iter()
+                .zip(&before)
+                .all(|(s, n)| s.acked().len() >= n + more)
+        });
+    }
+
+    /// Stops the senders and checks that no two sends were acked with one seq and that the
+    /// listener showed every acked message once, in order. Asserts that each sender saw
+    /// one break, shorter than `bound`.
+    fn finish_with_one_gap_each_under(mut self, bound: Duration, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        let all: Vec<u64> = self
+            .senders
+            .iter()
+            .flat_map(|s| s.acked().into_values())
+            .collect();
+        let distinct: BTreeSet<u64> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "two sends acked with one seq");
+        self.listener.check(&expected_keys(&self.senders));
+        for s in &self.senders {
+            let gaps = s.gaps.lock().unwrap().clone();
+            eprintln!("{}: {what}; client-visible gaps {gaps:?}", s.nick);
+            assert_eq!(gaps.len(), 1, "{}: {gaps:?}", s.nick);
+            assert!(gaps[0] < bound, "{}: {gaps:?}, bound {bound:?}", s.nick);
+        }
+    }
+}
+
 #[test]
 fn kill9_of_the_primary_under_load_loses_and_doubles_nothing() {
     let pair = PairFiles::new("");
@@ -301,52 +364,22 @@ fn kill9_of_the_primary_under_load_loses_and_doubles_nothing() {
 fn sigstop_of_the_primary_under_load_clients_chat_again_within_the_detection_time() {
     let pair = PairFiles::new("");
     let (a, b) = start_pair(&pair);
-    let servers = vec![pair.client_a, pair.client_b];
-    let listener = Listener::start("ear", &servers);
-    let senders: Vec<Sender> = (0..3)
-        .map(|i| Sender::new(&format!("mouth{i}"), servers.clone()))
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = senders.iter().map(|s| s.spawn(stop.clone())).collect();
-    wait_until("traffic", || senders.iter().all(|s| s.acked().len() >= 20));
+    let traffic = Traffic::start(&[pair.client_a, pair.client_b]);
 
     let stopped_at = Instant::now();
     common::signal_pid(a.pid(), "STOP");
     b.wait_log("promoted to primary");
     let promoted_after = stopped_at.elapsed();
-    let before: Vec<usize> = senders.iter().map(|s| s.acked().len()).collect();
-    wait_until("sends acked by the new primary", || {
-        senders
-            .iter()
-            .zip(&before)
-            .all(|(s, n)| s.acked().len() >= n + 10)
-    });
+    traffic.wait_more(10, "sends acked by the new primary");
     common::signal_pid(a.pid(), "CONT");
     a.wait_log("following the primary b");
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let all: Vec<u64> = senders
-        .iter()
-        .flat_map(|s| s.acked().into_values())
-        .collect();
-    let distinct: BTreeSet<u64> = all.iter().copied().collect();
-    assert_eq!(distinct.len(), all.len(), "two sends acked with one seq");
-    listener.check(&expected_keys(&senders));
     // Detection is 1.0 s (pbchat-bench failover --mode stop measures the gap's spread).
     // Each client goes on within a moment of the promotion, whenever that came on a loaded
     // machine; waiting out its 2 s read timeout instead would fail this.
-    let bound = promoted_after + Duration::from_millis(600);
-    for s in &senders {
-        let gaps = s.gaps.lock().unwrap().clone();
-        eprintln!(
-            "{}: promoted after {promoted_after:?}; client-visible gaps {gaps:?}",
-            s.nick
-        );
-        assert_eq!(gaps.len(), 1, "{}: {gaps:?}", s.nick);
-        assert!(gaps[0] < bound, "{}: {gaps:?}, bound {bound:?}", s.nick);
-    }
+    traffic.finish_with_one_gap_each_under(
+        promoted_after + Duration::from_millis(600),
+        &format!("promoted {promoted_after:?} after the stop"),
+    );
 }
 
 #[test]
@@ -747,55 +780,25 @@ fn a_primary_whose_disk_stops_answering_gives_up_the_role_within_the_detection_t
     let pair = PairFiles::new("");
     let disk = LoopMount::new(&pair.dir.join("data-a"));
     let (a, b) = start_pair(&pair);
-    let servers = vec![pair.client_a, pair.client_b];
-    let listener = Listener::start("ear", &servers);
-    let senders: Vec<Sender> = (0..3)
-        .map(|i| Sender::new(&format!("mouth{i}"), servers.clone()))
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = senders.iter().map(|s| s.spawn(stop.clone())).collect();
-    wait_until("traffic", || senders.iter().all(|s| s.acked().len() >= 20));
+    let traffic = Traffic::start(&[pair.client_a, pair.client_b]);
 
     let frozen_at = Instant::now();
     let frozen = disk.freeze();
     a.wait_log("handing the primary role to the backup");
     let gave_up_after = frozen_at.elapsed();
     b.wait_log("promoted to primary");
-    let before: Vec<usize> = senders.iter().map(|s| s.acked().len()).collect();
-    wait_until("sends acked by the new primary", || {
-        senders
-            .iter()
-            .zip(&before)
-            .all(|(s, n)| s.acked().len() >= n + 10)
-    });
+    traffic.wait_more(10, "sends acked by the new primary");
     drop(frozen);
     a.wait_log("following the primary b");
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let all: Vec<u64> = senders
-        .iter()
-        .flat_map(|s| s.acked().into_values())
-        .collect();
-    let distinct: BTreeSet<u64> = all.iter().copied().collect();
-    assert_eq!(distinct.len(), all.len(), "two sends acked with one seq");
-    listener.check(&expected_keys(&senders));
     // Detection is 1.0 s; a hand-over takes milliseconds. The bound leaves room for a
     // loaded machine and is far below "as long as the disk hangs".
     assert!(
         gave_up_after < Duration::from_millis(2_500),
         "gave up after {gave_up_after:?}"
     );
-    let bound = gave_up_after + Duration::from_millis(600);
-    for s in &senders {
-        let gaps = s.gaps.lock().unwrap().clone();
-        eprintln!(
-            "{}: gave up the role {gave_up_after:?} after the freeze; client-visible gaps {gaps:?}",
-            s.nick
-        );
-        assert_eq!(gaps.len(), 1, "{}: {gaps:?}", s.nick);
-        assert!(gaps[0] < bound, "{}: {gaps:?}, bound {bound:?}", s.nick);
-    }
+    traffic.finish_with_one_gap_each_under(
+        gave_up_after + Duration::from_millis(600),
+        &format!("gave up the role {gave_up_after:?} after the freeze"),
+    );
     drop((a, b));
 }
