@@ -25,6 +25,7 @@ use crate::client::frames;
 use crate::client::liveness::Liveness;
 use crate::client::reconnect::{refusal_is_final, Reconnect};
 use crate::client::session::{MsgVerdict, PendingSend, Position, SendErrorAction, Session};
+use crate::core::DEFAULT_PROBE_MS;
 use crate::wire::client::{decode_server_frame, ServerFrame};
 use crate::wire::lines::{Lines, TooLong};
 
@@ -387,6 +388,14 @@ struct Welcome {
     probe_ms: Option<u64>,
 }
 
+/// How a new connection's `hello` was answered: by its node, or, while that node said
+/// nothing, by another node that a probe reached and that serves (the liveness rule: a
+/// client that connects to a stopped primary would otherwise wait out its handshake).
+enum Answered {
+    Here(Handshake),
+    Elsewhere(Connection, Welcome),
+}
+
 /// The node's answer to `hello`.
 enum Handshake {
     Welcome(Welcome),
@@ -411,7 +420,10 @@ impl Probe {
             .name("pbchat-probe".into())
             .spawn(move || {
                 let result = Connection::open(&target, tls.as_ref()).and_then(|mut c| {
-                    let handshake = say_hello(&mut c, &hello)?;
+                    let handshake = match say_hello(&mut c, &hello, || None)? {
+                        Answered::Here(handshake) => handshake,
+                        Answered::Elsewhere(..) => unreachable!("a probe asks no one else"),
+                    };
                     Ok((c, handshake))
                 });
                 let _ = tx.send(result);
@@ -630,12 +642,7 @@ impl Driver {
                 attempt: self.policy.attempt(),
                 reconnecting: self.was_connected,
             })?;
-            let hello = self.hello();
-            let (connection, handshake) = match Connection::open(&server, self.config.tls.as_ref())
-                .and_then(|mut c| {
-                    let answer = say_hello(&mut c, &hello)?;
-                    Ok((c, answer))
-                }) {
+            let (server, connection, handshake) = match self.open_session(&server) {
                 Ok(open) => open,
                 Err(NetError::Tls {
                     server,
@@ -735,6 +742,45 @@ impl Driver {
         }
     }
 
+    /// Connects to `server` and says hello. While the node does not answer, after
+    /// [`DEFAULT_PROBE_MS`] the first other server is asked too, and its `welcome` is taken
+    /// if it comes first. Returns the server that welcomed (or answered) and its connection.
+    fn open_session(&self, server: &str) -> Result<(String, Connection, Handshake), NetError> {
+        let hello = self.hello();
+        let tls = self.config.tls.clone();
+        let mut connection = Connection::open(server, tls.as_ref())?;
+        let other = self.config.servers.iter().find(|s| *s != server).cloned();
+        let probe_after = Instant::now() + Duration::from_millis(DEFAULT_PROBE_MS);
+        let mut probe: Option<Probe> = None;
+        let mut probed = false;
+        let elsewhere = || {
+            if !probed && Instant::now() >= probe_after {
+                probed = true;
+                probe = other
+                    .clone()
+                    .and_then(|other| Probe::start(other, tls.clone(), hello.clone()).ok());
+            }
+            match probe.as_ref()?.answer.try_recv() {
+                Ok(Ok((next, Handshake::Welcome(welcome)))) => Some((next, welcome)),
+                Err(TryRecvError::Empty) => None,
+                Ok(_) | Err(TryRecvError::Disconnected) => {
+                    probe = None;
+                    None
+                }
+            }
+        };
+        Ok(match say_hello(&mut connection, &hello, elsewhere)? {
+            Answered::Here(handshake) => (server.to_string(), connection, handshake),
+            Answered::Elsewhere(next, welcome) => {
+                log::info!(
+                    "{server}: no answer to hello; {} welcomed the session",
+                    next.server
+                );
+                (next.server.clone(), next, Handshake::Welcome(welcome))
+            }
+        })
+    }
+
     fn hello(&self) -> Value {
         frames::hello(
             &self.config.nick,
@@ -744,13 +790,23 @@ impl Driver {
     }
 }
 
-/// Sends `hello` and waits for the answer.
-fn say_hello(connection: &mut Connection, hello: &Value) -> Result<Handshake, NetError> {
+/// Sends `hello` and waits for the answer, or for `elsewhere` to hand over a session that
+/// another node welcomed meanwhile.
+fn say_hello(
+    connection: &mut Connection,
+    hello: &Value,
+    mut elsewhere: impl FnMut() -> Option<(Connection, Welcome)>,
+) -> Result<Answered, NetError> {
     connection.write(hello)?;
     let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     let mut lines = Vec::new();
     while Instant::now() < deadline {
         connection.read_lines(&mut lines)?;
+        if lines.is_empty() {
+            if let Some((next, welcome)) = elsewhere() {
+                return Ok(Answered::Elsewhere(next, welcome));
+            }
+        }
         // Only the first frame answers hello; nothing else may come before it, and a
         // node sends nothing more after a redirect or a refusal.
         let Some(line) = lines.first() else {
@@ -789,7 +845,7 @@ fn say_hello(connection: &mut Connection, hello: &Value) -> Result<Handshake, Ne
         // Frames right behind welcome are the session's: keep them for `serve`.
         lines.remove(0);
         connection.pending = lines;
-        return Ok(answer);
+        return Ok(Answered::Here(answer));
     }
     Err(NetError::HandshakeTimeout {
         server: connection.server.clone(),

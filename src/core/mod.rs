@@ -54,10 +54,11 @@ pub const STALL_MIN_MS: u64 = 500;
 /// client is answered before it gives up on the connection.
 pub const HELLO_HOLD_MAX_MS: u64 = 2_000;
 
-/// The liveness wait a standalone node announces in `welcome`: the wait of a pair with the
-/// default heartbeat (2 x 200 ms). It has no peer to probe, but a client with other servers
-/// may use it the same way.
-pub const STANDALONE_PROBE_MS: u64 = 400;
+/// The liveness wait of a pair with the default heartbeat (2 x 200 ms). A standalone node
+/// announces it in `welcome` (it has no peer to probe, but a client with other servers may
+/// use it the same way), and a client waits this long for the answer to a `hello` before
+/// it also asks another server.
+pub const DEFAULT_PROBE_MS: u64 = 400;
 
 /// Frames a client may send behind a held `hello` (a pipelined `join`, say); they are
 /// handled in order once the hello is answered. More get `bad_request`.
@@ -1291,7 +1292,7 @@ impl Node {
     /// until it decides (`hello_hold_ms`), rather than redirecting back to the stopped node.
     fn probe_ms(&self) -> u64 {
         self.pair()
-            .map_or(STANDALONE_PROBE_MS, |pair| 2 * pair.interval_ms)
+            .map_or(DEFAULT_PROBE_MS, |pair| 2 * pair.interval_ms)
     }
 
     /// A frame behind a held `hello` waits for the answer, within [`HELD_REQUESTS_MAX`].

@@ -130,7 +130,7 @@ fn hello_is_welcomed_with_role_epoch_and_head() {
     assert_eq!(frames[0].head, Some(0));
     // A standalone node has no peer to send clients to.
     assert_eq!(frames[0].peer, None);
-    assert_eq!(frames[0].probe_ms, Some(crate::core::STANDALONE_PROBE_MS));
+    assert_eq!(frames[0].probe_ms, Some(crate::core::DEFAULT_PROBE_MS));
 }
 
 #[test]

@@ -497,3 +497,32 @@ fn a_probe_redirected_back_keeps_the_session_on_a_slow_node() {
     assert!(matches!(next_event(&events), Event::Acked { ref id, seq: 11 } if id == "m-1"));
     quit(&commands, &events, &mut a, handle);
 }
+
+#[test]
+fn a_hello_that_a_stopped_node_leaves_unanswered_is_asked_of_the_other_server_too() {
+    // a's listener never accepts: the kernel completes the connection and the hello sits
+    // in its queue, as with a stopped process.
+    let (_stopped, stopped_address) = listener();
+    let (second, second_address) = listener();
+    let (commands, events, handle) = start(vec![stopped_address, second_address.clone()]);
+    join_general(&commands);
+    let started = std::time::Instant::now();
+    let mut b = welcome_with_peer(&second, "b", 2, "127.0.0.1:9");
+    match next_event(&events) {
+        Event::Connected { server, node, .. } => {
+            assert_eq!(
+                (server.as_str(), node.as_str()),
+                (second_address.as_str(), "b")
+            );
+        }
+        other => panic!("expected the session on b, got {other:?}"),
+    }
+    // Well before the handshake timeout the client would otherwise have waited out.
+    assert!(
+        started.elapsed() < Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.recv_kind("join")["room"], "general");
+    quit(&commands, &events, &mut b, handle);
+}
