@@ -368,8 +368,32 @@ fn sigstop_of_the_primary_under_load_clients_chat_again_within_the_detection_tim
 
     let stopped_at = Instant::now();
     common::signal_pid(a.pid(), "STOP");
+    // A client that starts now connects to a first: a's kernel accepts, a says nothing.
+    let mut newcomer = Command::new(env!("CARGO_BIN_EXE_pbchat-client"))
+        .args(["--server", &pair.client_a.to_string()])
+        .args(["--server", &pair.client_b.to_string()])
+        .args([
+            "--nick",
+            "newcomer",
+            "--room",
+            ROOM,
+            "--send",
+            "hello during the stop",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     b.wait_log("promoted to primary");
     let promoted_after = stopped_at.elapsed();
+    let status = newcomer.wait().unwrap();
+    let newcomer_after = stopped_at.elapsed();
+    assert!(status.success(), "pbchat-client --send: {status}");
+    // It asked b too after 400 ms, and b welcomed it on taking over; waiting out its 3 s
+    // handshake on a first would fail this.
+    assert!(
+        newcomer_after < promoted_after + Duration::from_millis(1_000),
+        "pbchat-client --send took {newcomer_after:?}; b promoted {promoted_after:?} after the stop"
+    );
     traffic.wait_more(10, "sends acked by the new primary");
     common::signal_pid(a.pid(), "CONT");
     a.wait_log("following the primary b");
