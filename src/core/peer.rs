@@ -92,12 +92,32 @@ impl Link {
 #[derive(Clone, Debug)]
 pub(super) struct Handover {
     pub started_ms: u64,
-    /// Exit afterwards (TERM) or stay up as the new backup (USR1 drill).
-    pub exit: bool,
+    pub kind: HandoverKind,
     pub sent: bool,
-    /// Started because the log stopped completing writes (`watch_storage`): sent without
-    /// waiting for what is pending, which cannot commit here.
-    pub stuck_storage: bool,
+}
+
+/// Why a hand-over runs, which decides what follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HandoverKind {
+    /// TERM: exit afterwards.
+    Shutdown,
+    /// USR1 (a drill): stay up as the new backup.
+    Drill,
+    /// The log stopped completing writes (`watch_storage`): sent without waiting for what
+    /// is pending, which cannot commit here; stay up as a backup that follows no one until
+    /// the log moves.
+    StuckLog,
+}
+
+impl HandoverKind {
+    /// For log lines: what was handed over for.
+    fn what(self) -> &'static str {
+        match self {
+            HandoverKind::Shutdown => "shutdown",
+            HandoverKind::Drill => "fail-over drill",
+            HandoverKind::StuckLog => "the log is stuck",
+        }
+    }
 }
 
 /// What the primary watches of its own log: the durable seq when it last moved.
@@ -420,7 +440,7 @@ impl Node {
                 }
                 if let Some(handover) = &self.handover {
                     if now >= handover.started_ms + HANDOVER_TIMEOUT_MS {
-                        if handover.exit {
+                        if handover.kind == HandoverKind::Shutdown {
                             self.log(
                                 LogLevel::Warn,
                                 "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
@@ -428,19 +448,17 @@ impl Node {
                             self.finish_handover(None, actions);
                         } else {
                             // A drill that got no answer changes nothing: stay primary.
-                            let what = if handover.stuck_storage {
+                            let what = handover.kind.what();
+                            if handover.kind == HandoverKind::StuckLog {
                                 // Asked again after another detection time of a stuck log.
                                 self.storage_watch.acted = false;
                                 self.storage_watch.since_ms = now;
-                                "hand-over for the stuck log"
-                            } else {
-                                "fail-over drill"
-                            };
+                            }
                             self.handover = None;
                             self.draining = false;
                             self.log(
                                 LogLevel::Warn,
-                                format!("{what} aborted: the backup did not take over in time; still primary"),
+                                format!("hand-over ({what}) aborted: the backup did not take over in time; still primary"),
                             );
                         }
                     }
@@ -855,9 +873,12 @@ impl Node {
         }
         self.handover = Some(Handover {
             started_ms: self.mono_ms,
-            exit,
+            kind: if exit {
+                HandoverKind::Shutdown
+            } else {
+                HandoverKind::Drill
+            },
             sent: false,
-            stuck_storage: false,
         });
         self.draining = true;
         self.exit_requested = exit;
@@ -939,9 +960,8 @@ impl Node {
         );
         self.handover = Some(Handover {
             started_ms: self.mono_ms,
-            exit: false,
+            kind: HandoverKind::StuckLog,
             sent: true,
-            stuck_storage: true,
         });
         self.draining = true;
         self.strict_on_handover_sent(link);
@@ -980,7 +1000,7 @@ impl Node {
         let Some(handover) = self.handover.take() else {
             return;
         };
-        if handover.exit {
+        if handover.kind == HandoverKind::Shutdown {
             self.goodbye_all("shutdown", actions);
             self.exited = true;
             actions.push(Action::Exit);
@@ -988,15 +1008,13 @@ impl Node {
             self.draining = false;
             self.role = Role::Backup;
             self.degraded = false;
-            let what = if handover.stuck_storage {
+            let what = handover.kind.what();
+            if handover.kind == HandoverKind::StuckLog {
                 // Never to commit here: the senders resend them to the new primary, and what
                 // the log wrote of them is cut when this node rejoins.
                 self.pending.clear();
                 self.resubmissions.clear();
-                "the log is stuck"
-            } else {
-                "fail-over drill"
-            };
+            }
             let why = match epoch {
                 Some(epoch) => format!("{what}: the peer took over in epoch {epoch}"),
                 None => format!("{what}: the backup did not answer in time"),
