@@ -317,8 +317,27 @@ fn python_client_probes_past_a_stopped_primary_and_loses_nothing() {
 
     let stopped_at = Instant::now();
     common::signal_pid(a.pid(), "STOP");
+    // A client started now connects to a first: a's kernel accepts, a says nothing. After
+    // 400 ms it says the same hello to b, which welcomes it on taking over.
+    let mut newcomer = Python::start(
+        "newcomer",
+        &[pair.client_a, pair.client_b],
+        &["--send", "hello during the stop"],
+    );
     b.wait_log("promoted to primary");
-    eprintln!("promoted {:?} after the stop", stopped_at.elapsed());
+    let promoted = stopped_at.elapsed();
+    eprintln!("promoted {promoted:?} after the stop");
+    assert_eq!(
+        newcomer.wait_exit(SENDER_DEADLINE),
+        Some(0),
+        "newcomer failed"
+    );
+    let newcomer_done = stopped_at.elapsed();
+    eprintln!("newcomer acked {newcomer_done:?} after the stop");
+    assert!(
+        newcomer_done < promoted + Duration::from_millis(1_500),
+        "the newcomer waited out its hello timeout on the stopped node: {newcomer_done:?}"
+    );
     sender.wait_until("move by the probe", |p| {
         p.events("connected")
             .iter()

@@ -15,7 +15,8 @@ It is written from the protocol texts alone, not from the server's code:
 * the liveness rule (issue 14): `welcome` carries `peer` and `probe_ms`; a client that wrote
   a frame and then heard nothing at all for `probe_ms` asks the other node, on a second
   connection, with a `hello`; only a node that serves answers `welcome`, and then the client
-  moves there. A slow node is not left: a `redirect` keeps the current connection.
+  moves there. A slow node is not left: a `redirect` keeps the current connection. A
+  `hello` left unanswered for 400 ms goes to another server too; the first `welcome` wins.
 
 Design: one thread, non-blocking sockets and `selectors`. The library class `Client` holds
 at most two connections (the session's and a probe) and is driven by `Client.poll()`, which
@@ -79,7 +80,9 @@ CONNECT_TIMEOUT_S = 3.0
 PROBE_ANSWER_TIMEOUT_S = 3.0
 
 # A v1 node without the liveness extension sends no probe_ms: the pair's default
-# (2 x the 200 ms heartbeat interval).
+# (2 x the 200 ms heartbeat interval). Also how long a new connection's hello waits for
+# its answer before the same hello goes to another server too: a stopped primary's kernel
+# still accepts the connection, and nothing answers.
 DEFAULT_PROBE_MS = 400
 
 # Reconnect backoff: the first retry after losing a welcomed connection is immediate (the
@@ -199,6 +202,9 @@ class _Connection:
         # Time of the first frame written since anything arrived; None when every write so
         # far has been followed by some byte from the node. The liveness rule's clock.
         self.unanswered_since = None
+        # When hello went out, and whether another server was asked while it waits.
+        self.hello_at = None
+        self.hello_probed = False
         self.tls_wants = selectors.EVENT_WRITE
         self.inbox = bytearray()
         self.outbox = bytearray()
@@ -459,6 +465,10 @@ class Client:
             if conn is not None and conn.state != OPEN and now >= conn.deadline:
                 self._lose(conn, f"no answer in time ({conn.state})", now)
         conn = self._conn
+        if self._hello_probe_at(conn) <= now:
+            # No answer to hello yet: ask another server too; the first welcome wins.
+            conn.hello_probed = True
+            self._start_probe(now)
         if conn is None or conn.state != OPEN:
             return
         if now - conn.last_read_at >= SILENCE_DEAD_S:
@@ -474,6 +484,11 @@ class Client:
                 pending.retry_at = None
                 self._write(conn, self._send_frame(message_id))
 
+    def _hello_probe_at(self, conn):
+        if conn is None or conn.state != HELLO_SENT or conn.hello_probed or self._probe:
+            return float("inf")
+        return conn.hello_at + DEFAULT_PROBE_MS / 1000.0
+
     def _suspect_at(self, conn):
         if conn.unanswered_since is None:
             return float("inf")
@@ -487,6 +502,7 @@ class Client:
             if conn is not None and conn.state != OPEN:
                 times.append(conn.deadline)
         conn = self._conn
+        times.append(self._hello_probe_at(conn))
         if conn is not None and conn.state == OPEN:
             times.append(conn.last_read_at + SILENCE_DEAD_S)
             times.append(conn.last_write_at + PING_IDLE_S)
@@ -535,7 +551,7 @@ class Client:
                 return
             server = others[self._probe_turn % len(others)]
             self._probe_turn += 1
-        waited = now - self._conn.unanswered_since
+        waited = now - (self._conn.unanswered_since or now)
         log.info(
             "%s: nothing heard for %.0f ms after a write; asking %s",
             self._conn.server,
@@ -634,6 +650,7 @@ class Client:
 
     def _say_hello(self, conn, now):
         conn.state = HELLO_SENT
+        conn.hello_at = now
         if not conn.is_probe:
             conn.deadline = now + HELLO_ANSWER_TIMEOUT_S
         hello = {
