@@ -559,3 +559,95 @@ fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
         "{status}"
     );
 }
+
+/// Appends `text` (new sections) to a config file.
+fn append_config(config: &Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(config)
+        .unwrap();
+    writeln!(file, "\n{text}").unwrap();
+}
+
+/// `GET path` on a metrics listener: the status code and the body.
+fn http_status(address: &str, path: &str) -> (u16, String) {
+    let response = http_get(address, path);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// Issue 18: load balancers ask `/role` (200 only on the serving primary) and `/healthz`
+/// (200 on a working node of either role); `hooks.role_change` runs with `ROLE EPOCH PEER`
+/// on every role change. A kill -9 of the primary moves the 200 and runs b's hook.
+#[test]
+fn role_endpoint_and_role_change_hook_follow_a_kill9_failover() {
+    let pair = PairFiles::new("");
+    let metrics_a = format!("127.0.0.1:{}", common::free_port(false));
+    let metrics_b = format!("127.0.0.1:{}", common::free_port(false));
+    let hook = pair.dir.join("role-change.sh");
+    let calls = pair.dir.join("role-changes.txt");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$PBCHAT_NODE $*\" >> '{}'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (config, metrics) in [(&pair.config_a, &metrics_a), (&pair.config_b, &metrics_b)] {
+        append_config(
+            config,
+            &format!(
+                "[metrics]\nlisten = \"{metrics}\"\n[hooks]\nrole_change = \"{}\"",
+                hook.display()
+            ),
+        );
+    }
+    let hook_lines = || std::fs::read_to_string(&calls).unwrap_or_default();
+    let (mut a, b) = start_pair(&pair);
+    wait_until("a's /role to answer 200", || {
+        let (code, body) = http_status(&metrics_a, "/role");
+        code == 200 && body.starts_with("primary epoch ")
+    });
+    let (code, body) = http_status(&metrics_b, "/role");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("backup epoch "), "{body}");
+    let (code, body) = http_status(&metrics_a, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok primary epoch "), "{body}");
+    let (code, body) = http_status(&metrics_b, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok backup epoch "), "{body}");
+    // Each node ran its hook at start with its first role.
+    wait_until("the hooks of the start", || {
+        let lines = hook_lines();
+        lines
+            .lines()
+            .any(|l| l.starts_with("a primary ") && l.ends_with(" b"))
+            && lines
+                .lines()
+                .any(|l| l.starts_with("b backup ") && l.ends_with(" a"))
+    });
+    a.kill9();
+    b.wait_log("promoted to primary");
+    wait_until("b's /role to answer 200", || {
+        let (code, body) = http_status(&metrics_b, "/role");
+        code == 200 && body.starts_with("primary epoch ")
+    });
+    let (code, body) = http_status(&metrics_b, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let epoch: u64 = body
+        .strip_prefix("ok primary epoch ")
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    wait_until("b's hook to say it is primary", || {
+        hook_lines().contains(&format!("b primary {epoch} a\n"))
+    });
+    b.wait_log(&format!("primary {epoch} a: exited 0 in "));
+}

@@ -1,5 +1,6 @@
 //! `[metrics] listen`: a tiny HTTP/1.0 responder for `GET /metrics` in the Prometheus text
-//! format. One thread, one request per connection, no framework.
+//! format, and for load balancers `GET /healthz` (the node works) and `GET /role` (200 only
+//! on the serving primary). One thread, one request per connection, no framework.
 //!
 //! It exports only what the node counts: the status the driver publishes (at most 100 ms
 //! old) and the I/O and heartbeat counters (live atomics). It changes nothing.
@@ -17,6 +18,10 @@ use super::admin::Ops;
 const REQUEST_MAX_BYTES: u64 = 8 * 1024;
 /// A scraper that does not send its request (or read the answer) in this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// `/healthz` fails once the driver's published status is this old: the driver republishes
+/// at least every 100 ms (`STATUS_REFRESH`) and turns at least every 50 ms tick, so 2 s is
+/// twenty missed refreshes, a core thread that stopped turning, not a busy one.
+const STATUS_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Binds `listen` (an error names the key) and serves it on a thread.
 pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
@@ -57,16 +62,25 @@ fn handle(stream: TcpStream, ops: &Ops) {
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             render(ops),
         ),
+        ("GET", "/healthz") => {
+            let (ok, body) = health(ops);
+            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
+        }
+        ("GET", "/role") => {
+            let (ok, body) = role(ops);
+            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
+        }
         ("GET", _) => (
             "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".to_string(),
+            TEXT,
+            "not found: try /metrics, /healthz or /role\n".to_string(),
         ),
         _ => (
             "405 Method Not Allowed",
@@ -79,6 +93,52 @@ fn handle(stream: TcpStream, ops: &Ops) {
         body.len()
     );
     let _ = (&stream).write_all(response.as_bytes());
+}
+
+const OK: &str = "200 OK";
+const UNAVAILABLE: &str = "503 Service Unavailable";
+
+/// `/healthz`: the node works (its core thread turns, its log is not stuck), whatever its
+/// role; the body says the role: `ok primary epoch 3`.
+pub fn health(ops: &Ops) -> (bool, String) {
+    let status = ops.current();
+    let age = status.built_at.map(|at| at.elapsed());
+    match age {
+        None => (false, "unhealthy: starting\n".into()),
+        Some(age) if age > STATUS_MAX_AGE => (
+            false,
+            format!(
+                "unhealthy: the core thread has not turned for {} ms\n",
+                age.as_millis()
+            ),
+        ),
+        Some(_) if status.log_stuck => (
+            false,
+            format!(
+                "unhealthy: {} epoch {}: the log completes no write\n",
+                status.role, status.epoch
+            ),
+        ),
+        Some(_) => (true, format!("ok {} epoch {}\n", status.role, status.epoch)),
+    }
+}
+
+/// `/role`: 200 `primary epoch 3` only on the primary that takes sends now (not a backup,
+/// not draining, handing over or fenced) and is healthy; 503 with the reason otherwise.
+pub fn role(ops: &Ops) -> (bool, String) {
+    let (healthy, why) = health(ops);
+    if !healthy {
+        return (false, why);
+    }
+    let status = ops.current();
+    if status.serving {
+        (true, format!("primary epoch {}\n", status.epoch))
+    } else {
+        (
+            false,
+            format!("{} epoch {}\n", status.serving_reason, status.epoch),
+        )
+    }
 }
 
 /// The exposition text.
@@ -272,6 +332,61 @@ mod tests {
         assert!(!text.contains("backup_lag"));
         assert!(!text.contains("heartbeats"));
         assert!(!text.contains("witness"));
+    }
+
+    #[test]
+    fn healthz_and_role_follow_the_published_status() {
+        let ops = Ops::new(Instant::now(), Arc::default(), None);
+        // Nothing published yet: not healthy, not serving.
+        assert!(!health(&ops).0);
+        assert!(!role(&ops).0);
+        ops.publish(Status {
+            role: "primary",
+            epoch: 3,
+            serving: true,
+            serving_reason: "serving",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert_eq!(health(&ops), (true, "ok primary epoch 3\n".into()));
+        assert_eq!(role(&ops), (true, "primary epoch 3\n".into()));
+        ops.publish(Status {
+            role: "primary",
+            epoch: 3,
+            serving: false,
+            serving_reason: "draining",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert!(health(&ops).0);
+        assert_eq!(role(&ops), (false, "draining epoch 3\n".into()));
+        ops.publish(Status {
+            role: "backup",
+            epoch: 4,
+            serving_reason: "backup",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert_eq!(health(&ops), (true, "ok backup epoch 4\n".into()));
+        assert!(!role(&ops).0);
+        // A core that stopped turning: the status grows old.
+        ops.publish(Status {
+            role: "primary",
+            serving: true,
+            built_at: Some(Instant::now() - STATUS_MAX_AGE - Duration::from_millis(1)),
+            ..Status::default()
+        });
+        let (ok, body) = health(&ops);
+        assert!(!ok && body.contains("has not turned"), "{body}");
+        assert!(!role(&ops).0);
+        ops.publish(Status {
+            role: "primary",
+            serving: false,
+            log_stuck: true,
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert!(!health(&ops).0);
     }
 
     #[test]

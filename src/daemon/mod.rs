@@ -15,15 +15,17 @@
 //! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
 //! - `verify-N`: argon2 token checks off the core and I/O threads, with `auth.mode = "token"`
 //!   (see `verifier`).
+//! - `hook`: runs `hooks.role_change` on role changes, when set (see `hooks`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`,
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `hooks`, `verifier`,
 //! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
 
 pub mod acceptor;
 pub mod admin;
 pub mod batch;
 pub mod heartbeat;
+pub mod hooks;
 pub mod io;
 pub mod link;
 mod link_stream;
@@ -413,6 +415,13 @@ pub fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let admin_socket = config.admin_socket.clone();
+    let hooks = match &config.role_change_hook {
+        Some(program) => Some(hooks::Hooks::spawn(
+            program.clone(),
+            config.node_id.clone(),
+        )?),
+        None => None,
+    };
 
     let mut driver = Driver {
         node,
@@ -450,6 +459,7 @@ pub fn run(config: Config) -> Result<(), String> {
         peer_reachable: false,
         claims,
         claims_dropped: logging::Throttle::new(1, Duration::from_secs(10)),
+        hooks,
     };
     driver.publish();
     driver.publish_status(Instant::now());
@@ -657,6 +667,8 @@ struct Driver {
     /// Strict mode: claims for the witness threads (`witness_client`).
     claims: Option<Sender<witness_client::ClaimRequest>>,
     claims_dropped: logging::Throttle,
+    /// `hooks.role_change`, when set: told of every (role, epoch) change.
+    hooks: Option<hooks::Hooks>,
 }
 
 /// The values whose change republishes the status at once.
@@ -668,6 +680,8 @@ struct StatusKey {
     link: bool,
     reloads: u64,
     last_change_ms: Option<u64>,
+    /// `/role` follows it at once (a load balancer moves traffic on it).
+    serving: bool,
 }
 
 impl Driver {
@@ -809,6 +823,17 @@ impl Driver {
             }
             self.last_role = Some(now);
             let _ = self.role_changed.try_send(());
+            if let Some(hooks) = &self.hooks {
+                hooks.role_changed(hooks::RoleEvent {
+                    role: now.0.as_str(),
+                    epoch: now.1,
+                    peer: self
+                        .config
+                        .peer
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |p| p.id.clone()),
+                });
+            }
             if now.0 == Role::Primary {
                 self.resubmit_own_orphans();
             }
@@ -914,6 +939,7 @@ impl Driver {
             link,
             reloads: self.reloads,
             last_change_ms: self.node.last_change().map(|c| c.at_ms),
+            serving: self.node.serving(),
         };
         let fresh = self
             .status_built
@@ -977,6 +1003,10 @@ impl Driver {
             rate_limited_total: node.rate_limited_total(),
             reloads: self.reloads,
             last_reload: self.last_reload.clone(),
+            serving: node.serving(),
+            serving_reason: node.not_serving_reason(),
+            log_stuck: node.log_stuck(),
+            built_at: Some(now),
         });
     }
 
@@ -1416,6 +1446,11 @@ impl Driver {
             self.config.metrics_listen,
             new.metrics_listen
         );
+        needs_restart!(
+            "hooks.role_change",
+            self.config.role_change_hook,
+            new.role_change_hook
+        );
         log::set_max_level(new.log_level.to_filter());
         self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
         self.per_ip
@@ -1471,6 +1506,7 @@ impl Driver {
         kept.syslog_socket = self.config.syslog_socket.clone();
         kept.admin_socket = self.config.admin_socket.clone();
         kept.metrics_listen = self.config.metrics_listen;
+        kept.role_change_hook = self.config.role_change_hook.clone();
         kept.auth = crate::config::AuthConfig {
             failure_delay_ms: kept.auth.failure_delay_ms,
             ..self.config.auth.clone()
