@@ -651,3 +651,78 @@ fn role_endpoint_and_role_change_hook_follow_a_kill9_failover() {
     });
     b.wait_log(&format!("primary {epoch} a: exited 0 in "));
 }
+
+/// Issue 18: latency histograms in seconds, `pbchat_build_info` and
+/// `process_start_time_seconds` on a real primary with its backup, and the whole scrape
+/// passes `promtool check metrics` (Debian's `prometheus` package; CI installs it).
+#[test]
+fn metrics_have_latency_histograms_build_info_and_pass_promtool() {
+    let pair = PairFiles::new("");
+    let metrics_a = format!("127.0.0.1:{}", common::free_port(false));
+    append_config(
+        &pair.config_a,
+        &format!("[metrics]\nlisten = \"{metrics_a}\""),
+    );
+    let (a, _b) = start_pair(&pair);
+    wait_in_sync(&pair.config_a, 0);
+    let mut alice = a.hello("alice", "s-alice");
+    alice.join(ROOM);
+    for i in 0..5 {
+        alice.send_acked(ROOM, &format!("m-{i}"), "timed");
+    }
+    let count = |body: &str, name: &str| metric(body, &format!("{name}_count"));
+    let mut body = String::new();
+    wait_until("every histogram to have samples", || {
+        body = http_status(&metrics_a, "/metrics").1;
+        count(&body, "pbchat_send_ack_seconds") >= 5
+            && count(&body, "pbchat_log_fsync_seconds") > 0
+            && count(&body, "pbchat_replication_round_trip_seconds") > 0
+            && count(&body, "pbchat_delivery_queue_seconds") > 0
+    });
+    assert!(
+        body.contains("# TYPE pbchat_send_ack_seconds histogram\n")
+            && body.contains("pbchat_send_ack_seconds_bucket{le=\"+Inf\"} "),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "pbchat_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    let started: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && now - started < 600.0,
+        "{started} vs {now}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus) runs");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -144,6 +144,8 @@ pub struct Ops {
     pub base: Instant,
     pub io: Arc<IoStats>,
     pub heartbeats: Option<Arc<HeartbeatStats>>,
+    /// Latency histograms the driver, the log writer and the links observe.
+    pub latencies: Arc<super::histogram::Latencies>,
 }
 
 impl Ops {
@@ -153,7 +155,14 @@ impl Ops {
             base,
             io,
             heartbeats,
+            latencies: Arc::default(),
         }
+    }
+
+    /// The histograms the node's threads observe (the default is a fresh, unshared set).
+    pub fn with_latencies(mut self, latencies: Arc<super::histogram::Latencies>) -> Ops {
+        self.latencies = latencies;
+        self
     }
 
     /// The latest published status (a reference-count bump under the lock).

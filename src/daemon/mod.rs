@@ -25,6 +25,7 @@ pub mod acceptor;
 pub mod admin;
 pub mod batch;
 pub mod heartbeat;
+pub mod histogram;
 pub mod hooks;
 pub mod io;
 pub mod link;
@@ -38,6 +39,7 @@ pub mod verifier;
 pub mod witness;
 pub mod witness_client;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,6 +214,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let (durable_tx, durable_rx) = bounded::<()>(1);
     let (appended_tx, appended_rx) = bounded::<()>(1);
     let progress = Arc::new(Progress::default());
+    let latencies = Arc::new(histogram::Latencies::default());
     progress
         .durable
         .store(storage::pack_durable(0, node.head()), Ordering::Release);
@@ -221,6 +224,7 @@ pub fn run(config: Config) -> Result<(), String> {
     progress.first_seq.store(log.first_seq(), Ordering::Release);
     let writer = spawn("log-writer", {
         let writer = Writer {
+            latencies: latencies.clone(),
             log,
             mode: config.log.fsync,
             data_dir: config.data_dir.clone(),
@@ -382,6 +386,7 @@ pub fn run(config: Config) -> Result<(), String> {
             config.data_dir.clone(),
             base,
             link_tls,
+            latencies.clone(),
         ));
         {
             let ctx = ctx.clone();
@@ -403,7 +408,9 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let (signal_tx, signal_rx) = bounded::<Signal>(16);
     spawn_signals(signal_tx.clone())?;
-    let ops = Arc::new(admin::Ops::new(base, io_stats, heartbeat_stats));
+    let ops = Arc::new(
+        admin::Ops::new(base, io_stats, heartbeat_stats).with_latencies(latencies.clone()),
+    );
     admin::spawn(&config.admin_socket, ops.clone(), signal_tx)?;
     log::info!(
         "admin socket at {} (pbchatctl -c {} status)",
@@ -415,6 +422,8 @@ pub fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let admin_socket = config.admin_socket.clone();
+    // Grows to `log.max_pending` only under that much load (4096 covers a busy primary).
+    let ordered_capacity = config.log.max_pending.min(4_096);
     let hooks = match &config.role_change_hook {
         Some(program) => Some(hooks::Hooks::spawn(
             program.clone(),
@@ -460,6 +469,8 @@ pub fn run(config: Config) -> Result<(), String> {
         claims,
         claims_dropped: logging::Throttle::new(1, Duration::from_secs(10)),
         hooks,
+        ordered: VecDeque::with_capacity(ordered_capacity),
+        latencies,
     };
     driver.publish();
     driver.publish_status(Instant::now());
@@ -669,6 +680,11 @@ struct Driver {
     claims_dropped: logging::Throttle,
     /// `hooks.role_change`, when set: told of every (role, epoch) change.
     hooks: Option<hooks::Hooks>,
+    /// Primary: (seq, when the core ordered it) of sends not yet committed, oldest first, for
+    /// `send_ack`. At most `log.max_pending` (the core's own bound on pending entries;
+    /// allocated once at start); cleared when the role or the log's history moves.
+    ordered: VecDeque<(u64, Instant)>,
+    latencies: Arc<histogram::Latencies>,
 }
 
 /// The values whose change republishes the status at once.
@@ -822,6 +838,7 @@ impl Driver {
                 self.failovers_total += 1;
             }
             self.last_role = Some(now);
+            self.ordered.clear();
             let _ = self.role_changed.try_send(());
             if let Some(hooks) = &self.hooks {
                 hooks.role_changed(hooks::RoleEvent {
@@ -1017,6 +1034,9 @@ impl Driver {
         let n = self.workers.len();
         let actions = std::mem::take(&mut self.actions);
         let mut batch = PublishBatch::new(self.config.client.send_queue_bytes);
+        // One clock read per turn: what the core ordered and committed in it shares it.
+        let turn_at = Instant::now();
+        let primary = self.node.role() == Role::Primary;
         for action in actions {
             if !matches!(action, Action::Publish { .. }) {
                 // Anything else for a worker must follow the messages committed before it.
@@ -1027,16 +1047,36 @@ impl Driver {
             match action {
                 Action::Publish { room, seq, frame } => {
                     self.commits_total += 1;
+                    while let Some(&(ordered_seq, at)) = self.ordered.front() {
+                        if ordered_seq > seq {
+                            break;
+                        }
+                        self.ordered.pop_front();
+                        if ordered_seq == seq {
+                            self.latencies
+                                .send_ack
+                                .observe(turn_at.saturating_duration_since(at));
+                        }
+                    }
                     if let Some(done) = batch.push(room, seq, frame) {
                         self.send_published(done);
                     }
                 }
-                Action::Append(entry) => appends.push(entry),
+                Action::Append(entry) => {
+                    if primary {
+                        if self.ordered.len() >= self.config.log.max_pending {
+                            self.ordered.pop_front();
+                        }
+                        self.ordered.push_back((entry.seq, turn_at));
+                    }
+                    appends.push(entry);
+                }
                 Action::SaveEpochs { spans, seen } => {
                     self.flush_appends(&mut appends);
                     self.log_command(LogCommand::SaveEpochs { spans, seen });
                 }
                 Action::Truncate { after_seq } => {
+                    self.ordered.clear();
                     self.flush_appends(&mut appends);
                     self.log_command(LogCommand::Truncate { after_seq });
                 }
