@@ -111,6 +111,16 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub hooks: RawHooks,
+}
+
+/// `[hooks]`: programs the node runs on events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHooks {
+    /// Empty: none.
+    pub role_change: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -411,6 +421,9 @@ pub struct Config {
     /// Where the Prometheus text endpoint listens; `None`: no metrics.
     pub metrics_listen: Option<SocketAddr>,
     pub auth: AuthConfig,
+    /// `hooks.role_change`: an executable run with `ROLE EPOCH PEER` on every role change
+    /// (see `daemon::hooks`); `None`: none.
+    pub role_change_hook: Option<PathBuf>,
 }
 
 /// Client authentication (`[auth]`).
@@ -560,6 +573,31 @@ fn check_node_id(file: &str, key: &'static str, id: &str) -> Result<String, Conf
         });
     }
     Ok(id.to_string())
+}
+
+/// A program the node runs: an absolute path (the daemon's working directory is no
+/// business of the config) to a regular file with an execute bit.
+fn check_executable(file: &str, key: &'static str, path: &Path) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |problem: String| ConfigError::Invalid {
+        file: file.to_string(),
+        key,
+        problem,
+    };
+    if !path.is_absolute() {
+        return Err(bad(format!("{} is not an absolute path", path.display())));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad(format!(
+            "{} is not executable (chmod +x it)",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
 }
 
 fn parse_socket(file: &str, key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -1066,6 +1104,15 @@ impl RawConfig {
                 65_536,
             )?,
         };
+        let role_change_hook = if self.hooks.role_change.as_os_str().is_empty() {
+            None
+        } else {
+            Some(check_executable(
+                file,
+                "hooks.role_change",
+                &self.hooks.role_change,
+            )?)
+        };
         Ok(Config {
             file: path.to_path_buf(),
             node_id,
@@ -1081,6 +1128,7 @@ impl RawConfig {
             admin_socket,
             metrics_listen,
             auth,
+            role_change_hook,
         })
     }
 }
@@ -1094,6 +1142,31 @@ mod tests {
     }
 
     const MINIMAL: &str = "[node]\nid = \"a\"\nrole = \"primary\"\ndata_dir = \"d\"\n";
+
+    #[test]
+    fn role_change_hook_must_be_an_absolute_executable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(check(MINIMAL).unwrap().role_change_hook, None);
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hook.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let with = |path: &str| check(&format!("{MINIMAL}[hooks]\nrole_change = \"{path}\"\n"));
+        let err = with("hook.sh").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml: hooks.role_change: ") && err.contains("not an absolute path"),
+            "{err}"
+        );
+        let err = with(script.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("is not executable"), "{err}");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = with(script.to_str().unwrap()).unwrap();
+        assert_eq!(config.role_change_hook.as_deref(), Some(script.as_path()));
+        let err = with(dir.path().to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = with(missing.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
+    }
 
     #[test]
     fn minimal_config_takes_defaults() {

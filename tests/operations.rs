@@ -559,3 +559,170 @@ fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
         "{status}"
     );
 }
+
+/// Appends `text` (new sections) to a config file.
+fn append_config(config: &Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(config)
+        .unwrap();
+    writeln!(file, "\n{text}").unwrap();
+}
+
+/// `GET path` on a metrics listener: the status code and the body.
+fn http_status(address: &str, path: &str) -> (u16, String) {
+    let response = http_get(address, path);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// Issue 18: load balancers ask `/role` (200 only on the serving primary) and `/healthz`
+/// (200 on a working node of either role); `hooks.role_change` runs with `ROLE EPOCH PEER`
+/// on every role change. A kill -9 of the primary moves the 200 and runs b's hook.
+#[test]
+fn role_endpoint_and_role_change_hook_follow_a_kill9_failover() {
+    let pair = PairFiles::new("");
+    let metrics_a = format!("127.0.0.1:{}", common::free_port(false));
+    let metrics_b = format!("127.0.0.1:{}", common::free_port(false));
+    let hook = pair.dir.join("role-change.sh");
+    let calls = pair.dir.join("role-changes.txt");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$PBCHAT_NODE $*\" >> '{}'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (config, metrics) in [(&pair.config_a, &metrics_a), (&pair.config_b, &metrics_b)] {
+        append_config(
+            config,
+            &format!(
+                "[metrics]\nlisten = \"{metrics}\"\n[hooks]\nrole_change = \"{}\"",
+                hook.display()
+            ),
+        );
+    }
+    let hook_lines = || std::fs::read_to_string(&calls).unwrap_or_default();
+    let (mut a, b) = start_pair(&pair);
+    wait_until("a's /role to answer 200", || {
+        let (code, body) = http_status(&metrics_a, "/role");
+        code == 200 && body.starts_with("primary epoch ")
+    });
+    let (code, body) = http_status(&metrics_b, "/role");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("backup epoch "), "{body}");
+    let (code, body) = http_status(&metrics_a, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok primary epoch "), "{body}");
+    let (code, body) = http_status(&metrics_b, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok backup epoch "), "{body}");
+    // Each node ran its hook at start with its first role.
+    wait_until("the hooks of the start", || {
+        let lines = hook_lines();
+        lines
+            .lines()
+            .any(|l| l.starts_with("a primary ") && l.ends_with(" b"))
+            && lines
+                .lines()
+                .any(|l| l.starts_with("b backup ") && l.ends_with(" a"))
+    });
+    a.kill9();
+    b.wait_log("promoted to primary");
+    wait_until("b's /role to answer 200", || {
+        let (code, body) = http_status(&metrics_b, "/role");
+        code == 200 && body.starts_with("primary epoch ")
+    });
+    let (code, body) = http_status(&metrics_b, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let epoch: u64 = body
+        .strip_prefix("ok primary epoch ")
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    wait_until("b's hook to say it is primary", || {
+        hook_lines().contains(&format!("b primary {epoch} a\n"))
+    });
+    b.wait_log(&format!("primary {epoch} a: exited 0 in "));
+}
+
+/// Issue 18: latency histograms in seconds, `pbchat_build_info` and
+/// `process_start_time_seconds` on a real primary with its backup, and the whole scrape
+/// passes `promtool check metrics` (Debian's `prometheus` package; CI installs it).
+#[test]
+fn metrics_have_latency_histograms_build_info_and_pass_promtool() {
+    let pair = PairFiles::new("");
+    let metrics_a = format!("127.0.0.1:{}", common::free_port(false));
+    append_config(
+        &pair.config_a,
+        &format!("[metrics]\nlisten = \"{metrics_a}\""),
+    );
+    let (a, _b) = start_pair(&pair);
+    wait_in_sync(&pair.config_a, 0);
+    let mut alice = a.hello("alice", "s-alice");
+    alice.join(ROOM);
+    for i in 0..5 {
+        alice.send_acked(ROOM, &format!("m-{i}"), "timed");
+    }
+    let count = |body: &str, name: &str| metric(body, &format!("{name}_count"));
+    let mut body = String::new();
+    wait_until("every histogram to have samples", || {
+        body = http_status(&metrics_a, "/metrics").1;
+        count(&body, "pbchat_send_ack_seconds") >= 5
+            && count(&body, "pbchat_log_fsync_seconds") > 0
+            && count(&body, "pbchat_replication_round_trip_seconds") > 0
+            && count(&body, "pbchat_delivery_queue_seconds") > 0
+    });
+    assert!(
+        body.contains("# TYPE pbchat_send_ack_seconds histogram\n")
+            && body.contains("pbchat_send_ack_seconds_bucket{le=\"+Inf\"} "),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "pbchat_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    let started: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && now - started < 600.0,
+        "{started} vs {now}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus) runs");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -440,6 +440,11 @@ fn scrape(node: &Daemon) -> String {
 }
 
 fn metric(body: &str, name: &str) -> u64 {
+    metric_f64(body, name) as u64
+}
+
+/// A metric in base units (`_seconds` may be fractional).
+fn metric_f64(body: &str, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in {body}"))
@@ -458,7 +463,7 @@ fn metrics_show_the_lease_the_claims_and_the_refused_sends() {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let body = scrape(&a);
-        if metric(&body, "pbchat_witness_lease_remaining_ms") > 0
+        if metric_f64(&body, "pbchat_witness_lease_remaining_seconds") > 0.0
             && metric(&body, "pbchat_witness_grants_total") >= 2
         {
             assert_eq!(metric(&body, "pbchat_strict_sends_refused_total"), 0);
@@ -495,7 +500,10 @@ fn metrics_show_the_lease_the_claims_and_the_refused_sends() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(metric(&body, "pbchat_witness_lease_remaining_ms"), 0);
+    assert_eq!(
+        metric_f64(&body, "pbchat_witness_lease_remaining_seconds"),
+        0.0
+    );
     let claims = metric(&body, "pbchat_witness_claims_total");
     // Unanswered renewals go on, one per heartbeat interval.
     let deadline = Instant::now() + DEADLINE;

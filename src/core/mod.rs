@@ -658,6 +658,32 @@ impl Node {
     pub fn degraded(&self) -> bool {
         self.degraded
     }
+    /// What a load balancer asks (`GET /role`): this node is the primary and takes sends
+    /// now, i.e. it is not shutting down or handing over, not fenced after a stall, and its
+    /// log is not stuck.
+    pub fn serving(&self) -> bool {
+        self.role == Role::Primary
+            && !self.draining
+            && self.handover.is_none()
+            && self.fenced_since.is_none()
+            && !self.log_stuck()
+    }
+    /// Why [`Node::serving`] is false, in a word or two, for `/role`'s answer.
+    pub fn not_serving_reason(&self) -> &'static str {
+        if self.role != Role::Primary {
+            "backup"
+        } else if self.draining {
+            "draining"
+        } else if self.handover.is_some() {
+            "handing over"
+        } else if self.fenced_since.is_some() {
+            "fenced"
+        } else if self.log_stuck() {
+            "log stuck"
+        } else {
+            "serving"
+        }
+    }
     pub fn log_generation(&self) -> u64 {
         self.log_generation
     }

@@ -67,6 +67,15 @@ pub struct Status {
     /// HUP or `reload` requests handled, and what the latest one said (`ok: ...`/`error: ...`).
     pub reloads: u64,
     pub last_reload: String,
+    /// The primary takes sends now (see `Node::serving`): `/role` answers 200.
+    pub serving: bool,
+    /// Why not, in a word (`backup`, `draining`, `fenced`...); `serving` when it does.
+    pub serving_reason: &'static str,
+    /// The log completed no write for the detection time while entries wait.
+    pub log_stuck: bool,
+    /// When the driver built this status; `/healthz` fails when it grows old (the core
+    /// thread stopped turning). `None`: never published.
+    pub built_at: Option<Instant>,
 }
 
 /// The pair as this node sees it.
@@ -135,6 +144,8 @@ pub struct Ops {
     pub base: Instant,
     pub io: Arc<IoStats>,
     pub heartbeats: Option<Arc<HeartbeatStats>>,
+    /// Latency histograms the driver, the log writer and the links observe.
+    pub latencies: Arc<super::histogram::Latencies>,
 }
 
 impl Ops {
@@ -144,7 +155,14 @@ impl Ops {
             base,
             io,
             heartbeats,
+            latencies: Arc::default(),
         }
+    }
+
+    /// The histograms the node's threads observe (the default is a fresh, unshared set).
+    pub fn with_latencies(mut self, latencies: Arc<super::histogram::Latencies>) -> Ops {
+        self.latencies = latencies;
+        self
     }
 
     /// The latest published status (a reference-count bump under the lock).

@@ -5,6 +5,7 @@
 //! frames in another order than the core produced them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::core::Frame;
 
@@ -23,6 +24,9 @@ pub struct Published {
     pub frame: Frame,
     /// How many `msg` lines `frame` holds.
     pub messages: u32,
+    /// When the core thread committed its first message (one clock read per batch), for
+    /// the delivery-queue histogram the workers observe.
+    pub committed_at: Instant,
 }
 
 /// The batch being built on the core thread.
@@ -61,6 +65,7 @@ impl PublishBatch {
                 last_seq: seq,
                 frame,
                 messages: 1,
+                committed_at: Instant::now(),
             });
             return done;
         }

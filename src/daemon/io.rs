@@ -77,6 +77,8 @@ pub struct IoStats {
     pub frames_sent: AtomicU64,
     /// Successful write calls to client sockets.
     pub writes: AtomicU64,
+    /// Committed batches waiting in a worker's command queue before its fan-out.
+    pub delivery_queue: super::histogram::Histogram,
 }
 
 /// Work for a worker, from the acceptor or the core.
@@ -371,6 +373,9 @@ impl Worker {
             }
             Command::Core(action) => self.on_action(action),
             Command::Publish(published) => {
+                self.stats
+                    .delivery_queue
+                    .observe(published.committed_at.elapsed());
                 self.seen_seq = self.seen_seq.max(published.last_seq);
                 self.fan_out(
                     &published.room,

@@ -130,6 +130,8 @@ pub struct LinkContext {
     pub beat_interval: Duration,
     pub data_dir: std::path::PathBuf,
     pub base: Instant,
+    /// `replication_round_trip` observes the primary's entries-to-ack times.
+    pub latencies: Arc<super::histogram::Latencies>,
     /// Mutual TLS under the handshake; `None`: plain TCP. A reload may replace the
     /// certificates (never turn TLS on or off); each new connection takes what is here.
     tls: Mutex<Option<crate::tls::LinkTls>>,
@@ -168,6 +170,7 @@ impl LinkContext {
         data_dir: std::path::PathBuf,
         base: Instant,
         tls: Option<crate::tls::LinkTls>,
+        latencies: Arc<super::histogram::Latencies>,
     ) -> Self {
         LinkContext {
             node_id,
@@ -184,6 +187,7 @@ impl LinkContext {
             beat_interval,
             data_dir,
             base,
+            latencies,
             tls: Mutex::new(tls),
             next_link: AtomicU64::new(1),
             links: Mutex::new(HashMap::new()),
@@ -192,6 +196,10 @@ impl LinkContext {
 
     fn mono_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
+    }
+
+    fn mono_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
     }
 
     /// The TLS configs for a new connection.
@@ -551,16 +559,18 @@ fn primary_session(
         send(&mut writer, &PeerFrame::Restart { first_seq })?;
     }
     let acked = Arc::new(AtomicU64::new(truncate_after));
+    let probe = Arc::new(RoundTripProbe::default());
     let done = Arc::new(AtomicBool::new(false));
     // The reader: acks, beats, hand-over answers, resubmissions.
     let reader = {
         let ctx = ctx.clone();
         let acked = acked.clone();
+        let probe = probe.clone();
         let done = done.clone();
         std::thread::Builder::new()
             .name("repl-primary-rx".into())
             .spawn(move || {
-                let result = primary_reader(&ctx, link, &mut conn, &acked);
+                let result = primary_reader(&ctx, link, &mut conn, &acked, &probe);
                 done.store(true, Ordering::Release);
                 ctx.close(link, "reader ended");
                 result
@@ -599,6 +609,7 @@ fn primary_session(
                 break Err(format!("the log no longer holds seq {next}"));
             }
             let commit_seq = ctx.snapshot_head();
+            let sent_ns = ctx.mono_ns();
             if let Err(e) = send(
                 &mut writer,
                 &PeerFrame::Entries {
@@ -608,6 +619,7 @@ fn primary_session(
             ) {
                 break Err(e);
             }
+            probe.sent(next - 1, sent_ns);
             last_sent = Instant::now();
             continue;
         }
@@ -658,11 +670,45 @@ fn beat_if_due(
     Ok(())
 }
 
+/// One replication round trip measured at a time (the writer arms it, the reader ends it):
+/// two atomics and no per-frame bookkeeping, a sample per round trip, which is plenty for a
+/// histogram.
+#[derive(Default)]
+struct RoundTripProbe {
+    /// The last seq of the entries frame being timed; 0: none in flight.
+    seq: AtomicU64,
+    /// When that frame was sent, in ns on `LinkContext::base`.
+    sent_ns: AtomicU64,
+}
+
+impl RoundTripProbe {
+    /// Writer: an entries frame up to `seq` went out at `sent_ns`; timed unless one is.
+    fn sent(&self, seq: u64, sent_ns: u64) {
+        if self.seq.load(Ordering::Acquire) == 0 {
+            self.sent_ns.store(sent_ns, Ordering::Relaxed);
+            self.seq.store(seq, Ordering::Release);
+        }
+    }
+
+    /// Reader: the backup acked up to `durable_seq`; when that covers the timed frame, its
+    /// send time (and the probe is free again).
+    fn acked(&self, durable_seq: u64) -> Option<u64> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq == 0 || durable_seq < seq {
+            return None;
+        }
+        let sent_ns = self.sent_ns.load(Ordering::Relaxed);
+        self.seq.store(0, Ordering::Release);
+        Some(sent_ns)
+    }
+}
+
 fn primary_reader(
     ctx: &LinkContext,
     link: LinkId,
     conn: &mut Conn,
     acked: &AtomicU64,
+    probe: &RoundTripProbe,
 ) -> Result<(), String> {
     loop {
         let frame = conn.recv()?;
@@ -670,6 +716,11 @@ fn primary_reader(
         let input = match frame {
             PeerFrame::Ack { durable_seq } => {
                 acked.fetch_max(durable_seq, Ordering::AcqRel);
+                if let Some(sent_ns) = probe.acked(durable_seq) {
+                    ctx.latencies
+                        .replication_round_trip
+                        .observe(Duration::from_nanos(ctx.mono_ns().saturating_sub(sent_ns)));
+                }
                 // A writer stopped at the window's edge goes on at once, not at the next beat.
                 ctx.poke(link);
                 Input::BackupAck {

@@ -1,5 +1,6 @@
 //! `[metrics] listen`: a tiny HTTP/1.0 responder for `GET /metrics` in the Prometheus text
-//! format. One thread, one request per connection, no framework.
+//! format, and for load balancers `GET /healthz` (the node works) and `GET /role` (200 only
+//! on the serving primary). One thread, one request per connection, no framework.
 //!
 //! It exports only what the node counts: the status the driver publishes (at most 100 ms
 //! old) and the I/O and heartbeat counters (live atomics). It changes nothing.
@@ -17,6 +18,10 @@ use super::admin::Ops;
 const REQUEST_MAX_BYTES: u64 = 8 * 1024;
 /// A scraper that does not send its request (or read the answer) in this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// `/healthz` fails once the driver's published status is this old: the driver republishes
+/// at least every 100 ms (`STATUS_REFRESH`) and turns at least every 50 ms tick, so 2 s is
+/// twenty missed refreshes, a core thread that stopped turning, not a busy one.
+const STATUS_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Binds `listen` (an error names the key) and serves it on a thread.
 pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
@@ -57,16 +62,25 @@ fn handle(stream: TcpStream, ops: &Ops) {
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    const TEXT: &str = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             render(ops),
         ),
+        ("GET", "/healthz") => {
+            let (ok, body) = health(ops);
+            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
+        }
+        ("GET", "/role") => {
+            let (ok, body) = role(ops);
+            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
+        }
         ("GET", _) => (
             "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".to_string(),
+            TEXT,
+            "not found: try /metrics, /healthz or /role\n".to_string(),
         ),
         _ => (
             "405 Method Not Allowed",
@@ -81,49 +95,109 @@ fn handle(stream: TcpStream, ops: &Ops) {
     let _ = (&stream).write_all(response.as_bytes());
 }
 
+const OK: &str = "200 OK";
+const UNAVAILABLE: &str = "503 Service Unavailable";
+
+/// `/healthz`: the node works (its core thread turns, its log is not stuck), whatever its
+/// role; the body says the role: `ok primary epoch 3`.
+pub fn health(ops: &Ops) -> (bool, String) {
+    let status = ops.current();
+    let age = status.built_at.map(|at| at.elapsed());
+    match age {
+        None => (false, "unhealthy: starting\n".into()),
+        Some(age) if age > STATUS_MAX_AGE => (
+            false,
+            format!(
+                "unhealthy: the core thread has not turned for {} ms\n",
+                age.as_millis()
+            ),
+        ),
+        Some(_) if status.log_stuck => (
+            false,
+            format!(
+                "unhealthy: {} epoch {}: the log completes no write\n",
+                status.role, status.epoch
+            ),
+        ),
+        Some(_) => (true, format!("ok {} epoch {}\n", status.role, status.epoch)),
+    }
+}
+
+/// `/role`: 200 `primary epoch 3` only on the primary that takes sends now (not a backup,
+/// not draining, handing over or fenced) and is healthy; 503 with the reason otherwise.
+pub fn role(ops: &Ops) -> (bool, String) {
+    let (healthy, why) = health(ops);
+    if !healthy {
+        return (false, why);
+    }
+    let status = ops.current();
+    if status.serving {
+        (true, format!("primary epoch {}\n", status.epoch))
+    } else {
+        (
+            false,
+            format!("{} epoch {}\n", status.serving_reason, status.epoch),
+        )
+    }
+}
+
+/// One metric without labels: its help, type and value.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP pbchat_{name} {help}");
+    let _ = writeln!(out, "# TYPE pbchat_{name} {kind}");
+    let _ = writeln!(out, "pbchat_{name} {value}");
+}
+
 /// The exposition text.
 pub fn render(ops: &Ops) -> String {
     let status = ops.current();
     let now_mono_ms = ops.base.elapsed().as_millis() as u64;
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP pbchat_{name} {help}");
-        let _ = writeln!(out, "# TYPE pbchat_{name} {kind}");
-        let _ = writeln!(out, "pbchat_{name} {value}");
-    };
     metric(
+        &mut out,
         "role_primary",
         "gauge",
         "1 while this node is the primary, 0 while backup.",
         u64::from(status.role == "primary"),
     );
-    metric("epoch", "gauge", "Current epoch.", status.epoch);
-    metric("head_seq", "gauge", "Highest committed seq.", status.head);
+    metric(&mut out, "epoch", "gauge", "Current epoch.", status.epoch);
     metric(
+        &mut out,
+        "head_seq",
+        "gauge",
+        "Highest committed seq.",
+        status.head,
+    );
+    metric(
+        &mut out,
         "last_seq",
         "gauge",
         "Highest seq ordered (committed or pending).",
         status.last_seq,
     );
     metric(
+        &mut out,
         "pending",
         "gauge",
         "Messages ordered, not yet committed.",
         status.pending as u64,
     );
     metric(
+        &mut out,
         "clients",
         "gauge",
         "Clients with an open session.",
         status.clients as u64,
     );
     metric(
+        &mut out,
         "rooms",
         "gauge",
         "Rooms with at least one member.",
         status.rooms as u64,
     );
     metric(
+        &mut out,
         "degraded",
         "gauge",
         "1 while a sync-mode primary acknowledges without the backup.",
@@ -131,6 +205,7 @@ pub fn render(ops: &Ops) -> String {
     );
     if let Some(peer) = &status.peer {
         metric(
+            &mut out,
             "peer_reachable",
             "gauge",
             "1 while the peer was heard within the detection time.",
@@ -138,6 +213,7 @@ pub fn render(ops: &Ops) -> String {
         );
         if let Some(lag) = peer.lag(status.last_seq) {
             metric(
+                &mut out,
                 "backup_lag",
                 "gauge",
                 "Entries the connected backup has not acknowledged (primary only).",
@@ -146,31 +222,33 @@ pub fn render(ops: &Ops) -> String {
         }
         // failover.mode = "strict" only: in available mode there is no lease to report.
         if let Some(strict) = &peer.strict {
-            metric(
-                "witness_lease_remaining_ms",
+            metric(&mut out,
+                "witness_lease_remaining_seconds",
                 "gauge",
                 "How much longer this primary's witness lease runs (0: none; it then commits only what a synchronous backup holds).",
-                strict.lease_left_ms(now_mono_ms),
+                strict.lease_left_ms(now_mono_ms) as f64 / 1e3,
             );
-            metric(
+            metric(&mut out,
                 "witness_claims_total",
                 "counter",
                 "Claims sent to the witness: lease renewals (primary) and bids to take over (backup).",
                 strict.counts.claims,
             );
             metric(
+                &mut out,
                 "witness_grants_total",
                 "counter",
                 "Claims the witness granted (renewals and take-overs).",
                 strict.counts.grants,
             );
             metric(
+                &mut out,
                 "witness_refusals_total",
                 "counter",
                 "Claims the witness refused (another node's lease runs, or a newer epoch).",
                 strict.counts.refusals,
             );
-            metric(
+            metric(&mut out,
                 "strict_sends_refused_total",
                 "counter",
                 "Sends answered unavailable because this primary held no lease (no witness lease, no synchronous backup).",
@@ -179,48 +257,57 @@ pub fn render(ops: &Ops) -> String {
         }
     }
     metric(
+        &mut out,
         "uptime_seconds",
         "gauge",
         "Seconds since the process started.",
         ops.uptime_ms() / 1000,
     );
+
     metric(
+        &mut out,
         "commits_total",
         "counter",
         "Messages committed (acknowledged and published) by this node.",
         status.commits_total,
     );
     metric(
+        &mut out,
         "failovers_total",
         "counter",
         "Promotions of this node to primary (automatic or planned).",
         status.failovers_total,
     );
     metric(
+        &mut out,
         "rate_limited_total",
         "counter",
         "Requests (sends; joins, leaves and history requests) refused by a client's rate limits.",
         status.rate_limited_total,
     );
     metric(
+        &mut out,
         "slow_consumer_drops_total",
         "counter",
         "Clients dropped because they read too slowly.",
         ops.io.slow_consumer_drops.load(Ordering::Relaxed),
     );
     metric(
+        &mut out,
         "client_bytes_sent_total",
         "counter",
         "Bytes written to client sockets.",
         ops.io.bytes_sent.load(Ordering::Relaxed),
     );
     metric(
+        &mut out,
         "client_frames_sent_total",
         "counter",
         "Frames written to client sockets.",
         ops.io.frames_sent.load(Ordering::Relaxed),
     );
     metric(
+        &mut out,
         "client_writes_total",
         "counter",
         "Write system calls to client sockets (frames per write shows how well writes coalesce).",
@@ -228,24 +315,49 @@ pub fn render(ops: &Ops) -> String {
     );
     if let Some(hb) = &ops.heartbeats {
         metric(
+            &mut out,
             "heartbeats_sent_total",
             "counter",
             "Heartbeats sent to the peer.",
             hb.sent.load(Ordering::Relaxed),
         );
         metric(
+            &mut out,
             "heartbeats_received_total",
             "counter",
             "Valid heartbeats received from the peer.",
             hb.received.load(Ordering::Relaxed),
         );
         metric(
+            &mut out,
             "heartbeats_rejected_total",
             "counter",
             "Heartbeat datagrams rejected (bad MAC, replayed, wrong node, malformed).",
             hb.rejected.load(Ordering::Relaxed),
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP pbchat_build_info The running build: always 1, the version in its label.\n\
+         # TYPE pbchat_build_info gauge\n\
+         pbchat_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The standard name (no prefix) that Prometheus's `process_*` conventions use; its own
+    // `time() - process_start_time_seconds` is the uptime.
+    let _ = writeln!(
+        out,
+        "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n\
+         # TYPE process_start_time_seconds gauge\n\
+         process_start_time_seconds {}",
+        status.started_ms as f64 / 1e3
+    );
+    ops.latencies.render(&mut out);
+    ops.io.delivery_queue.render(
+        &mut out,
+        "pbchat_delivery_queue_seconds",
+        "Committed messages waiting in an I/O worker's queue before it fans them out.",
+    );
     out
 }
 
@@ -272,6 +384,61 @@ mod tests {
         assert!(!text.contains("backup_lag"));
         assert!(!text.contains("heartbeats"));
         assert!(!text.contains("witness"));
+    }
+
+    #[test]
+    fn healthz_and_role_follow_the_published_status() {
+        let ops = Ops::new(Instant::now(), Arc::default(), None);
+        // Nothing published yet: not healthy, not serving.
+        assert!(!health(&ops).0);
+        assert!(!role(&ops).0);
+        ops.publish(Status {
+            role: "primary",
+            epoch: 3,
+            serving: true,
+            serving_reason: "serving",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert_eq!(health(&ops), (true, "ok primary epoch 3\n".into()));
+        assert_eq!(role(&ops), (true, "primary epoch 3\n".into()));
+        ops.publish(Status {
+            role: "primary",
+            epoch: 3,
+            serving: false,
+            serving_reason: "draining",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert!(health(&ops).0);
+        assert_eq!(role(&ops), (false, "draining epoch 3\n".into()));
+        ops.publish(Status {
+            role: "backup",
+            epoch: 4,
+            serving_reason: "backup",
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert_eq!(health(&ops), (true, "ok backup epoch 4\n".into()));
+        assert!(!role(&ops).0);
+        // A core that stopped turning: the status grows old.
+        ops.publish(Status {
+            role: "primary",
+            serving: true,
+            built_at: Some(Instant::now() - STATUS_MAX_AGE - Duration::from_millis(1)),
+            ..Status::default()
+        });
+        let (ok, body) = health(&ops);
+        assert!(!ok && body.contains("has not turned"), "{body}");
+        assert!(!role(&ops).0);
+        ops.publish(Status {
+            role: "primary",
+            serving: false,
+            log_stuck: true,
+            built_at: Some(Instant::now()),
+            ..Status::default()
+        });
+        assert!(!health(&ops).0);
     }
 
     #[test]
@@ -312,7 +479,13 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        assert!((50_000..=60_000).contains(&value("witness_lease_remaining_ms")));
+        let lease = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pbchat_witness_lease_remaining_seconds "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        assert!((50.0..=60.0).contains(&lease), "{lease}");
         assert_eq!(value("witness_claims_total"), 12);
         assert_eq!(value("witness_grants_total"), 11);
         assert_eq!(value("witness_refusals_total"), 1);

@@ -15,15 +15,18 @@
 //! - `metrics`: the Prometheus endpoint, when `[metrics]` is set (see `metrics`).
 //! - `verify-N`: argon2 token checks off the core and I/O threads, with `auth.mode = "token"`
 //!   (see `verifier`).
+//! - `hook`: runs `hooks.role_change` on role changes, when set (see `hooks`).
 //!
 //! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `verifier`,
+//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `hooks`, `verifier`,
 //! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
 
 pub mod acceptor;
 pub mod admin;
 pub mod batch;
 pub mod heartbeat;
+pub mod histogram;
+pub mod hooks;
 pub mod io;
 pub mod link;
 mod link_stream;
@@ -36,6 +39,7 @@ pub mod verifier;
 pub mod witness;
 pub mod witness_client;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -210,6 +214,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let (durable_tx, durable_rx) = bounded::<()>(1);
     let (appended_tx, appended_rx) = bounded::<()>(1);
     let progress = Arc::new(Progress::default());
+    let latencies = Arc::new(histogram::Latencies::default());
     progress
         .durable
         .store(storage::pack_durable(0, node.head()), Ordering::Release);
@@ -219,6 +224,7 @@ pub fn run(config: Config) -> Result<(), String> {
     progress.first_seq.store(log.first_seq(), Ordering::Release);
     let writer = spawn("log-writer", {
         let writer = Writer {
+            latencies: latencies.clone(),
             log,
             mode: config.log.fsync,
             data_dir: config.data_dir.clone(),
@@ -380,6 +386,7 @@ pub fn run(config: Config) -> Result<(), String> {
             config.data_dir.clone(),
             base,
             link_tls,
+            latencies.clone(),
         ));
         {
             let ctx = ctx.clone();
@@ -401,7 +408,9 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let (signal_tx, signal_rx) = bounded::<Signal>(16);
     spawn_signals(signal_tx.clone())?;
-    let ops = Arc::new(admin::Ops::new(base, io_stats, heartbeat_stats));
+    let ops = Arc::new(
+        admin::Ops::new(base, io_stats, heartbeat_stats).with_latencies(latencies.clone()),
+    );
     admin::spawn(&config.admin_socket, ops.clone(), signal_tx)?;
     log::info!(
         "admin socket at {} (pbchatctl -c {} status)",
@@ -413,6 +422,15 @@ pub fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let admin_socket = config.admin_socket.clone();
+    // Grows to `log.max_pending` only under that much load (4096 covers a busy primary).
+    let ordered_capacity = config.log.max_pending.min(4_096);
+    let hooks = match &config.role_change_hook {
+        Some(program) => Some(hooks::Hooks::spawn(
+            program.clone(),
+            config.node_id.clone(),
+        )?),
+        None => None,
+    };
 
     let mut driver = Driver {
         node,
@@ -450,6 +468,9 @@ pub fn run(config: Config) -> Result<(), String> {
         peer_reachable: false,
         claims,
         claims_dropped: logging::Throttle::new(1, Duration::from_secs(10)),
+        hooks,
+        ordered: VecDeque::with_capacity(ordered_capacity),
+        latencies,
     };
     driver.publish();
     driver.publish_status(Instant::now());
@@ -657,6 +678,13 @@ struct Driver {
     /// Strict mode: claims for the witness threads (`witness_client`).
     claims: Option<Sender<witness_client::ClaimRequest>>,
     claims_dropped: logging::Throttle,
+    /// `hooks.role_change`, when set: told of every (role, epoch) change.
+    hooks: Option<hooks::Hooks>,
+    /// Primary: (seq, when the core ordered it) of sends not yet committed, oldest first, for
+    /// `send_ack`. At most `log.max_pending` (the core's own bound on pending entries;
+    /// allocated once at start); cleared when the role or the log's history moves.
+    ordered: VecDeque<(u64, Instant)>,
+    latencies: Arc<histogram::Latencies>,
 }
 
 /// The values whose change republishes the status at once.
@@ -668,6 +696,8 @@ struct StatusKey {
     link: bool,
     reloads: u64,
     last_change_ms: Option<u64>,
+    /// `/role` follows it at once (a load balancer moves traffic on it).
+    serving: bool,
 }
 
 impl Driver {
@@ -808,7 +838,19 @@ impl Driver {
                 self.failovers_total += 1;
             }
             self.last_role = Some(now);
+            self.ordered.clear();
             let _ = self.role_changed.try_send(());
+            if let Some(hooks) = &self.hooks {
+                hooks.role_changed(hooks::RoleEvent {
+                    role: now.0.as_str(),
+                    epoch: now.1,
+                    peer: self
+                        .config
+                        .peer
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |p| p.id.clone()),
+                });
+            }
             if now.0 == Role::Primary {
                 self.resubmit_own_orphans();
             }
@@ -914,6 +956,7 @@ impl Driver {
             link,
             reloads: self.reloads,
             last_change_ms: self.node.last_change().map(|c| c.at_ms),
+            serving: self.node.serving(),
         };
         let fresh = self
             .status_built
@@ -977,6 +1020,10 @@ impl Driver {
             rate_limited_total: node.rate_limited_total(),
             reloads: self.reloads,
             last_reload: self.last_reload.clone(),
+            serving: node.serving(),
+            serving_reason: node.not_serving_reason(),
+            log_stuck: node.log_stuck(),
+            built_at: Some(now),
         });
     }
 
@@ -987,6 +1034,9 @@ impl Driver {
         let n = self.workers.len();
         let actions = std::mem::take(&mut self.actions);
         let mut batch = PublishBatch::new(self.config.client.send_queue_bytes);
+        // One clock read per turn: what the core ordered and committed in it shares it.
+        let turn_at = Instant::now();
+        let primary = self.node.role() == Role::Primary;
         for action in actions {
             if !matches!(action, Action::Publish { .. }) {
                 // Anything else for a worker must follow the messages committed before it.
@@ -997,16 +1047,36 @@ impl Driver {
             match action {
                 Action::Publish { room, seq, frame } => {
                     self.commits_total += 1;
+                    while let Some(&(ordered_seq, at)) = self.ordered.front() {
+                        if ordered_seq > seq {
+                            break;
+                        }
+                        self.ordered.pop_front();
+                        if ordered_seq == seq {
+                            self.latencies
+                                .send_ack
+                                .observe(turn_at.saturating_duration_since(at));
+                        }
+                    }
                     if let Some(done) = batch.push(room, seq, frame) {
                         self.send_published(done);
                     }
                 }
-                Action::Append(entry) => appends.push(entry),
+                Action::Append(entry) => {
+                    if primary {
+                        if self.ordered.len() >= self.config.log.max_pending {
+                            self.ordered.pop_front();
+                        }
+                        self.ordered.push_back((entry.seq, turn_at));
+                    }
+                    appends.push(entry);
+                }
                 Action::SaveEpochs { spans, seen } => {
                     self.flush_appends(&mut appends);
                     self.log_command(LogCommand::SaveEpochs { spans, seen });
                 }
                 Action::Truncate { after_seq } => {
+                    self.ordered.clear();
                     self.flush_appends(&mut appends);
                     self.log_command(LogCommand::Truncate { after_seq });
                 }
@@ -1416,6 +1486,11 @@ impl Driver {
             self.config.metrics_listen,
             new.metrics_listen
         );
+        needs_restart!(
+            "hooks.role_change",
+            self.config.role_change_hook,
+            new.role_change_hook
+        );
         log::set_max_level(new.log_level.to_filter());
         self.max_clients.store(new_c.max_clients, Ordering::Relaxed);
         self.per_ip
@@ -1471,6 +1546,7 @@ impl Driver {
         kept.syslog_socket = self.config.syslog_socket.clone();
         kept.admin_socket = self.config.admin_socket.clone();
         kept.metrics_listen = self.config.metrics_listen;
+        kept.role_change_hook = self.config.role_change_hook.clone();
         kept.auth = crate::config::AuthConfig {
             failure_delay_ms: kept.auth.failure_delay_ms,
             ..self.config.auth.clone()

@@ -70,6 +70,8 @@ pub struct Progress {
 }
 
 pub struct Writer {
+    /// `fsync` observes each log fsync's duration.
+    pub latencies: Arc<super::histogram::Latencies>,
     pub log: Log,
     pub mode: FsyncMode,
     pub data_dir: PathBuf,
@@ -144,6 +146,15 @@ impl Writer {
         let _ = self.appended_wake.try_send(());
     }
 
+    /// Fsyncs the log, timed for `pbchat_log_fsync_seconds`; a failure is fatal.
+    fn sync(&mut self) {
+        let started = std::time::Instant::now();
+        if let Err(e) = self.log.sync() {
+            fatal("fsync", &e);
+        }
+        self.latencies.fsync.observe(started.elapsed());
+    }
+
     fn flush(&mut self, batch: &mut Vec<Entry>, generation: u64) {
         if batch.is_empty() {
             return;
@@ -155,9 +166,7 @@ impl Writer {
                         fatal("append", &e);
                     }
                     self.appended(entry.seq);
-                    if let Err(e) = self.log.sync() {
-                        fatal("fsync", &e);
-                    }
+                    self.sync();
                     self.report(generation, entry.seq);
                 }
             }
@@ -169,9 +178,7 @@ impl Writer {
                 // The backup may receive entries while they are being fsynced here.
                 self.appended(last);
                 if self.mode == FsyncMode::Batch {
-                    if let Err(e) = self.log.sync() {
-                        fatal("fsync", &e);
-                    }
+                    self.sync();
                 }
                 self.report(generation, last);
             }
