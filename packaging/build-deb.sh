@@ -59,13 +59,8 @@ if [ "$build" = yes ]; then
   cargo build --release --bins
 fi
 
-binaries=(pbchatd pbchat-client)
-if [ -x "$release_dir/pbchatctl" ]; then
-  binaries+=(pbchatctl)
-else
-  echo "note: $release_dir/pbchatctl does not exist: packaging without pbchatctl and its man page"
-fi
-binaries+=(pbchat-witness)
+# pbchatctl is required: pbchat@.service's ExecReload= runs it.
+binaries=(pbchatd pbchat-client pbchatctl pbchat-witness)
 for bin in "${binaries[@]}"; do
   [ -x "$release_dir/$bin" ] || die "$release_dir/$bin is missing: build first (or drop --no-build)"
 done
@@ -185,10 +180,7 @@ install -d -m 0755 "$root/usr/lib/tmpfiles.d"
 install -m 0644 "$templates/pbchat.tmpfiles" "$root/usr/lib/tmpfiles.d/pbchat.conf"
 
 # Man pages, one per binary shipped plus the configuration format.
-pages=(man/pbchatd.8 man/pbchat-client.1 man/pbchat.toml.5 man/pbchat-witness.8)
-if [[ " ${binaries[*]} " == *" pbchatctl "* ]]; then
-  pages+=(man/pbchatctl.8)
-fi
+pages=(man/pbchatd.8 man/pbchat-client.1 man/pbchat.toml.5 man/pbchat-witness.8 man/pbchatctl.8)
 for page in "${pages[@]}"; do
   [ -f "$page" ] || die "$page is missing"
   section=${page##*.}

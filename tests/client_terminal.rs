@@ -152,7 +152,15 @@ fn a_long_paste_stays_on_one_row_and_its_refusal_quotes_a_short_prefix() {
     let node = Daemon::start("primary", "", "");
     let tmux = Tmux::new();
     let server = node.addr.to_string();
-    let args = ["--server", &server, "--nick", "alice", "--room", "general"];
+    let args = [
+        "--server",
+        &server,
+        "--nick",
+        "alice",
+        "--room",
+        "general",
+        "--no-state",
+    ];
     tmux.start("alice", 200, client_program(), &args);
     tmux.wait_row("alice", "-- joined general; members: alice");
 
@@ -207,14 +215,21 @@ fn after_a_kill_9_of_the_primary_nobody_is_shown_joining_who_never_left() {
     let tmux = Tmux::new();
     for nick in ["alice", "bob"] {
         let mut args = servers.to_vec();
-        args.extend(["--nick", nick, "--room", "general"]);
+        args.extend(["--nick", nick, "--room", "general", "--no-state"]);
         tmux.start(nick, 120, client_program(), &args);
         tmux.wait_row(nick, "-- joined general; members:");
     }
     tmux.wait_row("alice", "* bob joined general");
     let mut carol = Command::new(client_program())
         .args(servers)
-        .args(["--nick", "carol", "--room", "general", "--listen"])
+        .args([
+            "--nick",
+            "carol",
+            "--room",
+            "general",
+            "--listen",
+            "--no-state",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

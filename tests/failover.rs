@@ -134,6 +134,8 @@ struct Listener {
 impl Listener {
     fn start(nick: &str, servers: &[SocketAddr]) -> Listener {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+        // Nothing remembered in the runner's ~/.local/state between tests.
+        cmd.arg("--no-state");
         for s in servers {
             cmd.arg("--server").arg(s.to_string());
         }

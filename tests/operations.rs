@@ -726,3 +726,149 @@ fn metrics_have_latency_histograms_build_info_and_pass_promtool() {
         text(&out.stderr)
     );
 }
+
+/// pbchatd with stderr on a pipe of the test's own and `JOURNAL_STREAM` set to `stream`
+/// (`None`: the pipe's own device and inode, as systemd sets it for the journal's stream).
+fn start_on_stream(config: &Path, stream: Option<&str>) -> Process {
+    use std::os::unix::fs::MetadataExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    let meta = std::fs::File::from(std::os::fd::OwnedFd::from(writer.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let own = format!("{}:{}", meta.dev(), meta.ino());
+    let child = common::pbchatd()
+        .arg("-c")
+        .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("JOURNAL_STREAM", stream.unwrap_or(&own))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("start pbchatd");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("  pbchatd| {line}");
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    Process { child, log }
+}
+
+fn process_line(node: &Process, needle: &str) -> String {
+    let mut found = None;
+    wait_until(needle, || {
+        found = node
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned();
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Issue 18: under systemd every line reached the journal at priority "info" (`journalctl
+/// -p warning` showed nothing although the node had warned) and carried a second timestamp.
+#[test]
+fn on_the_journal_stream_lines_carry_their_priority_and_no_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = standalone_config(dir.path(), "");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut node = start_on_stream(&config, None);
+    let serving = process_line(&node, "clients on ");
+    assert!(serving.starts_with("<6>[a] "), "{serving}");
+    // A change that takes a restart is a warning; a broken file is an error.
+    std::fs::write(
+        &config,
+        original.replace("[log]\n", "[log]\nfsync = \"always\"\n"),
+    )
+    .unwrap();
+    node.signal("HUP");
+    let warning = process_line(&node, "that takes a restart");
+    assert!(warning.starts_with("<4>[a] reload of "), "{warning}");
+    std::fs::write(
+        &config,
+        original.replace("[client]\n", "[client]\nmax_clients = \"lots\"\n"),
+    )
+    .unwrap();
+    node.signal("HUP");
+    let error = process_line(&node, "reload refused");
+    assert!(error.starts_with("<3>[a] "), "{error}");
+    for line in node.log.lock().unwrap().iter() {
+        assert!(line.starts_with('<'), "a line without its priority: {line}");
+    }
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(), Some(0));
+    drop(node);
+
+    // A variable inherited with stderr elsewhere (a child of a service, a shell started
+    // from one): the readable form, with its timestamp and level.
+    std::fs::write(&config, &original).unwrap();
+    let node = start_on_stream(&config, Some("1:1"));
+    let serving = process_line(&node, "clients on ");
+    assert_eq!(level(&serving), "INFO", "{serving}");
+    assert!(serving.starts_with("20"), "{serving}");
+}
+
+/// Issue 18: `systemctl reload` (then `kill -HUP`) answered "Reloaded" with rc 0 after
+/// `max_clients = "lots"`, the error only in the journal. ExecReload= now runs `pbchatctl
+/// reload`, which fails with the file, the key and the problem.
+#[test]
+fn pbchatctl_reload_fails_on_a_bad_file_and_applies_a_good_one() {
+    let node = Daemon::start("primary", "max_clients = 100", "");
+    let good = std::fs::read_to_string(&node.config_path).unwrap();
+    std::fs::write(
+        &node.config_path,
+        good.replace("max_clients = 100", "max_clients = \"lots\""),
+    )
+    .unwrap();
+    let out = ctl(&node.config_path, &["reload"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("pbchatctl: "), "{stderr}");
+    assert!(
+        stderr.contains(&node.config_path.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("max_clients"), "{stderr}");
+    assert!(stderr.contains("invalid type: string \"lots\""), "{stderr}");
+    assert!(stderr.contains("not reloaded"), "{stderr}");
+    assert!(text(&out.stdout).is_empty());
+    // The node runs on, with the config it had.
+    let mut c = node.hello("alice", "s");
+    c.send(serde_json::json!({"type":"ping"}));
+    assert_eq!(c.recv().kind, "pong");
+    // A value the parser takes but validation refuses names its key the same way.
+    std::fs::write(
+        &node.config_path,
+        good.replace("max_clients = 100", "max_clients = 0"),
+    )
+    .unwrap();
+    let out = ctl(&node.config_path, &["reload"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("client.max_clients"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Fixed: exit 0, and the answer says what changed.
+    std::fs::write(
+        &node.config_path,
+        good.replace("max_clients = 100", "max_clients = 200"),
+    )
+    .unwrap();
+    let out = ctl(&node.config_path, &["reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ok: reloaded "), "{stdout}");
+    assert!(stdout.contains("client.max_clients 100 -> 200"), "{stdout}");
+    node.wait_log("client.max_clients 100 -> 200");
+}

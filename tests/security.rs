@@ -326,6 +326,7 @@ fn pbchat_client_chats_with_its_token_and_is_refused_without_it() {
             "--timeout-ms",
             "5000",
         ]);
+        cmd.env_remove("PBCHAT_TOKEN");
         if let Some(token) = token {
             cmd.args(["--token", token]);
         }
@@ -346,4 +347,32 @@ fn pbchat_client_chats_with_its_token_and_is_refused_without_it() {
     );
     let refused = client(None);
     assert_eq!(refused.status.code(), Some(1));
+    // Issue 18: out of `ps`: from an owner-only file (trimmed), or from PBCHAT_TOKEN.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hidden = |file: Option<&Path>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+        cmd.arg("--server").arg(node.addr.to_string());
+        cmd.args(["--nick", "alice", "--room", "r", "--send", "hi"]);
+        cmd.env_remove("PBCHAT_TOKEN");
+        if let Some(file) = file {
+            cmd.arg("--token-file").arg(file);
+        }
+        if let Some(token) = env {
+            cmd.env("PBCHAT_TOKEN", token);
+        }
+        cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    for out in [
+        hidden(Some(&file), None),
+        hidden(None, Some("s3cret-token")),
+    ] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -155,6 +155,8 @@ impl TlsClient {
 
 fn pbchat_client(servers: &[SocketAddr]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbchat-client"));
+    // Nothing remembered in the runner's ~/.local/state between tests.
+    cmd.arg("--no-state");
     for server in servers {
         cmd.arg("--server").arg(server.to_string());
     }

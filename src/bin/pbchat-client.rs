@@ -22,6 +22,7 @@ use pbchat::client::editor::{render_row, Edit, KeyDecoder, LineEditor};
 use pbchat::client::input::{parse_input, Input, MessageIds, HELP};
 use pbchat::client::net::{self, Command, Event, NetConfig, PING_INTERVAL_MS, QUIT_ACK_WAIT_MS};
 use pbchat::client::session::Position;
+use pbchat::client::state;
 use pbchat::client::terminal::{self, Terminal, Typed, INPUT_QUEUE_MAX};
 use pbchat::client::{COMMANDS_QUEUE_MAX, DEFAULT_SERVERS, EVENTS_QUEUE_MAX};
 use pbchat::wire::client::{check_nick, check_printable, check_room, HISTORY_LIMIT_MAX};
@@ -59,9 +60,26 @@ struct Args {
     #[arg(long)]
     session: Option<String>,
 
-    /// Token for nodes that require authentication
-    #[arg(long)]
+    /// Token for nodes that require authentication. Visible to every local user in `ps`:
+    /// prefer --token-file or PBCHAT_TOKEN
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+
+    /// Read the token from FILE (owner-only: refused when group or others may read it;
+    /// surrounding white space ignored). Without --token and --token-file, the
+    /// PBCHAT_TOKEN environment variable is used when set
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+
+    /// Where the session and each room's last message shown are remembered between runs
+    /// (interactive and --listen), in NICK.json [default: $XDG_STATE_HOME/pbchat, else
+    /// ~/.local/state/pbchat]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_state")]
+    state_dir: Option<std::path::PathBuf>,
+
+    /// Remember nothing between runs: a new session, rooms from their recent history
+    #[arg(long)]
+    no_state: bool,
 
     /// Speak TLS to the nodes (TLS 1.2 or 1.3), checking their certificates against the
     /// public roots, or the CA given with --ca
@@ -111,6 +129,14 @@ struct Args {
     #[arg(long, short)]
     verbose: bool,
 }
+
+/// The longest a token file may be: tokens are a few dozen characters.
+const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
+/// The state file is rewritten at most this often while messages arrive (and at exit), so a
+/// busy room costs one small write a second, and a client killed outright repeats at most
+/// this much.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 const AFTER_HELP: &str = "\
 Exit status: 0 done (--send: acknowledged); 1 the node refused (the message is not stored),
@@ -235,24 +261,40 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
             "--send: the message is blank (empty or only spaces); nothing to send".into(),
         ));
     }
+    let servers = if args.servers.is_empty() {
+        DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.servers.clone()
+    };
+    // Only the modes that follow rooms remember where they were.
+    let mut memory = if args.send.is_some() || args.history.is_some() || args.no_state {
+        None
+    } else {
+        Memory::open(args.state_dir.clone(), &nick, &servers)
+    };
     let session = match &args.session {
         Some(session) => {
             check_printable("--session", session, SESSION_CHARS_MAX)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             session.clone()
         }
-        None => format!("{:016x}", rand::thread_rng().gen::<u64>()),
+        None => match &memory {
+            Some(memory) if !memory.state.session.is_empty() => memory.state.session.clone(),
+            _ => format!("{:016x}", rand::thread_rng().gen::<u64>()),
+        },
     };
+    if let Some(memory) = &mut memory {
+        if memory.state.session != session {
+            memory.state.session = session.clone();
+            memory.dirty = true;
+        }
+    }
+    let token = token(&args)?;
     // Ids unique per nick, not only per session: a session given on the command line may
     // have sent `m-1` before (a resend of it would be acknowledged without being stored),
     // and after two primaries served at once a copy is recognized by sender and id
     // (docs/protocol.md, the client recipe). See `MessageIds`.
     let mut ids = MessageIds::new(format!("m-{:08x}-", rand::thread_rng().gen::<u32>()));
-    let servers = if args.servers.is_empty() {
-        DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.servers.clone()
-    };
     let tls = if args.tls {
         if let Some(name) = &args.tls_name {
             pbchat::tls::server_name(name)
@@ -272,7 +314,7 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
         servers,
         nick,
         session,
-        token: args.token.clone(),
+        token,
         ping_interval: Duration::from_millis(PING_INTERVAL_MS),
         seed: None,
     };
@@ -289,9 +331,120 @@ fn run(args: Args) -> Result<ExitCode, CliError> {
     } else if let Some(limit) = args.history {
         print_history(&args, config, &rooms[0], limit as usize)
     } else if args.listen {
-        listen(&args, config, &rooms)
+        listen(&args, config, &rooms, memory)
     } else {
-        interactive(config, rooms, ids, args.verbose)
+        interactive(config, rooms, ids, args.verbose, memory)
+    }
+}
+
+/// The token from --token, --token-file or `PBCHAT_TOKEN`, in that order.
+fn token(args: &Args) -> Result<Option<String>, CliError> {
+    if let Some(token) = &args.token {
+        return Ok(Some(token.clone()));
+    }
+    if let Some(path) = &args.token_file {
+        use pbchat::private_file::{read_private_text, PrivateFileError};
+        let name = path.display();
+        let text = read_private_text(path, TOKEN_FILE_BYTES_MAX).map_err(|e| {
+            CliError::Usage(match e {
+                PrivateFileError::Read(e) => format!("--token-file {name}: cannot read: {e}"),
+                PrivateFileError::Permissions { mode } => format!(
+                    "--token-file {name}: mode {mode:04o} lets group or others read or write \
+                     the token; run chmod 600 {name}"
+                ),
+                PrivateFileError::TooLarge => format!(
+                    "--token-file {name}: longer than {TOKEN_FILE_BYTES_MAX} bytes; not a token"
+                ),
+                PrivateFileError::NotUtf8 => format!("--token-file {name}: not UTF-8 text"),
+            })
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(CliError::Usage(format!("--token-file {name}: empty")));
+        }
+        return Ok(Some(token.to_string()));
+    }
+    Ok(std::env::var("PBCHAT_TOKEN")
+        .ok()
+        .map(|token| token.trim().to_string())
+        .filter(|token| !token.is_empty()))
+}
+
+/// The state file of this nick and what it holds now: the session and each room's last
+/// message shown. Problems with it are told on stderr once and never stop the client.
+struct Memory {
+    path: std::path::PathBuf,
+    state: state::State,
+    /// Changed since the last write.
+    dirty: bool,
+    last_saved: Instant,
+    /// A write failed: said once, not once a second.
+    failed: bool,
+}
+
+impl Memory {
+    /// The state of `nick` with `servers` in `dir` (or the default directory); a fresh one when there is
+    /// none or it cannot be read (said on stderr). `None` without a directory to use.
+    fn open(dir: Option<std::path::PathBuf>, nick: &str, servers: &[String]) -> Option<Memory> {
+        let path = state::path(&dir.or_else(state::default_dir)?, nick, servers);
+        let state = match state::load(&path, nick) {
+            Ok(Some(state)) => state,
+            Ok(None) => state::State::new(nick, ""),
+            Err(e) => {
+                eprintln!("pbchat-client: state: {e}; starting afresh");
+                state::State::new(nick, "")
+            }
+        };
+        Some(Memory {
+            path,
+            state,
+            dirty: false,
+            last_saved: Instant::now(),
+            failed: false,
+        })
+    }
+
+    /// Where to resume `room`.
+    fn position(&self, room: &str) -> Option<Position> {
+        self.state.position(room)
+    }
+
+    /// A message of the live stream was shown.
+    fn on_event(&mut self, event: &Event) {
+        if let Event::Msg {
+            frame,
+            history: false,
+            ..
+        } = event
+        {
+            if let (Some(room), Some(seq)) = (&frame.room, frame.seq) {
+                let position = Position {
+                    seq,
+                    epoch: frame.epoch,
+                };
+                self.dirty |= self.state.shown(room, position);
+            }
+        }
+    }
+
+    /// When the next write is due, if one is.
+    fn due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_saved + STATE_SAVE_INTERVAL)
+    }
+
+    /// Writes when due (`force`: at exit, whenever dirty).
+    fn save(&mut self, force: bool) {
+        if !self.dirty || (!force && self.due().is_some_and(|due| Instant::now() < due)) {
+            return;
+        }
+        self.last_saved = Instant::now();
+        self.dirty = false;
+        if let Err(e) = state::save(&self.path, &self.state) {
+            if !self.failed {
+                eprintln!("pbchat-client: state: {e}; not remembering where this run stops");
+                self.failed = true;
+            }
+        }
     }
 }
 
@@ -403,34 +556,75 @@ fn print_history(
     Ok(ExitCode::SUCCESS)
 }
 
-fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, CliError> {
+fn listen(
+    args: &Args,
+    config: NetConfig,
+    rooms: &[String],
+    mut memory: Option<Memory>,
+) -> Result<ExitCode, CliError> {
     let mut progress = Progress::new(config.servers.len(), args.verbose, false);
+    // TERM, INT and HUP end listening after writing the state (SIGWINCH is ignored).
+    let signals = if memory.is_some() {
+        watch_signals()?
+    } else {
+        never()
+    };
     let client = Client::start(config)?;
     let after = args.after.map(|seq| Position {
         seq,
         epoch: args.after_epoch,
     });
     for room in rooms {
+        // --after wins over the remembered place.
+        let after = after.or_else(|| memory.as_ref().and_then(|m| m.position(room)));
         client.command(Command::Join {
             room: room.clone(),
             after,
         })?;
     }
     let started = Instant::now();
+    let give_up = started + Duration::from_millis(args.timeout_ms);
     // Until the first session opens, a deadline: a listener that never reached a server
     // says so. Once one did, it follows the pair through fail-overs for as long as it runs.
     let mut opened = false;
     let mut stdout = io::stdout().lock();
+    let stop = |client: Client, memory: &mut Option<Memory>| {
+        if let Some(memory) = memory {
+            memory.save(true);
+        }
+        client.quit();
+        Ok(ExitCode::SUCCESS)
+    };
     loop {
-        let event = if opened {
-            client
-                .events
-                .recv()
-                .map_err(|_| CliError::Failed("the network thread ended".into()))?
-        } else {
-            next_event(&client, &progress, started, args.timeout_ms, "a welcome")?
+        let save_due = memory.as_ref().and_then(Memory::due);
+        let wake = match (opened, save_due) {
+            (false, Some(due)) => Some(due.min(give_up)),
+            (false, None) => Some(give_up),
+            (true, due) => due,
+        };
+        let timer = wake.map_or_else(never, |at| crossbeam_channel::at(at.max(Instant::now())));
+        let event = select! {
+            recv(client.events) -> event => {
+                event.map_err(|_| CliError::Failed("the network thread ended".into()))?
+            }
+            recv(signals) -> signal => match signal {
+                Ok(signal_hook::consts::SIGWINCH) => continue,
+                _ => return stop(client, &mut memory),
+            },
+            recv(timer) -> _ => {
+                if let Some(memory) = &mut memory {
+                    memory.save(false);
+                }
+                if !opened && Instant::now() >= give_up {
+                    return Err(CliError::GaveUp(progress.gave_up(args.timeout_ms, "a welcome")));
+                }
+                continue;
+            }
         };
         opened |= matches!(event, Event::Connected { .. });
+        if let Some(memory) = &mut memory {
+            memory.on_event(&event);
+        }
         match event {
             Event::Msg { raw, .. } => {
                 // One line per message, flushed, so a reader sees it at once. A closed
@@ -439,8 +633,7 @@ fn listen(args: &Args, config: NetConfig, rooms: &[String]) -> Result<ExitCode, 
                     .and_then(|()| stdout.flush())
                     .is_err()
                 {
-                    client.quit();
-                    return Ok(ExitCode::SUCCESS);
+                    return stop(client, &mut memory);
                 }
             }
             Event::Fatal { code, message } => return Err(CliError::Node { code, message }),
@@ -465,6 +658,8 @@ struct Chat {
     joined: Vec<String>,
     current: Option<String>,
     ids: MessageIds,
+    /// The state file: where each room was left, kept up to date as messages show.
+    memory: Option<Memory>,
 }
 
 impl Chat {
@@ -496,7 +691,7 @@ impl Chat {
                     self.joined.push(room.clone());
                     client.command(Command::Join {
                         room: room.clone(),
-                        after: None,
+                        after: self.memory.as_ref().and_then(|m| m.position(&room)),
                     })?;
                 }
                 self.current = Some(room);
@@ -678,13 +873,14 @@ fn interactive(
     rooms: Vec<String>,
     ids: MessageIds,
     verbose: bool,
+    memory: Option<Memory>,
 ) -> Result<ExitCode, CliError> {
     let mut progress = Progress::new(config.servers.len(), verbose, true);
     let client = Client::start(config)?;
     for room in &rooms {
         client.command(Command::Join {
             room: room.clone(),
-            after: None,
+            after: memory.as_ref().and_then(|m| m.position(room)),
         })?;
     }
     // Until the first session opens the line editor is not up: plain stderr, and Ctrl-C
@@ -722,6 +918,7 @@ fn interactive(
         current: rooms.first().cloned(),
         joined: rooms,
         ids,
+        memory,
     };
     let mut view = View::new();
     let presence_checks = tick(Duration::from_millis(PRESENCE_CHECK_MS));
@@ -732,6 +929,9 @@ fn interactive(
                 // The thread ends only after `Fatal` or a quit, both handled here.
                 let Ok(event) = event else { break ExitCode::FAILURE };
                 let fatal = matches!(event, Event::Fatal { .. });
+                if let Some(memory) = &mut chat.memory {
+                    memory.on_event(&event);
+                }
                 let mut lines = progress.on_event(&event);
                 lines.extend(view.lines(&event, Instant::now()));
                 front.print(&lines)?;
@@ -747,7 +947,13 @@ fn interactive(
                     break ExitCode::SUCCESS;
                 }
             }
-            recv(presence_checks) -> _ => front.print(&view.expire(Instant::now()))?,
+            recv(presence_checks) -> _ => {
+                front.print(&view.expire(Instant::now()))?;
+                // The same 1 s tick writes the state file when it changed.
+                if let Some(memory) = &mut chat.memory {
+                    memory.save(false);
+                }
+            }
             recv(signals) -> signal => match signal {
                 Ok(signal_hook::consts::SIGWINCH) => front.resized(&chat)?,
                 _ => break ExitCode::SUCCESS,
@@ -759,10 +965,16 @@ fn interactive(
     let _ = client.commands.send(Command::Quit);
     let deadline = deadline_after(QUIT_WAIT_MS);
     while let Ok(event) = client.events.recv_deadline(deadline) {
+        if let Some(memory) = &mut chat.memory {
+            memory.on_event(&event);
+        }
         let mut lines = progress.on_event(&event);
         lines.extend(view.lines(&event, Instant::now()));
         // Leaving anyway: a terminal that is gone changes nothing.
         let _ = front.print(&lines);
+    }
+    if let Some(memory) = &mut chat.memory {
+        memory.save(true);
     }
     // Dropping the terminal gives it back as it was.
     drop(front);

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let config = match pbchat::witness_config::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("pbchat-witness: {e}");
+            pbchat::daemon::logging::print_error("pbchat-witness", &e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
-            eprintln!("pbchat-witness: {e}");
+            pbchat::daemon::logging::print_error("pbchat-witness", &e.to_string());
             ExitCode::from(1)
         }
     }

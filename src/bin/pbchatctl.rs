@@ -2,6 +2,11 @@
 //! the socket (from the node's config, or `--socket`), sends one request line, prints the
 //! answer, and maps it to an exit code: 0 on success, 1 when the node refused or cannot be
 //! reached, 2 for a bad config file.
+//!
+//! `reload` checks the file first, as the node would: a bad one is reported (file, key,
+//! problem) with exit 2 and the node is not asked, so that `systemctl reload` (ExecReload=
+//! runs `pbchatctl -c FILE reload`) fails with the reason instead of "Reloaded". Errors
+//! reach the journal at priority "err" when run by systemd.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -59,7 +64,13 @@ fn main() -> ExitCode {
         (None, Some(config)) => match pbchat::config::load(config) {
             Ok(config) => config.admin_socket,
             Err(e) => {
-                eprintln!("pbchatctl: {e}");
+                let mut message = e.to_string();
+                if matches!(args.command, Request::Reload) {
+                    message.push_str(
+                        "\nnot reloaded: pbchatd was not asked and keeps the config it runs with",
+                    );
+                }
+                fail(&message);
                 return ExitCode::from(2);
             }
         },
@@ -76,7 +87,7 @@ fn main() -> ExitCode {
     match ask(&socket, request) {
         Ok(answer) => match answer.strip_prefix("error: ") {
             Some(error) => {
-                eprint!("pbchatctl: {error}");
+                fail(error.trim_end());
                 ExitCode::from(1)
             }
             None => {
@@ -85,10 +96,15 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("pbchatctl: {e}");
+            fail(&e);
             ExitCode::from(1)
         }
     }
+}
+
+/// An error on stderr, `pbchatctl: ...` (at priority "err" on the journal's stream).
+fn fail(message: &str) {
+    pbchat::daemon::logging::print_error("pbchatctl", message);
 }
 
 fn ask(socket: &std::path::Path, request: &str) -> Result<String, String> {

@@ -70,7 +70,8 @@ fn main() -> ExitCode {
     let config = match pbchat::config::load(&config_path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("pbchatd: {e}");
+            // Under systemd, at priority "err" in the journal.
+            pbchat::daemon::logging::print_error("pbchatd", &e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -110,7 +111,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
-            eprintln!("pbchatd: {e}");
+            pbchat::daemon::logging::print_error("pbchatd", &e.to_string());
             ExitCode::from(1)
         }
     }

@@ -18,6 +18,8 @@
 //!   single row that shows it, scrolled sideways when the line is longer.
 //! - `display`: PURE formatting of events for people.
 //! - `net`: the network thread: owns the `TcpStream`, drives `session` and `reconnect`.
+//! - `state`: the file that remembers, per nick, the session and each room's last message
+//!   shown between runs (`$XDG_STATE_HOME/pbchat/<nick>.json`).
 //! - `terminal`: raw mode, the terminal's width, stdin on a thread, drawing the edited row
 //!   and the lines above it.
 
@@ -29,6 +31,7 @@ pub mod liveness;
 pub mod net;
 pub mod reconnect;
 pub mod session;
+pub mod state;
 pub mod terminal;
 
 /// Bound of the UI → network command channel. A person types far slower than the network

@@ -1,6 +1,11 @@
 //! Diagnostics: one line per event, to stderr (with a UTC timestamp and the node id) or to
 //! the local syslog socket; and [`Throttle`], which keeps a repeated warning from flooding.
 //!
+//! Under systemd, when stderr is the journal's stream (`JOURNAL_STREAM`, systemd.exec(5)),
+//! a line starts with its sd-daemon priority (`<4>` for a warning, sd-daemon(3)) instead of
+//! a timestamp: the journal stamps each line itself and files it at that priority, so
+//! `journalctl -p warning` finds the warnings.
+//!
 //! This module formats and writes log lines; it decides nothing about what to log.
 
 use std::io::Write;
@@ -34,6 +39,8 @@ struct Logger {
     program: &'static str,
     node_id: String,
     sink: Sink,
+    /// Stderr is the journal's stream: lines carry `<N>` priorities and no timestamp.
+    journal: bool,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -62,17 +69,80 @@ impl log::Log for Logger {
 
 impl Logger {
     fn to_stderr(&self, level: log::Level, args: &std::fmt::Arguments) {
-        let line = format!(
-            "{} {:<5} {}[{}]: {}\n",
-            utc_now(),
-            level,
-            self.program,
-            self.node_id,
-            args
-        );
+        let line = if self.journal {
+            journal_lines(level, &format!("[{}] {}", self.node_id, args))
+        } else {
+            format!(
+                "{} {:<5} {}[{}]: {}\n",
+                utc_now(),
+                level,
+                self.program,
+                self.node_id,
+                args
+            )
+        };
         // One write per line keeps lines whole when threads log at once.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
+}
+
+/// The sd-daemon priority prefix of a level (syslog's numbers, sd-daemon(3)).
+fn priority(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "<3>",
+        log::Level::Warn => "<4>",
+        log::Level::Info => "<6>",
+        log::Level::Debug | log::Level::Trace => "<7>",
+    }
+}
+
+/// `message` for the journal's stream: every line of it prefixed with the priority (the
+/// journal files each line on its own, and a line without a prefix as "info").
+fn journal_lines(level: log::Level, message: &str) -> String {
+    let mut text = String::with_capacity(message.len() + 8);
+    for line in message.lines() {
+        text.push_str(priority(level));
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Whether stderr is connected to systemd's journal: `JOURNAL_STREAM` (`DEVICE:INODE`,
+/// systemd.exec(5)) names stderr's own device and inode. The variable alone is not enough:
+/// a child of a service inherits it with its stderr redirected elsewhere (a pipe, a file).
+pub fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+        return false;
+    };
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    // A duplicate of fd 2, so that `File` can fstat it and close only the duplicate.
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(meta) => meta.dev() == device && meta.ino() == inode,
+        Err(_) => false,
+    }
+}
+
+/// Writes an error that ends the program (before or instead of the logger: a bad config at
+/// start) to stderr as `program: message`; under the journal at priority "err".
+pub fn print_error(program: &str, message: &str) {
+    let text = format!("{program}: {message}");
+    let text = if stderr_is_journal() {
+        journal_lines(log::Level::Error, &text)
+    } else {
+        text + "\n"
+    };
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 impl Syslog {
@@ -183,6 +253,7 @@ fn install(program: &'static str, node_id: &str, level: log::LevelFilter, target
             program,
             node_id: node_id.to_string(),
             sink,
+            journal: stderr_is_journal(),
         }
     });
     let _ = log::set_logger(logger);
@@ -292,6 +363,20 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::Throttle;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn journal_lines_carry_the_priority_on_every_line() {
+        assert_eq!(
+            super::journal_lines(log::Level::Warn, "[a] peer lost"),
+            "<4>[a] peer lost\n"
+        );
+        assert_eq!(
+            super::journal_lines(log::Level::Error, "one\ntwo"),
+            "<3>one\n<3>two\n"
+        );
+        assert_eq!(super::journal_lines(log::Level::Info, "x"), "<6>x\n");
+        assert_eq!(super::journal_lines(log::Level::Debug, "x"), "<7>x\n");
+    }
 
     #[test]
     fn throttle_lets_a_burst_through_then_counts() {

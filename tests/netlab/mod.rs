@@ -1145,6 +1145,8 @@ pub struct Listener {
 impl Listener {
     pub fn start(lab: &Lab, host: Host, nick: &str, servers: &[SocketAddr]) -> Listener {
         let mut cmd = lab.exec(host, env!("CARGO_BIN_EXE_pbchat-client"));
+        // Nothing remembered in the runner's ~/.local/state between tests.
+        cmd.arg("--no-state");
         for s in servers {
             cmd.arg("--server").arg(s.to_string());
         }
