@@ -1,0 +1,269 @@
+//! The man pages and docs/configuration.md stay true to the code (issue 18 item 6): every
+//! config key the daemon and the witness accept is documented in pbchat.toml(5),
+//! pbchat-witness(8) and docs/configuration.md, none of them documents a key that does not
+//! exist, and every long flag of each binary is an entry of its man page and the other way
+//! round. The keys come from the deserializers themselves (the `deny_unknown_fields` error
+//! names every field), the flags from the real binaries' `--help`: nothing to keep in sync.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The backquoted names serde lists after "expected" in an unknown-field error.
+fn expected_fields(error: &str) -> BTreeSet<String> {
+    let (_, list) = error
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no field list in {error:?}"));
+    let list = list.lines().next().unwrap_or("");
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+const UNKNOWN: &str = "zz_not_a_key = 1";
+
+fn daemon_error(text: &str) -> String {
+    match pbchat::config::parse(text, "t.toml") {
+        Ok(_) => panic!("{text:?} parsed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every `(section, key)` pbchatd's config accepts.
+fn daemon_keys() -> BTreeSet<(String, String)> {
+    let sections = expected_fields(&daemon_error(UNKNOWN));
+    assert!(
+        sections.contains("node") && sections.len() >= 10,
+        "{sections:?}"
+    );
+    let mut keys = BTreeSet::new();
+    for section in sections {
+        let fields = expected_fields(&daemon_error(&format!("[{section}]\n{UNKNOWN}\n")));
+        assert!(!fields.is_empty(), "[{section}]");
+        keys.extend(fields.into_iter().map(|key| (section.clone(), key)));
+    }
+    keys
+}
+
+/// Every key pbchat-witness's config accepts.
+fn witness_keys() -> BTreeSet<String> {
+    let e = match pbchat::witness_config::parse(UNKNOWN, "w.toml") {
+        Ok(_) => panic!("parsed"),
+        Err(e) => e.to_string(),
+    };
+    let keys = expected_fields(&e);
+    assert!(keys.contains("lease_ms"), "{keys:?}");
+    keys
+}
+
+/// The keys of each table of docs/configuration.md: `## [section]` headings, and
+/// `## pbchat-witness` as section "witness".
+fn configuration_md() -> BTreeSet<(String, String)> {
+    let mut section = String::new();
+    let mut keys = BTreeSet::new();
+    for line in read("docs/configuration.md").lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            let word = heading.split_whitespace().next().unwrap_or("");
+            section = match word {
+                "pbchat-witness" => "witness".to_string(),
+                _ => word
+                    .strip_prefix('[')
+                    .and_then(|w| w.strip_suffix(']'))
+                    .unwrap_or("")
+                    .to_string(),
+            };
+        } else if let Some(rest) = line.strip_prefix("| `") {
+            if let (Some((key, _)), false) = (rest.split_once('`'), section.is_empty()) {
+                keys.insert((section.clone(), key.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+/// The man page's `.SH` sections with the tag lines of their `.TP` entries.
+fn man_entries(name: &str) -> Vec<(String, Vec<String>)> {
+    let text = read(name);
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(heading) = line.strip_prefix(".SH ") {
+            sections.push((heading.trim_matches('"').to_string(), Vec::new()));
+        } else if line == ".TP" {
+            if let (Some(tag), Some((_, tags))) = (lines.next(), sections.last_mut()) {
+                tags.push(tag.to_string());
+            }
+        }
+    }
+    sections
+}
+
+/// The words of a macro line: quoted arguments kept whole.
+fn macro_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut rest = line.split_once(' ').map_or("", |(_, r)| r).trim_start();
+    while !rest.is_empty() {
+        let (arg, tail) = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.split_once('"').unwrap_or((quoted, ""))
+        } else {
+            rest.split_once(' ').unwrap_or((rest, ""))
+        };
+        args.push(arg.to_string());
+        rest = tail.trim_start();
+    }
+    args
+}
+
+/// The keys a `.TP` tag names: its first bold word, and the ones joined to it by `", "`
+/// (`.BR tls_cert ", " tls_key " [empty] ..."`).
+fn tag_keys(tag: &str) -> Vec<String> {
+    if !(tag.starts_with(".B ") || tag.starts_with(".BR ")) {
+        return Vec::new();
+    }
+    let args = macro_args(tag);
+    let mut keys = vec![args[0].clone()];
+    let mut i = 1;
+    while i + 1 < args.len() && args[i] == ", " {
+        keys.push(args[i + 1].clone());
+        i += 2;
+    }
+    keys
+}
+
+fn missing_and_extra<T: Ord + Clone>(code: &BTreeSet<T>, doc: &BTreeSet<T>) -> (Vec<T>, Vec<T>) {
+    (
+        code.difference(doc).cloned().collect(),
+        doc.difference(code).cloned().collect(),
+    )
+}
+
+#[test]
+fn configuration_md_documents_exactly_the_accepted_keys() {
+    let mut code = daemon_keys();
+    code.extend(
+        witness_keys()
+            .into_iter()
+            .map(|k| ("witness".to_string(), k)),
+    );
+    let (missing, extra) = missing_and_extra(&code, &configuration_md());
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/configuration.md lacks {missing:?} and documents keys that do not exist: {extra:?}"
+    );
+}
+
+#[test]
+fn pbchat_toml_5_documents_exactly_the_accepted_keys() {
+    let mut doc = BTreeSet::new();
+    for (heading, tags) in man_entries("man/pbchat.toml.5") {
+        let Some(section) = heading
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']'))
+            .map(|(s, _)| s.to_string())
+        else {
+            continue;
+        };
+        for tag in &tags {
+            doc.extend(tag_keys(tag).into_iter().map(|k| (section.clone(), k)));
+        }
+    }
+    let (missing, extra) = missing_and_extra(&daemon_keys(), &doc);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "man/pbchat.toml.5 lacks {missing:?} and documents keys that do not exist: {extra:?}"
+    );
+}
+
+#[test]
+fn pbchat_witness_8_documents_exactly_the_accepted_keys() {
+    let doc: BTreeSet<String> = man_entries("man/pbchat-witness.8")
+        .into_iter()
+        .filter(|(heading, _)| heading == "CONFIGURATION")
+        .flat_map(|(_, tags)| tags.iter().flat_map(|t| tag_keys(t)).collect::<Vec<_>>())
+        .collect();
+    let (missing, extra) = missing_and_extra(&witness_keys(), &doc);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "man/pbchat-witness.8 lacks {missing:?} and documents keys that do not exist: {extra:?}"
+    );
+}
+
+fn help(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{bin} {args:?} --help: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The long flags of a binary and of its subcommands, from `--help`.
+fn binary_flags(bin: &str) -> BTreeSet<String> {
+    let top = help(bin, &[]);
+    let mut texts = vec![top.clone()];
+    let commands = top
+        .split_once("Commands:\n")
+        .map_or("", |(_, rest)| rest.split("\n\n").next().unwrap_or(""));
+    for command in commands.lines().filter_map(|l| l.split_whitespace().next()) {
+        if command != "help" {
+            texts.push(help(bin, &[command]));
+        }
+    }
+    let mut flags = BTreeSet::new();
+    for text in texts {
+        for line in text.lines() {
+            let line = line.trim_start();
+            if !line.starts_with('-') {
+                continue;
+            }
+            let flag = line
+                .split([' ', ',', '='])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_else(|| panic!("{bin}: no long flag in {line:?}"));
+            flags.insert(flag.to_string());
+        }
+    }
+    flags
+}
+
+/// The long flags the `.TP` entries of a man page name.
+fn man_flags(page: &str) -> BTreeSet<String> {
+    let mut flags = BTreeSet::new();
+    for (_, tags) in man_entries(page) {
+        for tag in tags {
+            let plain = tag.replace("\\-", "-");
+            for (i, _) in plain.match_indices("--") {
+                let flag: String = plain[i..]
+                    .chars()
+                    .take_while(|c| *c == '-' || c.is_ascii_alphanumeric())
+                    .collect();
+                flags.insert(flag);
+            }
+        }
+    }
+    flags
+}
+
+#[test]
+fn man_pages_document_exactly_the_binaries_flags() {
+    let pages = [
+        (env!("CARGO_BIN_EXE_pbchatd"), "man/pbchatd.8"),
+        (env!("CARGO_BIN_EXE_pbchatctl"), "man/pbchatctl.8"),
+        (env!("CARGO_BIN_EXE_pbchat-client"), "man/pbchat-client.1"),
+        (env!("CARGO_BIN_EXE_pbchat-witness"), "man/pbchat-witness.8"),
+    ];
+    let mut drift = Vec::new();
+    for (bin, page) in pages {
+        let code = binary_flags(bin);
+        assert!(code.contains("--help"), "{bin}: {code:?}");
+        let (missing, extra) = missing_and_extra(&code, &man_flags(page));
+        if !missing.is_empty() || !extra.is_empty() {
+            drift.push(format!("{page} lacks {missing:?}, names {extra:?}"));
+        }
+    }
+    assert!(drift.is_empty(), "{drift:#?}");
+}
