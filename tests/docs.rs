@@ -267,3 +267,85 @@ fn man_pages_document_exactly_the_binaries_flags() {
     }
     assert!(drift.is_empty(), "{drift:#?}");
 }
+
+/// The quoted names of the `$mac!("name", ...)` calls in `Driver::reload`.
+fn reload_names(mac: &str) -> Vec<String> {
+    let source = read("src/daemon/mod.rs");
+    let start = source
+        .find("    fn reload(&mut self)")
+        .expect("Driver::reload");
+    let body = &source[start..];
+    let body = &body[..body.find("\n    }\n").expect("its end")];
+    let call = format!("{mac}!(");
+    body.match_indices(&call)
+        .filter_map(|(i, _)| body[i + call.len()..].split('"').nth(1))
+        .filter(|name| !name.contains('$'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What HUP applies at once is what README, docs and man pages say (issue 18 item 6: they
+/// claimed `log.max_pending`, which takes a restart).
+#[test]
+fn reload_passages_name_what_reload_applies() {
+    let applied = reload_names("note");
+    let restart: Vec<String> = reload_names("needs_restart")
+        .into_iter()
+        .filter(|n| !n.contains(' '))
+        .collect();
+    assert!(
+        applied.contains(&"logging.level".to_string()),
+        "{applied:?}"
+    );
+    assert!(
+        restart.contains(&"log.max_pending".to_string()),
+        "{restart:?}"
+    );
+    let passages = [
+        ("README.md", "- `HUP` re-reads", "re-reads the users file"),
+        (
+            "docs/configuration.md",
+            "HUP re-reads the file:",
+            "change at once",
+        ),
+        (
+            "docs/failover.md",
+            "Applied at once:",
+            "the users file is re-read",
+        ),
+        (
+            "man/pbchatd.8",
+            "Re\\-read the configuration file.",
+            "change at once",
+        ),
+        (
+            "man/pbchat.toml.5",
+            "signal re\\-reads the file.",
+            "change at once",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (file, from, to) in passages {
+        let text = read(file);
+        let start = text
+            .find(from)
+            .unwrap_or_else(|| panic!("{file}: {from:?}"));
+        let len = text[start..]
+            .find(to)
+            .unwrap_or_else(|| panic!("{file}: {to:?}"));
+        let passage = text[start..start + len].replace("\\-", "-");
+        for name in &applied {
+            // The README names the client limits without their section.
+            let short = name.strip_prefix("client.").unwrap_or(name);
+            if !passage.contains(name.as_str()) && !passage.contains(&format!("`{short}`")) {
+                wrong.push(format!("{file} does not name {name}"));
+            }
+        }
+        for name in &restart {
+            if passage.contains(name.as_str()) {
+                wrong.push(format!("{file} says {name} changes at once"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
