@@ -339,9 +339,9 @@ fn pbchatctl_status_after_a_kill9_fail_over_shows_when_and_why() {
             .starts_with("peer silent for "),
         "{json}"
     );
-    // The dead node cannot answer: pbchatctl says so and exits 1.
+    // The dead node cannot answer: pbchatctl says so and exits 3.
     let down = ctl(&pair.config_a, &["status"]);
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(3));
     let message = text(&down.stderr);
     assert!(message.contains("cannot reach pbchatd at "), "{message}");
     assert!(message.contains("is it running?"), "{message}");
@@ -359,7 +359,7 @@ fn admin_socket_is_owner_only_survives_kill9_and_pbchatctl_fails_clearly_when_do
     node.kill9();
     assert!(socket.exists());
     let down = pbchatctl(&["--socket", socket.to_str().unwrap(), "status"]);
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(3));
     assert!(
         text(&down.stderr).starts_with(&format!(
             "pbchatctl: cannot reach pbchatd at {}: ",
@@ -558,6 +558,74 @@ fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
         status.contains(&format!("pid:         {}\n", a.pid())),
         "{status}"
     );
+}
+
+/// Issue 18 item 5: `pbchatctl NAME COMMAND` finds `$PBCHAT_CONFIG_DIR/NAME.toml` (as
+/// `pbchat@NAME` runs /etc/pbchat/NAME.toml), and every command answers `--json`.
+#[test]
+fn pbchatctl_finds_a_node_by_name_and_answers_json_to_every_command() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::rename(
+        common::write_config(&dir, "primary", "", ""),
+        dir.join("primary.toml"),
+    )
+    .unwrap();
+    let node = Daemon::start_with(dir.clone(), dir.join("primary.toml"));
+    let named = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pbchatctl"))
+            .args(args)
+            .env("PBCHAT_CONFIG_DIR", &dir)
+            .output()
+            .expect("run pbchatctl")
+    };
+    let out = named(&["primary", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("role:"), "{}", text(&out.stdout));
+    let json = |args: &[&str]| -> Value {
+        let out = named(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("--json is JSON")
+    };
+    assert_eq!(json(&["primary", "status", "--json"])["role"], "primary");
+    assert_eq!(json(&["primary", "--json", "role"])["role"], "primary");
+    assert_eq!(json(&["primary", "pid", "--json"])["pid"], node.pid());
+    let reload = json(&["primary", "reload", "--json"]);
+    assert_eq!(reload["ok"], true);
+    assert!(
+        reload["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ok: reloaded "),
+        "{reload}"
+    );
+    // A refusal: stderr and exit 1, also with --json.
+    let out = named(&["primary", "failover", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("pbchatctl: fail-over refused: this node has no peer"),
+        "{}",
+        text(&out.stderr)
+    );
+    // No such node, or a path for a name: exit 2, naming what was looked for.
+    let out = named(&["backup", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let expected = dir.join("backup.toml").display().to_string();
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = named(&["../primary", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("-c FILE"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The help says what the exit codes mean.
+    let help = text(&pbchatctl(&["--help"]).stdout);
+    assert!(help.contains("Exit status:"), "{help}");
+    assert!(help.contains("3  the node cannot be reached"), "{help}");
 }
 
 /// Appends `text` (new sections) to a config file.

@@ -1,6 +1,6 @@
 //! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
-//! line-based request per connection: `status`, `status json`, `role`, `pid`, `failover`,
-//! `reload`.
+//! line-based request per connection: `status`, `role`, `pid`, `failover`, `reload`, each
+//! optionally followed by `json` for one JSON object instead of text.
 //!
 //! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
 //! is never held across I/O) and how that status reads for people and for programs. It
@@ -24,7 +24,7 @@ use super::logging::utc_seconds;
 use super::Signal;
 use crate::core::RoleChange;
 
-/// A request line longer than this is refused (the longest valid one is `status json`).
+/// A request line longer than this is refused (the longest valid one is `failover json`).
 const REQUEST_MAX_BYTES: u64 = 256;
 /// A client that does not send its request (or read the answer) in this long is dropped;
 /// requests are served one at a time, so this bounds how long one client delays another.
@@ -286,24 +286,45 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
     if ops.current().node.is_empty() {
         return "error: the node is starting; retry in a moment\n".into();
     }
-    let words: Vec<&str> = request.split_whitespace().collect();
-    match words.as_slice() {
-        ["status"] => render_text(&ops.current(), ops),
-        ["status", "json"] => {
+    let mut words: Vec<&str> = request.split_whitespace().collect();
+    // `WORD json`: the same answer as one JSON object, for programs (errors stay text).
+    let json = words.len() > 1 && words.last() == Some(&"json");
+    if json {
+        words.pop();
+    }
+    let text = match words.as_slice() {
+        ["status"] if json => {
             let mut text = render_json(&ops.current(), ops).to_string();
             text.push('\n');
-            text
+            return text;
         }
+        ["status"] => render_text(&ops.current(), ops),
         // One word, for scripts: `[ "$(pbchatctl -c FILE role)" = primary ]`.
+        ["role"] if json => return json_line(json!({ "role": ops.current().role })),
         ["role"] => format!("{}\n", ops.current().role),
         // For `kill`: the process that answers, whatever command line started it.
+        ["pid"] if json => return json_line(json!({ "pid": std::process::id() })),
         ["pid"] => format!("{}\n", std::process::id()),
         ["failover"] => failover(ops, signals),
         ["reload"] => reload(ops, signals),
         _ => format!(
-            "error: unknown request {request:?}; the requests are: status, status json, role, pid, failover, reload\n"
+            "error: unknown request {request:?}; the requests are: {REQUESTS}, each with `json` after it for one JSON object\n"
         ),
+    };
+    if json && !text.starts_with("error: ") {
+        // `ok: ...` answers: what happened, in the words a person reads.
+        return json_line(json!({ "ok": true, "message": text.trim_end() }));
     }
+    text
+}
+
+/// What `answer` takes, for its error on anything else.
+const REQUESTS: &str = "status, role, pid, failover, reload";
+
+fn json_line(value: Value) -> String {
+    let mut text = value.to_string();
+    text.push('\n');
+    text
 }
 
 fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -698,6 +719,24 @@ mod tests {
             ..primary()
         });
         assert_eq!(answer("role", &ops, &tx), "backup\n");
+    }
+
+    #[test]
+    fn every_request_answers_json_when_asked() {
+        let ops = ops(primary());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let parse =
+            |request: &str| -> Value { serde_json::from_str(&answer(request, &ops, &tx)).unwrap() };
+        assert_eq!(parse("role json")["role"], "primary");
+        assert_eq!(parse("pid json")["pid"], std::process::id());
+        assert_eq!(parse("status json")["epoch"], 3);
+        // Refusals stay text: pbchatctl prints them on stderr and exits 1.
+        ops.publish(Status {
+            peer: None,
+            ..primary()
+        });
+        assert!(answer("failover json", &ops, &tx).starts_with("error: fail-over refused"));
+        assert!(answer("json", &ops, &tx).starts_with("error: unknown request"));
     }
 
     #[test]
