@@ -628,6 +628,39 @@ fn pbchatctl_finds_a_node_by_name_and_answers_json_to_every_command() {
     assert!(help.contains("3  the node cannot be reached"), "{help}");
 }
 
+/// Issue 18 item 5: `pbchatctl log-level LEVEL` changes the running node's level at once and
+/// does not outlive a reload (which sets the file's `logging.level` again).
+#[test]
+fn pbchatctl_log_level_applies_at_once_until_the_next_reload() {
+    let node = Daemon::start("primary", "", "");
+    // The file says debug; the reload's "re-reading" line is at INFO.
+    let out = ctl(&node.config_path, &["log-level", "warn"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .starts_with("ok: log level debug -> warn by pbchatctl, until the next reload"),
+        "{}",
+        text(&out.stdout)
+    );
+    node.wait_log("log level debug -> warn by pbchatctl");
+    // At warn, this reload's INFO line is not written; the reload sets debug again, so
+    // the next one's is. The log is in order: once the second shows, the first would have.
+    let reloaded = |n: usize| {
+        let out = ctl(&node.config_path, &["reload"]);
+        assert!(out.status.success(), "reload {n}: {}", text(&out.stderr));
+    };
+    reloaded(1);
+    reloaded(2);
+    node.wait_log("pbchatctl reload: re-reading");
+    assert_eq!(node.log_count("pbchatctl reload: re-reading"), 1);
+    // A level that is not one: a usage error, the node not asked.
+    let out = ctl(&node.config_path, &["log-level", "loud"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = ctl(&node.config_path, &["log-level", "info", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["ok"], true);
+}
+
 /// Appends `text` (new sections) to a config file.
 fn append_config(config: &Path, text: &str) {
     let mut file = std::fs::OpenOptions::new()

@@ -37,8 +37,8 @@ Exit status:
   2  a bad command line, or the config file is missing or invalid (the node was not asked)
   3  the node cannot be reached (not running, another socket, no permission)";
 
-/// Ask a running pbchatd (status, role, pid) or tell it to fail over or reload, through its
-/// admin socket.
+/// Ask a running pbchatd (status, role, pid) or tell it to fail over, reload or log more,
+/// through its admin socket.
 #[derive(Parser)]
 // No bare `about`: it would replace the line above with Cargo.toml's description, which
 // describes the daemon.
@@ -76,17 +76,24 @@ enum Request {
     Failover,
     /// Re-read the config file (the same as SIGHUP) and show what changed.
     Reload,
+    /// Set the running node's log level at once; not kept: the next reload or restart
+    /// returns to the file's `logging.level`.
+    LogLevel {
+        #[arg(value_parser = pbchat::daemon::admin::LOG_LEVELS)]
+        level: String,
+    },
 }
 
 impl Request {
-    /// The request word on the admin socket.
-    fn word(&self) -> &'static str {
+    /// The request line on the admin socket (without `json`).
+    fn line(&self) -> String {
         match self {
-            Request::Status => "status",
-            Request::Role => "role",
-            Request::Pid => "pid",
-            Request::Failover => "failover",
-            Request::Reload => "reload",
+            Request::Status => "status".into(),
+            Request::Role => "role".into(),
+            Request::Pid => "pid".into(),
+            Request::Failover => "failover".into(),
+            Request::Reload => "reload".into(),
+            Request::LogLevel { level } => format!("log-level {level}"),
         }
     }
 }
@@ -113,7 +120,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<String, Failure> {
     let socket = socket(args)?;
-    let mut request = args.command.word().to_string();
+    let mut request = args.command.line();
     if args.json {
         request.push_str(" json");
     }

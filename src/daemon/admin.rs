@@ -1,5 +1,6 @@
 //! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
-//! line-based request per connection: `status`, `role`, `pid`, `failover`, `reload`, each
+//! line-based request per connection: `status`, `role`, `pid`, `failover`, `reload`,
+//! `log-level LEVEL`, each
 //! optionally followed by `json` for one JSON object instead of text.
 //!
 //! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
@@ -24,7 +25,7 @@ use super::logging::utc_seconds;
 use super::Signal;
 use crate::core::RoleChange;
 
-/// A request line longer than this is refused (the longest valid one is `failover json`).
+/// A request line longer than this is refused (the longest valid one is `log-level debug json`).
 const REQUEST_MAX_BYTES: u64 = 256;
 /// A client that does not send its request (or read the answer) in this long is dropped;
 /// requests are served one at a time, so this bounds how long one client delays another.
@@ -307,6 +308,7 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
         ["pid"] => format!("{}\n", std::process::id()),
         ["failover"] => failover(ops, signals),
         ["reload"] => reload(ops, signals),
+        ["log-level", level] => set_log_level(level),
         _ => format!(
             "error: unknown request {request:?}; the requests are: {REQUESTS}, each with `json` after it for one JSON object\n"
         ),
@@ -319,7 +321,38 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
 }
 
 /// What `answer` takes, for its error on anything else.
-const REQUESTS: &str = "status, role, pid, failover, reload";
+const REQUESTS: &str = "status, role, pid, failover, reload, log-level LEVEL";
+
+/// The levels `log-level` takes: those of `logging.level`.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// `log-level LEVEL`: the running node's level, at once (the logger reads the global maximum
+/// on every line). Not written anywhere: a reload sets `logging.level` again, and so does a
+/// restart, so a forgotten `trace` does not outlive the next `systemctl reload`.
+fn set_log_level(level: &str) -> String {
+    let Some(new) = LOG_LEVELS
+        .iter()
+        .position(|name| *name == level)
+        .and_then(|i| log::LevelFilter::iter().nth(i + 1))
+    else {
+        return format!(
+            "error: log level {level:?}: not a level; the levels are: {}\n",
+            LOG_LEVELS.join(", ")
+        );
+    };
+    let old = log::max_level();
+    log::set_max_level(new);
+    let name = |filter: log::LevelFilter| filter.as_str().to_ascii_lowercase();
+    let message = format!(
+        "log level {} -> {} by pbchatctl, until the next reload or restart (logging.level is unchanged)",
+        name(old),
+        name(new)
+    );
+    // At WARN, so that it shows at the usual levels: the node logs differently from what
+    // its file says.
+    log::warn!("{message}");
+    format!("ok: {message}\n")
+}
 
 fn json_line(value: Value) -> String {
     let mut text = value.to_string();
@@ -737,6 +770,11 @@ mod tests {
         });
         assert!(answer("failover json", &ops, &tx).starts_with("error: fail-over refused"));
         assert!(answer("json", &ops, &tx).starts_with("error: unknown request"));
+        // A bad level is refused before anything changes.
+        assert_eq!(
+            answer("log-level loud", &ops, &tx),
+            "error: log level \"loud\": not a level; the levels are: error, warn, info, debug, trace\n"
+        );
     }
 
     #[test]
