@@ -661,6 +661,37 @@ fn pbchatctl_log_level_applies_at_once_until_the_next_reload() {
     assert_eq!(value["ok"], true);
 }
 
+/// Issue 18 item 5: `pbchatctl clients` and `rooms` list who is connected, from where, in
+/// which rooms, since when.
+#[test]
+fn pbchatctl_lists_clients_and_rooms() {
+    let node = Daemon::start("primary", "", "");
+    let mut alice = node.hello("alice", "s-a");
+    alice.send(serde_json::json!({"type":"join","room":ROOM}));
+    assert_eq!(alice.recv().kind, "joined");
+    let _bob = node.hello("bob", "s-b");
+    let out = ctl(&node.config_path, &["clients"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines[0].starts_with("alice\t127.0.0.1:"), "{listed}");
+    assert!(lines[0].contains(&format!("\t{ROOM}\t20")), "{listed}");
+    assert!(lines[1].starts_with("bob\t127.0.0.1:"), "{listed}");
+    assert!(lines[1].contains("\t-\t20"), "{listed}");
+    let out = ctl(&node.config_path, &["clients", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["clients"][0]["nick"], "alice");
+    assert_eq!(value["clients"][0]["rooms"][0], ROOM);
+    assert_eq!(value["more"], 0);
+    let out = ctl(&node.config_path, &["rooms"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{ROOM}\t1\n"));
+    let out = ctl(&node.config_path, &["rooms", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["rooms"][0]["members"], 1);
+}
+
 /// Appends `text` (new sections) to a config file.
 fn append_config(config: &Path, text: &str) {
     let mut file = std::fs::OpenOptions::new()

@@ -76,6 +76,11 @@ enum Request {
     Failover,
     /// Re-read the config file (the same as SIGHUP) and show what changed.
     Reload,
+    /// Connected clients, one a line: nick, address, rooms, connected since (UTC); at most
+    /// 10 000, then a line saying how many more.
+    Clients,
+    /// Rooms, one a line: name and number of members; at most 10 000, as for clients.
+    Rooms,
     /// Set the running node's log level at once; not kept: the next reload or restart
     /// returns to the file's `logging.level`.
     LogLevel {
@@ -94,6 +99,8 @@ impl Request {
             Request::Failover => "failover".into(),
             Request::Reload => "reload".into(),
             Request::LogLevel { level } => format!("log-level {level}"),
+            Request::Clients => "clients".into(),
+            Request::Rooms => "rooms".into(),
         }
     }
 }

@@ -309,11 +309,13 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
         ["failover"] => failover(ops, signals),
         ["reload"] => reload(ops, signals),
         ["log-level", level] => set_log_level(level),
+        ["clients"] => clients(json, signals),
+        ["rooms"] => rooms(json, signals),
         _ => format!(
             "error: unknown request {request:?}; the requests are: {REQUESTS}, each with `json` after it for one JSON object\n"
         ),
     };
-    if json && !text.starts_with("error: ") {
+    if json && !text.starts_with("error: ") && !text.starts_with('{') {
         // `ok: ...` answers: what happened, in the words a person reads.
         return json_line(json!({ "ok": true, "message": text.trim_end() }));
     }
@@ -321,7 +323,99 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
 }
 
 /// What `answer` takes, for its error on anything else.
-const REQUESTS: &str = "status, role, pid, failover, reload, log-level LEVEL";
+const REQUESTS: &str = "status, role, pid, failover, reload, log-level LEVEL, clients, rooms";
+
+/// `clients` and `rooms` list at most this many rows, then say how many more there are: the
+/// answer stays a few MB at most (rows are short), and a node with more clients than this
+/// is better read through metrics than a terminal.
+pub const LIST_ROWS_MAX: usize = 10_000;
+/// How long `clients` and `rooms` wait for the driver, which answers between two turns.
+const LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the driver for a list (built by `ask` around a reply channel) and waits for it.
+fn list<T>(signals: &Sender<Signal>, ask: impl FnOnce(Sender<T>) -> Signal) -> Result<T, String> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if signals.try_send(ask(reply)).is_err() {
+        return Err("error: the node is busy with other signals; retry\n".into());
+    }
+    answer.recv_timeout(LIST_WAIT).map_err(|_| {
+        format!(
+            "error: the node did not answer within {} s; see its log\n",
+            LIST_WAIT.as_secs()
+        )
+    })
+}
+
+fn clients(json: bool, signals: &Sender<Signal>) -> String {
+    let (clients, more) = match list(signals, |reply| Signal::Clients {
+        max: LIST_ROWS_MAX,
+        reply,
+    }) {
+        Ok(list) => list,
+        Err(error) => return error,
+    };
+    if json {
+        let rows: Vec<Value> = clients
+            .iter()
+            .map(|c| {
+                json!({
+                    "nick": c.nick,
+                    "address": c.addr.map(|a| a.to_string()),
+                    "rooms": c.rooms,
+                    "connected_at": utc_seconds(c.connected_ms),
+                })
+            })
+            .collect();
+        return json_line(json!({ "clients": rows, "more": more }));
+    }
+    let mut text = String::new();
+    for c in &clients {
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            c.nick.as_deref().unwrap_or("-"),
+            c.addr.map_or("-".to_string(), |a| a.to_string()),
+            if c.rooms.is_empty() {
+                "-".to_string()
+            } else {
+                c.rooms.join(",")
+            },
+            utc_seconds(c.connected_ms),
+        ));
+    }
+    if more > 0 {
+        text.push_str(&format!(
+            "... and {more} more (the list stops at {LIST_ROWS_MAX})\n"
+        ));
+    }
+    text
+}
+
+fn rooms(json: bool, signals: &Sender<Signal>) -> String {
+    let (rooms, more) = match list(signals, |reply| Signal::Rooms {
+        max: LIST_ROWS_MAX,
+        reply,
+    }) {
+        Ok(list) => list,
+        Err(error) => return error,
+    };
+    if json {
+        let rows: Vec<Value> = rooms
+            .iter()
+            .map(|(name, members)| json!({ "name": name, "members": members }))
+            .collect();
+        return json_line(json!({ "rooms": rows, "more": more }));
+    }
+    let mut text = String::new();
+    for (name, members) in &rooms {
+        text.push_str(&format!("{name}\t{members}\n"));
+    }
+    if more > 0 {
+        text.push_str(&format!(
+            "... and {more} more (the list stops at {LIST_ROWS_MAX})\n"
+        ));
+    }
+    text
+}
 
 /// The levels `log-level` takes: those of `logging.level`.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -775,6 +869,45 @@ mod tests {
             answer("log-level loud", &ops, &tx),
             "error: log level \"loud\": not a level; the levels are: error, warn, info, debug, trace\n"
         );
+    }
+
+    /// The driver's side of `clients` and `rooms`, played by a thread: the rows, and the line
+    /// that says what the cap left off.
+    #[test]
+    fn lists_say_how_many_rows_the_cap_left_off() {
+        let ops = ops(primary());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let driver = std::thread::spawn(move || {
+            for _ in 0..2 {
+                match rx.recv().unwrap() {
+                    Signal::Clients { max, reply } => {
+                        assert_eq!(max, LIST_ROWS_MAX);
+                        let alice = crate::core::ClientInfo {
+                            nick: Some("alice".into()),
+                            addr: Some("192.0.2.7:40000".parse().unwrap()),
+                            rooms: vec!["general".into(), "ops".into()],
+                            connected_ms: 1_764_091_907_000,
+                        };
+                        reply.send((vec![alice], 3)).unwrap();
+                    }
+                    Signal::Rooms { reply, .. } => {
+                        reply.send((vec![("general".into(), 2)], 0)).unwrap();
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        });
+        assert_eq!(
+            answer("clients", &ops, &tx),
+            "alice\t192.0.2.7:40000\tgeneral,ops\t2025-11-25T17:31:47Z\n\
+             ... and 3 more (the list stops at 10000)\n"
+        );
+        let rooms: Value = serde_json::from_str(&answer("rooms json", &ops, &tx)).unwrap();
+        assert_eq!(
+            rooms,
+            json!({"rooms": [{"name": "general", "members": 2}], "more": 0})
+        );
+        driver.join().unwrap();
     }
 
     #[test]
