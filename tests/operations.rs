@@ -692,6 +692,50 @@ fn pbchatctl_lists_clients_and_rooms() {
     assert_eq!(value["rooms"][0]["members"], 1);
 }
 
+/// Issue 18 item 5: `pbchatctl kick NICK` closes that client's connection with a `kicked`
+/// error frame that says why; the others stay.
+#[test]
+fn pbchatctl_kick_closes_one_client_with_the_reason() {
+    let node = Daemon::start("primary", "", "");
+    let mut alice = node.hello("alice", "s-a");
+    let mut bob = node.hello("bob", "s-b");
+    let out = ctl(
+        &node.config_path,
+        &["kick", "alice", "--reason", "flooding general"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok: closed the connection of alice (flooding general)\n"
+    );
+    let frame = alice.recv();
+    assert_eq!(frame.kind, "error");
+    assert_eq!(frame.code.as_deref(), Some("kicked"));
+    assert_eq!(
+        frame.message.as_deref(),
+        Some("closed by the operator: flooding general")
+    );
+    assert!(alice.closed());
+    bob.send(serde_json::json!({"type":"ping"}));
+    assert_eq!(bob.recv().kind, "pong");
+    node.wait_log("client alice: kicked by the operator: flooding general");
+    // No such nick: refused, exit 1. A reason that cannot be one line: exit 2.
+    let out = ctl(&node.config_path, &["kick", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("kick alice: no connected client has that nick"),
+        "{}",
+        text(&out.stderr)
+    );
+    let long = "x".repeat(300);
+    let out = ctl(&node.config_path, &["kick", "bob", "--reason", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ctl(&node.config_path, &["kick", "bob", "--reason", "a\nb"]);
+    assert_eq!(out.status.code(), Some(2));
+    bob.send(serde_json::json!({"type":"ping"}));
+    assert_eq!(bob.recv().kind, "pong");
+}
+
 /// Appends `text` (new sections) to a config file.
 fn append_config(config: &Path, text: &str) {
     let mut file = std::fs::OpenOptions::new()

@@ -81,6 +81,14 @@ enum Request {
     Clients,
     /// Rooms, one a line: name and number of members; at most 10 000, as for clients.
     Rooms,
+    /// Close the connection of the client with this nick; it gets a `kicked` error frame
+    /// with the reason first. It may reconnect: this is not a ban.
+    Kick {
+        nick: String,
+        /// What the client is told (words; by default "no reason given").
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
     /// Set the running node's log level at once; not kept: the next reload or restart
     /// returns to the file's `logging.level`.
     LogLevel {
@@ -101,6 +109,10 @@ impl Request {
             Request::LogLevel { level } => format!("log-level {level}"),
             Request::Clients => "clients".into(),
             Request::Rooms => "rooms".into(),
+            Request::Kick { nick, reason } => match reason {
+                Some(reason) => format!("kick {nick} {reason}"),
+                None => format!("kick {nick}"),
+            },
         }
     }
 }
@@ -130,6 +142,17 @@ fn run(args: &Args) -> Result<String, Failure> {
     let mut request = args.command.line();
     if args.json {
         request.push_str(" json");
+    }
+    // The node reads one line of at most REQUEST_MAX_BYTES: a reason that would be cut
+    // or split is refused here, rather than sent half.
+    if request.contains('\n') || request.len() as u64 >= pbchat::daemon::admin::REQUEST_MAX_BYTES {
+        return Err(Failure {
+            message: format!(
+                "the request is too long or has a line break; a kick reason must fit one line and about {} bytes",
+                pbchat::daemon::admin::REQUEST_MAX_BYTES - 64
+            ),
+            code: EXIT_USAGE,
+        });
     }
     let answer = ask(&socket, &request)?;
     match answer.strip_prefix("error: ") {

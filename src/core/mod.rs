@@ -157,6 +157,9 @@ pub enum Input {
     Shutdown,
     /// Fail-over drill: hand over to the backup and stay up as the new backup.
     Drill,
+    /// An operator closes the connection of `nick` (`pbchatctl kick`): a `kicked` error
+    /// frame with `reason`, then the close. Nothing when no connection has that nick.
+    Kick { nick: String, reason: String },
     /// An authenticated, fresh heartbeat from the peer.
     Heartbeat {
         primary: bool,
@@ -792,6 +795,7 @@ impl Node {
         );
         match input {
             Input::Connected { conn, addr, now_ms } => self.on_connected(conn, addr, now_ms),
+            Input::Kick { nick, reason } => self.on_kick(&nick, &reason, actions),
             Input::Request {
                 conn,
                 request,
@@ -1078,6 +1082,24 @@ impl Node {
             self.forget_conn(conn, actions);
             actions.push(Action::Close { conn });
         }
+    }
+
+    fn on_kick(&mut self, nick: &str, reason: &str, actions: &mut Vec<Action>) {
+        let Some(&conn) = self.nicks.get(nick) else {
+            return;
+        };
+        let message = format!("closed by the operator: {reason}");
+        self.error(conn, ErrorCode::Kicked, &message, None, actions);
+        self.close(conn, actions);
+        self.log(
+            LogLevel::Info,
+            format!("client {nick}: kicked by the operator: {reason}"),
+        );
+    }
+
+    /// A connection has this nick now (`pbchatctl kick` says when none has).
+    pub fn has_nick(&self, nick: &str) -> bool {
+        self.nicks.contains_key(nick)
     }
 
     fn on_disconnected(&mut self, conn: ConnId, actions: &mut Vec<Action>) {

@@ -707,3 +707,38 @@ fn client_and_room_lists_are_in_order_and_capped() {
     );
     assert_eq!(h.node.room_list(1), (vec![("alpha".into(), 2)], 1));
 }
+
+/// `pbchatctl kick`: the client gets a `kicked` error naming why, then the close; its rooms
+/// see it leave. An unknown nick changes nothing.
+#[test]
+fn kick_sends_the_reason_then_closes_that_connection_only() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.connect(2, "bob", "s2");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    assert!(h.node.has_nick("alice"));
+    let actions = h.step(Input::Kick {
+        nick: "alice".into(),
+        reason: "spam".into(),
+    });
+    let frames = frames_to(1, &actions);
+    assert_eq!(kinds(&frames), ["error"]);
+    let text = format!("{:?}", frames[0]);
+    assert!(text.contains("kicked"), "{text}");
+    assert!(text.contains("closed by the operator: spam"), "{text}");
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn: 1 })));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn: 2 })));
+    assert!(!h.node.has_nick("alice"));
+    assert_eq!(h.node.room_list(10).0, vec![]);
+    assert!(h
+        .step(Input::Kick {
+            nick: "nobody".into(),
+            reason: "x".into(),
+        })
+        .is_empty());
+    assert!(h.node.has_nick("bob"));
+}

@@ -25,8 +25,9 @@ use super::logging::utc_seconds;
 use super::Signal;
 use crate::core::RoleChange;
 
-/// A request line longer than this is refused (the longest valid one is `log-level debug json`).
-const REQUEST_MAX_BYTES: u64 = 256;
+/// A request line longer than this is refused: it bounds what one request can make the
+/// admin thread read (`kick NICK REASON` is the only long one; pbchatctl checks first).
+pub const REQUEST_MAX_BYTES: u64 = 256;
 /// A client that does not send its request (or read the answer) in this long is dropped;
 /// requests are served one at a time, so this bounds how long one client delays another.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -311,6 +312,7 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
         ["log-level", level] => set_log_level(level),
         ["clients"] => clients(json, signals),
         ["rooms"] => rooms(json, signals),
+        ["kick", nick, reason @ ..] => kick(nick, &reason.join(" "), signals),
         _ => format!(
             "error: unknown request {request:?}; the requests are: {REQUESTS}, each with `json` after it for one JSON object\n"
         ),
@@ -323,7 +325,8 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
 }
 
 /// What `answer` takes, for its error on anything else.
-const REQUESTS: &str = "status, role, pid, failover, reload, log-level LEVEL, clients, rooms";
+const REQUESTS: &str =
+    "status, role, pid, failover, reload, log-level LEVEL, clients, rooms, kick NICK [REASON]";
 
 /// `clients` and `rooms` list at most this many rows, then say how many more there are: the
 /// answer stays a few MB at most (rows are short), and a node with more clients than this
@@ -388,6 +391,27 @@ fn clients(json: bool, signals: &Sender<Signal>) -> String {
         ));
     }
     text
+}
+
+/// The reason a kicked client reads when the operator gave none.
+pub const KICK_REASON_DEFAULT: &str = "no reason given";
+
+fn kick(nick: &str, reason: &str, signals: &Sender<Signal>) -> String {
+    let reason = if reason.is_empty() {
+        KICK_REASON_DEFAULT
+    } else {
+        reason
+    };
+    let found = list(signals, |reply| Signal::Kick {
+        nick: nick.to_string(),
+        reason: reason.to_string(),
+        reply,
+    });
+    match found {
+        Ok(true) => format!("ok: closed the connection of {nick} ({reason})\n"),
+        Ok(false) => format!("error: kick {nick}: no connected client has that nick\n"),
+        Err(error) => error,
+    }
 }
 
 fn rooms(json: bool, signals: &Sender<Signal>) -> String {

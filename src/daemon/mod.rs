@@ -97,6 +97,13 @@ enum Signal {
         max: usize,
         reply: crossbeam_channel::Sender<(Vec<crate::core::ClientInfo>, usize)>,
     },
+    /// `pbchatctl kick`: close the connection of `nick` with `reason`; `reply` says whether
+    /// a connection had that nick.
+    Kick {
+        nick: String,
+        reason: String,
+        reply: crossbeam_channel::Sender<bool>,
+    },
     /// `pbchatctl rooms`: the same for rooms and their member counts.
     Rooms {
         max: usize,
@@ -798,6 +805,11 @@ impl Driver {
                     }
                     Ok(Signal::Rooms { max, reply }) => {
                         let _ = reply.try_send(self.node.room_list(max));
+                    }
+                    Ok(Signal::Kick { nick, reason, reply }) => {
+                        let found = self.node.has_nick(&nick);
+                        self.node.step(Input::Kick { nick, reason }, &mut self.actions);
+                        let _ = reply.try_send(found);
                     }
                     Err(_) => {}
                 },
