@@ -719,6 +719,20 @@ fn pbchatctl_kick_closes_one_client_with_the_reason() {
     bob.send(serde_json::json!({"type":"ping"}));
     assert_eq!(bob.recv().kind, "pong");
     node.wait_log("client alice: kicked by the operator: flooding general");
+    // A reason may end in "json": it is still text, and the answer too.
+    let mut carol = node.hello("carol", "s-c");
+    let out = ctl(
+        &node.config_path,
+        &["kick", "carol", "--reason", "bad json"],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "ok: closed the connection of carol (bad json)\n"
+    );
+    assert_eq!(
+        carol.recv().message.as_deref(),
+        Some("closed by the operator: bad json")
+    );
     // No such nick: refused, exit 1. A reason that cannot be one line: exit 2.
     let out = ctl(&node.config_path, &["kick", "alice"]);
     assert_eq!(out.status.code(), Some(1));

@@ -37,8 +37,8 @@ Exit status:
   2  a bad command line, or the config file is missing or invalid (the node was not asked)
   3  the node cannot be reached (not running, another socket, no permission)";
 
-/// Ask a running pbchatd (status, role, pid) or tell it to fail over, reload or log more,
-/// through its admin socket.
+/// Ask a running pbchatd (status, role, pid, clients, rooms) or tell it to fail over, reload,
+/// change its log level or kick a client, through its admin socket.
 #[derive(Parser)]
 // No bare `about`: it would replace the line above with Cargo.toml's description, which
 // describes the daemon.
@@ -142,6 +142,10 @@ fn run(args: &Args) -> Result<String, Failure> {
     let mut request = args.command.line();
     if args.json {
         request.push_str(" json");
+    } else if matches!(args.command, Request::Kick { .. }) {
+        // The reason is free text: say "text" so that its last word is never taken for
+        // the `json` switch.
+        request.push_str(" text");
     }
     // The node reads one line of at most REQUEST_MAX_BYTES: a reason that would be cut
     // or split is refused here, rather than sent half.

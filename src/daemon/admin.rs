@@ -1,12 +1,13 @@
 //! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
 //! line-based request per connection: `status`, `role`, `pid`, `failover`, `reload`,
-//! `log-level LEVEL`, each
-//! optionally followed by `json` for one JSON object instead of text.
+//! `log-level LEVEL`, `clients`, `rooms`, `kick NICK [REASON]`, each
+//! optionally followed by `json` for one JSON object instead of text (or `text`).
 //!
 //! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
 //! is never held across I/O) and how that status reads for people and for programs. It
 //! decides nothing: `failover` and `reload` go to the driver through the same channel as
-//! SIGUSR1 and SIGHUP, and the answer is read back from the next published status.
+//! SIGUSR1 and SIGHUP, and the answer is read back from the next published status; `clients`,
+//! `rooms` and `kick` go the same way with a reply channel, as the core is the driver's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -290,8 +291,13 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
     }
     let mut words: Vec<&str> = request.split_whitespace().collect();
     // `WORD json`: the same answer as one JSON object, for programs (errors stay text).
-    let json = words.len() > 1 && words.last() == Some(&"json");
-    if json {
+    // `WORD text` says text explicitly: pbchatctl ends `kick` with one or the other, so
+    // that a reason whose last word is "json" stays part of the reason.
+    let json = match words.as_slice() {
+        [_, .., "json"] => true,
+        [_, .., "text"] | [..] => false,
+    };
+    if matches!(words.as_slice(), [_, .., "json" | "text"]) {
         words.pop();
     }
     let text = match words.as_slice() {
@@ -888,6 +894,8 @@ mod tests {
         });
         assert!(answer("failover json", &ops, &tx).starts_with("error: fail-over refused"));
         assert!(answer("json", &ops, &tx).starts_with("error: unknown request"));
+        // `text` after a request asks for the default explicitly (pbchatctl's kick).
+        assert_eq!(answer("role text", &ops, &tx), "primary\n");
         // A bad level is refused before anything changes.
         assert_eq!(
             answer("log-level loud", &ops, &tx),
