@@ -339,9 +339,9 @@ fn pbchatctl_status_after_a_kill9_fail_over_shows_when_and_why() {
             .starts_with("peer silent for "),
         "{json}"
     );
-    // The dead node cannot answer: pbchatctl says so and exits 1.
+    // The dead node cannot answer: pbchatctl says so and exits 3.
     let down = ctl(&pair.config_a, &["status"]);
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(3));
     let message = text(&down.stderr);
     assert!(message.contains("cannot reach pbchatd at "), "{message}");
     assert!(message.contains("is it running?"), "{message}");
@@ -359,7 +359,7 @@ fn admin_socket_is_owner_only_survives_kill9_and_pbchatctl_fails_clearly_when_do
     node.kill9();
     assert!(socket.exists());
     let down = pbchatctl(&["--socket", socket.to_str().unwrap(), "status"]);
-    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(down.status.code(), Some(3));
     assert!(
         text(&down.stderr).starts_with(&format!(
             "pbchatctl: cannot reach pbchatd at {}: ",
@@ -558,6 +558,196 @@ fn pbchatctl_says_what_it_is_and_answers_role_and_pid() {
         status.contains(&format!("pid:         {}\n", a.pid())),
         "{status}"
     );
+}
+
+/// Issue 18 item 5: `pbchatctl NAME COMMAND` finds `$PBCHAT_CONFIG_DIR/NAME.toml` (as
+/// `pbchat@NAME` runs /etc/pbchat/NAME.toml), and every command answers `--json`.
+#[test]
+fn pbchatctl_finds_a_node_by_name_and_answers_json_to_every_command() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::rename(
+        common::write_config(&dir, "primary", "", ""),
+        dir.join("primary.toml"),
+    )
+    .unwrap();
+    let node = Daemon::start_with(dir.clone(), dir.join("primary.toml"));
+    let named = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pbchatctl"))
+            .args(args)
+            .env("PBCHAT_CONFIG_DIR", &dir)
+            .output()
+            .expect("run pbchatctl")
+    };
+    let out = named(&["primary", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("role:"), "{}", text(&out.stdout));
+    let json = |args: &[&str]| -> Value {
+        let out = named(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("--json is JSON")
+    };
+    assert_eq!(json(&["primary", "status", "--json"])["role"], "primary");
+    assert_eq!(json(&["primary", "--json", "role"])["role"], "primary");
+    assert_eq!(json(&["primary", "pid", "--json"])["pid"], node.pid());
+    let reload = json(&["primary", "reload", "--json"]);
+    assert_eq!(reload["ok"], true);
+    assert!(
+        reload["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ok: reloaded "),
+        "{reload}"
+    );
+    // A refusal: stderr and exit 1, also with --json.
+    let out = named(&["primary", "failover", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("pbchatctl: fail-over refused: this node has no peer"),
+        "{}",
+        text(&out.stderr)
+    );
+    // No such node, or a path for a name: exit 2, naming what was looked for.
+    let out = named(&["backup", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let expected = dir.join("backup.toml").display().to_string();
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = named(&["../primary", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("-c FILE"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The help says what the exit codes mean.
+    let help = text(&pbchatctl(&["--help"]).stdout);
+    assert!(help.contains("Exit status:"), "{help}");
+    assert!(help.contains("3  the node cannot be reached"), "{help}");
+}
+
+/// Issue 18 item 5: `pbchatctl log-level LEVEL` changes the running node's level at once and
+/// does not outlive a reload (which sets the file's `logging.level` again).
+#[test]
+fn pbchatctl_log_level_applies_at_once_until_the_next_reload() {
+    let node = Daemon::start("primary", "", "");
+    // The file says debug; the reload's "re-reading" line is at INFO.
+    let out = ctl(&node.config_path, &["log-level", "warn"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .starts_with("ok: log level debug -> warn by pbchatctl, until the next reload"),
+        "{}",
+        text(&out.stdout)
+    );
+    node.wait_log("log level debug -> warn by pbchatctl");
+    // At warn, this reload's INFO line is not written; the reload sets debug again, so
+    // the next one's is. The log is in order: once the second shows, the first would have.
+    let reloaded = |n: usize| {
+        let out = ctl(&node.config_path, &["reload"]);
+        assert!(out.status.success(), "reload {n}: {}", text(&out.stderr));
+    };
+    reloaded(1);
+    reloaded(2);
+    node.wait_log("pbchatctl reload: re-reading");
+    assert_eq!(node.log_count("pbchatctl reload: re-reading"), 1);
+    // A level that is not one: a usage error, the node not asked.
+    let out = ctl(&node.config_path, &["log-level", "loud"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = ctl(&node.config_path, &["log-level", "info", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["ok"], true);
+}
+
+/// Issue 18 item 5: `pbchatctl clients` and `rooms` list who is connected, from where, in
+/// which rooms, since when.
+#[test]
+fn pbchatctl_lists_clients_and_rooms() {
+    let node = Daemon::start("primary", "", "");
+    let mut alice = node.hello("alice", "s-a");
+    alice.send(serde_json::json!({"type":"join","room":ROOM}));
+    assert_eq!(alice.recv().kind, "joined");
+    let _bob = node.hello("bob", "s-b");
+    let out = ctl(&node.config_path, &["clients"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines[0].starts_with("alice\t127.0.0.1:"), "{listed}");
+    assert!(lines[0].contains(&format!("\t{ROOM}\t20")), "{listed}");
+    assert!(lines[1].starts_with("bob\t127.0.0.1:"), "{listed}");
+    assert!(lines[1].contains("\t-\t20"), "{listed}");
+    let out = ctl(&node.config_path, &["clients", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["clients"][0]["nick"], "alice");
+    assert_eq!(value["clients"][0]["rooms"][0], ROOM);
+    assert_eq!(value["more"], 0);
+    let out = ctl(&node.config_path, &["rooms"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{ROOM}\t1\n"));
+    let out = ctl(&node.config_path, &["rooms", "--json"]);
+    let value: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(value["rooms"][0]["members"], 1);
+}
+
+/// Issue 18 item 5: `pbchatctl kick NICK` closes that client's connection with a `kicked`
+/// error frame that says why; the others stay.
+#[test]
+fn pbchatctl_kick_closes_one_client_with_the_reason() {
+    let node = Daemon::start("primary", "", "");
+    let mut alice = node.hello("alice", "s-a");
+    let mut bob = node.hello("bob", "s-b");
+    let out = ctl(
+        &node.config_path,
+        &["kick", "alice", "--reason", "flooding general"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok: closed the connection of alice (flooding general)\n"
+    );
+    let frame = alice.recv();
+    assert_eq!(frame.kind, "error");
+    assert_eq!(frame.code.as_deref(), Some("kicked"));
+    assert_eq!(
+        frame.message.as_deref(),
+        Some("closed by the operator: flooding general")
+    );
+    assert!(alice.closed());
+    bob.send(serde_json::json!({"type":"ping"}));
+    assert_eq!(bob.recv().kind, "pong");
+    node.wait_log("client alice: kicked by the operator: flooding general");
+    // A reason may end in "json": it is still text, and the answer too.
+    let mut carol = node.hello("carol", "s-c");
+    let out = ctl(
+        &node.config_path,
+        &["kick", "carol", "--reason", "bad json"],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "ok: closed the connection of carol (bad json)\n"
+    );
+    assert_eq!(
+        carol.recv().message.as_deref(),
+        Some("closed by the operator: bad json")
+    );
+    // No such nick: refused, exit 1. A reason that cannot be one line: exit 2.
+    let out = ctl(&node.config_path, &["kick", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("kick alice: no connected client has that nick"),
+        "{}",
+        text(&out.stderr)
+    );
+    let long = "x".repeat(300);
+    let out = ctl(&node.config_path, &["kick", "bob", "--reason", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ctl(&node.config_path, &["kick", "bob", "--reason", "a\nb"]);
+    assert_eq!(out.status.code(), Some(2));
+    bob.send(serde_json::json!({"type":"ping"}));
+    assert_eq!(bob.recv().kind, "pong");
 }
 
 /// Appends `text` (new sections) to a config file.

@@ -128,8 +128,12 @@ impl Default for AccessConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
-    /// A connection was accepted.
-    Connected { conn: ConnId, now_ms: u64 },
+    /// A connection was accepted, from `addr` (`None`: the socket could not say).
+    Connected {
+        conn: ConnId,
+        addr: Option<std::net::SocketAddr>,
+        now_ms: u64,
+    },
     /// A decoded frame from a connection.
     Request {
         conn: ConnId,
@@ -153,6 +157,9 @@ pub enum Input {
     Shutdown,
     /// Fail-over drill: hand over to the backup and stay up as the new backup.
     Drill,
+    /// An operator closes the connection of `nick` (`pbchatctl kick`): a `kicked` error
+    /// frame with `reason`, then the close. Nothing when no connection has that nick.
+    Kick { nick: String, reason: String },
     /// An authenticated, fresh heartbeat from the peer.
     Heartbeat {
         primary: bool,
@@ -379,9 +386,24 @@ pub struct PeerStatus {
     pub link: bool,
 }
 
+/// One connection as `pbchatctl clients` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// `None` before its `hello` is welcomed.
+    pub nick: Option<String>,
+    pub addr: Option<std::net::SocketAddr>,
+    /// Sorted by name.
+    pub rooms: Vec<String>,
+    /// When it connected, on the clock of `Input::Connected`'s `now_ms`.
+    pub connected_ms: u64,
+}
+
 /// What the core knows of one connection.
 #[derive(Debug)]
 struct Conn {
+    /// Where it comes from and when (the caller's clock), for `pbchatctl clients`.
+    addr: Option<std::net::SocketAddr>,
+    connected_ms: u64,
     /// `None` until a `hello` is welcomed.
     session: Option<Arc<str>>,
     nick: Option<Arc<str>>,
@@ -695,6 +717,43 @@ impl Node {
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
+
+    /// Up to `max` connections in the order they came (`pbchatctl clients`), and how many
+    /// more there are.
+    pub fn client_list(&self, max: usize) -> (Vec<ClientInfo>, usize) {
+        let mut conns: Vec<(&ConnId, &Conn)> = self.conns.iter().collect();
+        conns.sort_unstable_by_key(|(id, _)| **id);
+        let more = conns.len().saturating_sub(max);
+        let list = conns
+            .into_iter()
+            .take(max)
+            .map(|(_, c)| {
+                let mut rooms: Vec<String> = c.rooms.iter().map(|r| r.to_string()).collect();
+                rooms.sort_unstable();
+                ClientInfo {
+                    nick: c.nick.as_deref().map(str::to_string),
+                    addr: c.addr,
+                    rooms,
+                    connected_ms: c.connected_ms,
+                }
+            })
+            .collect();
+        (list, more)
+    }
+
+    /// Up to `max` rooms by name with their member counts (`pbchatctl rooms`), and how many
+    /// more there are.
+    pub fn room_list(&self, max: usize) -> (Vec<(String, usize)>, usize) {
+        let mut rooms: Vec<(String, usize)> = self
+            .rooms
+            .iter()
+            .map(|(name, members)| (name.to_string(), members.len()))
+            .collect();
+        rooms.sort_unstable();
+        let more = rooms.len().saturating_sub(max);
+        rooms.truncate(max);
+        (rooms, more)
+    }
     /// The latest role change and its reason; `None` since start.
     pub fn last_change(&self) -> Option<&RoleChange> {
         self.last_change.as_ref()
@@ -735,7 +794,8 @@ impl Node {
             "Node::step before Node::finish_recovery"
         );
         match input {
-            Input::Connected { conn, now_ms } => self.on_connected(conn, now_ms),
+            Input::Connected { conn, addr, now_ms } => self.on_connected(conn, addr, now_ms),
+            Input::Kick { nick, reason } => self.on_kick(&nick, &reason, actions),
             Input::Request {
                 conn,
                 request,
@@ -890,11 +950,13 @@ impl Node {
         self.maybe_exit(actions);
     }
 
-    fn on_connected(&mut self, conn: ConnId, now_ms: u64) {
+    fn on_connected(&mut self, conn: ConnId, addr: Option<std::net::SocketAddr>, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.conns.insert(
             conn,
             Conn {
+                addr,
+                connected_ms: now_ms,
                 session: None,
                 nick: None,
                 rooms: HashSet::new(),
@@ -1020,6 +1082,24 @@ impl Node {
             self.forget_conn(conn, actions);
             actions.push(Action::Close { conn });
         }
+    }
+
+    fn on_kick(&mut self, nick: &str, reason: &str, actions: &mut Vec<Action>) {
+        let Some(&conn) = self.nicks.get(nick) else {
+            return;
+        };
+        let message = format!("closed by the operator: {reason}");
+        self.error(conn, ErrorCode::Kicked, &message, None, actions);
+        self.close(conn, actions);
+        self.log(
+            LogLevel::Info,
+            format!("client {nick}: kicked by the operator: {reason}"),
+        );
+    }
+
+    /// A connection has this nick now (`pbchatctl kick` says when none has).
+    pub fn has_nick(&self, nick: &str) -> bool {
+        self.nicks.contains_key(nick)
     }
 
     fn on_disconnected(&mut self, conn: ConnId, actions: &mut Vec<Action>) {

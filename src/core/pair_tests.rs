@@ -1260,7 +1260,14 @@ impl Pair {
         self.next_conn += 1;
         self.conns.insert(conn, (i, session.to_string()));
         let now_ms = WALL_BASE_MS + self.now_ms;
-        self.step(i, Input::Connected { conn, now_ms });
+        self.step(
+            i,
+            Input::Connected {
+                addr: None,
+                conn,
+                now_ms,
+            },
+        );
         self.request(
             i,
             conn,

@@ -982,7 +982,14 @@ impl World {
                 let now_ms = WALL_BASE_MS + self.now_ms;
                 // Set first: a backup's redirect closes it again (`Action::Close`).
                 self.nodes[i].process.as_mut().expect("running").conn = Some(conn);
-                self.step(i, Input::Connected { conn, now_ms });
+                self.step(
+                    i,
+                    Input::Connected {
+                        addr: None,
+                        conn,
+                        now_ms,
+                    },
+                );
                 let nick = NODE_IDS[i];
                 self.request(
                     i,

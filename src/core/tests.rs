@@ -65,6 +65,7 @@ impl Harness {
 
     fn connect(&mut self, conn: ConnId, nick: &str, session: &str) -> Vec<ServerFrame> {
         self.step(Input::Connected {
+            addr: None,
             conn,
             now_ms: self.now_ms,
         });
@@ -136,7 +137,11 @@ fn hello_is_welcomed_with_role_epoch_and_head() {
 #[test]
 fn backup_redirects_hello_to_the_peer_and_closes() {
     let mut h = Harness::new(Role::Backup);
-    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    h.step(Input::Connected {
+        addr: None,
+        conn: 1,
+        now_ms: 0,
+    });
     let actions = h.request(
         1,
         r#"{"type":"hello","version":1,"nick":"a","session":"s"}"#,
@@ -150,7 +155,11 @@ fn backup_redirects_hello_to_the_peer_and_closes() {
 #[test]
 fn frames_before_hello_are_bad_requests_and_too_many_errors_close() {
     let mut h = Harness::new(Role::Primary);
-    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    h.step(Input::Connected {
+        addr: None,
+        conn: 1,
+        now_ms: 0,
+    });
     let frames = frames_to(1, &h.request(1, r#"{"type":"join","room":"r"}"#));
     assert_eq!(frames[0].code.as_deref(), Some("bad_request"));
     // Ping works before hello and is not an error.
@@ -172,7 +181,11 @@ fn nick_in_use_is_refused_and_takeover_closes_the_older_connection() {
     let frames = h.connect(2, "alice", "s2");
     assert_eq!(frames[0].code.as_deref(), Some("nick_in_use"));
     // Same session takes over; the same nick is fine then.
-    h.step(Input::Connected { conn: 3, now_ms: 0 });
+    h.step(Input::Connected {
+        addr: None,
+        conn: 3,
+        now_ms: 0,
+    });
     let actions = h.request(
         3,
         r#"{"type":"hello","version":1,"nick":"alice","session":"s1"}"#,
@@ -350,7 +363,11 @@ fn disconnect_frees_the_nick_and_announces_leave() {
 #[test]
 fn hello_timeout_closes_silent_connections_only() {
     let mut h = Harness::new(Role::Primary);
-    h.step(Input::Connected { conn: 1, now_ms: 0 });
+    h.step(Input::Connected {
+        addr: None,
+        conn: 1,
+        now_ms: 0,
+    });
     h.now_ms = 0;
     h.connect(2, "bob", "s2");
     let actions = h.step(Input::Tick {
@@ -423,6 +440,7 @@ fn hello_with_token(
     token: Option<&str>,
 ) -> Vec<Action> {
     h.step(Input::Connected {
+        addr: None,
         conn,
         now_ms: h.now_ms,
     });
@@ -646,4 +664,81 @@ fn a_backups_recommit_does_not_hide_the_primarys_own_recommit_done() {
     }));
     reported.sort();
     assert_eq!(reported, vec![SELF_LINK, 7]);
+}
+
+/// `pbchatctl clients` and `rooms`: who is connected, from where, since when, in which
+/// rooms; capped, with the count of what was left off.
+#[test]
+fn client_and_room_lists_are_in_order_and_capped() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.request(1, r#"{"type":"join","room":"zeta"}"#);
+    h.request(1, r#"{"type":"join","room":"alpha"}"#);
+    h.now_ms = 2_000;
+    h.connect(2, "bob", "s2");
+    h.request(2, r#"{"type":"join","room":"alpha"}"#);
+    let addr: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    h.step(Input::Connected {
+        conn: 3,
+        addr: Some(addr),
+        now_ms: 3_000,
+    });
+    let (all, more) = h.node.client_list(10);
+    assert_eq!(more, 0);
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].nick.as_deref(), Some("alice"));
+    assert_eq!(all[0].rooms, ["alpha", "zeta"]);
+    assert_eq!(all[0].connected_ms, 1_000);
+    assert_eq!(all[1].nick.as_deref(), Some("bob"));
+    assert_eq!(
+        all[2],
+        ClientInfo {
+            nick: None,
+            addr: Some(addr),
+            rooms: vec![],
+            connected_ms: 3_000,
+        }
+    );
+    let (capped, more) = h.node.client_list(2);
+    assert_eq!((capped.len(), more), (2, 1));
+    assert_eq!(
+        h.node.room_list(10),
+        (vec![("alpha".into(), 2), ("zeta".into(), 1)], 0)
+    );
+    assert_eq!(h.node.room_list(1), (vec![("alpha".into(), 2)], 1));
+}
+
+/// `pbchatctl kick`: the client gets a `kicked` error naming why, then the close; its rooms
+/// see it leave. An unknown nick changes nothing.
+#[test]
+fn kick_sends_the_reason_then_closes_that_connection_only() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.connect(2, "bob", "s2");
+    h.request(1, r#"{"type":"join","room":"r"}"#);
+    assert!(h.node.has_nick("alice"));
+    let actions = h.step(Input::Kick {
+        nick: "alice".into(),
+        reason: "spam".into(),
+    });
+    let frames = frames_to(1, &actions);
+    assert_eq!(kinds(&frames), ["error"]);
+    let text = format!("{:?}", frames[0]);
+    assert!(text.contains("kicked"), "{text}");
+    assert!(text.contains("closed by the operator: spam"), "{text}");
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn: 1 })));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn: 2 })));
+    assert!(!h.node.has_nick("alice"));
+    assert_eq!(h.node.room_list(10).0, vec![]);
+    assert!(h
+        .step(Input::Kick {
+            nick: "nobody".into(),
+            reason: "x".into(),
+        })
+        .is_empty());
+    assert!(h.node.has_nick("bob"));
 }

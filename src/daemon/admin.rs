@@ -1,11 +1,13 @@
 //! The admin socket: a Unix stream socket (mode 0600) that `pbchatctl` talks to, one
-//! line-based request per connection: `status`, `status json`, `role`, `pid`, `failover`,
-//! `reload`.
+//! line-based request per connection: `status`, `role`, `pid`, `failover`, `reload`,
+//! `log-level LEVEL`, `clients`, `rooms`, `kick NICK [REASON]`, each
+//! optionally followed by `json` for one JSON object instead of text (or `text`).
 //!
 //! It owns the [`Status`] the driver publishes after its turns (swapped behind a mutex that
 //! is never held across I/O) and how that status reads for people and for programs. It
 //! decides nothing: `failover` and `reload` go to the driver through the same channel as
-//! SIGUSR1 and SIGHUP, and the answer is read back from the next published status.
+//! SIGUSR1 and SIGHUP, and the answer is read back from the next published status; `clients`,
+//! `rooms` and `kick` go the same way with a reply channel, as the core is the driver's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -24,8 +26,9 @@ use super::logging::utc_seconds;
 use super::Signal;
 use crate::core::RoleChange;
 
-/// A request line longer than this is refused (the longest valid one is `status json`).
-const REQUEST_MAX_BYTES: u64 = 256;
+/// A request line longer than this is refused: it bounds what one request can make the
+/// admin thread read (`kick NICK REASON` is the only long one; pbchatctl checks first).
+pub const REQUEST_MAX_BYTES: u64 = 256;
 /// A client that does not send its request (or read the answer) in this long is dropped;
 /// requests are served one at a time, so this bounds how long one client delays another.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -286,24 +289,199 @@ pub(super) fn answer(request: &str, ops: &Ops, signals: &Sender<Signal>) -> Stri
     if ops.current().node.is_empty() {
         return "error: the node is starting; retry in a moment\n".into();
     }
-    let words: Vec<&str> = request.split_whitespace().collect();
-    match words.as_slice() {
-        ["status"] => render_text(&ops.current(), ops),
-        ["status", "json"] => {
+    let mut words: Vec<&str> = request.split_whitespace().collect();
+    // `WORD json`: the same answer as one JSON object, for programs (errors stay text).
+    // `WORD text` says text explicitly: pbchatctl ends `kick` with one or the other, so
+    // that a reason whose last word is "json" stays part of the reason.
+    let json = match words.as_slice() {
+        [_, .., "json"] => true,
+        [_, .., "text"] | [..] => false,
+    };
+    if matches!(words.as_slice(), [_, .., "json" | "text"]) {
+        words.pop();
+    }
+    let text = match words.as_slice() {
+        ["status"] if json => {
             let mut text = render_json(&ops.current(), ops).to_string();
             text.push('\n');
-            text
+            return text;
         }
+        ["status"] => render_text(&ops.current(), ops),
         // One word, for scripts: `[ "$(pbchatctl -c FILE role)" = primary ]`.
+        ["role"] if json => return json_line(json!({ "role": ops.current().role })),
         ["role"] => format!("{}\n", ops.current().role),
         // For `kill`: the process that answers, whatever command line started it.
+        ["pid"] if json => return json_line(json!({ "pid": std::process::id() })),
         ["pid"] => format!("{}\n", std::process::id()),
         ["failover"] => failover(ops, signals),
         ["reload"] => reload(ops, signals),
+        ["log-level", level] => set_log_level(level),
+        ["clients"] => clients(json, signals),
+        ["rooms"] => rooms(json, signals),
+        ["kick", nick, reason @ ..] => kick(nick, &reason.join(" "), signals),
         _ => format!(
-            "error: unknown request {request:?}; the requests are: status, status json, role, pid, failover, reload\n"
+            "error: unknown request {request:?}; the requests are: {REQUESTS}, each with `json` after it for one JSON object\n"
         ),
+    };
+    if json && !text.starts_with("error: ") && !text.starts_with('{') {
+        // `ok: ...` answers: what happened, in the words a person reads.
+        return json_line(json!({ "ok": true, "message": text.trim_end() }));
     }
+    text
+}
+
+/// What `answer` takes, for its error on anything else.
+const REQUESTS: &str =
+    "status, role, pid, failover, reload, log-level LEVEL, clients, rooms, kick NICK [REASON]";
+
+/// `clients` and `rooms` list at most this many rows, then say how many more there are: the
+/// answer stays a few MB at most (rows are short), and a node with more clients than this
+/// is better read through metrics than a terminal.
+pub const LIST_ROWS_MAX: usize = 10_000;
+/// How long `clients` and `rooms` wait for the driver, which answers between two turns.
+const LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the driver for a list (built by `ask` around a reply channel) and waits for it.
+fn list<T>(signals: &Sender<Signal>, ask: impl FnOnce(Sender<T>) -> Signal) -> Result<T, String> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if signals.try_send(ask(reply)).is_err() {
+        return Err("error: the node is busy with other signals; retry\n".into());
+    }
+    answer.recv_timeout(LIST_WAIT).map_err(|_| {
+        format!(
+            "error: the node did not answer within {} s; see its log\n",
+            LIST_WAIT.as_secs()
+        )
+    })
+}
+
+fn clients(json: bool, signals: &Sender<Signal>) -> String {
+    let (clients, more) = match list(signals, |reply| Signal::Clients {
+        max: LIST_ROWS_MAX,
+        reply,
+    }) {
+        Ok(list) => list,
+        Err(error) => return error,
+    };
+    if json {
+        let rows: Vec<Value> = clients
+            .iter()
+            .map(|c| {
+                json!({
+                    "nick": c.nick,
+                    "address": c.addr.map(|a| a.to_string()),
+                    "rooms": c.rooms,
+                    "connected_at": utc_seconds(c.connected_ms),
+                })
+            })
+            .collect();
+        return json_line(json!({ "clients": rows, "more": more }));
+    }
+    let mut text = String::new();
+    for c in &clients {
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            c.nick.as_deref().unwrap_or("-"),
+            c.addr.map_or("-".to_string(), |a| a.to_string()),
+            if c.rooms.is_empty() {
+                "-".to_string()
+            } else {
+                c.rooms.join(",")
+            },
+            utc_seconds(c.connected_ms),
+        ));
+    }
+    if more > 0 {
+        text.push_str(&format!(
+            "... and {more} more (the list stops at {LIST_ROWS_MAX})\n"
+        ));
+    }
+    text
+}
+
+/// The reason a kicked client reads when the operator gave none.
+pub const KICK_REASON_DEFAULT: &str = "no reason given";
+
+fn kick(nick: &str, reason: &str, signals: &Sender<Signal>) -> String {
+    let reason = if reason.is_empty() {
+        KICK_REASON_DEFAULT
+    } else {
+        reason
+    };
+    let found = list(signals, |reply| Signal::Kick {
+        nick: nick.to_string(),
+        reason: reason.to_string(),
+        reply,
+    });
+    match found {
+        Ok(true) => format!("ok: closed the connection of {nick} ({reason})\n"),
+        Ok(false) => format!("error: kick {nick}: no connected client has that nick\n"),
+        Err(error) => error,
+    }
+}
+
+fn rooms(json: bool, signals: &Sender<Signal>) -> String {
+    let (rooms, more) = match list(signals, |reply| Signal::Rooms {
+        max: LIST_ROWS_MAX,
+        reply,
+    }) {
+        Ok(list) => list,
+        Err(error) => return error,
+    };
+    if json {
+        let rows: Vec<Value> = rooms
+            .iter()
+            .map(|(name, members)| json!({ "name": name, "members": members }))
+            .collect();
+        return json_line(json!({ "rooms": rows, "more": more }));
+    }
+    let mut text = String::new();
+    for (name, members) in &rooms {
+        text.push_str(&format!("{name}\t{members}\n"));
+    }
+    if more > 0 {
+        text.push_str(&format!(
+            "... and {more} more (the list stops at {LIST_ROWS_MAX})\n"
+        ));
+    }
+    text
+}
+
+/// The levels `log-level` takes: those of `logging.level`.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// `log-level LEVEL`: the running node's level, at once (the logger reads the global maximum
+/// on every line). Not written anywhere: a reload sets `logging.level` again, and so does a
+/// restart, so a forgotten `trace` does not outlive the next `systemctl reload`.
+fn set_log_level(level: &str) -> String {
+    let Some(new) = LOG_LEVELS
+        .iter()
+        .position(|name| *name == level)
+        .and_then(|i| log::LevelFilter::iter().nth(i + 1))
+    else {
+        return format!(
+            "error: log level {level:?}: not a level; the levels are: {}\n",
+            LOG_LEVELS.join(", ")
+        );
+    };
+    let old = log::max_level();
+    log::set_max_level(new);
+    let name = |filter: log::LevelFilter| filter.as_str().to_ascii_lowercase();
+    let message = format!(
+        "log level {} -> {} by pbchatctl, until the next reload or restart (logging.level is unchanged)",
+        name(old),
+        name(new)
+    );
+    // At WARN, so that it shows at the usual levels: the node logs differently from what
+    // its file says.
+    log::warn!("{message}");
+    format!("ok: {message}\n")
+}
+
+fn json_line(value: Value) -> String {
+    let mut text = value.to_string();
+    text.push('\n');
+    text
 }
 
 fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -698,6 +876,70 @@ mod tests {
             ..primary()
         });
         assert_eq!(answer("role", &ops, &tx), "backup\n");
+    }
+
+    #[test]
+    fn every_request_answers_json_when_asked() {
+        let ops = ops(primary());
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let parse =
+            |request: &str| -> Value { serde_json::from_str(&answer(request, &ops, &tx)).unwrap() };
+        assert_eq!(parse("role json")["role"], "primary");
+        assert_eq!(parse("pid json")["pid"], std::process::id());
+        assert_eq!(parse("status json")["epoch"], 3);
+        // Refusals stay text: pbchatctl prints them on stderr and exits 1.
+        ops.publish(Status {
+            peer: None,
+            ..primary()
+        });
+        assert!(answer("failover json", &ops, &tx).starts_with("error: fail-over refused"));
+        assert!(answer("json", &ops, &tx).starts_with("error: unknown request"));
+        // `text` after a request asks for the default explicitly (pbchatctl's kick).
+        assert_eq!(answer("role text", &ops, &tx), "primary\n");
+        // A bad level is refused before anything changes.
+        assert_eq!(
+            answer("log-level loud", &ops, &tx),
+            "error: log level \"loud\": not a level; the levels are: error, warn, info, debug, trace\n"
+        );
+    }
+
+    /// The driver's side of `clients` and `rooms`, played by a thread: the rows, and the line
+    /// that says what the cap left off.
+    #[test]
+    fn lists_say_how_many_rows_the_cap_left_off() {
+        let ops = ops(primary());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let driver = std::thread::spawn(move || {
+            for _ in 0..2 {
+                match rx.recv().unwrap() {
+                    Signal::Clients { max, reply } => {
+                        assert_eq!(max, LIST_ROWS_MAX);
+                        let alice = crate::core::ClientInfo {
+                            nick: Some("alice".into()),
+                            addr: Some("192.0.2.7:40000".parse().unwrap()),
+                            rooms: vec!["general".into(), "ops".into()],
+                            connected_ms: 1_764_091_907_000,
+                        };
+                        reply.send((vec![alice], 3)).unwrap();
+                    }
+                    Signal::Rooms { reply, .. } => {
+                        reply.send((vec![("general".into(), 2)], 0)).unwrap();
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        });
+        assert_eq!(
+            answer("clients", &ops, &tx),
+            "alice\t192.0.2.7:40000\tgeneral,ops\t2025-11-25T17:31:47Z\n\
+             ... and 3 more (the list stops at 10000)\n"
+        );
+        let rooms: Value = serde_json::from_str(&answer("rooms json", &ops, &tx)).unwrap();
+        assert_eq!(
+            rooms,
+            json!({"rooms": [{"name": "general", "members": 2}], "more": 0})
+        );
+        driver.join().unwrap();
     }
 
     #[test]

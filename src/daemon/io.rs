@@ -418,9 +418,11 @@ impl Worker {
             self.per_ip.release(ip);
             return;
         }
+        let addr = stream.peer_addr().ok();
         self.conns.insert(conn, Conn::new(stream, ip, tls));
         self.outbox.push_back(Input::Connected {
             conn,
+            addr,
             now_ms: now_ms(),
         });
     }

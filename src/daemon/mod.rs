@@ -82,9 +82,33 @@ const STATUS_REFRESH: Duration = Duration::from_millis(100);
 /// node acts.
 #[derive(Debug, Clone)]
 enum Signal {
-    Stop { from: String },
-    Reload { from: String },
-    Drill { from: String },
+    Stop {
+        from: String,
+    },
+    Reload {
+        from: String,
+    },
+    Drill {
+        from: String,
+    },
+    /// `pbchatctl clients`: up to `max` of the core's connections and how many more, on
+    /// `reply` (bounded(1); the admin thread waits on it with a deadline).
+    Clients {
+        max: usize,
+        reply: crossbeam_channel::Sender<(Vec<crate::core::ClientInfo>, usize)>,
+    },
+    /// `pbchatctl kick`: close the connection of `nick` with `reason`; `reply` says whether
+    /// a connection had that nick.
+    Kick {
+        nick: String,
+        reason: String,
+        reply: crossbeam_channel::Sender<bool>,
+    },
+    /// `pbchatctl rooms`: the same for rooms and their member counts.
+    Rooms {
+        max: usize,
+        reply: crossbeam_channel::Sender<(Vec<(String, usize)>, usize)>,
+    },
 }
 
 fn wall_ms() -> u64 {
@@ -774,6 +798,18 @@ impl Driver {
                     Ok(Signal::Drill { from }) => {
                         log::info!("{from}: fail-over drill");
                         self.node.step(Input::Drill, &mut self.actions);
+                    }
+                    // A reply nobody waits for any more (the admin gave up) is dropped.
+                    Ok(Signal::Clients { max, reply }) => {
+                        let _ = reply.try_send(self.node.client_list(max));
+                    }
+                    Ok(Signal::Rooms { max, reply }) => {
+                        let _ = reply.try_send(self.node.room_list(max));
+                    }
+                    Ok(Signal::Kick { nick, reason, reply }) => {
+                        let found = self.node.has_nick(&nick);
+                        self.node.step(Input::Kick { nick, reason }, &mut self.actions);
+                        let _ = reply.try_send(found);
                     }
                     Err(_) => {}
                 },

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     NotPrimary,
     Unavailable,
     Internal,
+    /// An operator closed the connection (`pbchatctl kick`).
+    Kicked,
 }
 
 impl ErrorCode {
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Kicked => "kicked",
         }
     }
 }
