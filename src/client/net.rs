@@ -971,41 +971,10 @@ impl Driver {
                 let _ = connection.write(&frames::quit());
                 return Ok(Ended::Quit);
             }
-            let now = Instant::now();
-            if now.duration_since(connection.last_received)
-                >= Duration::from_millis(SILENCE_DEAD_MS)
-            {
-                return Ok(Ended::Dropped {
-                    reason: format!("nothing heard for {SILENCE_DEAD_MS} ms"),
-                    primary: None,
-                });
-            }
-            if self.unavailable_since.is_some_and(|since| {
-                now.duration_since(since) >= Duration::from_millis(UNAVAILABLE_MOVE_MS)
-            }) {
-                return Ok(Ended::Unavailable {
-                    reason: format!(
-                        "every send refused as unavailable for {UNAVAILABLE_MOVE_MS} ms; \
-                         trying the other servers"
-                    ),
-                });
-            }
-            if now.duration_since(connection.last_ping) >= self.config.ping_interval {
-                self.pings_sent += 1;
-                connection.last_ping = now;
-                if let Err(e) = connection.write(&frames::ping(&self.pings_sent.to_string())) {
-                    return Ok(dropped(e));
-                }
-            }
-            if self.retry_at.is_some_and(|at| now >= at) {
-                self.retry_at = None;
-                for id in std::mem::take(&mut self.retry) {
-                    if let Some(frame) = self.session.resend_frame(&id) {
-                        if let Err(e) = connection.write(&frame) {
-                            return Ok(dropped(e));
-                        }
-                    }
-                }
+            match self.on_timers(connection) {
+                Ok(Some(ended)) => return Ok(ended),
+                Ok(None) => {}
+                Err(e) => return Ok(dropped(e)),
             }
             if let Err(e) = connection.read_lines(&mut lines) {
                 return Ok(dropped(e));
@@ -1016,6 +985,42 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The session's clocks: the silence limit, a node that refuses every send, the ping,
+    /// and sends waiting to be retried. `Some`: the session ends.
+    fn on_timers(&mut self, connection: &mut Connection) -> Result<Option<Ended>, NetError> {
+        let now = Instant::now();
+        if now.duration_since(connection.last_received) >= Duration::from_millis(SILENCE_DEAD_MS) {
+            return Ok(Some(Ended::Dropped {
+                reason: format!("nothing heard for {SILENCE_DEAD_MS} ms"),
+                primary: None,
+            }));
+        }
+        if self.unavailable_since.is_some_and(|since| {
+            now.duration_since(since) >= Duration::from_millis(UNAVAILABLE_MOVE_MS)
+        }) {
+            return Ok(Some(Ended::Unavailable {
+                reason: format!(
+                    "every send refused as unavailable for {UNAVAILABLE_MOVE_MS} ms; \
+                     trying the other servers"
+                ),
+            }));
+        }
+        if now.duration_since(connection.last_ping) >= self.config.ping_interval {
+            self.pings_sent += 1;
+            connection.last_ping = now;
+            connection.write(&frames::ping(&self.pings_sent.to_string()))?;
+        }
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+            for id in std::mem::take(&mut self.retry) {
+                if let Some(frame) = self.session.resend_frame(&id) {
+                    connection.write(&frame)?;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The liveness rule: starts a probe of the other node when this one is suspect, and

@@ -1083,27 +1083,14 @@ impl Driver {
             match action {
                 Action::Publish { room, seq, frame } => {
                     self.commits_total += 1;
-                    while let Some(&(ordered_seq, at)) = self.ordered.front() {
-                        if ordered_seq > seq {
-                            break;
-                        }
-                        self.ordered.pop_front();
-                        if ordered_seq == seq {
-                            self.latencies
-                                .send_ack
-                                .observe(turn_at.saturating_duration_since(at));
-                        }
-                    }
+                    self.on_committed(seq, turn_at);
                     if let Some(done) = batch.push(room, seq, frame) {
                         self.send_published(done);
                     }
                 }
                 Action::Append(entry) => {
                     if primary {
-                        if self.ordered.len() >= self.config.log.max_pending {
-                            self.ordered.pop_front();
-                        }
-                        self.ordered.push_back((entry.seq, turn_at));
+                        self.on_ordered(entry.seq, turn_at);
                     }
                     appends.push(entry);
                 }
@@ -1245,6 +1232,29 @@ impl Driver {
         for (i, worker) in self.workers.iter().enumerate() {
             let _ = worker.commands.send(Command::Publish(published.clone()));
             self.woken[i] = true;
+        }
+    }
+
+    /// A send the primary ordered at `at`: its ack is timed from here (`send_ack`).
+    fn on_ordered(&mut self, seq: u64, at: Instant) {
+        if self.ordered.len() >= self.config.log.max_pending {
+            self.ordered.pop_front();
+        }
+        self.ordered.push_back((seq, at));
+    }
+
+    /// `seq` committed at `at`: what was ordered up to it is done; its own wait is observed.
+    fn on_committed(&mut self, seq: u64, at: Instant) {
+        while let Some(&(ordered_seq, ordered_at)) = self.ordered.front() {
+            if ordered_seq > seq {
+                break;
+            }
+            self.ordered.pop_front();
+            if ordered_seq == seq {
+                self.latencies
+                    .send_ack
+                    .observe(at.saturating_duration_since(ordered_at));
+            }
         }
     }
 

@@ -430,22 +430,34 @@ fn welcome_with_peer(listener: &TcpListener, node: &str, epoch: u64, peer: &str)
     conn
 }
 
+/// A session on node "a" (whose welcome names `peer`) in "general", with send m-1 written
+/// and not answered.
+fn session_with_an_unanswered_send(
+    commands: &Sender<Command>,
+    events: &Receiver<Event>,
+    a: &TcpListener,
+    peer: &str,
+) -> Peer {
+    join_general(commands);
+    let mut conn = welcome_with_peer(a, "a", 1, peer);
+    conn.recv_kind("join");
+    conn.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
+    assert!(matches!(next_event(events), Event::Connected { .. }));
+    assert!(matches!(next_event(events), Event::Joined { .. }));
+    send_general(commands, "m-1", "hello");
+    assert_eq!(conn.recv_kind("send")["id"], "m-1");
+    conn
+}
+
 #[test]
 fn a_silent_node_is_left_for_the_peer_that_welcomes_the_probe() {
     let (first, first_address) = listener();
     let (second, second_address) = listener();
     // The client knows only a; a's welcome names b.
     let (commands, events, handle) = start(vec![first_address.clone()]);
-    join_general(&commands);
-    let mut a = welcome_with_peer(&first, "a", 1, &second_address);
-    a.recv_kind("join");
-    a.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
-    assert!(matches!(next_event(&events), Event::Connected { .. }));
-    assert!(matches!(next_event(&events), Event::Joined { .. }));
     // a takes the send and says nothing more (stopped): the client asks b, with its session,
     // while a's connection stays open.
-    send_general(&commands, "m-1", "hello");
-    assert_eq!(a.recv_kind("send")["id"], "m-1");
+    let mut a = session_with_an_unanswered_send(&commands, &events, &first, &second_address);
     let mut b = welcome_with_peer(&second, "b", 2, &first_address);
     // Welcomed: the session moves to b, rejoins and resends m-1 with its id.
     assert_eq!(b.recv_kind("join")["room"], "general");
@@ -479,14 +491,7 @@ fn a_probe_redirected_back_keeps_the_session_on_a_slow_node() {
     let (first, first_address) = listener();
     let (second, second_address) = listener();
     let (commands, events, handle) = start(vec![first_address.clone(), second_address.clone()]);
-    join_general(&commands);
-    let mut a = welcome_with_peer(&first, "a", 1, &second_address);
-    a.recv_kind("join");
-    a.send(json!({"type":"joined","room":"general","members":["alice"],"head":10}));
-    assert!(matches!(next_event(&events), Event::Connected { .. }));
-    assert!(matches!(next_event(&events), Event::Joined { .. }));
-    send_general(&commands, "m-1", "hello");
-    assert_eq!(a.recv_kind("send")["id"], "m-1");
+    let mut a = session_with_an_unanswered_send(&commands, &events, &first, &second_address);
     // b hears its primary a: it sends the probe back there.
     let mut b = Peer::accept(&second);
     assert_eq!(b.recv_kind("hello")["session"], "s-1");
