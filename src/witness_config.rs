@@ -25,6 +25,8 @@ struct RawWitnessConfig {
     lease_ms: u64,
     #[serde(default = "default_log_level")]
     log_level: LogLevel,
+    #[serde(default)]
+    metrics_listen: Option<String>,
 }
 
 fn default_lease_ms() -> u64 {
@@ -46,6 +48,8 @@ pub struct WitnessConfig {
     /// How long a lease runs on the witness's clock from when it reads a claim.
     pub lease_ms: u64,
     pub log_level: LogLevel,
+    /// HTTP address for `/metrics` and `/healthz`; `None`: none served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads and validates a witness config file.
@@ -95,8 +99,18 @@ pub fn parse(text: &str, file: &str) -> Result<WitnessConfig, ConfigError> {
             ),
         ));
     }
+    let metrics_listen = match raw.metrics_listen.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            invalid(
+                "metrics_listen",
+                format!("{text:?} is not an IP address with a port (e.g. 127.0.0.1:9412)"),
+            )
+        })?),
+    };
     Ok(WitnessConfig {
         listen,
+        metrics_listen,
         secret_file: raw.secret_file,
         state_file: raw.state_file,
         lease_ms: raw.lease_ms,

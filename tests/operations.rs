@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, PairFiles, DEADLINE};
+use common::{http_get, http_status, Daemon, PairFiles, DEADLINE};
 use serde_json::Value;
 
 const ROOM: &str = "general";
@@ -385,15 +385,6 @@ fn admin_socket_is_owner_only_survives_kill9_and_pbchatctl_fails_clearly_when_do
     assert!(!socket.exists());
 }
 
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 fn metric(body: &str, name: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -760,17 +751,6 @@ fn append_config(config: &Path, text: &str) {
 }
 
 /// `GET path` on a metrics listener: the status code and the body.
-fn http_status(address: &str, path: &str) -> (u16, String) {
-    let response = http_get(address, path);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
-}
-
 /// Issue 18: load balancers ask `/role` (200 only on the serving primary) and `/healthz`
 /// (200 on a working node of either role); `hooks.role_change` runs with `ROLE EPOCH PEER`
 /// on every role change. A kill -9 of the primary moves the 200 and runs b's hook.
@@ -895,26 +875,7 @@ fn metrics_have_latency_histograms_build_info_and_pass_promtool() {
         started <= now && now - started < 600.0,
         "{started} vs {now}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus) runs");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    common::promtool_check(&body);
 }
 
 /// pbchatd with stderr on a pipe of the test's own and `JOURNAL_STREAM` set to `stream`

@@ -83,6 +83,14 @@ fn strict_pair() -> (PairFiles, Witness, Daemon, Daemon) {
 
 /// As [`strict_pair`], with `extra` (whole sections) in both nodes' configs.
 fn strict_pair_with(extra: &str) -> (PairFiles, Witness, Daemon, Daemon) {
+    strict_pair_configured(extra, "")
+}
+
+/// As [`strict_pair_with`], with `witness_extra` lines in the witness's config.
+fn strict_pair_configured(
+    extra: &str,
+    witness_extra: &str,
+) -> (PairFiles, Witness, Daemon, Daemon) {
     // The witness's port must be known before the configs are written: reserve one, then
     // let the pair's failover section name it.
     let port = free_port(true);
@@ -92,7 +100,7 @@ fn strict_pair_with(extra: &str) -> (PairFiles, Witness, Daemon, Daemon) {
         "",
         &format!("mode = \"strict\"\nwitness = \"127.0.0.1:{port}\"\nlease_ms = 600\n{extra}"),
     );
-    let witness = Witness::start_at(&pair, port);
+    let witness = Witness::start_with(&pair, port, witness_extra);
     let a = pair.start_a();
     let b = pair.start_b();
     a.wait_log("promoted to primary in epoch 1");
@@ -101,11 +109,12 @@ fn strict_pair_with(extra: &str) -> (PairFiles, Witness, Daemon, Daemon) {
 }
 
 impl Witness {
-    fn start_at(pair: &PairFiles, port: u16) -> Witness {
+    /// A witness on `port`, with `extra` lines in its config.
+    fn start_with(pair: &PairFiles, port: u16, extra: &str) -> Witness {
         let mut w = Witness::start_unspawned(pair);
         w.addr = SocketAddr::from(([127, 0, 0, 1], port));
         let text = format!(
-            "listen = \"{}\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\nlease_ms = 600\nlog_level = \"debug\"\n",
+            "listen = \"{}\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\nlease_ms = 600\nlog_level = \"debug\"\n{extra}",
             w.addr,
             pair.secret.display(),
             w.state_file.display()
@@ -514,4 +523,63 @@ fn metrics_show_the_lease_the_claims_and_the_refused_sends() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Issue 18: the witness's own `/metrics` (what it granted, to whom, the holder's lease,
+/// its answers) and `/healthz` follow a kill -9 fail-over, and pass `promtool check`.
+#[test]
+fn the_witness_metrics_follow_a_failover_and_pass_promtool() {
+    let metrics = format!("127.0.0.1:{}", free_port(false));
+    let (_pair, witness, mut a, b) =
+        strict_pair_configured("", &format!("metrics_listen = \"{metrics}\"\n"));
+    let value = |body: &str, name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    let (code, body) = common::http_status(&metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(value(&body, "pbchat_witness_granted_epoch"), 1.0, "{body}");
+    assert!(
+        body.contains("pbchat_witness_lease_holder{node=\"a\"} 1\n"),
+        "{body}"
+    );
+    assert!(value(&body, "pbchat_witness_answers_total{verdict=\"granted\"}") >= 1.0);
+    let lease = value(&body, "pbchat_witness_holder_lease_seconds");
+    assert!(lease > 0.0 && lease <= 0.6, "{lease}");
+    let (code, health) = common::http_status(&metrics, "/healthz");
+    assert_eq!(code, 200, "{health}");
+    assert!(
+        health.starts_with("ok witness: epoch 1 held by a"),
+        "{health}"
+    );
+    common::promtool_check(&body);
+    a.kill9();
+    b.wait_log("promoted to primary in epoch 2");
+    witness.wait_log("granted epoch 2 to b");
+    let body = common::http_status(&metrics, "/metrics").1;
+    assert_eq!(value(&body, "pbchat_witness_granted_epoch"), 2.0, "{body}");
+    assert!(
+        body.contains("pbchat_witness_lease_holder{node=\"b\"} 1\n"),
+        "{body}"
+    );
+    // a's grant of epoch 1 (the state file's first write), then b's of epoch 2.
+    assert_eq!(
+        value(&body, "pbchat_witness_grant_changes_total"),
+        2.0,
+        "{body}"
+    );
+    // A forged datagram is dropped and counted.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"PBWC not a claim", witness.addr).unwrap();
+    witness.wait_log("rejected a claim");
+    let body = common::http_status(&metrics, "/metrics").1;
+    assert_eq!(
+        value(&body, "pbchat_witness_claims_rejected_total"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(common::http_status(&metrics, "/nope").0, 404);
 }

@@ -21,19 +21,69 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// `/healthz` fails once the driver's published status is this old: the driver republishes
 /// at least every 100 ms (`STATUS_REFRESH`) and turns at least every 50 ms tick, so 2 s is
 /// twenty missed refreshes, a core thread that stopped turning, not a busy one.
-const STATUS_MAX_AGE: Duration = Duration::from_secs(2);
+pub const STATUS_MAX_AGE: Duration = Duration::from_secs(2);
 
-/// Binds `listen` (an error names the key) and serves it on a thread.
-pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
-    let listener =
-        TcpListener::bind(listen).map_err(|e| format!("metrics.listen {listen}: {e}"))?;
+/// One HTTP answer: status line, content type, body.
+pub struct Reply {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+pub const OK: &str = "200 OK";
+pub const UNAVAILABLE: &str = "503 Service Unavailable";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Reply {
+    pub fn text(ok: bool, body: String) -> Reply {
+        let status = if ok { OK } else { UNAVAILABLE };
+        Reply {
+            status,
+            content_type: TEXT,
+            body,
+        }
+    }
+
+    pub fn metrics(body: String) -> Reply {
+        Reply {
+            status: OK,
+            content_type: EXPOSITION,
+            body,
+        }
+    }
+
+    /// 404 naming the paths there are, or 405 for anything but GET.
+    pub fn other(method: &str, paths: &str) -> Reply {
+        let (status, body) = if method == "GET" {
+            ("404 Not Found", format!("not found: try {paths}\n"))
+        } else {
+            ("405 Method Not Allowed", "only GET\n".to_string())
+        };
+        Reply {
+            status,
+            content_type: TEXT,
+            body,
+        }
+    }
+}
+
+/// Binds `listen` (an error names `key`, the config key that set it) and answers each
+/// request with `answer(method, path)` on a thread of its own: the node's and the
+/// witness's listeners alike.
+pub fn serve(
+    listen: SocketAddr,
+    key: &'static str,
+    answer: impl Fn(&str, &str) -> Reply + Send + 'static,
+) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(listen).map_err(|e| format!("{key} {listen}: {e}"))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| format!("metrics.listen {listen}: {e}"))?;
+        .map_err(|e| format!("{key} {listen}: {e}"))?;
     super::spawn("metrics", move || {
         for stream in listener.incoming() {
             match stream {
-                Ok(stream) => handle(stream, &ops),
+                Ok(stream) => handle(stream, &answer),
                 Err(e) => {
                     log::warn!("metrics {bound}: accept: {e}");
                     std::thread::sleep(Duration::from_millis(100));
@@ -44,7 +94,25 @@ pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
     Ok(bound)
 }
 
-fn handle(stream: TcpStream, ops: &Ops) {
+/// The node's `[metrics] listen`.
+pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
+    serve(listen, "metrics.listen", move |method, path| {
+        match (method, path) {
+            ("GET", "/metrics") => Reply::metrics(render(&ops)),
+            ("GET", "/healthz") => {
+                let (ok, body) = health(&ops);
+                Reply::text(ok, body)
+            }
+            ("GET", "/role") => {
+                let (ok, body) = role(&ops);
+                Reply::text(ok, body)
+            }
+            _ => Reply::other(method, "/metrics, /healthz or /role"),
+        }
+    })
+}
+
+fn handle(stream: TcpStream, answer: &impl Fn(&str, &str) -> Reply) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let mut reader = BufReader::new(&stream).take(REQUEST_MAX_BYTES);
@@ -62,41 +130,16 @@ fn handle(stream: TcpStream, ops: &Ops) {
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(ops),
-        ),
-        ("GET", "/healthz") => {
-            let (ok, body) = health(ops);
-            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
-        }
-        ("GET", "/role") => {
-            let (ok, body) = role(ops);
-            (if ok { OK } else { UNAVAILABLE }, TEXT, body)
-        }
-        ("GET", _) => (
-            "404 Not Found",
-            TEXT,
-            "not found: try /metrics, /healthz or /role\n".to_string(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET\n".to_string(),
-        ),
-    };
+    let reply = answer(method, path);
     let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.0 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        reply.status,
+        reply.content_type,
+        reply.body.len(),
+        reply.body
     );
     let _ = (&stream).write_all(response.as_bytes());
 }
-
-const OK: &str = "200 OK";
-const UNAVAILABLE: &str = "503 Service Unavailable";
 
 /// `/healthz`: the node works (its core thread turns, its log is not stuck), whatever its
 /// role; the body says the role: `ok primary epoch 3`.
@@ -141,8 +184,28 @@ pub fn role(ops: &Ops) -> (bool, String) {
     }
 }
 
+/// `pbchat_build_info` and `process_start_time_seconds`: the node's and the witness's.
+pub fn process_metrics(out: &mut String, started_unix_ms: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP pbchat_build_info The running build: always 1, the version in its label.\n\
+         # TYPE pbchat_build_info gauge\n\
+         pbchat_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The standard name (no prefix) that Prometheus's `process_*` conventions use; its own
+    // `time() - process_start_time_seconds` is the uptime.
+    let _ = writeln!(
+        out,
+        "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n\
+         # TYPE process_start_time_seconds gauge\n\
+         process_start_time_seconds {}",
+        started_unix_ms as f64 / 1e3
+    );
+}
+
 /// One metric without labels: its help, type and value.
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "# HELP pbchat_{name} {help}");
     let _ = writeln!(out, "# TYPE pbchat_{name} {kind}");
     let _ = writeln!(out, "pbchat_{name} {value}");
@@ -336,22 +399,7 @@ pub fn render(ops: &Ops) -> String {
             hb.rejected.load(Ordering::Relaxed),
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP pbchat_build_info The running build: always 1, the version in its label.\n\
-         # TYPE pbchat_build_info gauge\n\
-         pbchat_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    // The standard name (no prefix) that Prometheus's `process_*` conventions use; its own
-    // `time() - process_start_time_seconds` is the uptime.
-    let _ = writeln!(
-        out,
-        "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n\
-         # TYPE process_start_time_seconds gauge\n\
-         process_start_time_seconds {}",
-        status.started_ms as f64 / 1e3
-    );
+    process_metrics(&mut out, status.started_ms);
     ops.latencies.render(&mut out);
     ops.io.delivery_queue.render(
         &mut out,

@@ -38,6 +38,7 @@ pub mod storage;
 pub mod verifier;
 pub mod witness;
 pub mod witness_client;
+pub mod witness_metrics;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -111,7 +112,7 @@ enum Signal {
     },
 }
 
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

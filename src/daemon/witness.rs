@@ -10,12 +10,13 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::witness::{Granted, Verdict, Witness};
 use crate::daemon::logging::{suppressed_note, Throttle};
 use crate::daemon::notify::Notifier;
+use crate::daemon::witness_metrics::{self, SharedView, WitnessView};
 use crate::wire::auth::load_keyring;
 use crate::wire::heartbeat::ReplayGuard;
 use crate::wire::witness::{decode_claim, encode_answer, Answer, WITNESS_DATAGRAM_MAX_BYTES};
@@ -96,6 +97,20 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     let base = Instant::now();
     let mono_ms = || base.elapsed().as_millis() as u64;
     let mut witness = Witness::new(granted.clone(), config.lease_ms, mono_ms());
+    let view: SharedView = Arc::new(Mutex::new(WitnessView {
+        granted: granted.clone(),
+        lease_until: base + Duration::from_millis(config.lease_ms),
+        turned: Instant::now(),
+        granted_total: 0,
+        grant_changes_total: 0,
+        refused_total: 0,
+        rejected_total: 0,
+        started_unix_ms: crate::daemon::wall_ms(),
+    }));
+    if let Some(listen) = config.metrics_listen {
+        let bound = witness_metrics::spawn(listen, view.clone())?;
+        log::info!("metrics on http://{bound}/metrics (and /healthz)");
+    }
     log::info!(
         "witness on udp {bound}: granted epoch {} to {:?}; lease {} ms; nothing changes hands for one lease",
         granted.epoch,
@@ -115,6 +130,7 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut buf = [0u8; WITNESS_DATAGRAM_MAX_BYTES + 1];
     while !stop.load(Ordering::Acquire) {
         notifier.poll(Instant::now());
+        publish(&view, |v| v.turned = Instant::now());
         let (len, from) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
             Err(e)
@@ -135,15 +151,16 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         let claim = match decode_claim(&buf[..len], &keys) {
             Ok(claim) => claim,
             Err(e) => {
-                reject(&mut rejects, from, &e.to_string());
+                reject(&mut rejects, &view, from, &e.to_string());
                 continue;
             }
         };
         if !guard.accept_from(&claim.node_id, claim.boot, claim.counter) {
-            reject(&mut rejects, from, "replayed or stale claim");
+            reject(&mut rejects, &view, from, "replayed or stale claim");
             continue;
         }
         let (verdict, changed) = witness.on_claim(&claim.node_id, claim.epoch, mono_ms());
+        let changed_grant = changed.is_some();
         if let Some(granted) = changed {
             if let Err(e) = write_state(&config.state_file, &granted) {
                 return Err(format!(
@@ -165,6 +182,16 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
                 claim.node_id
             );
         }
+        let now_ms = mono_ms();
+        publish(&view, |v| {
+            match verdict {
+                Verdict::Granted { .. } => v.granted_total += 1,
+                Verdict::Refused { .. } => v.refused_total += 1,
+            }
+            v.grant_changes_total += u64::from(changed_grant);
+            v.granted = witness.granted().clone();
+            v.lease_until = base + Duration::from_millis(now_ms + witness.lease_left_ms(now_ms));
+        });
         let answer = Answer {
             node_id: claim.node_id,
             boot: claim.boot,
@@ -180,7 +207,13 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
-fn reject(throttle: &mut Throttle, from: SocketAddr, why: &str) {
+/// Updates what `/metrics` and `/healthz` read.
+fn publish(view: &SharedView, update: impl FnOnce(&mut WitnessView)) {
+    update(&mut view.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn reject(throttle: &mut Throttle, view: &SharedView, from: SocketAddr, why: &str) {
+    publish(view, |v| v.rejected_total += 1);
     if let Some(suppressed) = throttle.allow(Instant::now()) {
         log::warn!(
             "rejected a claim from {from}: {why}{}",
