@@ -8,16 +8,17 @@
 //! naming two messages, no epoch held by two nodes.
 //!
 //! Needs root, `ip netns` and nftables; without them each test prints `skipped: ...` and
-//! passes. Scenarios run one at a time (the lab serializes them). See docs/testing.md.
+//! passes, except under CI (`CI` set), where it fails. Scenarios run one at a time (the lab serializes them). See docs/testing.md.
 
 mod history;
 mod netlab;
 mod resilient;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use netlab::relay::Impairment;
-use netlab::{hold, Lab, Listener, SenderProc, HEARTBEAT_PORT};
+use netlab::{hold, Lab, Listener, SenderProc, CLIENT_PORT, HEARTBEAT_PORT, ROOM};
 
 /// Not a scenario: the body of the sender processes the lab starts inside a host (this test
 /// binary re-run on this test alone). In an ordinary run it does nothing.
@@ -807,4 +808,72 @@ fn random_faults_from_a_seed_lose_nothing() {
         report.terms.len(),
         report.longest_unavailable.as_millis()
     );
+}
+
+/// Issue 18: `[hooks] role_change` with docs/operations.md's VIP script moves a service
+/// address to the primary (`ip addr replace` + gratuitous ARP) through a kill -9: clients in
+/// host 3 that only know the VIP chat with a before, with b after, and never meet a
+/// redirect; the restarted a runs the hook as backup at start and gives the address up.
+#[test]
+fn a_vip_moved_by_the_role_change_hook_follows_the_primary_through_kill9() {
+    let Some(lab) = lab() else { return };
+    let vip = lab.ip_of(100);
+    let hook = lab.dir.join("role-change.sh");
+    // docs/operations.md's example, with the lab's address and interface.
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  \
+             primary) ip addr replace {vip}/24 dev eth0 && arping -c 3 -U -I eth0 {vip} ;;\n  \
+             *)       ip addr del {vip}/24 dev eth0 2>/dev/null || true ;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (mut a, b) = lab.start_pair_edited(|host, text| {
+        // Listen on every address, so that the VIP reaches the node that carries it.
+        let own = format!("listen = \"{}:{CLIENT_PORT}\"", lab.ip_of(host));
+        text.replace(&own, &format!("listen = \"0.0.0.0:{CLIENT_PORT}\""))
+            + &format!("[hooks]\nrole_change = \"{}\"\n", hook.display())
+    });
+    let through_vip = format!("{vip}:{CLIENT_PORT}");
+    // One acknowledged send from host 3 to the VIP; -v names any redirect (the VIP on a
+    // backup), which fails the test.
+    let send = |text: &str| {
+        let out = lab
+            .exec(3, env!("CARGO_BIN_EXE_pbchat-client"))
+            .args(["--server", &through_vip, "--nick", "viewer", "--room", ROOM])
+            .args(["--send", text, "-v", "--timeout-ms", "5000"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "--send {text} via the VIP: {stderr}");
+        assert!(
+            !stderr.contains("redirect"),
+            "the VIP is on a backup: {stderr}"
+        );
+    };
+    netlab::wait_until("the VIP on a", || lab.has_address(1, &vip));
+    assert!(!lab.has_address(2, &vip));
+    send("before");
+
+    lab.history.fault("kill -9 a");
+    a.kill9();
+    b.wait_log("promoted to primary");
+    netlab::wait_until("the VIP on b", || lab.has_address(2, &vip));
+    send("after");
+
+    a.restart();
+    a.wait_log("following the primary b");
+    netlab::wait_until("a to give the VIP up", || !lab.has_address(1, &vip));
+    send("with a back");
+    let bodies: Vec<String> = lab
+        .history(b.client_addr)
+        .iter()
+        .filter_map(|m| m["body"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(bodies, ["before", "after", "with a back"]);
+    // arping -c 3 takes 2 s: the hook ends (and is logged) after the address moved.
+    b.wait_log("role-change.sh primary 2 a: exited 0");
 }

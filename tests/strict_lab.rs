@@ -7,7 +7,8 @@
 //! (`history::check_one_committer`).
 //!
 //! Needs root, `ip netns` and nftables; without them each test prints `skipped: ...` and
-//! passes. Scenarios run one at a time (the lab serializes them). See docs/testing.md.
+//! passes, except under CI (`CI` set), where it fails.
+//! Scenarios run one at a time (the lab serializes them). See docs/testing.md.
 
 mod history;
 mod netlab;

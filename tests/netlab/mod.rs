@@ -124,21 +124,30 @@ fn kill_inside(ns: &str) {
     }
 }
 
+/// A lab that cannot be built: skipped outside CI, a failure in it.
+fn skip(why: &str) -> Option<Lab> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the namespace lab cannot run under CI: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 fn is_root() -> bool {
     run(Command::new("id").arg("-u")).1.trim().eq("0")
 }
 
 impl Lab {
     /// Builds the lab, or prints `skipped: ...` and returns None when this machine cannot
-    /// (not root, no `ip netns`, no nftables).
+    /// (not root, no `ip netns`, no nftables). Under CI (`CI` set, as .ci/run does) it
+    /// fails instead: CI runs as root with the tools installed, so a skip there hides a fault.
     pub fn new() -> Option<Lab> {
         if !is_root() {
-            eprintln!("skipped: the namespace lab needs root (ip netns, nftables)");
-            return None;
+            return skip("the namespace lab needs root (ip netns, nftables)");
         }
         if !run(Command::new("nft").arg("--version")).0 {
-            eprintln!("skipped: nft is not installed (apt-get install -y nftables)");
-            return None;
+            return skip("nft is not installed (apt-get install -y nftables)");
         }
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale();
@@ -156,8 +165,7 @@ impl Lab {
         let br = lab.bridge_ns();
         let (ok, text) = ip(&["netns", "add", &br]);
         if !ok {
-            eprintln!("skipped: `ip netns add` failed: {}", text.trim());
-            return None;
+            return skip(&format!("`ip netns add` failed: {}", text.trim()));
         }
         lab.created.push(br.clone());
         for host in 1..=HOSTS {
@@ -432,6 +440,32 @@ impl Lab {
         let (a, b) = self.start_configured(config_a, config_b);
         a.wait_log("promoted to primary in epoch 1");
         (a, b, witness)
+    }
+
+    /// As [`Lab::start_pair`], with each node's config text passed through `edit` (its
+    /// host, the text) first.
+    pub fn start_pair_edited(&self, edit: impl Fn(Host, String) -> String) -> (Node, Node) {
+        let (config_a, config_b) = self.pair_configs();
+        for (host, path) in [(1, &config_a), (2, &config_b)] {
+            let text = std::fs::read_to_string(path).unwrap();
+            std::fs::write(path, edit(host, text)).unwrap();
+        }
+        self.start_configured(config_a, config_b)
+    }
+
+    /// True when `host`'s eth0 carries the address `ip`.
+    pub fn has_address(&self, host: Host, ip: &str) -> bool {
+        let (ok, text) = run(Command::new("ip").args([
+            "-n",
+            &self.ns(host),
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]));
+        must("ip addr show", (ok, text.clone()));
+        text.contains(&format!(" {ip}/"))
     }
 
     fn start_configured(&self, config_a: PathBuf, config_b: PathBuf) -> (Node, Node) {
