@@ -269,3 +269,66 @@ fn after_a_kill_9_of_the_primary_nobody_is_shown_joining_who_never_left() {
     assert_eq!(count(&alice, "* bob"), 1, "{}", alice.join("\n"));
     eprintln!("alice's screen:\n{}", alice.join("\n"));
 }
+
+/// `bob` says `text` in general through `server` (a scripted `--send`).
+fn say(server: &str, text: &str) {
+    let out = Command::new(client_program())
+        .args(["--server", server, "--nick", "bob", "--room", "general"])
+        .args(["--send", text, "--no-state"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "--send {text}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 18: the interactive client remembers its session and what it showed (its state
+/// file). Restarted after lines were said without it, it shows exactly those, not again
+/// what it had shown before; without the file it would show the room's recent history.
+#[test]
+fn a_restarted_interactive_client_shows_what_it_missed_and_nothing_twice() {
+    let node = Daemon::start("primary", "", "");
+    let tmux = Tmux::new();
+    let server = node.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let args = [
+        "--server",
+        &server,
+        "--nick",
+        "alice",
+        "--room",
+        "general",
+        "--state-dir",
+        state_dir,
+    ];
+    tmux.start("first", 120, client_program(), &args);
+    tmux.wait_row("first", "-- joined general; members: alice");
+    say(&server, "one");
+    say(&server, "two");
+    tmux.wait_row("first", "<bob> two");
+    tmux.type_text("first", "/quit");
+    tmux.press("first", "Enter");
+    // NICK-HASH.json, written at the exit.
+    common::wait_until("alice's state file", || {
+        std::fs::read_dir(state.path()).unwrap().any(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("alice-")
+        })
+    });
+
+    say(&server, "three");
+    say(&server, "four");
+    tmux.start("second", 120, client_program(), &args);
+    let rows = tmux.wait_row("second", "<bob> four");
+    let screen = rows.join("\n");
+    assert_eq!(count(&rows, "<bob> three"), 1, "{screen}");
+    assert_eq!(count(&rows, "<bob> one"), 0, "shown again:\n{screen}");
+    assert_eq!(count(&rows, "<bob> two"), 0, "shown again:\n{screen}");
+}

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use common::{hello_at, Client, Daemon, PairFiles, DEADLINE};
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;
@@ -42,14 +43,6 @@ fn seed() -> u64 {
         .unwrap_or_else(|| rand::thread_rng().gen());
     eprintln!("hostile seed {seed} (PBCHAT_HOSTILE_SEED={seed} replays it)");
     seed
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Resident memory of a process, in KiB.

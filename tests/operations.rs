@@ -11,18 +11,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use common::{http_get, http_status, Daemon, PairFiles, DEADLINE};
 use serde_json::Value;
 
 const ROOM: &str = "general";
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn pbchatctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pbchatctl"))

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use common::{signal_pid, PairFiles, DEADLINE};
 
 fn script(name: &str) -> PathBuf {
@@ -102,14 +103,6 @@ impl Drop for PairScript {
                 .status();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

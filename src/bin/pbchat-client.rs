@@ -72,12 +72,12 @@ struct Args {
     token_file: Option<std::path::PathBuf>,
 
     /// Where the session and each room's last message shown are remembered between runs
-    /// (interactive and --listen), in NICK.json [default: $XDG_STATE_HOME/pbchat, else
+    /// (interactive and --listen), in NICK-HASH.json (HASH: of the --server list) [default: $XDG_STATE_HOME/pbchat, else
     /// ~/.local/state/pbchat]
     #[arg(long, value_name = "DIR", conflicts_with = "no_state")]
     state_dir: Option<std::path::PathBuf>,
 
-    /// Remember nothing between runs: a new session, rooms from their recent history
+    /// Remember nothing between runs: a new session, and rooms from the time of joining
     #[arg(long)]
     no_state: bool,
 

@@ -462,3 +462,12 @@ pub fn promtool_check(body: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Polls `condition` until it holds; fails naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
