@@ -60,11 +60,16 @@ use io::{Command, Worker, WorkerLimits};
 use link::{LinkCommand, LinkContext, Snapshot};
 use storage::{unpack_durable, LogCommand, Progress, Writer};
 
-/// Inputs waiting for the core; workers hold back (and stop reading) when it is full.
-const CORE_INPUTS_MAX: usize = 16_384;
+/// Inputs waiting for the core; workers hold back (and stop reading) when it is full. Four
+/// turns' worth (`CORE_BATCH_MAX`). A bounded channel allocates and touches all its slots
+/// at start (an `Input` slot is about 260 bytes: 1 MiB here), so the bound is resident
+/// memory whether or not it is used.
+const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
-/// never do, so it drains.
-const WORKER_COMMANDS_MAX: usize = 65_536;
+/// never do, so it drains. The core sends a worker one publish per commit group and a few
+/// commands per input it takes, at most `CORE_BATCH_MAX` inputs a turn: this holds several
+/// turns. Allocated up front like the inputs (about 176 bytes a slot: 0.7 MiB a worker).
+const WORKER_COMMANDS_MAX: usize = 4_096;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
 /// cannot starve ticks.
 const CORE_BATCH_MAX: usize = 1_024;
