@@ -12,6 +12,7 @@
 
 pub mod dedup;
 pub mod epochs;
+mod invariants;
 pub mod peer;
 pub mod rate;
 pub mod strict;
@@ -462,7 +463,9 @@ pub struct Node {
     epochs: EpochHistory,
     /// Highest committed seq: everything up to it is acknowledged-durable.
     head: u64,
-    /// Highest seq handed to the log (== head + pending.len()).
+    /// Highest seq handed to the log: `head + pending.len()` on a primary, unless entries
+    /// it inherited at its promotion wait (`tail_commit`); a backup's entries beyond `head`
+    /// wait for its primary's commit (`Node::invariants`).
     last_seq: u64,
     /// Highest seq the local log reports durable.
     durable: u64,
@@ -908,6 +911,11 @@ impl Node {
             self.maybe_exit(actions);
         }
         actions.append(&mut self.logs);
+        self.assert_positions();
+        #[cfg(test)]
+        if let Err(problem) = self.invariants() {
+            panic!("core invariant broken after a step: {problem}");
+        }
     }
 
     fn advance(&mut self, mono_ms: u64) {
@@ -968,8 +976,10 @@ impl Node {
                 violations_since_ms: now_ms,
             },
         );
+        // From the latest time seen, not this input's: workers report connections with
+        // their own clocks, slightly out of order, and the deadlines expire front first.
         self.hello_deadlines
-            .push_back((now_ms + self.config.hello_timeout_ms, conn));
+            .push_back((self.now_ms + self.config.hello_timeout_ms, conn));
     }
 
     fn on_tick(&mut self, now_ms: u64, mono_ms: u64, actions: &mut Vec<Action>) {

@@ -132,7 +132,7 @@ pub(super) struct StorageWatch {
 /// Re-commits tracked at once: the primary's own orphans and one backup link's, with room
 /// for a link whose end the core has not heard of yet. Beyond it the oldest is forgotten:
 /// its sender keeps its orphans and resubmits them on its next link (de-duplicated).
-const RESUBMISSIONS_MAX: usize = 4;
+pub(super) const RESUBMISSIONS_MAX: usize = 4;
 
 /// Resubmitted messages waiting to commit before the backup is told they are done.
 #[derive(Clone, Debug)]
