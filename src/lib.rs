@@ -2,13 +2,15 @@
 //!
 //! Layout:
 //! - `entry`: the committed message, shared by core, log and codecs.
-//! - `wire`: pure codecs (client JSON lines, line splitting).
+//! - `wire`: pure codecs (client JSON lines, line splitting, the pair's keyring and MACs).
 //! - `log`: the append-only, checksummed segment log and its indexes.
 //! - `core`: the pure node state machine: inputs in, actions out; no I/O.
 //! - `config`: TOML to validated `Config`; `witness_config` the same for `pbchat-witness`.
 //! - `auth`: client users files and argon2 token hashes (no threads, no state).
 //! - `tls`: rustls configs from PEM files (certificates, keys, CAs), for the node and the
 //!   client; no sockets.
+//! - `secret_file`: the pair's secret file read into a keyring, and new keys drawn from
+//!   the OS (`pbchatd --gen-secret`).
 //! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
@@ -26,6 +28,7 @@ pub mod entry;
 pub mod fuzzing;
 pub mod log;
 pub mod private_file;
+pub mod secret_file;
 pub mod tls;
 pub mod wire;
 pub mod witness_config;

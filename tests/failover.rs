@@ -506,13 +506,14 @@ fn kill9_of_the_backup_degrades_the_primary_which_resyncs_the_returning_backup()
 
 #[test]
 fn forged_replayed_and_truncated_heartbeats_change_nothing() {
-    use pbchat::wire::auth::parse_keyring;
     use pbchat::wire::heartbeat::{encode, Heartbeat};
+    use pbchat::wire::keyring::parse_keyring;
     let pair = PairFiles::new("");
     let (a, b) = start_pair(&pair);
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let real = parse_keyring("secret", &std::fs::read_to_string(&pair.secret).unwrap()).unwrap();
-    let forged_key = parse_keyring("forged", &pbchat::wire::auth::generate_secret_line(1)).unwrap();
+    let forged_key =
+        parse_keyring("forged", &pbchat::secret_file::generate_secret_line(1)).unwrap();
     // "b is primary in epoch 99": under a wrong key, replayed (an old boot) and cut short.
     let claim = Heartbeat {
         node_id: "b".into(),

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use pbchat::entry::Entry;
 use pbchat::fuzzing;
 use pbchat::log::{Log, LogOptions};
-use pbchat::wire::auth::parse_keyring;
 use pbchat::wire::heartbeat::{self, Heartbeat};
+use pbchat::wire::keyring::parse_keyring;
 use pbchat::wire::replication::{self, PeerFrame};
 use serde_json::json;
 

@@ -614,8 +614,9 @@ fn field_limits_and_max_errors_are_enforced_through_the_binary() {
 
 #[test]
 fn forged_replayed_and_garbage_heartbeats_at_volume_change_no_role() {
-    use pbchat::wire::auth::{generate_secret_line, parse_keyring};
+    use pbchat::secret_file::generate_secret_line;
     use pbchat::wire::heartbeat::{encode, Heartbeat};
+    use pbchat::wire::keyring::parse_keyring;
     let seed = seed();
     let pair = PairFiles::new("");
     let mut a = pair.start_a();

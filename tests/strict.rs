@@ -254,7 +254,7 @@ fn the_witness_refuses_forged_claims_and_keeps_its_grant_across_a_restart() {
     // Garbage, and a well-formed claim of epoch 99 signed with a key the pair does not use.
     socket.send_to(b"PBWC not a claim", witness.addr).unwrap();
     let other =
-        pbchat::wire::auth::parse_keyring("test", &format!("1 {}\n", "ab".repeat(32))).unwrap();
+        pbchat::wire::keyring::parse_keyring("test", &format!("1 {}\n", "ab".repeat(32))).unwrap();
     let claim = pbchat::wire::witness::Claim {
         node_id: "b".into(),
         epoch: 99,

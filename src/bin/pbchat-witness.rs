@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        if let Err(e) = pbchat::wire::auth::load_keyring(&config.secret_file) {
+        if let Err(e) = pbchat::secret_file::load_keyring(&config.secret_file) {
             eprintln!(
                 "pbchat-witness: {}: secret_file: {e}",
                 args.config.display()

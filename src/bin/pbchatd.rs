@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     };
     if args.check {
         if let Some(peer) = &config.peer {
-            if let Err(e) = pbchat::wire::auth::load_keyring(&peer.secret_file) {
+            if let Err(e) = pbchat::secret_file::load_keyring(&peer.secret_file) {
                 eprintln!(
                     "pbchatd: {}: heartbeat.secret_file: {e}",
                     config_path.display()
@@ -143,7 +143,7 @@ fn gen_secret(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let line = pbchat::wire::auth::generate_secret_line(1);
+    let line = pbchat::secret_file::generate_secret_line(1);
     let text = format!("# pbchat pair secret: copy to both nodes, mode 0600. KEY_ID HEX\n{line}\n");
     if let Err(e) = file
         .write_all(text.as_bytes())

@@ -20,10 +20,10 @@ use crossbeam_channel::{Sender, TrySendError};
 use rand::Rng;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::wire::auth::Keyring;
 use crate::wire::heartbeat::{
     decode, encode, Heartbeat, HeartbeatError, ReplayGuard, MAX_HEARTBEAT_BYTES,
 };
+use crate::wire::keyring::Keyring;
 
 /// Each send interval is the configured one ± this percentage, drawn anew each time, so two
 /// nodes started together do not stay in lockstep.
@@ -406,7 +406,7 @@ impl HeartbeatThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::auth::parse_keyring;
+    use crate::wire::keyring::parse_keyring;
     use crossbeam_channel::{bounded, Receiver};
 
     const SECRET_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

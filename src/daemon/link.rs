@@ -28,7 +28,7 @@ use super::storage::{read_orphans, Progress, ORPHANS_FILE};
 use crate::core::{Input, LinkId};
 use crate::entry::Entry;
 use crate::log::LogReader;
-use crate::wire::auth::Keyring;
+use crate::wire::keyring::Keyring;
 use crate::wire::replication::{
     encode, handshake_transcript, FrameReader, PeerFrame, Transcript, REPLICATION_VERSION,
 };

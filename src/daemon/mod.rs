@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let keys = match &config.peer {
         Some(p) => Some(Arc::new(
-            crate::wire::auth::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
+            crate::secret_file::load_keyring(&p.secret_file).map_err(|e| e.to_string())?,
         )),
         None => None,
     };

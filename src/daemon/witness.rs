@@ -17,7 +17,7 @@ use crate::core::witness::{Granted, Verdict, Witness};
 use crate::daemon::logging::{suppressed_note, Throttle};
 use crate::daemon::notify::Notifier;
 use crate::daemon::witness_metrics::{self, SharedView, WitnessView};
-use crate::wire::auth::load_keyring;
+use crate::secret_file::load_keyring;
 use crate::wire::heartbeat::ReplayGuard;
 use crate::wire::witness::{decode_claim, encode_answer, Answer, WITNESS_DATAGRAM_MAX_BYTES};
 use crate::witness_config::WitnessConfig;

@@ -20,7 +20,7 @@ use crate::core::strict::CLAIMS_INFLIGHT_MAX;
 use crate::core::witness::Verdict;
 use crate::core::Input;
 use crate::daemon::logging::{suppressed_note, Throttle};
-use crate::wire::auth::Keyring;
+use crate::wire::keyring::Keyring;
 use crate::wire::witness::{decode_answer, encode_claim, Claim, WITNESS_DATAGRAM_MAX_BYTES};
 
 /// How often the receiver looks at the stop flag while no answer arrives.

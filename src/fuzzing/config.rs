@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::auth::Users;
 use crate::config;
-use crate::wire::auth::parse_keyring;
+use crate::wire::keyring::parse_keyring;
 
 const FILE: &str = "fuzz.toml";
 

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 
-use crate::wire::auth::{parse_keyring, Keyring};
 use crate::wire::heartbeat::{decode, encode, Heartbeat, ReplayGuard, MAX_TRACKED_NODES};
+use crate::wire::keyring::{parse_keyring, Keyring};
 
 /// The pair key the target signs with (`tests/fuzz_corpus.rs` signs its seeds with it too).
 pub const KEY_LINE: &str = "7 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

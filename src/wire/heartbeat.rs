@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
-use super::auth::{Keyring, MAC_BYTES};
+use super::keyring::{Keyring, MAC_BYTES};
 
 pub const HEARTBEAT_VERSION: u8 = 1;
 const MAGIC: &[u8; 4] = b"PBHB";
@@ -242,7 +242,7 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::auth::parse_keyring;
+    use crate::wire::keyring::parse_keyring;
     use proptest::prelude::*;
 
     const SECRET_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

@@ -20,8 +20,8 @@
 
 use thiserror::Error;
 
-use super::auth::{Keyring, MAC_BYTES};
 use super::heartbeat::NODE_ID_MAX_BYTES;
+use super::keyring::{Keyring, MAC_BYTES};
 use crate::core::witness::Verdict;
 
 pub const WITNESS_VERSION: u8 = 1;
@@ -204,7 +204,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::auth::parse_keyring;
+    use crate::wire::keyring::parse_keyring;
     use proptest::prelude::*;
 
     const SECRET_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

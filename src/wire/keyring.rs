@@ -1,19 +1,15 @@
 //! Shared-secret keys that authenticate what one node of the pair sends the other.
 //!
 //! Owns the secret file format, the [`Keyring`] (the first key signs, every key verifies, so
-//! a key can be rotated without downtime) and HMAC-SHA256 signing and checking. Pure except
-//! for [`load_keyring`], which reads one file, and [`generate_secret_line`], which draws
-//! from the OS random source. A secret must never reach a log line, an error or `Debug`.
+//! a key can be rotated without downtime) and HMAC-SHA256 signing and checking. Pure: reading the
+//! file and drawing new secrets from the OS are `crate::secret_file`'s. A secret must never reach a log line, an error or `Debug`.
 //!
 //! Rotation: add the new key as the second line on both nodes (both now verify it), then
 //! move it to the first line on both (both now sign with it), then drop the old line.
 
 use std::fmt;
-use std::path::Path;
 
 use hmac::{Hmac, Mac};
-use rand::rngs::OsRng;
-use rand::RngCore;
 use sha2::Sha256;
 use thiserror::Error;
 
@@ -31,7 +27,7 @@ pub const KEYS_MAX: usize = 8;
 pub const SECRET_FILE_MAX_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Error)]
-pub enum AuthError {
+pub enum KeyringError {
     #[error("{file}: cannot read: {source}")]
     Read {
         file: String,
@@ -125,37 +121,14 @@ impl Keyring {
     }
 }
 
-/// Reads a secret file, refusing one that group or others may read or write.
-pub fn load_keyring(path: &Path) -> Result<Keyring, AuthError> {
-    use crate::private_file::{read_private_text, PrivateFileError};
-    let file = path.display().to_string();
-    let text = read_private_text(path, SECRET_FILE_MAX_BYTES).map_err(|e| match e {
-        PrivateFileError::Read(source) => AuthError::Read {
-            file: file.clone(),
-            source,
-        },
-        PrivateFileError::Permissions { mode } => AuthError::Permissions {
-            file: file.clone(),
-            mode,
-        },
-        PrivateFileError::TooLarge => AuthError::TooLarge { file: file.clone() },
-        PrivateFileError::NotUtf8 => AuthError::Line {
-            file: file.clone(),
-            line: 0,
-            problem: "not UTF-8 text".to_string(),
-        },
-    })?;
-    parse_keyring(&file, &text)
-}
-
 /// Parses secret-file text; `file` names the source in errors. Lines are `KEY_ID HEX_SECRET`;
 /// `#` starts a comment; blank lines are ignored. Errors never quote a secret (nor any field
 /// that might be one, since a malformed line may hold a secret in an unexpected place).
-pub fn parse_keyring(file: &str, text: &str) -> Result<Keyring, AuthError> {
+pub fn parse_keyring(file: &str, text: &str) -> Result<Keyring, KeyringError> {
     let mut keys: Vec<Key> = Vec::new();
     for (index, raw_line) in text.lines().enumerate() {
         let line = index + 1;
-        let problem = |problem: String| AuthError::Line {
+        let problem = |problem: String| KeyringError::Line {
             file: file.to_string(),
             line,
             problem,
@@ -197,23 +170,11 @@ pub fn parse_keyring(file: &str, text: &str) -> Result<Keyring, AuthError> {
         }
     }
     if keys.is_empty() {
-        return Err(AuthError::Empty {
+        return Err(KeyringError::Empty {
             file: file.to_string(),
         });
     }
     Ok(Keyring { keys })
-}
-
-/// A fresh secret-file line, `KEY_ID HEX_SECRET` without a newline, with a random
-/// `SECRET_MIN_BYTES`-byte secret from the OS random source.
-pub fn generate_secret_line(id: u32) -> String {
-    let mut secret = [0u8; SECRET_MIN_BYTES];
-    OsRng.fill_bytes(&mut secret);
-    let mut line = format!("{id} ");
-    for byte in secret {
-        line.push_str(&format!("{byte:02x}"));
-    }
-    line
 }
 
 /// Hex digits (either case) to bytes. The error never echoes the input.
@@ -239,9 +200,6 @@ fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
 
     const SECRET_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     const SECRET_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -252,7 +210,7 @@ mod tests {
 
     fn line_error(text: &str) -> (usize, String) {
         match parse_keyring("keys", text) {
-            Err(AuthError::Line { line, problem, .. }) => (line, problem),
+            Err(KeyringError::Line { line, problem, .. }) => (line, problem),
             other => panic!("expected a line error, got {other:?}"),
         }
     }
@@ -370,20 +328,9 @@ mod tests {
         for text in ["", "\n\n", "# only a comment\n"] {
             assert!(matches!(
                 parse_keyring("keys", text),
-                Err(AuthError::Empty { .. })
+                Err(KeyringError::Empty { .. })
             ));
         }
-    }
-
-    #[test]
-    fn generated_lines_parse_and_differ() {
-        let first = generate_secret_line(3);
-        let second = generate_secret_line(4);
-        assert!(first.starts_with("3 "));
-        assert_eq!(first.len(), 2 + SECRET_MIN_BYTES * 2);
-        assert_ne!(first[2..], second[2..]);
-        let keys = ring(&format!("{first}\n{second}\n"));
-        assert_eq!(keys.key_ids().collect::<Vec<_>>(), vec![3, 4]);
     }
 
     #[test]
@@ -394,59 +341,5 @@ mod tests {
         assert!(!printed.contains("0, 17, 34"), "{printed}");
         assert!(!printed.contains("[0, 17"), "{printed}");
         assert!(!printed.contains(&SECRET_A[..16]), "{printed}");
-    }
-
-    fn write_secret_file(dir: &Path, text: &str, mode: u32) -> std::path::PathBuf {
-        let path = dir.join("peer.key");
-        let mut file = fs::File::create(&path).unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        path
-    }
-
-    #[test]
-    fn loads_a_private_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_secret_file(dir.path(), &format!("1 {SECRET_A}\n"), 0o600);
-        let keys = load_keyring(&path).unwrap();
-        assert_eq!(keys.signing_key_id(), 1);
-        let path = write_secret_file(dir.path(), &format!("2 {SECRET_A}\n"), 0o400);
-        assert_eq!(load_keyring(&path).unwrap().signing_key_id(), 2);
-    }
-
-    #[test]
-    fn refuses_a_file_group_or_others_can_touch() {
-        let dir = tempfile::tempdir().unwrap();
-        for mode in [0o640, 0o604, 0o620, 0o602, 0o644, 0o666] {
-            let path = write_secret_file(dir.path(), &format!("1 {SECRET_A}\n"), mode);
-            let error = load_keyring(&path).unwrap_err();
-            assert!(matches!(error, AuthError::Permissions { .. }), "{error}");
-            let message = error.to_string();
-            assert!(message.contains("chmod 600"), "{message}");
-            assert!(message.contains("peer.key"), "{message}");
-        }
-    }
-
-    #[test]
-    fn load_errors_name_the_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_secret_file(dir.path(), &format!("\n1 {}\n", &SECRET_A[..8]), 0o600);
-        let message = load_keyring(&path).unwrap_err().to_string();
-        assert!(message.contains("peer.key: line 2: key 1"), "{message}");
-        assert!(!message.contains(&SECRET_A[..8]), "{message}");
-        let missing = dir.path().join("missing.key");
-        let message = load_keyring(&missing).unwrap_err().to_string();
-        assert!(message.contains("missing.key: cannot read"), "{message}");
-    }
-
-    #[test]
-    fn refuses_an_oversized_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = "#".repeat(SECRET_FILE_MAX_BYTES as usize + 1);
-        let path = write_secret_file(dir.path(), &text, 0o600);
-        assert!(matches!(
-            load_keyring(&path),
-            Err(AuthError::TooLarge { .. })
-        ));
     }
 }
