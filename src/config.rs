@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::log::FsyncMode;
+// The core's own words for a role and a replication mode, read from TOML as they are.
+pub use crate::core::{ReplicationMode, Role};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -25,22 +27,6 @@ pub enum ConfigError {
         key: &'static str,
         problem: String,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Primary,
-    Backup,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Backup => "backup",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -272,13 +258,6 @@ fn default_interval_ms() -> u64 {
 }
 fn default_misses() -> u32 {
     5
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    Sync,
-    Async,
 }
 
 #[derive(Debug, Deserialize)]

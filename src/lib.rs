@@ -11,6 +11,7 @@
 //!   client; no sockets.
 //! - `secret_file`: the pair's secret file read into a keyring, and new keys drawn from
 //!   the OS (`pbchatd --gen-secret`).
+//! - `node_tls`: the node's TLS configs from its `Config`, errors by config key.
 //! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod entry;
 pub mod fuzzing;
 pub mod log;
+pub mod node_tls;
 pub mod private_file;
 pub mod secret_file;
 pub mod tls;

@@ -3,7 +3,8 @@
 //!
 //! Everything here is rustls with the `ring` provider, TLS 1.3 and 1.2 only (rustls has no
 //! older versions to offer). This module reads files and builds configs; it owns no socket
-//! and no thread: the daemon and the client drive the connections.
+//! and no thread: the daemon and the client drive the connections. It knows no node config:
+//! `node_tls` builds the node's configs from it and words their errors by config key.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,8 +19,6 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
-
-use crate::config::{Config, ConfigError, LinkTlsConfig};
 
 /// A PEM file larger than this is not a certificate chain or a key (a long chain with a
 /// few intermediates is well under 64 KiB; a CA bundle of all public roots is ~250 KiB).
@@ -74,7 +73,7 @@ pub struct Identity {
 
 impl TlsError {
     /// The file the problem is in, when it is one file's.
-    fn path(&self) -> Option<&Path> {
+    pub fn path(&self) -> Option<&Path> {
         match self {
             TlsError::Read { path, .. }
             | TlsError::TooLarge { path }
@@ -86,89 +85,6 @@ impl TlsError {
             TlsError::Pair { .. } | TlsError::ServerName { .. } => None,
         }
     }
-}
-
-/// The node's config keys for one endpoint's files, to name the one at fault.
-struct Keys {
-    cert: &'static str,
-    key: &'static str,
-    ca: &'static str,
-}
-
-/// Puts a TLS problem in the config's words: `FILE: KEY: problem`.
-fn config_error(
-    file: &Path,
-    keys: &Keys,
-    identity: &Identity,
-    ca: Option<&Path>,
-    error: TlsError,
-) -> ConfigError {
-    let key = match error.path() {
-        Some(path) if path == identity.cert => keys.cert,
-        Some(path) if Some(path) == ca => keys.ca,
-        // A key that does not match its certificate is the key's problem to fix.
-        _ => keys.key,
-    };
-    ConfigError::Invalid {
-        file: file.display().to_string(),
-        key,
-        problem: error.to_string(),
-    }
-}
-
-/// The client listener's TLS config from `client.tls_cert` / `client.tls_key`, read now
-/// (at start, `--check` and each reload).
-pub fn client_listener(file: &Path, identity: &Identity) -> Result<Arc<ServerConfig>, ConfigError> {
-    let keys = Keys {
-        cert: "client.tls_cert",
-        key: "client.tls_key",
-        ca: "client.tls_cert",
-    };
-    server_config(identity, None).map_err(|e| config_error(file, &keys, identity, None, e))
-}
-
-/// Both ends of a mutual-TLS replication link, from `[replication] tls_*`.
-#[derive(Clone)]
-pub struct LinkTls {
-    /// The primary accepts backups with it (and asks for their certificates).
-    pub server: Arc<ServerConfig>,
-    /// The backup dials with it (presenting its own certificate).
-    pub client: Arc<ClientConfig>,
-    /// What the primary's certificate must name.
-    pub peer_name: ServerName<'static>,
-}
-
-/// The replication link's TLS configs, read now.
-pub fn replication_link(file: &Path, link: &LinkTlsConfig) -> Result<LinkTls, ConfigError> {
-    let keys = Keys {
-        cert: "replication.tls_cert",
-        key: "replication.tls_key",
-        ca: "replication.tls_ca",
-    };
-    let error = |e| config_error(file, &keys, &link.identity, Some(&link.ca), e);
-    let server = server_config(&link.identity, Some(&link.ca)).map_err(error)?;
-    let client = client_config(Some(&link.ca), Some(&link.identity)).map_err(error)?;
-    let peer_name = server_name(&link.peer_name).map_err(|e| ConfigError::Invalid {
-        file: file.display().to_string(),
-        key: "replication.tls_name",
-        problem: e.to_string(),
-    })?;
-    Ok(LinkTls {
-        server,
-        client,
-        peer_name,
-    })
-}
-
-/// Loads every TLS file `config` names, as start-up and `--check` do.
-pub fn check_files(config: &Config) -> Result<(), ConfigError> {
-    if let Some(identity) = &config.client.tls {
-        client_listener(&config.file, identity)?;
-    }
-    if let Some(link) = config.peer.as_ref().and_then(|p| p.link_tls.as_ref()) {
-        replication_link(&config.file, link)?;
-    }
-    Ok(())
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -464,18 +380,19 @@ pub fn explain_io(error: &std::io::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    pub(crate) fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
     }
 
-    fn identity(dir: &Path, names: &[&str]) -> Identity {
+    /// A self-signed certificate for `names` and its key, as files in `dir`.
+    pub(crate) fn identity(dir: &Path, names: &[&str]) -> Identity {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -521,35 +438,6 @@ mod tests {
         };
         let err = server_config(&mismatched, None).unwrap_err().to_string();
         assert!(err.contains("cert.pem with"), "{err}");
-    }
-
-    #[test]
-    fn node_files_that_do_not_load_name_their_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = identity(dir.path(), &["127.0.0.1"]);
-        let file = Path::new("node.toml");
-        let link = LinkTlsConfig {
-            identity: id.clone(),
-            ca: dir.path().join("missing-ca.pem"),
-            peer_name: "127.0.0.1".into(),
-        };
-        let err = replication_link(file, &link).err().unwrap().to_string();
-        assert!(
-            err.starts_with("node.toml: replication.tls_ca: ") && err.contains("cannot read"),
-            "{err}"
-        );
-        let link = LinkTlsConfig {
-            ca: id.cert.clone(),
-            ..link
-        };
-        replication_link(file, &link).unwrap();
-        client_listener(file, &id).unwrap();
-        let broken = Identity {
-            cert: id.key.clone(),
-            key: id.key.clone(),
-        };
-        let err = client_listener(file, &broken).err().unwrap().to_string();
-        assert!(err.starts_with("node.toml: client.tls_cert: "), "{err}");
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-        if let Err(e) = pbchat::tls::check_files(&config) {
+        if let Err(e) = pbchat::node_tls::check_files(&config) {
             eprintln!("pbchatd: {e}");
             return ExitCode::from(2);
         }

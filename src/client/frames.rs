@@ -5,8 +5,15 @@
 
 use serde_json::{json, Value};
 
-use crate::client::session::Position;
 use crate::wire::client::PROTOCOL_VERSION;
+
+/// A place in a room's history: the message numbered `seq`, committed in `epoch` when known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    /// `None` when the position came from a `joined` head or a `--after` without epoch.
+    pub epoch: Option<u64>,
+}
 
 pub fn hello(nick: &str, session: &str, token: Option<&str>) -> Value {
     let mut frame = json!({

@@ -30,13 +30,8 @@ pub const UNACKED_SENDS_MAX: usize = 1000;
 /// hammering `/history`; each answer may be up to `HISTORY_LIMIT_MAX` messages.
 pub const PENDING_HISTORY_MAX: usize = 16;
 
-/// A place in a room's history: the message numbered `seq`, committed in `epoch` when known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Position {
-    pub seq: u64,
-    /// `None` when the position came from a `joined` head or a `--after` without epoch.
-    pub epoch: Option<u64>,
-}
+/// Where a room was left, as a `join` frame's `after`/`after_epoch` carry it.
+pub use super::frames::Position;
 
 /// A `send` the node has not acknowledged yet; resent with the same `id` after a reconnect,
 /// which the node de-duplicates by (session, id).

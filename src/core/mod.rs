@@ -21,7 +21,8 @@ pub mod witness;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use crate::config::Role;
+use serde::Deserialize;
+
 use crate::entry::Entry;
 use crate::wire::client::{encode_msg, encode_reply, DecodeError, ErrorCode, Reply, Request};
 use dedup::Dedup;
@@ -447,6 +448,32 @@ struct HeldHello {
     until_ms: u64,
     /// At most [`HELD_REQUESTS_MAX`], handled in order after the answer.
     queued: Vec<Request>,
+}
+
+/// What a node is to its pair: the primary orders and commits; the backup follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+/// `replication.mode`: `Sync` acknowledges a send once the backup holds it too; `Async`
+/// once the primary's own log does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    Sync,
+    Async,
 }
 
 /// A message ordered and appended but not yet committed.

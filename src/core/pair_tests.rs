@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::ReplicationMode;
 use super::*;
-use crate::config::ReplicationMode;
 use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
 
 const A: usize = 0;

@@ -4,7 +4,7 @@
 
 use super::epochs::{common_prefix, next_epoch, EpochHistory};
 use super::{Action, LinkId, LogLevel, Node, Pending};
-use crate::config::{ReplicationMode, Role};
+use super::{ReplicationMode, Role};
 use crate::entry::Entry;
 use crate::wire::client::{encode_reply, Reply};
 

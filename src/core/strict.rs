@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use super::epochs::next_epoch;
 use super::{Action, LinkId, LogLevel, Node};
-use crate::config::{ReplicationMode, Role};
+use super::{ReplicationMode, Role};
 
 /// Claims in flight that an answer may still match; an older one is forgotten (its answer,
 /// if it ever comes, is ignored: a lease counted from that long ago is worth little).

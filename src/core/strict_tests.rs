@@ -15,8 +15,8 @@ use std::collections::BinaryHeap;
 
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
+use super::ReplicationMode;
 use super::*;
-use crate::config::ReplicationMode;
 use crate::wire::client::decode_request;
 
 const NODE_IDS: [&str; 2] = ["a", "b"];

@@ -7,6 +7,10 @@
 //! primary's renewal (a claim of its current epoch) and as a backup's bid to take over (a
 //! claim of a newer one). No I/O here: `daemon::witness` carries the datagrams and the file.
 
+/// The answer's verdict is the wire's (`wire::witness`): the rules decide it, the codec
+/// carries it.
+pub use crate::wire::witness::Verdict;
+
 /// What the witness keeps on disk: the highest epoch it granted, and to whom.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Granted {
@@ -14,17 +18,6 @@ pub struct Granted {
     pub epoch: u64,
     /// The node holding `epoch` (empty until the first grant).
     pub holder: String,
-}
-
-/// The witness's answer to a claim.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The claimant holds `epoch` and its lease runs `lease_ms` on the witness's clock from
-    /// when the witness read the claim.
-    Granted { epoch: u64, lease_ms: u64 },
-    /// Not granted: `epoch` is the highest the witness granted; `wait_ms` is how much longer
-    /// the holder's lease runs (0 when the claim is simply too old).
-    Refused { epoch: u64, wait_ms: u64 },
 }
 
 /// The witness: what it granted, and the lease of the holder.

@@ -134,7 +134,7 @@ pub struct LinkContext {
     pub latencies: Arc<super::histogram::Latencies>,
     /// Mutual TLS under the handshake; `None`: plain TCP. A reload may replace the
     /// certificates (never turn TLS on or off); each new connection takes what is here.
-    tls: Mutex<Option<crate::tls::LinkTls>>,
+    tls: Mutex<Option<crate::node_tls::LinkTls>>,
     next_link: AtomicU64,
     links: Mutex<HashMap<LinkId, LinkHandle>>,
 }
@@ -169,7 +169,7 @@ impl LinkContext {
         beat_interval: Duration,
         data_dir: std::path::PathBuf,
         base: Instant,
-        tls: Option<crate::tls::LinkTls>,
+        tls: Option<crate::node_tls::LinkTls>,
         latencies: Arc<super::histogram::Latencies>,
     ) -> Self {
         LinkContext {
@@ -203,13 +203,13 @@ impl LinkContext {
     }
 
     /// The TLS configs for a new connection.
-    fn tls(&self) -> Option<crate::tls::LinkTls> {
+    fn tls(&self) -> Option<crate::node_tls::LinkTls> {
         self.tls.lock().expect("link TLS lock").clone()
     }
 
     /// Replaces the certificates new connections use (a reload); links up keep theirs.
     /// Does nothing on a plain link: TLS is not turned on at run time.
-    pub fn replace_tls(&self, tls: crate::tls::LinkTls) {
+    pub fn replace_tls(&self, tls: crate::node_tls::LinkTls) {
         let mut slot = self.tls.lock().expect("link TLS lock");
         if slot.is_some() {
             *slot = Some(tls);

@@ -166,13 +166,13 @@ pub fn run(config: Config) -> Result<(), String> {
     // TLS files are read before anything starts, so a bad one stops the start with its key.
     let client_tls: Option<acceptor::TlsSlot> = match &config.client.tls {
         Some(identity) => Some(Arc::new(Mutex::new(
-            crate::tls::client_listener(&config.file, identity).map_err(|e| e.to_string())?,
+            crate::node_tls::client_listener(&config.file, identity).map_err(|e| e.to_string())?,
         ))),
         None => None,
     };
     let link_tls = match config.peer.as_ref().and_then(|p| p.link_tls.as_ref()) {
         Some(link) => {
-            Some(crate::tls::replication_link(&config.file, link).map_err(|e| e.to_string())?)
+            Some(crate::node_tls::replication_link(&config.file, link).map_err(|e| e.to_string())?)
         }
         None => None,
     };
@@ -1396,7 +1396,7 @@ impl Driver {
         // one in use.
         let mut tls_applied = false;
         if let (Some(slot), Some(identity)) = (&self.client_tls, &new_c.tls) {
-            match crate::tls::client_listener(&file, identity) {
+            match crate::node_tls::client_listener(&file, identity) {
                 Ok(tls) => {
                     *slot.lock().expect("never poisoned: no panic inside") = tls;
                     tls_applied = true;
@@ -1417,7 +1417,7 @@ impl Driver {
         if let (Some(links), Some(_), Some(fresh)) =
             (&self.links, link_tls(&self.config), link_tls(&new))
         {
-            match crate::tls::replication_link(&file, &fresh) {
+            match crate::node_tls::replication_link(&file, &fresh) {
                 Ok(tls) => {
                     links.replace_tls(tls);
                     link_tls_applied = true;

@@ -13,6 +13,11 @@ use crate::entry::{Entry, PayloadError};
 /// torn header claims.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// First bytes of every segment: tells a segment apart from a stray file, and versions the
+/// record format (so it is stated here, with the format).
+pub(crate) const MAGIC: &[u8; 8] = b"PBLOG001";
+pub(crate) const MAGIC_TEXT: &str = "PBLOG001";
+
 /// Bytes before the payload: len, crc, epoch, seq.
 pub(crate) const HEADER_BYTES: usize = 4 + 4 + 8 + 8;
 
@@ -24,10 +29,7 @@ const CRC_START: usize = 8;
 /// read errors, so each variant says what was expected.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum Damage {
-    #[error(
-        "segment does not start with the magic header {:?}",
-        super::segment::MAGIC_TEXT
-    )]
+    #[error("segment does not start with the magic header {:?}", MAGIC_TEXT)]
     BadMagic,
     #[error("record ends early: {needed} bytes needed, {available} present")]
     Torn { needed: usize, available: usize },

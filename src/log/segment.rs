@@ -14,10 +14,7 @@ use super::record::{self, Damage, Parsed};
 use super::LogError;
 use crate::entry::Entry;
 
-/// First bytes of every segment: tells a segment apart from a stray file, and versions the
-/// record format.
-pub(crate) const MAGIC: &[u8; 8] = b"PBLOG001";
-pub(crate) const MAGIC_TEXT: &str = "PBLOG001";
+pub(crate) use super::record::MAGIC;
 pub(crate) const MAGIC_BYTES: u64 = MAGIC.len() as u64;
 
 /// Largest byte offset a record may end at. Index entries store offsets as u32 to halve the

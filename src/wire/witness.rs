@@ -22,7 +22,17 @@ use thiserror::Error;
 
 use super::heartbeat::NODE_ID_MAX_BYTES;
 use super::keyring::{Keyring, MAC_BYTES};
-use crate::core::witness::Verdict;
+
+/// The witness's answer to a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The claimant holds `epoch` and its lease runs `lease_ms` on the witness's clock from
+    /// when the witness read the claim.
+    Granted { epoch: u64, lease_ms: u64 },
+    /// Not granted: `epoch` is the highest the witness granted; `wait_ms` is how much longer
+    /// the holder's lease runs (0 when the claim is simply too old).
+    Refused { epoch: u64, wait_ms: u64 },
+}
 
 pub const WITNESS_VERSION: u8 = 1;
 const CLAIM_MAGIC: &[u8; 4] = b"PBWC";
