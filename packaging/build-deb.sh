@@ -3,7 +3,7 @@
 # [package.metadata.deb] in Cargo.toml. Run from anywhere on Debian with cargo, cargo-deb
 # (`cargo install cargo-deb --locked`) and dpkg-dev.
 #
-#   packaging/build-deb.sh              cargo deb: build the release binaries, then package
+#   packaging/build-deb.sh              build the release binaries, then package
 #   packaging/build-deb.sh --no-build   package the binaries already built
 #
 # Environment:
@@ -13,16 +13,17 @@
 #
 # What cargo-deb cannot do, done here first, into $CARGO_TARGET_DIR/release/packaging/ (the
 # assets' target/release/ prefix follows CARGO_TARGET_DIR): the configurations, which are
-# config/*.toml with paths for an installed system, and the changelog, which names the commit.
+# config/*.toml with paths for an installed system, the changelog, which names the commit,
+# and the shell completions, which the built binaries print.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 022
 export LC_ALL=C.UTF-8
 
-cargo_deb_args=(--strip)
+build=yes
 for arg in "$@"; do
   case "$arg" in
-    --no-build) cargo_deb_args+=(--no-build) ;;
+    --no-build) build=no ;;
     -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-deb.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -41,7 +42,8 @@ export SOURCE_DATE_EPOCH
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 revision=${DEB_REVISION:-1}
-staging=${CARGO_TARGET_DIR:-target}/release/packaging
+release_dir=${CARGO_TARGET_DIR:-target}/release
+staging=$release_dir/packaging
 mkdir -p "$staging"
 
 # KEY = VALUE lines of FILE that must be there after the rewrite, else the build stops.
@@ -109,6 +111,19 @@ changelog() {
   } | gzip -9n >"$staging/changelog.Debian.gz"
 }
 
+# Shell completions for bash, zsh and fish, printed by each (release) binary itself from
+# its clap definition (src/completions.rs), named where each shell looks them up.
+completions() {
+  local bin dir=$staging/completions
+  mkdir -p "$dir/bash" "$dir/zsh" "$dir/fish"
+  for bin in pbchatd pbchatctl pbchat-client pbchat-witness; do
+    [ -x "$release_dir/$bin" ] || die "$release_dir/$bin is missing: build first (or drop --no-build)"
+    "$release_dir/$bin" --completions bash >"$dir/bash/$bin"
+    "$release_dir/$bin" --completions zsh >"$dir/zsh/_$bin"
+    "$release_dir/$bin" --completions fish >"$dir/fish/$bin.fish"
+  done
+}
+
 # packaging/debian/copyright carries LICENSE's text (after its title and copyright lines)
 # in DEP-5 form, the only indented lines: they must agree.
 check_copyright() {
@@ -132,8 +147,13 @@ add_md5sums() {
   dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
 }
 
-echo "== cargo deb ${cargo_deb_args[*]}"
-deb=$(cargo deb "${cargo_deb_args[@]}" --deb-revision "$revision" | tail -n 1)
+if [ "$build" = yes ]; then
+  echo "== cargo build --release --bins"
+  cargo build --release --bins
+fi
+completions
+echo "== cargo deb --strip --no-build"
+deb=$(cargo deb --strip --no-build --deb-revision "$revision" | tail -n 1)
 [ -f "$deb" ] || die "cargo deb did not name the package it built (got '$deb')"
 add_md5sums "$deb"
 echo "built $deb"
