@@ -20,7 +20,7 @@ export LC_ALL=C.UTF-8
 # adduser for the package's postinst. Changing this list rebuilds the root file system.
 readonly ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,adduser
 readonly MACHINE=pbchat-ci
-# Booting minbase systemd takes ~2 s here; a loaded CI machine gets ample room.
+# Booting minbase systemd takes about 1 s here; a loaded CI machine gets ample room.
 readonly BOOT_DEADLINE_S=120
 # A node start, a fail-over (1 s of missed heartbeats) and a systemd restart (RestartSec=1s).
 readonly STEP_DEADLINE_S=30
