@@ -15,6 +15,7 @@
 //! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
 //! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
+//! - `completions`: shell completions of the binaries (clap_complete), for the package.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
 //!   the daemon over TCP, never a part of it.
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod completions;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -176,6 +176,9 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pbchat::completions::requested::<Args>("pbchat-client") {
+        return code;
+    }
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,

@@ -22,6 +22,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pbchat::completions::requested::<Args>("pbchat-witness") {
+        return code;
+    }
     let args = Args::parse();
     let config = match pbchat::witness_config::load(&args.config) {
         Ok(config) => config,

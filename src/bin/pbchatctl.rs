@@ -124,6 +124,9 @@ struct Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pbchat::completions::requested::<Args>("pbchatctl") {
+        return code;
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(answer) => {

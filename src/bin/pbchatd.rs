@@ -51,6 +51,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pbchat::completions::requested::<Args>("pbchatd") {
+        return code;
+    }
     let args = Args::parse();
     if let Some(path) = &args.gen_secret {
         return gen_secret(path);
