@@ -599,6 +599,7 @@ fn fanout(
         "server_cpu_ns_per_delivery",
         "backup_cpu_ns_per_delivery",
         "loadgen_cpu_ns_per_delivery",
+        "loadgen_cpu_pct",
         "server_runnable_wait_pct",
         "peak_rss_kib",
         "lost",
