@@ -100,8 +100,21 @@ impl Histogram {
     }
 }
 
-/// Median of the per-round ratios and their spread: (median, min, max); `None` for none.
-pub fn ratio_spread(ratios: &[f64]) -> Option<(f64, f64, f64)> {
+/// A target's rate over a base's, round by round (`rates[k]` and `base[k]` were measured in
+/// the same round, so under the same machine load): the median of those ratios and their
+/// spread, (median, min, max); `None` for no rounds. A base of 0 counts as 1.
+pub fn round_ratios(rates: &[f64], base: &[f64]) -> Option<(f64, f64, f64)> {
+    assert_eq!(rates.len(), base.len(), "one rate per round on each side");
+    let ratios: Vec<f64> = rates
+        .iter()
+        .zip(base)
+        .map(|(rate, base)| rate / base.max(1.0))
+        .collect();
+    ratio_spread(&ratios)
+}
+
+/// Median of ratios and their spread: (median, min, max); `None` for none.
+fn ratio_spread(ratios: &[f64]) -> Option<(f64, f64, f64)> {
     let min = ratios.iter().copied().reduce(f64::min)?;
     let max = ratios.iter().copied().reduce(f64::max)?;
     Some((median(ratios), min, max))
@@ -207,6 +220,17 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 1000);
         assert_eq!(percentile(&[], 50.0), 0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn ratios_pair_rates_by_round_not_medians_by_side() {
+        // Ratios 3, 0.5, 0.5: the median is 0.5, though the medians of each side are equal.
+        assert_eq!(
+            round_ratios(&[3.0, 1.0, 2.0], &[1.0, 2.0, 4.0]),
+            Some((0.5, 0.5, 3.0))
+        );
+        assert_eq!(round_ratios(&[5.0], &[0.0]), Some((5.0, 5.0, 5.0)));
+        assert_eq!(round_ratios(&[], &[]), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use pbchat::bench::procs::{
     cpu_ticks, peer_binary, status_kib, Nats, NodeOptions, Pair, Redis, Single, TempDir, IN_SYNC,
     PROMOTED, START_DEADLINE, TICKS_PER_SEC,
 };
-use pbchat::bench::report::{median, percentile, ratio_spread, Report};
+use pbchat::bench::report::{median, percentile, round_ratios, Report};
 use pbchat::bench::{cores, ms, pin_self, raise_nofile};
 
 #[derive(Parser)]
@@ -611,13 +611,12 @@ fn fanout(
 /// Adds `key` (the median over rounds of this target's deliveries/s over the base's in the
 /// same round) and its spread: `key_min`, `key_max`, and `key_range` for the table.
 fn add_ratio(row: &mut serde_json::Value, key: &str, runs: &[RunFigures], base: &[RunFigures]) {
-    let rate = |r: &RunFigures| r.result.deliveries_in_window as f64 / r.result.measured_secs;
-    let ratios: Vec<f64> = runs
-        .iter()
-        .zip(base)
-        .map(|(r, b)| rate(r) / rate(b).max(1.0))
-        .collect();
-    if let Some((median, min, max)) = ratio_spread(&ratios) {
+    let rates = |runs: &[RunFigures]| -> Vec<f64> {
+        runs.iter()
+            .map(|r| r.result.deliveries_in_window as f64 / r.result.measured_secs)
+            .collect()
+    };
+    if let Some((median, min, max)) = round_ratios(&rates(runs), &rates(base)) {
         row[key] = json!(median);
         row[format!("{key}_min")] = json!(min);
         row[format!("{key}_max")] = json!(max);
