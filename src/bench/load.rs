@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::frames::{parse_body, BodyFields, Frame, Wire, NATS_PONG, NATS_SID};
 pub use super::frames::{Protocol, BODY_BYTES_MIN};
-use super::procs::{cpu_ticks, runnable_wait_ns};
+use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns};
 use super::report::Histogram;
 
 /// Errors kept verbatim per run; past it they are only counted.
@@ -83,6 +83,8 @@ pub struct LoadResult {
     pub server_wait_ns: Vec<u64>,
     /// CPU time of the generator's thread within the window (user + system).
     pub loadgen_cpu_ns: u64,
+    /// Nanoseconds the generator's thread waited, runnable, for its core within the window.
+    pub loadgen_wait_ns: u64,
     /// Rate mode: times a due send waited because its sender's window was full.
     pub window_full: u64,
 }
@@ -512,7 +514,8 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         subscribers: spec.members,
         result: LoadResult::default(),
     };
-    let mut ticks_start: Option<(Vec<u64>, u64)> = None;
+    // At the window's start: the servers' CPU ticks, the generator's CPU and wait.
+    let mut ticks_start: Option<(Vec<u64>, u64, u64)> = None;
     let mut wait_start: Vec<u64> = Vec::new();
     let mut sending = true;
     let mut drain_until: Option<Instant> = None;
@@ -535,6 +538,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     .map(|&p| cpu_ticks(p).unwrap_or(0))
                     .collect(),
                 thread_cpu_ns(),
+                own_runnable_wait_ns(),
             ));
         }
         let fill_done = spec.total_sends.is_some_and(|total| issued >= total);
@@ -545,7 +549,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 tally.window_end_ns = u64::MAX;
             } else {
                 window_end_at = Some(now);
-                if let Some((server, own)) = &ticks_start {
+                if let Some((server, own, own_wait)) = &ticks_start {
                     tally.result.server_ticks = spec
                         .sample_pids
                         .iter()
@@ -561,6 +565,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                         })
                         .collect();
                     tally.result.loadgen_cpu_ns = thread_cpu_ns().saturating_sub(*own);
+                    tally.result.loadgen_wait_ns = own_runnable_wait_ns().saturating_sub(*own_wait);
                 }
             }
             drain_until = Some(now + spec.drain);

@@ -124,14 +124,25 @@ pub fn runnable_wait_ns(pid: u32) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total = 0;
     for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.parse::<u64>().ok())
-            .unwrap_or(0);
+        total += schedstat_wait_ns(&task.path().join("schedstat")).unwrap_or(0);
     }
     Some(total)
+}
+
+/// The same for the calling thread alone (the load generator: if it waited for its core,
+/// it may have been the limit).
+pub fn own_runnable_wait_ns() -> u64 {
+    schedstat_wait_ns(Path::new("/proc/thread-self/schedstat")).unwrap_or(0)
+}
+
+/// The runnable-wait field (the second) of a `schedstat` file.
+fn schedstat_wait_ns(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Clock ticks per second as `/proc` counts them (USER_HZ; 100 on Linux for every

@@ -505,6 +505,8 @@ fn summarize(
             / 1e9 / r.result.measured_secs * 100.0),
         "loadgen_cpu_pct": per_run(&|r| r.result.loadgen_cpu_ns as f64 / 1e9
             / r.result.measured_secs * 100.0),
+        "loadgen_runnable_wait_pct": per_run(&|r| r.result.loadgen_wait_ns as f64 / 1e9
+            / r.result.measured_secs * 100.0),
         "peak_rss_kib": per_run(&|r| r.peak_rss_kib.first().copied().unwrap_or(0) as f64),
         "measured_s": measured,
         "degraded": degraded,
@@ -600,6 +602,7 @@ fn fanout(
         "backup_cpu_ns_per_delivery",
         "loadgen_cpu_ns_per_delivery",
         "loadgen_cpu_pct",
+        "loadgen_runnable_wait_pct",
         "server_runnable_wait_pct",
         "peak_rss_kib",
         "lost",
