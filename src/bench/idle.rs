@@ -18,7 +18,8 @@ use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::load::{find, leading_u64};
+use super::frames::leading_u64;
+use super::load::find;
 use crate::client::reconnect::backoff_delay;
 
 /// Connection attempts in flight at once: a thundering herd of SYNs overflows the accept

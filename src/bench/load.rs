@@ -19,30 +19,18 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::procs::{cpu_ticks, runnable_wait_ns};
+use super::frames::{parse_body, BodyFields, Frame, Wire, NATS_PONG, NATS_SID};
+pub use super::frames::{Protocol, BODY_BYTES_MIN};
+use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns};
+use super::report::Histogram;
 
-/// Smallest body that holds the sender, counter and send-time fields.
-pub const BODY_BYTES_MIN: usize = 48;
 /// Errors kept verbatim per run; past it they are only counted.
 const ERRORS_KEPT_MAX: usize = 20;
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Each connection's receive buffer: one `read` takes up to this much (about 140 Redis
+/// deliveries of 64-byte bodies), so a busy member costs one syscall per ~100 deliveries.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// A member's or subscriber's setup (connect, hello, join) may take this long.
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Pbchat,
-    Redis,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Pbchat => "pbchat",
-            Protocol::Redis => "redis",
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
@@ -76,8 +64,8 @@ pub struct LoadResult {
     pub acks_in_window: u64,
     /// Deliveries received within the measured window, over all members.
     pub deliveries_in_window: u64,
-    /// Send-to-delivery latency of each delivery in the window, nanoseconds.
-    pub latencies_ns: Vec<u64>,
+    /// Send-to-delivery latency of the deliveries in the window, nanoseconds.
+    pub latency_ns: Histogram,
     pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
@@ -93,8 +81,10 @@ pub struct LoadResult {
     /// Nanoseconds each `sample_pids` process's threads waited, runnable, for a CPU within
     /// the window (contention from outside the benchmark shows here).
     pub server_wait_ns: Vec<u64>,
-    /// CPU ticks of this process within the window.
-    pub loadgen_ticks: u64,
+    /// CPU time of the generator's thread within the window (user + system).
+    pub loadgen_cpu_ns: u64,
+    /// Nanoseconds the generator's thread waited, runnable, for its core within the window.
+    pub loadgen_wait_ns: u64,
     /// Rate mode: times a due send waited because its sender's window was full.
     pub window_full: u64,
 }
@@ -110,9 +100,12 @@ impl LoadResult {
 
 struct Conn {
     stream: TcpStream,
+    /// Received bytes not yet handled are `inbuf[..filled]`: a frame cut by a read waits
+    /// at the front for its rest. Its length is fixed when the connection opens.
     inbuf: Vec<u8>,
+    filled: usize,
     out: Vec<u8>,
-    /// Receives the room's messages (pbchat members, Redis subscribers).
+    /// Receives the room's messages (pbchat members, Redis and NATS subscribers).
     member: bool,
     /// Index into `senders` when this connection sends.
     sender: Option<usize>,
@@ -127,104 +120,9 @@ struct Sender {
     in_flight: usize,
 }
 
-/// The body of one send: `ssssss.cccccccccccc.tttttttttttttttttttt.` padded with `x`.
-fn write_body(out: &mut Vec<u8>, sender: usize, counter: u64, t_ns: u64, body_bytes: usize) {
-    let start = out.len();
-    let _ = write!(out, "{sender:06}.{counter:012}.{t_ns:020}.");
-    let used = out.len() - start;
-    out.resize(start + body_bytes.max(used), b'x');
-}
-
-/// Reads the fields `write_body` wrote; `None` for anything else.
-fn parse_body(body: &[u8]) -> Option<(usize, u64, u64)> {
-    if body.len() < 41 || body[6] != b'.' || body[19] != b'.' || body[40] != b'.' {
-        return None;
-    }
-    Some((
-        parse_u64(&body[0..6])? as usize,
-        parse_u64(&body[7..19])?,
-        parse_u64(&body[20..40])?,
-    ))
-}
-
-fn parse_u64(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    Some(value)
-}
-
-/// Digits at the start of `bytes`.
-pub(super) fn leading_u64(bytes: &[u8]) -> Option<u64> {
-    let end = bytes
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(bytes.len());
-    parse_u64(&bytes[..end])
-}
-
-pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
-}
-
-/// One RESP value as far as this generator needs: arrays of bulk strings and integers.
-#[derive(Debug)]
-enum Resp<'a> {
-    Array(Vec<&'a [u8]>),
-    Integer(i64),
-    Simple,
-    Error(&'a [u8]),
-}
-
-/// Parses one complete RESP value at the start of `buf`: (bytes used, value), or `None`
-/// while incomplete. Malformed input is reported as an error value.
-fn parse_resp(buf: &[u8]) -> Option<(usize, Resp<'_>)> {
-    let line_end = find(buf, b"\r\n")?;
-    let head = &buf[1..line_end];
-    match buf[0] {
-        b'+' => Some((line_end + 2, Resp::Simple)),
-        b'-' => Some((line_end + 2, Resp::Error(head))),
-        b':' => {
-            let value = std::str::from_utf8(head).ok()?.parse().ok()?;
-            Some((line_end + 2, Resp::Integer(value)))
-        }
-        b'*' => {
-            let count = leading_u64(head)? as usize;
-            let mut at = line_end + 2;
-            let mut items = Vec::with_capacity(count);
-            for _ in 0..count {
-                let rest = buf.get(at..)?;
-                let end = find(rest, b"\r\n")?;
-                match rest.first()? {
-                    b'$' => {
-                        let len = leading_u64(&rest[1..end])? as usize;
-                        let body_start = at + end + 2;
-                        let body = buf.get(body_start..body_start + len)?;
-                        buf.get(body_start + len..body_start + len + 2)?;
-                        items.push(body);
-                        at = body_start + len + 2;
-                    }
-                    _ => {
-                        items.push(&rest[1..end]);
-                        at += end + 2;
-                    }
-                }
-            }
-            Some((at, Resp::Array(items)))
-        }
-        _ => Some((buf.len(), Resp::Error(b"unparsable reply"))),
-    }
-}
-
 /// Reads from `stream` until one of the `done` markers has been seen (pbchat: a `joined`
-/// line; Redis: the subscribe confirmation); returns the bytes after it.
+/// line; Redis: the subscribe confirmation; NATS: the `PONG` after `SUB`); returns the
+/// bytes after it.
 fn setup_read(stream: &mut std::net::TcpStream, done: &[u8]) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -243,7 +141,10 @@ fn setup_read(stream: &mut std::net::TcpStream, done: &[u8]) -> Result<Vec<u8>, 
             };
             return Ok(buf.split_off(line_end));
         }
-        if let Some(at) = find(&buf, b"\"type\":\"error\"").or_else(|| find(&buf, b"redirect")) {
+        let refusal = [&b"\"type\":\"error\""[..], b"redirect", b"-ERR"]
+            .iter()
+            .find_map(|marker| find(&buf, marker));
+        if let Some(at) = refusal {
             let line = String::from_utf8_lossy(&buf[at.saturating_sub(2)..]).into_owned();
             return Err(format!("setup refused: {}", line.trim_end()));
         }
@@ -259,6 +160,10 @@ fn setup_read(stream: &mut std::net::TcpStream, done: &[u8]) -> Result<Vec<u8>, 
     }
 }
 
+pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(haystack, needle)
+}
+
 fn connect(addr: SocketAddr) -> Result<std::net::TcpStream, String> {
     let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -269,16 +174,38 @@ fn connect(addr: SocketAddr) -> Result<std::net::TcpStream, String> {
     Ok(stream)
 }
 
-/// Opens and sets up every connection of the run, one at a time (setup is not measured).
-fn setup(spec: &LoadSpec, poll: &Poll) -> Result<(Vec<Conn>, Vec<Sender>), String> {
-    let mut conns = Vec::new();
-    let mut senders = Vec::new();
-    let open = |stream: std::net::TcpStream,
-                inbuf: Vec<u8>,
-                member: bool,
-                sender: Option<usize>,
-                index: usize|
-     -> Result<Conn, String> {
+/// Connects and sends `request`, then reads up to `done`: one connection's setup.
+fn open_session(
+    addr: SocketAddr,
+    request: &str,
+    done: &[u8],
+) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let rest = setup_read(&mut stream, done)?;
+    Ok((stream, rest))
+}
+
+/// The connections of a run and who sends, as setup leaves them.
+#[derive(Default)]
+struct Conns {
+    conns: Vec<Conn>,
+    senders: Vec<Sender>,
+}
+
+impl Conns {
+    /// Registers a set-up connection with `poll`; `rest` is what setup read past its end.
+    fn add(
+        &mut self,
+        poll: &Poll,
+        spec: &LoadSpec,
+        (stream, rest): (std::net::TcpStream, Vec<u8>),
+        member: bool,
+        sends: bool,
+    ) -> Result<(), String> {
+        let index = self.conns.len();
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut stream = TcpStream::from_std(stream);
         poll.registry()
@@ -288,69 +215,88 @@ fn setup(spec: &LoadSpec, poll: &Poll) -> Result<(Vec<Conn>, Vec<Sender>), Strin
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("register: {e}"))?;
-        Ok(Conn {
+        // Room for several whole frames whatever the body size, and for what setup left.
+        let frame_bytes_max = spec.body_bytes + 256;
+        let size = READ_BUFFER_BYTES
+            .max(4 * frame_bytes_max)
+            .max(2 * rest.len());
+        let mut inbuf = vec![0; size];
+        inbuf[..rest.len()].copy_from_slice(&rest);
+        let sender = sends.then(|| {
+            self.senders.push(Sender {
+                conn: index,
+                next_counter: 0,
+                in_flight: 0,
+            });
+            self.senders.len() - 1
+        });
+        self.conns.push(Conn {
             stream,
             inbuf,
+            filled: rest.len(),
             out: Vec::new(),
             member,
             sender,
             last_seq: 0,
             closed: false,
-        })
-    };
+        });
+        Ok(())
+    }
+}
+
+/// Opens and sets up every connection of the run, one at a time (setup is not measured).
+/// Members (subscribers) come first, so a connection's index below `members` is a member.
+fn setup(spec: &LoadSpec, poll: &Poll) -> Result<Conns, String> {
+    let mut conns = Conns::default();
+    let room = &spec.room;
     match spec.protocol {
         Protocol::Pbchat => {
             for i in 0..spec.members {
-                let mut stream = connect(spec.addr)?;
                 let nick = format!("b{}m{i}", spec.tag);
                 let hello = format!(
                     "{{\"type\":\"hello\",\"version\":1,\"nick\":\"{nick}\",\"session\":\"{nick}\"}}\n\
-                     {{\"type\":\"join\",\"room\":\"{}\"}}\n",
-                    spec.room
+                     {{\"type\":\"join\",\"room\":\"{room}\"}}\n"
                 );
-                stream
-                    .write_all(hello.as_bytes())
+                let session = open_session(spec.addr, &hello, b"{\"type\":\"joined\"")
                     .map_err(|e| format!("member {i}: {e}"))?;
-                let rest = setup_read(&mut stream, b"{\"type\":\"joined\"")
-                    .map_err(|e| format!("member {i}: {e}"))?;
-                let sender = (i < spec.senders).then_some(i);
-                if sender.is_some() {
-                    senders.push(Sender {
-                        conn: i,
-                        next_counter: 0,
-                        in_flight: 0,
-                    });
-                }
-                conns.push(open(stream, rest, true, sender, i)?);
+                conns.add(poll, spec, session, true, i < spec.senders)?;
             }
         }
         Protocol::Redis => {
             for i in 0..spec.members {
-                let mut stream = connect(spec.addr)?;
-                let room = &spec.room;
                 let subscribe = format!("*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{room}\r\n", room.len());
-                stream
-                    .write_all(subscribe.as_bytes())
-                    .map_err(|e| format!("subscriber {i}: {e}"))?;
-                let rest = setup_read(&mut stream, b"subscribe\r\n")
+                let (mut stream, rest) = open_session(spec.addr, &subscribe, b"subscribe\r\n")
                     .map_err(|e| format!("subscriber {i}: {e}"))?;
                 // The confirmation goes on: `$<len>\r\n<room>\r\n:1\r\n`; skip those lines.
                 let rest = skip_lines(rest, 3, &mut stream)?;
-                conns.push(open(stream, rest, true, None, i)?);
+                conns.add(poll, spec, (stream, rest), true, false)?;
             }
             for s in 0..spec.senders {
-                let stream = connect(spec.addr)?;
-                let index = conns.len();
-                senders.push(Sender {
-                    conn: index,
-                    next_counter: 0,
-                    in_flight: 0,
-                });
-                conns.push(open(stream, Vec::new(), false, Some(s), index)?);
+                let session = (connect(spec.addr), Vec::new());
+                let stream = session.0.map_err(|e| format!("publisher {s}: {e}"))?;
+                conns.add(poll, spec, (stream, session.1), false, true)?;
+            }
+        }
+        Protocol::Nats => {
+            // Subscribers stay quiet (`verbose` off); publishers get `+OK` for each PUB,
+            // the acknowledgement that bounds their window (docs/benchmarks.md, "NATS").
+            let subscribe = format!(
+                "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {room} {NATS_SID}\r\nPING\r\n"
+            );
+            for i in 0..spec.members {
+                let session = open_session(spec.addr, &subscribe, NATS_PONG)
+                    .map_err(|e| format!("subscriber {i}: {e}"))?;
+                conns.add(poll, spec, session, true, false)?;
+            }
+            let publish = "CONNECT {\"verbose\":true,\"pedantic\":false}\r\nPING\r\n";
+            for s in 0..spec.senders {
+                let session = open_session(spec.addr, publish, NATS_PONG)
+                    .map_err(|e| format!("publisher {s}: {e}"))?;
+                conns.add(poll, spec, session, false, true)?;
             }
         }
     }
-    Ok((conns, senders))
+    Ok(conns)
 }
 
 /// Drops the first `lines` CRLF lines of what `stream` sends, reading more as needed.
@@ -396,124 +342,102 @@ impl Tally {
     }
 
     fn on_delivery(&mut self, member: usize, body: &[u8], now_ns: u64) {
-        let Some((sender, counter, sent_ns)) = parse_body(body) else {
+        let Some(fields) = parse_body(body) else {
             self.result
                 .error(format!("member {member}: a message not from this run"));
             return;
         };
-        if sender >= self.senders {
+        if fields.sender >= self.senders {
             self.result
-                .error(format!("member {member}: unknown sender {sender}"));
+                .error(format!("member {member}: unknown sender {}", fields.sender));
             return;
         }
         self.result.delivered += 1;
-        let slot = &mut self.expected[member * self.senders + sender];
-        if counter != *slot {
+        let slot = &mut self.expected[member * self.senders + fields.sender];
+        if fields.counter != *slot {
             self.result.out_of_order += 1;
         }
-        if counter >= *slot {
-            *slot = counter + 1;
+        if fields.counter >= *slot {
+            *slot = fields.counter + 1;
         }
         if self.in_window(now_ns) {
             self.result.deliveries_in_window += 1;
             self.result
-                .latencies_ns
-                .push(now_ns.saturating_sub(sent_ns));
+                .latency_ns
+                .record(now_ns.saturating_sub(fields.sent_ns));
         }
     }
 }
 
-/// Handles the complete frames in `conn.inbuf`; returns the number of acks it held.
-fn consume(
-    protocol: Protocol,
+/// Handles the complete frames at the front of `conn.inbuf`, keeps a cut one for the next
+/// read, and returns the number of acks among them.
+fn consume(wire: &Wire, index: usize, conn: &mut Conn, tally: &mut Tally, now_ns: u64) -> usize {
+    let mut acks = 0;
+    let mut at = 0;
+    while let Some((used, frame)) = wire.next(&conn.inbuf[at..conn.filled]) {
+        at += used;
+        match frame {
+            Frame::Delivery { body, seq } => {
+                if let Some(seq) = seq {
+                    if seq <= conn.last_seq {
+                        tally.result.out_of_order += 1;
+                    }
+                    conn.last_seq = seq;
+                }
+                tally.on_delivery(index, body, now_ns);
+            }
+            Frame::Ack { receivers } => {
+                acks += 1;
+                if receivers.is_some_and(|r| r != tally.subscribers as u64) {
+                    tally.result.error(format!(
+                        "publisher {index}: PUBLISH reached {receivers:?} subscribers, not {}",
+                        tally.subscribers
+                    ));
+                }
+            }
+            Frame::Ping => conn.out.extend_from_slice(b"PONG\r\n"),
+            Frame::Error(text) => tally.result.error(format!(
+                "connection {index}: {}",
+                String::from_utf8_lossy(text)
+            )),
+            Frame::Other => {}
+        }
+    }
+    conn.inbuf.copy_within(at..conn.filled, 0);
+    conn.filled -= at;
+    acks
+}
+
+/// Reads and handles everything available: (still open, acks received).
+fn receive(
+    wire: &Wire,
     index: usize,
     conn: &mut Conn,
     tally: &mut Tally,
     now_ns: u64,
-) -> usize {
+) -> Result<(bool, usize), String> {
     let mut acks = 0;
-    let mut at = 0;
-    let buf = std::mem::take(&mut conn.inbuf);
-    match protocol {
-        Protocol::Pbchat => {
-            while let Some(len) = memchr::memchr(b'\n', &buf[at..]) {
-                let line = &buf[at..at + len];
-                at += len + 1;
-                if line.starts_with(b"{\"type\":\"msg\"") {
-                    if let Some(seq) =
-                        find(line, b"\"seq\":").and_then(|p| leading_u64(&line[p + 6..]))
-                    {
-                        if seq <= conn.last_seq {
-                            tally.result.out_of_order += 1;
-                        }
-                        conn.last_seq = seq;
-                    }
-                    match find(line, b"\"body\":\"") {
-                        Some(p) => tally.on_delivery(index, &line[p + 8..], now_ns),
-                        None => tally
-                            .result
-                            .error(format!("member {index}: msg without body")),
-                    }
-                } else if line.starts_with(b"{\"type\":\"ack\"") {
-                    acks += 1;
-                } else if line.starts_with(b"{\"type\":\"error\"")
-                    || line.starts_with(b"{\"type\":\"goodbye\"")
-                {
-                    tally.result.error(format!(
-                        "connection {index}: {}",
-                        String::from_utf8_lossy(line)
-                    ));
-                }
-            }
-        }
-        Protocol::Redis => {
-            while at < buf.len() {
-                let Some((used, value)) = parse_resp(&buf[at..]) else {
-                    break;
-                };
-                at += used;
-                match value {
-                    Resp::Array(items) if items.len() == 3 && items[0] == b"message" => {
-                        tally.on_delivery(index, items[2], now_ns);
-                    }
-                    Resp::Integer(receivers) if !conn.member => {
-                        acks += 1;
-                        if receivers != tally.subscribers as i64 {
-                            tally.result.error(format!(
-                                "publisher {index}: PUBLISH reached {receivers} subscribers, not {}",
-                                tally.subscribers
-                            ));
-                        }
-                    }
-                    Resp::Error(text) => tally.result.error(format!(
-                        "connection {index}: redis error {}",
-                        String::from_utf8_lossy(text)
-                    )),
-                    _ => {}
-                }
-            }
-        }
-    }
-    conn.inbuf = buf;
-    conn.inbuf.drain(..at);
-    acks
-}
-
-/// Reads everything available; false once the connection is gone.
-fn read_all(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<bool> {
     loop {
-        match conn.stream.read(scratch) {
-            Ok(0) => return Ok(false),
+        let space = conn.inbuf.len() - conn.filled;
+        if space == 0 {
+            return Err(format!(
+                "connection {index}: a frame longer than the {}-byte read buffer",
+                conn.inbuf.len()
+            ));
+        }
+        match conn.stream.read(&mut conn.inbuf[conn.filled..]) {
+            Ok(0) => return Ok((false, acks)),
             Ok(n) => {
-                conn.inbuf.extend_from_slice(&scratch[..n]);
-                if n < scratch.len() {
+                conn.filled += n;
+                acks += consume(wire, index, conn, tally, now_ns);
+                if n < space {
                     // Probably drained; the next edge tells if not. Avoids one EAGAIN read.
-                    return Ok(true);
+                    return Ok((true, acks));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((true, acks)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(format!("connection {index}: read: {e}")),
         }
     }
 }
@@ -534,32 +458,31 @@ fn flush(conn: &mut Conn) -> io::Result<()> {
 }
 
 /// Appends one send to the sender's output.
-fn queue_send(spec: &LoadSpec, s: usize, sender: &mut Sender, out: &mut Vec<u8>, t_ns: u64) {
-    let counter = sender.next_counter;
-    match spec.protocol {
-        Protocol::Pbchat => {
-            let _ = write!(
-                out,
-                "{{\"type\":\"send\",\"room\":\"{}\",\"id\":\"{s}-{counter}\",\"body\":\"",
-                spec.room
-            );
-            write_body(out, s, counter, t_ns, spec.body_bytes);
-            out.extend_from_slice(b"\"}\n");
-        }
-        Protocol::Redis => {
-            let _ = write!(
-                out,
-                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{}\r\n${}\r\n",
-                spec.room.len(),
-                spec.room,
-                spec.body_bytes
-            );
-            write_body(out, s, counter, t_ns, spec.body_bytes);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+fn queue_send(
+    spec: &LoadSpec,
+    wire: &Wire,
+    s: usize,
+    sender: &mut Sender,
+    out: &mut Vec<u8>,
+    t_ns: u64,
+) {
+    let fields = BodyFields {
+        sender: s,
+        counter: sender.next_counter,
+        sent_ns: t_ns,
+    };
+    wire.write_send(out, &spec.room, fields);
     sender.next_counter += 1;
     sender.in_flight += 1;
+}
+
+/// CPU time (user + system) of the calling thread, nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |usage| {
+        (usage.user_time().num_nanoseconds() + usage.system_time().num_nanoseconds()) as u64
+    })
 }
 
 /// Runs one load: setup, warm-up, the measured window, then a drain that waits for every
@@ -574,7 +497,11 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         return Err("pbchat senders are members: senders must be at most members".into());
     }
     let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-    let (mut conns, mut senders) = setup(spec, &poll)?;
+    let Conns {
+        mut conns,
+        mut senders,
+    } = setup(spec, &poll)?;
+    let wire = Wire::new(spec.protocol, &spec.room, spec.body_bytes);
     let started = Instant::now();
     let ns = |t: Duration| t.as_nanos() as u64;
     let window_start_ns = ns(spec.warmup);
@@ -587,13 +514,12 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         subscribers: spec.members,
         result: LoadResult::default(),
     };
-    let self_pid = std::process::id();
-    let mut ticks_start: Option<(Vec<u64>, u64)> = None;
+    // At the window's start: the servers' CPU ticks, the generator's CPU and wait.
+    let mut ticks_start: Option<(Vec<u64>, u64, u64)> = None;
     let mut wait_start: Vec<u64> = Vec::new();
     let mut sending = true;
     let mut drain_until: Option<Instant> = None;
     let mut events = Events::with_capacity(1024);
-    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     let mut issued: u64 = 0;
     let mut next_sender = 0usize;
     let mut window_end_at: Option<Instant> = None;
@@ -611,7 +537,8 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                     .iter()
                     .map(|&p| cpu_ticks(p).unwrap_or(0))
                     .collect(),
-                cpu_ticks(self_pid).unwrap_or(0),
+                thread_cpu_ns(),
+                own_runnable_wait_ns(),
             ));
         }
         let fill_done = spec.total_sends.is_some_and(|total| issued >= total);
@@ -622,7 +549,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 tally.window_end_ns = u64::MAX;
             } else {
                 window_end_at = Some(now);
-                if let Some((server, own)) = &ticks_start {
+                if let Some((server, own, own_wait)) = &ticks_start {
                     tally.result.server_ticks = spec
                         .sample_pids
                         .iter()
@@ -637,8 +564,8 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                             runnable_wait_ns(p).unwrap_or(before).saturating_sub(before)
                         })
                         .collect();
-                    tally.result.loadgen_ticks =
-                        cpu_ticks(self_pid).unwrap_or(*own).saturating_sub(*own);
+                    tally.result.loadgen_cpu_ns = thread_cpu_ns().saturating_sub(*own);
+                    tally.result.loadgen_wait_ns = own_runnable_wait_ns().saturating_sub(*own_wait);
                 }
             }
             drain_until = Some(now + spec.drain);
@@ -668,7 +595,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                         while sender.in_flight < spec.window
                             && spec.total_sends.is_none_or(|total| issued < total)
                         {
-                            queue_send(spec, s, sender, &mut conn.out, t_ns);
+                            queue_send(spec, &wire, s, sender, &mut conn.out, t_ns);
                             issued += 1;
                         }
                     }
@@ -689,7 +616,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                             continue;
                         }
                         stuck = 0;
-                        queue_send(spec, s, sender, &mut conn.out, t_ns);
+                        queue_send(spec, &wire, s, sender, &mut conn.out, t_ns);
                         issued += 1;
                     }
                     if issued < due {
@@ -737,14 +664,21 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 }
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                let open = match read_all(conn, &mut scratch) {
-                    Ok(open) => open,
+                let (open, acks) = match receive(&wire, index, conn, &mut tally, now_ns) {
+                    Ok(received) => received,
                     Err(e) => {
-                        tally.result.error(format!("connection {index}: read: {e}"));
-                        false
+                        tally.result.error(e);
+                        (false, 0)
                     }
                 };
-                let acks = consume(spec.protocol, index, conn, &mut tally, now_ns);
+                if open && !conn.out.is_empty() {
+                    // A NATS PING answered; a sender's queued sends go out with it.
+                    if let Err(e) = flush(conn) {
+                        tally
+                            .result
+                            .error(format!("connection {index}: write: {e}"));
+                    }
+                }
                 if let Some(s) = conn.sender {
                     let sender = &mut senders[s];
                     sender.in_flight = sender.in_flight.saturating_sub(acks);
@@ -787,34 +721,4 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     drop(conns);
     let _ = poll.registry();
     Ok(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_round_trips() {
-        let mut out = Vec::new();
-        write_body(&mut out, 12, 345, 6_789_000, 64);
-        assert_eq!(out.len(), 64);
-        assert_eq!(parse_body(&out), Some((12, 345, 6_789_000)));
-    }
-
-    #[test]
-    fn resp_message_parses_and_partial_waits() {
-        let frame = b"*3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$3\r\nabc\r\n:5\r\n";
-        let (used, value) = parse_resp(frame).unwrap();
-        match value {
-            Resp::Array(items) => assert_eq!(items, vec![&b"message"[..], b"room", b"abc"]),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            parse_resp(&frame[used..]),
-            Some((4, Resp::Integer(5)))
-        ));
-        for cut in 1..used {
-            assert!(parse_resp(&frame[..cut]).is_none(), "cut at {cut}");
-        }
-    }
 }

@@ -17,6 +17,7 @@
 //!   client-visible gap.
 //! - `report`: percentiles, the table for people and JSON lines for scripts.
 
+pub mod frames;
 pub mod gap;
 pub mod idle;
 pub mod load;

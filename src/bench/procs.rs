@@ -124,14 +124,25 @@ pub fn runnable_wait_ns(pid: u32) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total = 0;
     for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.parse::<u64>().ok())
-            .unwrap_or(0);
+        total += schedstat_wait_ns(&task.path().join("schedstat")).unwrap_or(0);
     }
     Some(total)
+}
+
+/// The same for the calling thread alone (the load generator: if it waited for its core,
+/// it may have been the limit).
+pub fn own_runnable_wait_ns() -> u64 {
+    schedstat_wait_ns(Path::new("/proc/thread-self/schedstat")).unwrap_or(0)
+}
+
+/// The runnable-wait field (the second) of a `schedstat` file.
+fn schedstat_wait_ns(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Clock ticks per second as `/proc` counts them (USER_HZ; 100 on Linux for every
@@ -372,7 +383,7 @@ fn client_section(options: &NodeOptions, port: u16) -> String {
     // limit (8 MB): with P = N/10 senders a member may have P × window messages queued,
     // more than the 1 MiB default, which would measure slow-consumer drops instead.
     format!(
-        "[client]\nlisten = \"127.0.0.1:{port}\"\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
+        "[client]\nlisten = \"127.0.0.1:{port}\"\nrate_per_sec = 10000000\nrate_burst = 10000000\n\
          max_clients = {max}\nmax_connections_per_ip = {max}\nidle_timeout_ms = 3600000\n\
          hello_timeout_ms = 600000\nsend_queue_bytes = {queue}\n{}\n",
         options.client_extra,
@@ -547,24 +558,42 @@ pub struct Redis {
     _dir: TempDir,
 }
 
-/// Where Debian's package puts it; found on the PATH otherwise.
-pub fn redis_binary() -> Option<PathBuf> {
+/// Where Debian's package puts `name` (`/usr/bin/redis-server`, `/usr/sbin/nats-server`);
+/// found on the PATH otherwise.
+pub fn peer_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Starts the peer server `binary` (a Debian package of that name) as `name` with `args`
+/// and waits for its `ready` log line.
+fn start_peer(
+    name: &str,
+    binary: &str,
+    args: &[&str],
+    ready: &str,
+    core: Option<usize>,
+    echo: bool,
+) -> Result<Server, String> {
+    let path = peer_binary(binary)
+        .ok_or_else(|| format!("{binary} is not installed (apt-get install -y {binary})"))?;
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut server = Server::spawn(name, &path, &args, core, echo)?;
+    server.wait_log(ready, START_DEADLINE)?;
+    Ok(server)
 }
 
 impl Redis {
     pub fn start(core: Option<usize>, echo: bool) -> Result<Redis, String> {
-        let binary = redis_binary()
-            .ok_or("redis-server is not installed (apt-get install -y redis-server)")?;
         let dir = TempDir::new("redis")?;
-        let port = free_port(false);
-        let args: Vec<String> = [
+        let port = free_port(false).to_string();
+        let dir_arg = dir.path.display().to_string();
+        let args = [
             "--port",
-            &port.to_string(),
+            &port,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -572,21 +601,37 @@ impl Redis {
             "--appendonly",
             "no",
             "--dir",
-            &dir.path.display().to_string(),
+            &dir_arg,
             "--daemonize",
             "no",
             "--maxclients",
             "20000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut server = Server::spawn("redis", &binary, &args, core, echo)?;
-        server.wait_log("Ready to accept connections", START_DEADLINE)?;
+        ];
+        let ready = "Ready to accept connections";
         Ok(Redis {
-            server,
-            addr: loopback(port),
+            server: start_peer("redis", "redis-server", &args, ready, core, echo)?,
+            addr: loopback(port.parse().expect("a port")),
             _dir: dir,
+        })
+    }
+}
+
+/// `nats-server` on a free loopback port, no persistence (core NATS has none), default
+/// limits (64 MB of pending bytes per subscriber before it is dropped as slow).
+pub struct Nats {
+    pub server: Server,
+    pub addr: SocketAddr,
+}
+
+impl Nats {
+    pub fn start(core: Option<usize>, echo: bool) -> Result<Nats, String> {
+        let port = free_port(false);
+        // Its HTTP monitoring port stays off (the default), logs go to stderr, and its
+        // default connection limit (65 536) is above any run's.
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string()];
+        Ok(Nats {
+            server: start_peer("nats", "nats-server", &args, "Server is ready", core, echo)?,
+            addr: loopback(port),
         })
     }
 }

@@ -17,10 +17,10 @@ use pbchat::bench::gap::GapClient;
 use pbchat::bench::idle::IdleClients;
 use pbchat::bench::load::{self, LoadResult, LoadSpec, Protocol};
 use pbchat::bench::procs::{
-    cpu_ticks, status_kib, NodeOptions, Pair, Redis, Single, TempDir, IN_SYNC, PROMOTED,
-    START_DEADLINE, TICKS_PER_SEC,
+    cpu_ticks, peer_binary, status_kib, Nats, NodeOptions, Pair, Redis, Single, TempDir, IN_SYNC,
+    PROMOTED, START_DEADLINE, TICKS_PER_SEC,
 };
-use pbchat::bench::report::{median, percentile, Report};
+use pbchat::bench::report::{median, percentile, round_ratios, Report};
 use pbchat::bench::{cores, ms, pin_self, raise_nofile};
 
 #[derive(Parser)]
@@ -97,10 +97,12 @@ struct LoadArgs {
     warmup_ms: u64,
     #[arg(long, default_value_t = 5000)]
     measure_ms: u64,
-    /// Runs per configuration (a fresh server each); figures are medians.
-    #[arg(long, default_value_t = 1)]
-    runs: usize,
-    /// pbchat, redis or both; or a comma list of single, pair, redis.
+    /// Rounds per configuration: each runs every target once, in turn, each on a fresh
+    /// server; figures are medians over the rounds, ratios the median of per-round ratios.
+    #[arg(long, default_value_t = 1, alias = "runs")]
+    rounds: usize,
+    /// pbchat, redis, nats, both (pbchat and redis), all (redis, nats, single, pair), or a
+    /// comma list of single, pair, redis, nats.
     #[arg(long, default_value = "pbchat")]
     target: String,
     /// pbchat runs as a primary with a sync backup (primary on the server core, backup on
@@ -113,6 +115,9 @@ struct LoadArgs {
     /// An already running Redis to load instead of starting one.
     #[arg(long)]
     redis_addr: Option<SocketAddr>,
+    /// An already running nats-server to load instead of starting one.
+    #[arg(long)]
+    nats_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -267,6 +272,7 @@ enum Target {
     Single,
     Pair,
     Redis,
+    Nats,
 }
 
 impl Target {
@@ -275,6 +281,24 @@ impl Target {
             Target::Single => "pbchat",
             Target::Pair => "pbchat-pair",
             Target::Redis => "redis",
+            Target::Nats => "nats",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Target::Single | Target::Pair => Protocol::Pbchat,
+            Target::Redis => Protocol::Redis,
+            Target::Nats => Protocol::Nats,
+        }
+    }
+
+    /// A peer's server binary and the address of an already running one, if given.
+    fn peer(self, args: &LoadArgs) -> Option<(&'static str, Option<SocketAddr>)> {
+        match self {
+            Target::Redis => Some(("redis-server", args.redis_addr)),
+            Target::Nats => Some(("nats-server", args.nats_addr)),
+            Target::Single | Target::Pair => None,
         }
     }
 }
@@ -290,13 +314,20 @@ fn targets(args: &LoadArgs) -> Result<Vec<Target>, String> {
         match item.trim() {
             "pbchat" => out.push(pbchat),
             "redis" => out.push(Target::Redis),
+            "nats" => out.push(Target::Nats),
             "both" => out.extend([pbchat, Target::Redis]),
+            "all" => out.extend([Target::Redis, Target::Nats, Target::Single, Target::Pair]),
             "single" => out.push(Target::Single),
             "pair" => out.push(Target::Pair),
             other => return Err(format!("--target: unknown target {other:?}")),
         }
     }
-    out.dedup();
+    let mut seen = Vec::new();
+    out.retain(|t| {
+        let first = !seen.contains(t);
+        seen.push(*t);
+        first
+    });
     Ok(out)
 }
 
@@ -313,19 +344,19 @@ enum Running {
     Single(Single),
     Pair(Box<Pair>),
     Redis(Redis),
+    Nats(Nats),
     External(SocketAddr),
 }
 
 impl Running {
     fn start(target: Target, common: &Common, args: &LoadArgs) -> Result<Running, String> {
+        let core = (!common.no_pin && cores() >= 2).then_some(common.server_core);
+        if let Some((_, Some(addr))) = target.peer(args) {
+            return Ok(Running::External(addr));
+        }
         match target {
-            Target::Redis => match args.redis_addr {
-                Some(addr) => Ok(Running::External(addr)),
-                None => {
-                    let core = (!common.no_pin && cores() >= 2).then_some(common.server_core);
-                    Ok(Running::Redis(Redis::start(core, common.verbose)?))
-                }
-            },
+            Target::Redis => Ok(Running::Redis(Redis::start(core, common.verbose)?)),
+            Target::Nats => Ok(Running::Nats(Nats::start(core, common.verbose)?)),
             _ if args.pbchat_addr.is_some() => {
                 Ok(Running::External(args.pbchat_addr.expect("checked")))
             }
@@ -343,6 +374,7 @@ impl Running {
             Running::Single(s) => s.files.client,
             Running::Pair(p) => p.files[p.primary].client,
             Running::Redis(r) => r.addr,
+            Running::Nats(n) => n.addr,
             Running::External(a) => *a,
         }
     }
@@ -353,6 +385,7 @@ impl Running {
             Running::Single(s) => vec![s.node.pid],
             Running::Pair(p) => p.nodes.iter().flatten().map(|n| n.pid).collect(),
             Running::Redis(r) => vec![r.server.pid],
+            Running::Nats(n) => vec![n.server.pid],
             Running::External(_) => Vec::new(),
         }
     }
@@ -382,12 +415,8 @@ fn one_load(
     rate: Option<f64>,
 ) -> Result<RunFigures, String> {
     let mut server = Running::start(target, common, args)?;
-    let protocol = match target {
-        Target::Redis => Protocol::Redis,
-        _ => Protocol::Pbchat,
-    };
     let spec = LoadSpec {
-        protocol,
+        protocol: target.protocol(),
         addr: server.addr(),
         members,
         senders,
@@ -426,17 +455,13 @@ fn summarize(
 ) -> serde_json::Value {
     let per_run =
         |f: &dyn Fn(&RunFigures) -> f64| -> f64 { median(&runs.iter().map(f).collect::<Vec<_>>()) };
-    let pct = |r: &RunFigures, p: f64| {
-        let mut v = r.result.latencies_ns.clone();
-        v.sort_unstable();
-        percentile(&v, p) as f64 / 1000.0
-    };
+    let pct = |r: &RunFigures, p: f64| r.result.latency_ns.percentile(p) as f64 / 1000.0;
     let deliveries = per_run(&|r| r.result.deliveries_in_window as f64 / r.result.measured_secs);
     let sends = per_run(&|r| r.result.acks_in_window as f64 / r.result.measured_secs);
-    let cpu_us = |i: usize| {
+    let cpu_ns = |i: usize| {
         per_run(&|r| {
             let ticks = r.result.server_ticks.get(i).copied().unwrap_or(0) as f64;
-            ticks / TICKS_PER_SEC * 1e6 / (r.result.deliveries_in_window.max(1) as f64)
+            ticks / TICKS_PER_SEC * 1e9 / (r.result.deliveries_in_window.max(1) as f64)
         })
     };
     let lost: u64 = runs.iter().map(|r| r.result.lost).sum();
@@ -462,7 +487,7 @@ fn summarize(
         "target": target.name(),
         "members": members,
         "senders": senders,
-        "runs": runs.len(),
+        "rounds": runs.len(),
         "deliveries_per_sec": deliveries,
         "sends_per_sec": sends,
         "p50_us": per_run(&|r| pct(r, 50.0)),
@@ -471,19 +496,23 @@ fn summarize(
         "lost": lost,
         "out_of_order": out_of_order,
         "errors": errors,
-        "server_cpu_us_per_delivery": cpu_us(0),
+        "server_cpu_ns_per_delivery": cpu_ns(0),
+        "loadgen_cpu_ns_per_delivery": per_run(&|r| r.result.loadgen_cpu_ns as f64
+            / r.result.deliveries_in_window.max(1) as f64),
         "server_cpu_pct": per_run(&|r| r.result.server_ticks.first().copied().unwrap_or(0) as f64
             / TICKS_PER_SEC / r.result.measured_secs * 100.0),
         "server_runnable_wait_pct": per_run(&|r| r.result.server_wait_ns.first().copied().unwrap_or(0) as f64
             / 1e9 / r.result.measured_secs * 100.0),
-        "loadgen_cpu_pct": per_run(&|r| r.result.loadgen_ticks as f64 / TICKS_PER_SEC
+        "loadgen_cpu_pct": per_run(&|r| r.result.loadgen_cpu_ns as f64 / 1e9
+            / r.result.measured_secs * 100.0),
+        "loadgen_runnable_wait_pct": per_run(&|r| r.result.loadgen_wait_ns as f64 / 1e9
             / r.result.measured_secs * 100.0),
         "peak_rss_kib": per_run(&|r| r.peak_rss_kib.first().copied().unwrap_or(0) as f64),
         "measured_s": measured,
         "degraded": degraded,
     });
     if target == Target::Pair {
-        row["backup_cpu_us_per_delivery"] = json!(cpu_us(1));
+        row["backup_cpu_ns_per_delivery"] = json!(cpu_ns(1));
         row["backup_peak_rss_kib"] = json!(per_run(
             &|r| r.peak_rss_kib.get(1).copied().unwrap_or(0) as f64
         ));
@@ -498,7 +527,7 @@ fn shrink(common: &Common, args: &LoadArgs) -> LoadArgs {
         args.members.dedup();
         args.warmup_ms = args.warmup_ms.min(300);
         args.measure_ms = args.measure_ms.min(700);
-        args.runs = 1;
+        args.rounds = 1;
     }
     args
 }
@@ -511,26 +540,31 @@ fn fanout(
 ) -> Result<(), String> {
     let args = shrink(common, &args.load);
     let mut targets = targets(&args)?;
-    if targets.contains(&Target::Redis)
-        && args.redis_addr.is_none()
-        && pbchat::bench::procs::redis_binary().is_none()
-    {
-        eprintln!("redis-server is not installed: skipping the Redis runs (apt-get install -y redis-server)");
-        targets.retain(|t| *t != Target::Redis);
-    }
+    targets.retain(|t| match t.peer(&args) {
+        Some((binary, None)) if peer_binary(binary).is_none() => {
+            eprintln!(
+                "{binary} is not installed: skipping the {} runs (apt-get install -y {binary})",
+                t.name()
+            );
+            false
+        }
+        _ => true,
+    });
     for &members in &args.members {
         for spec in &args.senders {
             let senders = senders_for(spec, members)?;
-            for &target in &targets {
-                let mut runs = Vec::new();
-                for run in 0..args.runs {
+            // runs[t][k]: target t in round k. A round runs every target once, so the
+            // ratios within it compare servers under the same machine load.
+            let mut runs: Vec<Vec<RunFigures>> = targets.iter().map(|_| Vec::new()).collect();
+            for round in 0..args.rounds {
+                for (t, &target) in targets.iter().enumerate() {
                     eprintln!(
-                        "fanout: {} N={members} P={senders} run {}/{}",
+                        "fanout: {} N={members} P={senders} round {}/{}",
                         target.name(),
-                        run + 1,
-                        args.runs
+                        round + 1,
+                        args.rounds
                     );
-                    runs.push(one_load(
+                    runs[t].push(one_load(
                         target,
                         common,
                         &args,
@@ -540,73 +574,56 @@ fn fanout(
                         None,
                     )?);
                 }
-                let row = summarize(target, members, senders, &runs, verdict);
+            }
+            for (t, &target) in targets.iter().enumerate() {
+                let mut row = summarize(target, members, senders, &runs[t], verdict);
+                for (base, key) in [(Target::Redis, "vs_redis"), (Target::Nats, "vs_nats")] {
+                    if let Some(b) = targets.iter().position(|&x| x == base && x != target) {
+                        add_ratio(&mut row, key, &runs[t], &runs[b]);
+                    }
+                }
                 report.push(row);
             }
         }
     }
-    add_redis_ratios(report);
     report.table(&[
         "target",
         "members",
         "senders",
-        "runs",
+        "rounds",
         "deliveries_per_sec",
-        "sends_per_sec",
         "vs_redis",
+        "vs_redis_range",
+        "vs_nats",
         "p50_us",
         "p99_us",
         "p999_us",
+        "server_cpu_ns_per_delivery",
+        "backup_cpu_ns_per_delivery",
+        "loadgen_cpu_ns_per_delivery",
+        "loadgen_cpu_pct",
+        "loadgen_runnable_wait_pct",
+        "server_runnable_wait_pct",
+        "peak_rss_kib",
         "lost",
         "out_of_order",
-        "server_cpu_us_per_delivery",
-        "server_cpu_pct",
-        "server_runnable_wait_pct",
-        "loadgen_cpu_pct",
-        "peak_rss_kib",
     ]);
     Ok(())
 }
 
-/// Adds `vs_redis` (deliveries/s over Redis's at the same N and P) to each pbchat row.
-fn add_redis_ratios(report: &mut Report) {
-    let redis: Vec<(u64, u64, f64)> = report
-        .rows
-        .iter()
-        .filter(|r| r["target"] == "redis")
-        .map(|r| {
-            (
-                r["members"].as_u64().unwrap_or(0),
-                r["senders"].as_u64().unwrap_or(0),
-                r["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-            )
-        })
-        .collect();
-    let mut ratios = Vec::new();
-    for row in report.rows.iter_mut() {
-        if row["target"] == "redis" {
-            continue;
-        }
-        let key = (
-            row["members"].as_u64().unwrap_or(0),
-            row["senders"].as_u64().unwrap_or(0),
-        );
-        if let Some((_, _, base)) = redis.iter().find(|(m, s, _)| (*m, *s) == key) {
-            let ratio = row["deliveries_per_sec"].as_f64().unwrap_or(0.0) / base.max(1.0);
-            row.insert("vs_redis".into(), json!(ratio));
-            ratios.push(json!({
-                "bench": "fanout_ratio",
-                "target": row["target"],
-                "members": key.0,
-                "senders": key.1,
-                "vs_redis": ratio,
-            }));
-        }
-    }
-    if report.json {
-        for r in ratios {
-            println!("{r}");
-        }
+/// Adds `key` (the median over rounds of this target's deliveries/s over the base's in the
+/// same round) and its spread: `key_min`, `key_max`, and `key_range` for the table.
+fn add_ratio(row: &mut serde_json::Value, key: &str, runs: &[RunFigures], base: &[RunFigures]) {
+    let rates = |runs: &[RunFigures]| -> Vec<f64> {
+        runs.iter()
+            .map(|r| r.result.deliveries_in_window as f64 / r.result.measured_secs)
+            .collect()
+    };
+    if let Some((median, min, max)) = round_ratios(&rates(runs), &rates(base)) {
+        row[key] = json!(median);
+        row[format!("{key}_min")] = json!(min);
+        row[format!("{key}_max")] = json!(max);
+        row[format!("{key}_range")] = json!(format!("{min:.2}-{max:.2}"));
     }
 }
 
