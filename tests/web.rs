@@ -19,7 +19,10 @@ struct WebNode {
 
 /// A standalone node with `[web]` on a free port; `client_extra` goes under `[client]`.
 fn start(client_extra: &str) -> WebNode {
-    let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    start_in(tempfile::tempdir().unwrap().keep(), client_extra)
+}
+
+fn start_in(dir: PathBuf, client_extra: &str) -> WebNode {
     let config = write_config(&dir, "primary", client_extra, "");
     let web: SocketAddr = ([127, 0, 0, 1], free_port(false)).into();
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -49,13 +52,13 @@ fn upgrade_request(addr: SocketAddr, origin: &str) -> String {
     )
 }
 
-fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let request = tungstenite::http::Request::builder()
-        .uri(format!("ws://{addr}/ws"))
+/// A browser's upgrade request, from the node's own page (`scheme` `http` or `https`).
+fn ws_request(addr: SocketAddr, scheme: &str) -> tungstenite::handshake::client::Request {
+    let ws = if scheme == "https" { "wss" } else { "ws" };
+    tungstenite::http::Request::builder()
+        .uri(format!("{ws}://{addr}/ws"))
         .header("Host", addr.to_string())
-        .header("Origin", format!("http://{addr}"))
+        .header("Origin", format!("{scheme}://{addr}"))
         .header("Connection", "Upgrade")
         .header("Upgrade", "websocket")
         .header("Sec-WebSocket-Version", "13")
@@ -64,18 +67,24 @@ fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
             tungstenite::handshake::client::generate_key(),
         )
         .body(())
-        .unwrap();
-    let (socket, response) = tungstenite::client::client(request, stream).expect("upgrade");
+        .unwrap()
+}
+
+fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (socket, response) =
+        tungstenite::client::client(ws_request(addr, "http"), stream).expect("upgrade");
     assert_eq!(response.status(), 101);
     socket
 }
 
-fn say(socket: &mut WebSocket<TcpStream>, frame: Value) {
+fn say<S: Read + Write>(socket: &mut WebSocket<S>, frame: Value) {
     socket.send(Message::text(frame.to_string())).unwrap();
 }
 
 /// The next protocol frame; None once the node closed the socket.
-fn hear(socket: &mut WebSocket<TcpStream>) -> Option<Value> {
+fn hear<S: Read + Write>(socket: &mut WebSocket<S>) -> Option<Value> {
     loop {
         match socket.read() {
             Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
@@ -92,7 +101,7 @@ fn hear(socket: &mut WebSocket<TcpStream>) -> Option<Value> {
     }
 }
 
-fn hear_type(socket: &mut WebSocket<TcpStream>, kind: &str) -> Value {
+fn hear_type<S: Read + Write>(socket: &mut WebSocket<S>, kind: &str) -> Value {
     loop {
         let frame = hear(socket).unwrap_or_else(|| panic!("closed while waiting for {kind}"));
         if frame["type"] == kind {
@@ -230,4 +239,51 @@ fn server_pings_keep_a_quiet_websocket_open_past_the_idle_timeout() {
     quiet.get_ref().set_read_timeout(Some(DEADLINE)).unwrap();
     say(&mut quiet, json!({"type":"ping"}));
     hear_type(&mut quiet, "pong");
+}
+
+#[test]
+fn wss_uses_the_client_listeners_certificate_and_carries_frames() {
+    let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    let certs = dir.join("tls");
+    let made = common::pbchatd()
+        .arg("--gen-cert")
+        .arg(&certs)
+        .args(["--name", "node-a", "--ip", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let keys = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        certs.join("node-a.pem").display(),
+        certs.join("node-a.key").display()
+    );
+    let node = start_in(dir, &keys);
+    assert!(node
+        .daemon
+        .log_contains(&format!("web page on https://{}/", node.web)));
+
+    let config = pbchat::tls::client_config(Some(&certs.join("ca.pem")), None).unwrap();
+    let name = pbchat::tls::server_name("127.0.0.1").unwrap();
+    let mut session = rustls::ClientConnection::new(config, name).unwrap();
+    let mut socket = TcpStream::connect(node.web).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    while session.is_handshaking() {
+        session.complete_io(&mut socket).expect("TLS handshake");
+    }
+    let stream = rustls::StreamOwned::new(session, socket);
+    let (mut secure, response) =
+        tungstenite::client::client(ws_request(node.web, "https"), stream).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    say(
+        &mut secure,
+        json!({"type":"hello","version":1,"nick":"tls","session":"s-tls"}),
+    );
+    hear_type(&mut secure, "welcome");
+    say(&mut secure, json!({"type":"join","room":"general"}));
+    hear_type(&mut secure, "joined");
+    say(
+        &mut secure,
+        json!({"type":"send","room":"general","id":"t-1","body":"over wss"}),
+    );
+    assert_eq!(hear_type(&mut secure, "msg")["body"], "over wss");
 }

@@ -36,8 +36,8 @@ pub type TlsSlot = Arc<Mutex<Arc<rustls::ServerConfig>>>;
 pub enum Listener {
     Plain,
     Tls(TlsSlot),
-    /// HTTP, then WebSocket (`[web]`).
-    Web,
+    /// HTTP, then WebSocket (`[web]`); over TLS when the client listener speaks it.
+    Web(Option<TlsSlot>),
 }
 
 pub struct WorkerHandle {
@@ -123,7 +123,7 @@ pub fn run(
     kind: Listener,
 ) {
     let (full, crowded) = match kind {
-        Listener::Web => (super::web::unavailable(), super::web::unavailable()),
+        Listener::Web(_) => (super::web::unavailable(), super::web::unavailable()),
         _ => (
             encode_reply(&Reply::Error {
                 code: ErrorCode::Unavailable,
@@ -138,7 +138,7 @@ pub fn run(
         ),
     };
     let tls = match &kind {
-        Listener::Tls(slot) => Some(slot.clone()),
+        Listener::Tls(slot) | Listener::Web(Some(slot)) => Some(slot.clone()),
         _ => None,
     };
     // EMFILE and friends repeat every 50 ms while they last: a few lines, then a count.
@@ -217,7 +217,7 @@ pub fn run(
                 stream,
                 ip,
                 tls: session,
-                web: matches!(kind, Listener::Web),
+                web: matches!(kind, Listener::Web(_)),
             })
             .is_err()
         {

@@ -256,6 +256,77 @@ impl Conn {
     }
 }
 
+/// A `[web]` connection's byte stream: the socket, or TLS over it when the client listener
+/// speaks TLS (`wss://`). tungstenite and the HTTP request read and write through it.
+struct Wire<'a> {
+    stream: &'a mut TcpStream,
+    tls: Option<&'a mut ServerConnection>,
+}
+
+impl<'a> Wire<'a> {
+    fn of(stream: &'a mut TcpStream, tls: &'a mut Option<Box<ServerConnection>>) -> Self {
+        Wire {
+            stream,
+            tls: tls.as_deref_mut(),
+        }
+    }
+}
+
+// By hand rather than with `rustls::Stream`: that one may read the socket while writing
+// (and the reverse), which on edge-triggered mio would leave bytes no event announces.
+impl Read for Wire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            if tls.read_tls(self.stream)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, crate::tls::explain(&e)))?;
+        }
+    }
+}
+
+impl Write for Wire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.write(buf);
+        };
+        let taken = tls.writer().write(buf)?;
+        // Best effort now; the rest goes on `flush` or the writable event.
+        while tls.wants_write() {
+            match tls.write_tls(self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                written => written?,
+            };
+        }
+        if taken == 0 && !buf.is_empty() {
+            // rustls's bounded buffer is full because the socket is.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_deref_mut() {
+            // Writes out what rustls holds; WouldBlock leaves the rest for the writable event.
+            Some(tls) => {
+                while tls.wants_write() {
+                    tls.write_tls(self.stream)?;
+                }
+                Ok(())
+            }
+            None => self.stream.flush(),
+        }
+    }
+}
+
 /// Lists `conn` once, by its flag: for this turn's flush (`Worker::dirty`), or for reading
 /// again (`Worker::paused`).
 fn list_once(list: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
@@ -710,12 +781,12 @@ impl Worker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if c.tls.is_some() {
-                self.read_tls(conn, share);
-                return;
-            }
             if c.web.is_some() {
                 self.read_web(conn, share);
+                return;
+            }
+            if c.tls.is_some() {
+                self.read_tls(conn, share);
                 return;
             }
             c.read_pending = false;
@@ -1006,12 +1077,12 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.tls.is_some() {
-            self.flush_tls(conn);
-            return;
-        }
         if matches!(c.web.as_deref(), Some(Phase::Open { .. })) {
             self.flush_websocket(conn);
+            return;
+        }
+        if c.tls.is_some() {
+            self.flush_tls(conn);
             return;
         }
         while !c.out.is_empty() {
@@ -1119,14 +1190,15 @@ impl Worker {
             c.out = VecDeque::new();
         }
         if c.closing {
+            if let Some(Phase::Open { socket, .. }) = c.web.as_deref_mut() {
+                // A close frame, best effort: the browser then reports a clean close.
+                let mut wire = Wire::of(&mut c.stream, &mut c.tls);
+                let _ = socket.close(&mut wire, None);
+                let _ = socket.flush(&mut wire);
+            }
             if let Some(tls) = c.tls.as_mut() {
                 tls.send_close_notify();
                 let _ = tls.write_tls(&mut c.stream);
-            }
-            if let Some(Phase::Open { socket, .. }) = c.web.as_deref_mut() {
-                // A close frame, best effort: the browser then reports a clean close.
-                let _ = socket.close(&mut c.stream, None);
-                let _ = socket.flush(&mut c.stream);
             }
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             self.drop_conn(conn);
@@ -1136,6 +1208,16 @@ impl Worker {
     /// [`Worker::read`] for a `[web]` connection: its HTTP request, then WebSocket
     /// messages, each one frame, until the socket would block.
     fn read_web(&mut self, conn: ConnId, share: &mut usize) {
+        self.read_web_messages(conn, share);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.tls.as_ref().is_some_and(|tls| tls.wants_write()) {
+                // TLS handshake answers (or alerts) that reading produced.
+                list_once(&mut self.dirty, conn, &mut c.dirty);
+            }
+        }
+    }
+
+    fn read_web_messages(&mut self, conn: ConnId, share: &mut usize) {
         loop {
             if !self.may_read(conn) {
                 return;
@@ -1148,7 +1230,7 @@ impl Worker {
             let socket = match phase {
                 Phase::Open { socket, .. } if !c.discard_input => socket,
                 // The request, or input ignored until the close: plain bytes.
-                _ => match c.stream.read(&mut self.scratch) {
+                _ => match Wire::of(&mut c.stream, &mut c.tls).read(&mut self.scratch) {
                     Ok(0) => return self.drop_conn(conn),
                     Ok(n) => {
                         c.last_read = Instant::now();
@@ -1165,7 +1247,7 @@ impl Worker {
                     Err(_) => return self.drop_conn(conn),
                 },
             };
-            match socket.read(&mut c.stream) {
+            match socket.read(&mut Wire::of(&mut c.stream, &mut c.tls)) {
                 Ok(message) => {
                     c.last_read = Instant::now();
                     if let Phase::Open { pinged, .. } = phase {
@@ -1208,7 +1290,12 @@ impl Worker {
             Routed::Upgrade { response, leftover } => {
                 // A fresh socket's send buffer is empty: these ~130 bytes go at once, and a
                 // socket that cannot take them is broken.
-                if c.stream.write_all(&response).is_err() {
+                let mut wire = Wire::of(&mut c.stream, &mut c.tls);
+                if wire
+                    .write_all(&response)
+                    .and_then(|()| wire.flush())
+                    .is_err()
+                {
                     self.drop_conn(conn);
                     return false;
                 }
@@ -1270,12 +1357,13 @@ impl Worker {
         let Some(Phase::Open { socket, .. }) = c.web.as_deref_mut() else {
             return;
         };
+        let mut wire = Wire::of(&mut c.stream, &mut c.tls);
         while let Some(front) = c.out.front() {
             let rest = &front.bytes[c.out_offset..];
             let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
             let line = rest[..taken].strip_suffix(b"\n").unwrap_or(&rest[..taken]);
             let text = String::from_utf8(line.to_vec()).expect("frames are JSON, so UTF-8");
-            let blocked = match socket.write(&mut c.stream, Message::text(text)) {
+            let blocked = match socket.write(&mut wire, Message::text(text)) {
                 Ok(()) => false,
                 // The message is in tungstenite's buffer; the socket is full.
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
@@ -1295,7 +1383,7 @@ impl Worker {
                 break;
             }
         }
-        match socket.flush(&mut c.stream) {
+        match socket.flush(&mut wire) {
             Ok(()) => self.flushed_writes += 1,
             // The writable event brings it back here.
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1312,7 +1400,10 @@ impl Worker {
         if let Some(Phase::Open { socket, pinged }) = c.web.as_deref_mut() {
             *pinged = true;
             // WouldBlock keeps it buffered; any other failure shows on the flush.
-            let _ = socket.write(&mut c.stream, Message::Ping(Default::default()));
+            let _ = socket.write(
+                &mut Wire::of(&mut c.stream, &mut c.tls),
+                Message::Ping(Default::default()),
+            );
             // At once: the sweep runs after this turn's flush.
             self.flush(conn);
         }

@@ -292,6 +292,7 @@ pub fn run(config: Config) -> Result<(), String> {
             w,
             config.client.max_line_bytes,
             config.client.send_queue_bytes,
+            client_tls.is_some(),
         ))
     });
     let limits = WorkerLimits {
@@ -338,8 +339,17 @@ pub fn run(config: Config) -> Result<(), String> {
         let web_bound = web_listener
             .local_addr()
             .map_err(|e| format!("web.listen {}: {e}", w.listen))?;
-        log::info!("web page on http://{web_bound}/");
-        listeners.push(("accept-web", web_listener, acceptor::Listener::Web));
+        let scheme = if client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        log::info!("web page on {scheme}://{web_bound}/");
+        listeners.push((
+            "accept-web",
+            web_listener,
+            acceptor::Listener::Web(client_tls.clone()),
+        ));
     }
     for (name, listener, kind) in listeners {
         let workers: Vec<WorkerHandle> = handles

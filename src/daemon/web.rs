@@ -44,6 +44,8 @@ pub struct Site {
     style_hash: String,
     max_line_bytes: usize,
     send_queue_bytes: usize,
+    /// `wss` when the listener speaks TLS (the client listener's certificate), else `ws`.
+    ws_scheme: &'static str,
 }
 
 /// What to do with a connection's request bytes.
@@ -66,6 +68,7 @@ impl Site {
         web: &WebConfig,
         max_line_bytes: usize,
         send_queue_bytes: usize,
+        tls: bool,
     ) -> Site {
         let peer = web.peer_url.as_ref().map(|origin| {
             let ws = origin.replacen("http", "ws", 1);
@@ -79,6 +82,7 @@ impl Site {
             style_hash: csp_hash(inline(PAGE, "style")),
             max_line_bytes,
             send_queue_bytes,
+            ws_scheme: if tls { "wss" } else { "ws" },
         }
     }
 
@@ -236,9 +240,9 @@ fn page(site: &Site, host: &str) -> Vec<u8> {
     let peer_ws = site.peer.as_ref().map_or("", |(_, ws)| ws.as_str());
     let csp = format!(
         "Content-Security-Policy: default-src 'none'; script-src {}; style-src {}; \
-         connect-src 'self' ws://{host}{WS_PATH} {peer_ws}; img-src 'none'; base-uri 'none'; \
+         connect-src 'self' {}://{host}{WS_PATH} {peer_ws}; img-src 'none'; base-uri 'none'; \
          form-action 'none'; frame-ancestors 'none'\r\n",
-        site.script_hash, site.style_hash
+        site.script_hash, site.style_hash, site.ws_scheme
     );
     respond(200, "OK", "text/html; charset=utf-8", &csp, PAGE.as_bytes())
 }
@@ -268,7 +272,7 @@ mod tests {
             peer_url: Some("http://127.0.0.1:7481".into()),
             allowed_origins: vec!["https://chat.example".into()],
         };
-        Site::new("a", &web, 65536, 1 << 20)
+        Site::new("a", &web, 65536, 1 << 20, false)
     }
 
     fn upgrade_request(origin: &str) -> String {
