@@ -182,6 +182,17 @@ impl<'d> Page<'d> {
         self.command("execute/sync", json!({"script": script, "args": args}))
     }
 
+    /// Saves a PNG of the page (`PBCHAT_SCREENSHOT=docs/web-page.png` makes the README's).
+    fn screenshot(&self, path: &str) {
+        let path_of = format!("/session/{}/screenshot", self.session);
+        let png = self.driver.call("GET", &path_of, None);
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("a base64 PNG"))
+            .expect("base64");
+        std::fs::write(path, bytes).unwrap();
+    }
+
     fn login(&self, nick: &str) {
         self.run(
             "document.getElementById('nick').value = arguments[0];\
@@ -205,6 +216,7 @@ impl<'d> Page<'d> {
             "const c = document.getElementById('conn');\
              const lines = document.querySelectorAll('.log[data-room=\"general\"] .line');\
              return {state: c.dataset.state, epoch: Number(c.dataset.epoch),\
+               elements_in_bodies: document.querySelectorAll('.line .body *').length,\
                reconnects: Number(c.dataset.reconnects),\
                lines: Array.from(lines, (l) => ({id: l.dataset.id, from: l.dataset.from,\
                  seq: l.dataset.seq ? Number(l.dataset.seq) : null, state: l.dataset.state,\
@@ -246,6 +258,8 @@ impl Drop for Page<'_> {
 #[derive(Debug, serde::Deserialize)]
 struct View {
     state: String,
+    /// Elements inside message bodies: 0, as bodies are text (`<b>` in one stays text).
+    elements_in_bodies: usize,
     epoch: u64,
     reconnects: u64,
     lines: Vec<Line>,
@@ -344,6 +358,12 @@ fn two_pages_chat_through_a_kill9_of_the_primary_without_gap_or_duplicate() {
         }
     }
     b.wait_log("promoted to primary");
+    if let Ok(path) = std::env::var("PBCHAT_SCREENSHOT") {
+        wait_until("page one on b", || {
+            Some(()).filter(|_| one.look().shows_all(&bodies))
+        });
+        one.screenshot(&path);
+    }
     let mut views = Vec::new();
     for (page, name) in [(&one, "one"), (&two, "two")] {
         let view = wait_until(&format!("page {name} on b with every line"), || {
@@ -352,6 +372,7 @@ fn two_pages_chat_through_a_kill9_of_the_primary_without_gap_or_duplicate() {
                 .filter(|v| v.epoch > first.epoch && v.shows_all(&bodies))
         });
         assert!(view.reconnects >= 1, "{name}: {view:?}");
+        assert_eq!(view.elements_in_bodies, 0, "{name}: a body became HTML");
         views.push(view);
     }
     for (view, name) in views.iter().zip(["one", "two"]) {
