@@ -354,6 +354,26 @@ mod tests {
         assert_eq!(status(&route(&site, post.as_bytes())), 405);
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends before the upgrade, routing answers without panicking,
+        /// and what it hands on after an upgrade is the tail of what came.
+        #[test]
+        fn route_takes_any_bytes(
+            prefix in proptest::sample::select(vec![
+                String::new(),
+                "GET / HTTP/1.1\r\nHost: a\r\n".to_string(),
+                upgrade_request("http://127.0.0.1:7480"),
+            ]),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let mut head = prefix.into_bytes();
+            head.extend_from_slice(&bytes);
+            if let Routed::Upgrade { leftover, .. } = route(&site(), &head) {
+                proptest::prop_assert!(head.ends_with(&leftover));
+            }
+        }
+    }
+
     #[test]
     fn the_policy_hashes_match_the_inline_script_and_style() {
         let site = site();
