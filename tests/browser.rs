@@ -391,3 +391,46 @@ fn two_pages_chat_through_a_kill9_of_the_primary_without_gap_or_duplicate() {
         assert!(severe.is_empty(), "page {name}: {severe:?}");
     }
 }
+
+#[test]
+fn history_on_join_and_scrolling_back_show_each_line_once_in_order() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = common::write_config(&dir, "primary", "", "");
+    let web: SocketAddr = ([127, 0, 0, 1], free_port(false)).into();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[web]\nlisten = \"{web}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    let node = Daemon::start_with(dir, config);
+    let mut tcp = node.hello("tcp", "s-tcp");
+    tcp.join("general");
+    let old: Vec<String> = (0..120).map(|i| format!("old {i}")).collect();
+    for (i, body) in old.iter().enumerate() {
+        tcp.send_acked("general", &format!("t-{i}"), body);
+    }
+
+    let driver = Driver::start();
+    let page = Page::open(&driver, &format!("http://{web}/"));
+    page.login("reader");
+    // The page asks for 50 on join, then 50 more each time the reader reaches the top.
+    let joined = wait_until("history on join", || {
+        page.look().live().filter(|v| v.shows_all(&old[70..]))
+    });
+    check_exactly_once_in_order("on join", &joined, &old[70..]);
+    assert_eq!(joined.lines.len(), 50, "{joined:#?}");
+    page.run(
+        "const logs = document.getElementById('logs'); logs.scrollTop = 0;\
+         logs.dispatchEvent(new Event('scroll'));",
+        json!([]),
+    );
+    let back = wait_until("a page of scroll-back", || {
+        Some(page.look()).filter(|v| v.shows_all(&old[20..]))
+    });
+    check_exactly_once_in_order("scrolled back", &back, &old[20..]);
+    assert_eq!(back.lines.len(), 100, "{back:#?}");
+    // A live line after all that goes at the end.
+    tcp.send_acked("general", "t-live", "live");
+    let live = wait_until("the live line", || {
+        Some(page.look()).filter(|v| v.lines.last().is_some_and(|l| l.body == "live"))
+    });
+    assert_eq!(live.lines.len(), 101);
+}
