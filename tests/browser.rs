@@ -434,3 +434,60 @@ fn history_on_join_and_scrolling_back_show_each_line_once_in_order() {
     });
     assert_eq!(live.lines.len(), 101);
 }
+
+#[test]
+fn a_line_typed_into_a_stopped_primary_survives_a_reload_and_commits_once_on_the_backup() {
+    let pair = PairFiles::new("");
+    let (_, web_b) = add_web(&pair);
+    let a: Daemon = pair.start_a();
+    let b: Daemon = pair.start_b();
+    b.wait_log("following the primary");
+    let driver = Driver::start();
+    // Loaded from b, the page talks to the primary a.
+    let page = Page::open(&driver, &format!("http://{web_b}/"));
+    page.login("keeper");
+    wait_until("the page live on a", || page.look().live());
+    page.say("before");
+    wait_until("the first line", || {
+        Some(()).filter(|_| page.look().shows_all(&["before".to_string()]))
+    });
+
+    common::signal_pid(a.pid(), "STOP");
+    page.say("typed while stopped");
+    page.run(
+        "const input = document.getElementById('input'); input.value = 'a draft';\
+         input.dispatchEvent(new Event('input')); window.beforeReload = true;",
+        json!([]),
+    );
+    page.command("refresh", json!({}));
+    assert_eq!(
+        page.run("return window.beforeReload === undefined;", json!([])),
+        true,
+        "the page was not reloaded"
+    );
+    // The reloaded page has the unsent line (pending) and the draft back, then goes to b,
+    // which takes over, and resends the line with its id.
+    let restored = wait_until("the restored page", || {
+        Some(page.look()).filter(|v| v.lines.iter().any(|l| l.body == "typed while stopped"))
+    });
+    assert_eq!(
+        page.run("return document.getElementById('input').value;", json!([])),
+        "a draft"
+    );
+    b.wait_log("promoted to primary");
+    let bodies = ["before".to_string(), "typed while stopped".to_string()];
+    let view = wait_until("the line committed on b", || {
+        page.look().live().filter(|v| v.shows_all(&bodies))
+    });
+    check_exactly_once_in_order("reloaded", &view, &bodies);
+    assert!(restored.lines.len() <= 2, "{restored:#?}");
+    common::signal_pid(a.pid(), "CONT");
+    // b's log holds it once too.
+    let mut reader = hello_at(pair.client_b, "reader", "s-reader");
+    let stored: Vec<String> = reader
+        .history("general", 10)
+        .into_iter()
+        .map(|m| m.body.unwrap_or_default())
+        .collect();
+    assert_eq!(stored, bodies, "b's history");
+}
