@@ -287,3 +287,29 @@ fn wss_uses_the_client_listeners_certificate_and_carries_frames() {
     );
     assert_eq!(hear_type(&mut secure, "msg")["body"], "over wss");
 }
+
+#[test]
+fn a_flood_of_requests_on_one_connection_gets_one_answer() {
+    let node = start("");
+    // One connection, one answer: a client that pipelines the request thousands of times
+    // (and reads late) gets the page once, then the close.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&node.web.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", node.web);
+    for _ in 0..2000 {
+        if stream.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{:.300}", answer);
+    // The node is fine.
+    let mut other = welcomed(node.web, "after");
+    say(&mut other, json!({"type":"ping"}));
+    hear_type(&mut other, "pong");
+}

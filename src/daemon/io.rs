@@ -1234,7 +1234,9 @@ impl Worker {
                     Ok(0) => return self.drop_conn(conn),
                     Ok(n) => {
                         c.last_read = Instant::now();
-                        if let Phase::Request { head, .. } = phase {
+                        // After the answer to its request, a connection's input is
+                        // dropped: neither the head nor the answers may grow with it.
+                        if let (Phase::Request { head, .. }, false) = (phase, c.discard_input) {
                             head.extend_from_slice(&self.scratch[..n]);
                             if !self.on_request(conn) {
                                 return;
