@@ -101,6 +101,16 @@ trap stop INT TERM
 
 echo "pbchat pair running: node a ($config_a) pid $pid_a, node b ($config_b) pid $pid_b; Ctrl-C stops both"
 echo "  which one is primary: $pbchatctl -c $config_a role (or scripts/pid-of.sh primary)"
+# The `listen` of a config's [web] section (empty when it has none).
+web_listen() {
+  awk '/^\[/ { web = ($0 == "[web]") } web && /^listen *=/ { gsub(/.*= *"|".*/, ""); print }' "$1"
+}
+for config in "$config_a" "$config_b"; do
+  web=$(web_listen "$config")
+  if [ -n "$web" ]; then
+    echo "  chat in a browser: http://$web/ ($config)"
+  fi
+done
 # Returns when either node exits, or when Ctrl-C or TERM has run `stop`.
 status=0
 wait -n -p exited "$pid_a" "$pid_b" || status=$?

@@ -5,7 +5,9 @@
 # screen, tests/client_terminal.rs), python3 (the reference client, tests/python_client.rs),
 # promtool from Debian's prometheus package (/metrics lint, tests/operations.rs), mkfs.ext4
 # and fsfreeze (a primary whose disk stops answering, tests/failover.rs), nft and ip (the
-# namespace fault lab), arping (the lab's VIP moved by the role-change hook). As root on Debian the missing ones are installed first; otherwise
+# namespace fault lab), arping (the lab's VIP moved by the role-change hook), chromium and
+# chromedriver (the page in a real browser, tests/browser.rs). As root on Debian the
+# missing ones are installed first; otherwise
 # they are named here, and the tests that need them fail saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ command -v fsfreeze >/dev/null || missing+=(util-linux)
 command -v nft >/dev/null || missing+=(nftables)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v arping >/dev/null || missing+=(iputils-arping)
+command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing what the tests drive: ${missing[*]}"

@@ -99,6 +99,20 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub hooks: RawHooks,
+    pub web: Option<RawWeb>,
+}
+
+/// `[web]`: the browser page and its WebSocket endpoint (see `daemon::web`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub listen: String,
+    /// The peer's page origin (`http://host:port`); empty: none.
+    #[serde(default)]
+    pub peer_url: String,
+    /// Page origins allowed to open a WebSocket besides this node's own and the peer's.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[hooks]`: programs the node runs on events.
@@ -399,6 +413,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Where the Prometheus text endpoint listens; `None`: no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// The browser page and WebSocket endpoint; `None`: off.
+    pub web: Option<WebConfig>,
     pub auth: AuthConfig,
     /// `hooks.role_change`: an executable run with `ROLE EPOCH PEER` on every role change
     /// (see `daemon::hooks`); `None`: none.
@@ -418,6 +434,16 @@ pub struct AuthConfig {
     pub verify_threads: usize,
     /// Verifications queued for those threads; a `hello` beyond it gets `unavailable`.
     pub max_pending_verifies: usize,
+}
+
+/// `[web]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    /// The peer's page origin, `http://host:port` (or `https://`), without a path.
+    pub peer_url: Option<String>,
+    /// Origins (`scheme://host[:port]`) allowed besides the node's own and `peer_url`.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -584,6 +610,43 @@ fn parse_socket(file: &str, key: &'static str, text: &str) -> Result<SocketAddr,
         file: file.to_string(),
         key,
         problem: format!("{text:?} is not an IP address with a port (e.g. 127.0.0.1:7400)"),
+    })
+}
+
+/// An origin as browsers send it: `http://` or `https://`, then `host[:port]` with no
+/// path, and only characters that may stand in an HTTP header (it goes into the CSP).
+fn check_origin(file: &str, key: &'static str, text: &str) -> Result<String, ConfigError> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    let fine = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
+    match rest {
+        Some(host) if !host.is_empty() && host.chars().all(fine) => Ok(text.to_string()),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            problem: format!(
+                "{text:?} is not an origin: http:// or https:// and host[:port], no path \
+                 (e.g. http://10.0.0.2:7480)"
+            ),
+        }),
+    }
+}
+
+fn check_web(file: &str, raw: &RawWeb) -> Result<WebConfig, ConfigError> {
+    let peer_url = match raw.peer_url.as_str() {
+        "" => None,
+        url => Some(check_origin(file, "web.peer_url", url)?),
+    };
+    let allowed_origins = raw
+        .allowed_origins
+        .iter()
+        .map(|o| check_origin(file, "web.allowed_origins", o))
+        .collect::<Result<_, _>>()?;
+    Ok(WebConfig {
+        listen: parse_socket(file, "web.listen", &raw.listen)?,
+        peer_url,
+        allowed_origins,
     })
 }
 
@@ -1044,6 +1107,10 @@ impl RawConfig {
             Some(m) => Some(parse_socket(file, "metrics.listen", &m.listen)?),
             None => None,
         };
+        let web = match &self.web {
+            Some(w) => Some(check_web(file, w)?),
+            None => None,
+        };
         let a = &self.auth;
         let users_file =
             match (a.mode, a.users_file.as_os_str().is_empty()) {
@@ -1106,6 +1173,7 @@ impl RawConfig {
             syslog_socket: self.logging.syslog_socket,
             admin_socket,
             metrics_listen,
+            web,
             auth,
             role_change_hook,
         })

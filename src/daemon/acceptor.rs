@@ -8,6 +8,9 @@
 //! On a TLS listener each accepted connection gets its own rustls server state here, from
 //! the config in the [`TlsSlot`] at that moment; refusals are closed without an answer (the
 //! client's TLS stack could not read a plain-text frame).
+//!
+//! The `[web]` listener runs its own acceptor over the same workers and the same counts; its
+//! refusals are an HTTP `503` (a browser could not read a frame either).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,6 +31,14 @@ use crate::wire::client::{encode_reply, ErrorCode, Reply};
 /// reload; each new connection takes the one in place when it is accepted, and connections
 /// already open keep theirs.
 pub type TlsSlot = Arc<Mutex<Arc<rustls::ServerConfig>>>;
+
+/// What a listener speaks.
+pub enum Listener {
+    Plain,
+    Tls(TlsSlot),
+    /// HTTP, then WebSocket (`[web]`); over TLS when the client listener speaks it.
+    Web(Option<TlsSlot>),
+}
 
 pub struct WorkerHandle {
     pub commands: Sender<Command>,
@@ -109,18 +120,27 @@ pub fn run(
     next_conn: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     per_ip: Arc<PerIp>,
-    tls: Option<TlsSlot>,
+    kind: Listener,
 ) {
-    let full = encode_reply(&Reply::Error {
-        code: ErrorCode::Unavailable,
-        message: "this node has as many clients as it takes; try again later",
-        id: None,
-    });
-    let crowded = encode_reply(&Reply::Error {
-        code: ErrorCode::Unavailable,
-        message: "too many connections from your address",
-        id: None,
-    });
+    let (full, crowded) = match kind {
+        Listener::Web(_) => (super::web::unavailable(), super::web::unavailable()),
+        _ => (
+            encode_reply(&Reply::Error {
+                code: ErrorCode::Unavailable,
+                message: "this node has as many clients as it takes; try again later",
+                id: None,
+            }),
+            encode_reply(&Reply::Error {
+                code: ErrorCode::Unavailable,
+                message: "too many connections from your address",
+                id: None,
+            }),
+        ),
+    };
+    let tls = match &kind {
+        Listener::Tls(slot) | Listener::Web(Some(slot)) => Some(slot.clone()),
+        _ => None,
+    };
     // EMFILE and friends repeat every 50 ms while they last: a few lines, then a count.
     let mut warnings = crate::daemon::logging::Throttle::new(3, Duration::from_secs(10));
     for stream in listener.incoming() {
@@ -197,6 +217,7 @@ pub fn run(
                 stream,
                 ip,
                 tls: session,
+                web: matches!(kind, Listener::Web(_)),
             })
             .is_err()
         {

@@ -13,6 +13,14 @@
 //! bounded (its default 64 KiB of outgoing records, and the plaintext it decrypts is
 //! drained before more is read), so a TLS connection's memory is bounded like a plain one's
 //! plus that; a handshake that never finishes is closed by the hello timeout.
+//!
+//! A connection on the `[web]` listener carries its [`Phase`] (boxed; `None` elsewhere):
+//! first its one HTTP request, answered by `web::route` (the page, or a refusal, then
+//! closed), or upgraded to a WebSocket. Only then does the core learn of it
+//! (`Input::Connected`), so a page load costs the core nothing. Each WebSocket text message
+//! is one frame, decoded like a line; each queued line goes out as one text message. The
+//! limits are the TCP client's: the line length bounds a message, the send queue bounds
+//! `out` (tungstenite's own write buffer takes from it only while the socket takes bytes).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -26,9 +34,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
+use tungstenite::Message;
 
 use super::acceptor::PerIp;
 use super::batch::Published;
+use super::web::{self, Routed, Site};
 use crate::core::{Action, ConnId, Frame, Input};
 use crate::daemon::logging::{suppressed_note, Throttle};
 use crate::entry::Entry;
@@ -59,6 +69,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const HISTORY_JOBS_MAX: usize = 4;
 /// How often idle and closing connections are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// A `[web]` connection must have sent its whole HTTP request within this; a browser sends
+/// it at once, so only a stalled or hostile peer is cut (each one holds a client slot).
+const WEB_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection warnings and slow-consumer drops each worker logs, at most this many per
 /// [`LOG_WINDOW`]; the rest are counted into the next line (and into [`IoStats`]).
@@ -91,6 +104,8 @@ pub enum Command {
         ip: IpAddr,
         /// Its TLS server state, on a TLS listener.
         tls: Option<Box<ServerConnection>>,
+        /// From the `[web]` listener: an HTTP request first (see [`Phase`]).
+        web: bool,
     },
     Core(Action),
     /// Committed messages of one room, for its local subscribers.
@@ -157,8 +172,26 @@ struct HistoryJob {
     entries: Option<VecDeque<Entry>>,
 }
 
+/// Where a `[web]` connection is.
+enum Phase {
+    /// Reading its HTTP request; `head` is what arrived so far (at most
+    /// `web::REQUEST_HEAD_MAX_BYTES` and one read).
+    Request { head: Vec<u8>, accepted: Instant },
+    /// Upgraded. `pinged`: a WebSocket ping went out since the last message came in (the
+    /// browser answers pings itself, so a hidden tab whose timers are slowed stays alive).
+    Open {
+        socket: Box<tungstenite::protocol::WebSocketContext>,
+        pinged: bool,
+    },
+}
+
 struct Conn {
     stream: TcpStream,
+    /// On the `[web]` listener; `None` (no allocation) elsewhere.
+    web: Option<Box<Phase>>,
+    /// The core was told of it (`Input::Connected`) and must be told when it goes; false
+    /// only for a `[web]` connection before its upgrade.
+    announced: bool,
     /// The TLS session over `stream` on a TLS listener; `None` (no allocation) on plain TCP.
     tls: Option<Box<ServerConnection>>,
     /// Its source address as counted in [`PerIp`].
@@ -185,9 +218,17 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, ip: IpAddr, tls: Option<Box<ServerConnection>>) -> Self {
+    fn new(stream: TcpStream, ip: IpAddr, tls: Option<Box<ServerConnection>>, web: bool) -> Self {
+        let phase = web.then(|| {
+            Box::new(Phase::Request {
+                head: Vec::new(),
+                accepted: Instant::now(),
+            })
+        });
         Conn {
             stream,
+            web: phase,
+            announced: !web,
             tls,
             ip,
             inbuf: Vec::new(),
@@ -212,6 +253,77 @@ impl Conn {
     fn push_frames(&mut self, bytes: Frame, frames: u32) {
         self.out_bytes += bytes.len();
         self.out.push_back(Queued { bytes, frames });
+    }
+}
+
+/// A `[web]` connection's byte stream: the socket, or TLS over it when the client listener
+/// speaks TLS (`wss://`). tungstenite and the HTTP request read and write through it.
+struct Wire<'a> {
+    stream: &'a mut TcpStream,
+    tls: Option<&'a mut ServerConnection>,
+}
+
+impl<'a> Wire<'a> {
+    fn of(stream: &'a mut TcpStream, tls: &'a mut Option<Box<ServerConnection>>) -> Self {
+        Wire {
+            stream,
+            tls: tls.as_deref_mut(),
+        }
+    }
+}
+
+// By hand rather than with `rustls::Stream`: that one may read the socket while writing
+// (and the reverse), which on edge-triggered mio would leave bytes no event announces.
+impl Read for Wire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            if tls.read_tls(self.stream)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, crate::tls::explain(&e)))?;
+        }
+    }
+}
+
+impl Write for Wire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.write(buf);
+        };
+        let taken = tls.writer().write(buf)?;
+        // Best effort now; the rest goes on `flush` or the writable event.
+        while tls.wants_write() {
+            match tls.write_tls(self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                written => written?,
+            };
+        }
+        if taken == 0 && !buf.is_empty() {
+            // rustls's bounded buffer is full because the socket is.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_deref_mut() {
+            // Writes out what rustls holds; WouldBlock leaves the rest for the writable event.
+            Some(tls) => {
+                while tls.wants_write() {
+                    tls.write_tls(self.stream)?;
+                }
+                Ok(())
+            }
+            None => self.stream.flush(),
+        }
     }
 }
 
@@ -248,6 +360,8 @@ pub struct Worker {
     scratch: Vec<u8>,
     clients: Arc<AtomicUsize>,
     per_ip: Arc<PerIp>,
+    /// What the `[web]` listener answers; `None` when it is off.
+    site: Option<Arc<Site>>,
     shutdown_deadline: Option<Instant>,
     last_sweep: Instant,
     stats: Arc<IoStats>,
@@ -277,6 +391,7 @@ impl Worker {
         committed_seq: u64,
         stats: Arc<IoStats>,
         per_ip: Arc<PerIp>,
+        site: Option<Arc<Site>>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -296,6 +411,7 @@ impl Worker {
             scratch: vec![0; READ_CHUNK_BYTES],
             clients,
             per_ip,
+            site,
             shutdown_deadline: None,
             last_sweep: Instant::now(),
             stats,
@@ -363,7 +479,8 @@ impl Worker {
                 stream,
                 ip,
                 tls,
-            } => self.adopt(conn, stream, ip, tls),
+                web,
+            } => self.adopt(conn, stream, ip, tls, web),
             Command::Shutdown => {
                 self.shutdown_deadline = Some(Instant::now() + CLOSE_LINGER);
                 let ids: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -400,6 +517,7 @@ impl Worker {
         stream: std::net::TcpStream,
         ip: IpAddr,
         tls: Option<Box<ServerConnection>>,
+        web: bool,
     ) {
         let mut stream = TcpStream::from_std(stream);
         let registered = self.poll.registry().register(
@@ -419,7 +537,11 @@ impl Worker {
             return;
         }
         let addr = stream.peer_addr().ok();
-        self.conns.insert(conn, Conn::new(stream, ip, tls));
+        self.conns.insert(conn, Conn::new(stream, ip, tls, web));
+        if web {
+            // The core hears of it at the upgrade (`on_request`).
+            return;
+        }
         self.outbox.push_back(Input::Connected {
             conn,
             addr,
@@ -612,7 +734,9 @@ impl Worker {
             c.history.clear();
             self.catching_up.remove(&conn);
             // The core learns at once, so the session and nick are free for a reconnect.
-            self.outbox.push_back(Input::Disconnected { conn });
+            if c.announced {
+                self.outbox.push_back(Input::Disconnected { conn });
+            }
             list_once(&mut self.dirty, conn, &mut c.dirty);
         }
     }
@@ -628,7 +752,7 @@ impl Worker {
         self.catching_up.remove(&conn);
         self.clients.fetch_sub(1, Ordering::Relaxed);
         self.per_ip.release(c.ip);
-        if !c.closing {
+        if !c.closing && c.announced {
             self.outbox.push_back(Input::Disconnected { conn });
         }
     }
@@ -657,6 +781,10 @@ impl Worker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            if c.web.is_some() {
+                self.read_web(conn, share);
+                return;
+            }
             if c.tls.is_some() {
                 self.read_tls(conn, share);
                 return;
@@ -688,20 +816,28 @@ impl Worker {
         }
     }
 
+    /// Whether `conn` may be read now: it exists and the outbox has room (else it is listed
+    /// in `paused`). Clears its `read_pending`, as a read follows.
+    fn may_read(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if self.outbox.len() >= OUTBOX_MAX {
+            list_once(&mut self.paused, conn, &mut c.read_pending);
+            return false;
+        }
+        c.read_pending = false;
+        true
+    }
+
     /// [`Worker::read`] for a TLS connection: the plaintext rustls holds goes to the line
     /// splitter first, then more records are read from the socket, until it would block.
     fn read_tls(&mut self, conn: ConnId, share: &mut usize) {
         loop {
-            if self.outbox.len() >= OUTBOX_MAX {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    list_once(&mut self.paused, conn, &mut c.read_pending);
-                }
+            if !self.may_read(conn) {
                 return;
             }
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            c.read_pending = false;
+            let c = self.conns.get_mut(&conn).expect("may_read checked");
             let tls = c.tls.as_mut().expect("read_tls is for TLS connections");
             match tls.reader().read(&mut self.scratch) {
                 Ok(0) => {
@@ -775,14 +911,7 @@ impl Worker {
                     break;
                 }
                 Ok(line) => {
-                    let input = match decode_request(line, self.limits.max_body_bytes) {
-                        Ok(request) => Input::Request {
-                            conn,
-                            request,
-                            now_ms: stamp,
-                        },
-                        Err(error) => Input::BadFrame { conn, error },
-                    };
+                    let input = request_input(conn, line, self.limits.max_body_bytes, stamp);
                     self.outbox.push_back(input);
                     *share = share.saturating_sub(1);
                     if self.outbox.len() >= OUTBOX_MAX || *share == 0 {
@@ -797,15 +926,8 @@ impl Worker {
         if too_long {
             c.inbuf = Vec::new();
             c.discard_input = true;
-            let limit = self.limits.max_line_bytes;
-            self.outbox.push_back(Input::BadFrame {
-                conn,
-                error: crate::wire::client::DecodeError {
-                    code: ErrorCode::TooLarge,
-                    message: format!("line longer than {limit} bytes; closing"),
-                    id: None,
-                },
-            });
+            self.outbox
+                .push_back(too_large_input(conn, self.limits.max_line_bytes));
             // Reading goes on, into the discard, until the node closes the connection.
             return true;
         }
@@ -955,6 +1077,10 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if matches!(c.web.as_deref(), Some(Phase::Open { .. })) {
+            self.flush_websocket(conn);
+            return;
+        }
         if c.tls.is_some() {
             self.flush_tls(conn);
             return;
@@ -1064,6 +1190,12 @@ impl Worker {
             c.out = VecDeque::new();
         }
         if c.closing {
+            if let Some(Phase::Open { socket, .. }) = c.web.as_deref_mut() {
+                // A close frame, best effort: the browser then reports a clean close.
+                let mut wire = Wire::of(&mut c.stream, &mut c.tls);
+                let _ = socket.close(&mut wire, None);
+                let _ = socket.flush(&mut wire);
+            }
             if let Some(tls) = c.tls.as_mut() {
                 tls.send_close_notify();
                 let _ = tls.write_tls(&mut c.stream);
@@ -1073,25 +1205,278 @@ impl Worker {
         }
     }
 
+    /// [`Worker::read`] for a `[web]` connection: its HTTP request, then WebSocket
+    /// messages, each one frame, until the socket would block.
+    fn read_web(&mut self, conn: ConnId, share: &mut usize) {
+        self.read_web_messages(conn, share);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.tls.as_ref().is_some_and(|tls| tls.wants_write()) {
+                // TLS handshake answers (or alerts) that reading produced.
+                list_once(&mut self.dirty, conn, &mut c.dirty);
+            }
+        }
+    }
+
+    fn read_web_messages(&mut self, conn: ConnId, share: &mut usize) {
+        loop {
+            if !self.may_read(conn) {
+                return;
+            }
+            let c = self.conns.get_mut(&conn).expect("may_read checked");
+            let phase = c
+                .web
+                .as_deref_mut()
+                .expect("read_web is for web connections");
+            let socket = match phase {
+                Phase::Open { socket, .. } if !c.discard_input => socket,
+                // The request, or input ignored until the close: plain bytes.
+                _ => match Wire::of(&mut c.stream, &mut c.tls).read(&mut self.scratch) {
+                    Ok(0) => return self.drop_conn(conn),
+                    Ok(n) => {
+                        c.last_read = Instant::now();
+                        // After the answer to its request, a connection's input is
+                        // dropped: neither the head nor the answers may grow with it.
+                        if let (Phase::Request { head, .. }, false) = (phase, c.discard_input) {
+                            head.extend_from_slice(&self.scratch[..n]);
+                            if !self.on_request(conn) {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.drop_conn(conn),
+                },
+            };
+            match socket.read(&mut Wire::of(&mut c.stream, &mut c.tls)) {
+                Ok(message) => {
+                    c.last_read = Instant::now();
+                    if let Phase::Open { pinged, .. } = phase {
+                        *pinged = false;
+                    }
+                    if !self.on_message(conn, message, share) {
+                        return;
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(tungstenite::Error::Capacity(_)) => {
+                    c.discard_input = true;
+                    self.outbox
+                        .push_back(too_large_input(conn, self.limits.max_line_bytes));
+                }
+                // A close handshake done, or a protocol breach (unmasked frame, bad UTF-8).
+                Err(_) => return self.drop_conn(conn),
+            }
+        }
+    }
+
+    /// Answers or upgrades `conn`'s HTTP request once it is complete. True: keep reading.
+    fn on_request(&mut self, conn: ConnId) -> bool {
+        let site = self.site.clone().expect("web connections come with a site");
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let Some(Phase::Request { head, .. }) = c.web.as_deref() else {
+            return false;
+        };
+        match web::route(&site, head) {
+            Routed::Incomplete => true,
+            Routed::Respond(response) => {
+                c.discard_input = true;
+                c.push(response.into());
+                self.close(conn);
+                false
+            }
+            Routed::Upgrade { response, leftover } => {
+                // A fresh socket's send buffer is empty: these ~130 bytes go at once, and a
+                // socket that cannot take them is broken.
+                let mut wire = Wire::of(&mut c.stream, &mut c.tls);
+                if wire
+                    .write_all(&response)
+                    .and_then(|()| wire.flush())
+                    .is_err()
+                {
+                    self.drop_conn(conn);
+                    return false;
+                }
+                c.web = Some(Box::new(Phase::Open {
+                    socket: Box::new(site.websocket(leftover)),
+                    pinged: false,
+                }));
+                c.announced = true;
+                self.outbox.push_back(Input::Connected {
+                    conn,
+                    addr: c.stream.peer_addr().ok(),
+                    now_ms: now_ms(),
+                });
+                true
+            }
+        }
+    }
+
+    /// One WebSocket message from `conn`. False when reading must stop (see
+    /// [`Worker::process_lines`]).
+    fn on_message(&mut self, conn: ConnId, message: Message, share: &mut usize) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let input = match message {
+            Message::Text(text) => {
+                request_input(conn, text.as_bytes(), self.limits.max_body_bytes, now_ms())
+            }
+            Message::Binary(_) => Input::BadFrame {
+                conn,
+                error: crate::wire::client::DecodeError {
+                    code: ErrorCode::BadRequest,
+                    message: "a frame is a WebSocket text message, not binary".into(),
+                    id: None,
+                },
+            },
+            // tungstenite queued the pong or the close answer: flush it.
+            _ => {
+                list_once(&mut self.dirty, conn, &mut c.dirty);
+                return true;
+            }
+        };
+        self.outbox.push_back(input);
+        *share = share.saturating_sub(1);
+        if self.outbox.len() >= OUTBOX_MAX || *share == 0 {
+            list_once(&mut self.paused, conn, &mut c.read_pending);
+            return false;
+        }
+        true
+    }
+
+    /// [`Worker::flush`] for a WebSocket: each queued line becomes one text message (a
+    /// queued buffer may hold several lines, see `batch`). tungstenite's buffer takes them
+    /// until the socket would block; the rest waits in `out`, counted against the limit.
+    fn flush_websocket(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(Phase::Open { socket, .. }) = c.web.as_deref_mut() else {
+            return;
+        };
+        let mut wire = Wire::of(&mut c.stream, &mut c.tls);
+        while let Some(front) = c.out.front() {
+            let rest = &front.bytes[c.out_offset..];
+            let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+            let line = rest[..taken].strip_suffix(b"\n").unwrap_or(&rest[..taken]);
+            let text = String::from_utf8(line.to_vec()).expect("frames are JSON, so UTF-8");
+            let blocked = match socket.write(&mut wire, Message::text(text)) {
+                Ok(()) => false,
+                // The message is in tungstenite's buffer; the socket is full.
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(tungstenite::Error::WriteBufferFull(_)) => break,
+                Err(_) => return self.drop_conn(conn),
+            };
+            let (length, frames) = (front.bytes.len(), front.frames);
+            c.out_bytes -= taken;
+            self.flushed_bytes += taken as u64;
+            c.out_offset += taken;
+            if c.out_offset == length {
+                self.flushed_frames += u64::from(frames);
+                c.out.pop_front();
+                c.out_offset = 0;
+            }
+            if blocked {
+                break;
+            }
+        }
+        match socket.flush(&mut wire) {
+            Ok(()) => self.flushed_writes += 1,
+            // The writable event brings it back here.
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => return self.drop_conn(conn),
+        }
+        self.after_flush(conn);
+    }
+
+    /// Pings a quiet WebSocket: the browser answers by itself, which counts as input.
+    fn ping_websocket(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(Phase::Open { socket, pinged }) = c.web.as_deref_mut() {
+            *pinged = true;
+            // WouldBlock keeps it buffered; any other failure shows on the flush.
+            let _ = socket.write(
+                &mut Wire::of(&mut c.stream, &mut c.tls),
+                Message::Ping(Default::default()),
+            );
+            // At once: the sweep runs after this turn's flush.
+            self.flush(conn);
+        }
+    }
+
     fn sweep(&mut self) {
         let now = Instant::now();
         self.last_sweep = now;
         let idle = self.limits.idle_timeout;
         let mut expired = Vec::new();
         let mut idle_conns = Vec::new();
+        let mut to_ping = Vec::new();
         for (&id, c) in &self.conns {
+            let quiet = now.duration_since(c.last_read);
             if c.close_deadline.is_some_and(|d| now >= d) {
                 expired.push(id);
-            } else if !c.closing && now.duration_since(c.last_read) >= idle {
+            } else if c.closing {
+                continue;
+            } else if quiet >= idle {
                 idle_conns.push(id);
+            } else {
+                match c.web.as_deref() {
+                    Some(Phase::Request { accepted, .. })
+                        if now.duration_since(*accepted) >= WEB_REQUEST_TIMEOUT =>
+                    {
+                        idle_conns.push(id)
+                    }
+                    // Sent by half the timeout at the latest, so the answer has the
+                    // other half to come back.
+                    Some(Phase::Open { pinged: false, .. })
+                        if quiet >= (idle / 2).saturating_sub(SWEEP_INTERVAL) =>
+                    {
+                        to_ping.push(id)
+                    }
+                    _ => {}
+                }
             }
         }
         for id in expired {
             self.drop_conn(id);
         }
+        for id in to_ping {
+            self.ping_websocket(id);
+        }
         for id in idle_conns {
             log::debug!("connection {id}: idle for {} ms; closing", idle.as_millis());
             self.close(id);
         }
+    }
+}
+
+/// What the core gets for one frame a client sent (a line, or a WebSocket text message).
+fn request_input(conn: ConnId, frame: &[u8], max_body_bytes: usize, now_ms: u64) -> Input {
+    match decode_request(frame, max_body_bytes) {
+        Ok(request) => Input::Request {
+            conn,
+            request,
+            now_ms,
+        },
+        Err(error) => Input::BadFrame { conn, error },
+    }
+}
+
+/// A client frame longer than `client.max_line_bytes`: refused, and the connection closes.
+fn too_large_input(conn: ConnId, limit: usize) -> Input {
+    Input::BadFrame {
+        conn,
+        error: crate::wire::client::DecodeError {
+            code: ErrorCode::TooLarge,
+            message: format!("line longer than {limit} bytes; closing"),
+            id: None,
+        },
     }
 }

@@ -36,6 +36,7 @@ pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod verifier;
+pub mod web;
 pub mod witness;
 pub mod witness_client;
 pub mod witness_metrics;
@@ -291,6 +292,15 @@ pub fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    let site = config.web.as_ref().map(|w| {
+        Arc::new(web::Site::new(
+            &config.node_id,
+            w,
+            config.client.max_line_bytes,
+            config.client.send_queue_bytes,
+            client_tls.is_some(),
+        ))
+    });
     let limits = WorkerLimits {
         max_line_bytes: config.client.max_line_bytes,
         max_body_bytes: config.client.max_body_bytes,
@@ -310,6 +320,7 @@ pub fn run(config: Config) -> Result<(), String> {
             node.head(),
             io_stats.clone(),
             per_ip.clone(),
+            site.clone(),
         )
         .map_err(|e| format!("client I/O worker: {e}"))?;
         worker_threads.push(spawn(&format!("io-{i}"), move || worker.run())?);
@@ -318,22 +329,48 @@ pub fn run(config: Config) -> Result<(), String> {
             waker,
         });
     }
-    let workers: Vec<WorkerHandle> = handles
-        .iter()
-        .map(|h| WorkerHandle {
-            commands: h.commands.clone(),
-            waker: h.waker.clone(),
-        })
-        .collect();
     let stopping = Arc::new(AtomicBool::new(false));
-    {
+    // Both listeners number connections from one counter: ids route to workers.
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let mut listeners = vec![(
+        "accept",
+        listener,
+        match &client_tls {
+            Some(slot) => acceptor::Listener::Tls(slot.clone()),
+            None => acceptor::Listener::Plain,
+        },
+    )];
+    if let Some(w) = &config.web {
+        let web_listener = bind(w.listen).map_err(|e| e.replace("client.listen", "web.listen"))?;
+        let web_bound = web_listener
+            .local_addr()
+            .map_err(|e| format!("web.listen {}: {e}", w.listen))?;
+        let scheme = if client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        log::info!("web page on {scheme}://{web_bound}/");
+        listeners.push((
+            "accept-web",
+            web_listener,
+            acceptor::Listener::Web(client_tls.clone()),
+        ));
+    }
+    for (name, listener, kind) in listeners {
+        let workers: Vec<WorkerHandle> = handles
+            .iter()
+            .map(|h| WorkerHandle {
+                commands: h.commands.clone(),
+                waker: h.waker.clone(),
+            })
+            .collect();
         let clients = clients.clone();
         let stop = stopping.clone();
         let max_clients = max_clients.clone();
-        let next_conn = Arc::new(AtomicU64::new(1));
+        let next_conn = next_conn.clone();
         let per_ip = per_ip.clone();
-        let tls = client_tls.clone();
-        spawn("accept", move || {
+        spawn(name, move || {
             acceptor::run(
                 listener,
                 workers,
@@ -342,7 +379,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 next_conn,
                 stop,
                 per_ip,
-                tls,
+                kind,
             )
         })?;
     }
@@ -1538,6 +1575,7 @@ impl Driver {
             self.config.metrics_listen,
             new.metrics_listen
         );
+        needs_restart!("web", self.config.web, new.web);
         needs_restart!(
             "hooks.role_change",
             self.config.role_change_hook,
@@ -1598,6 +1636,7 @@ impl Driver {
         kept.syslog_socket = self.config.syslog_socket.clone();
         kept.admin_socket = self.config.admin_socket.clone();
         kept.metrics_listen = self.config.metrics_listen;
+        kept.web = self.config.web.clone();
         kept.role_change_hook = self.config.role_change_hook.clone();
         kept.auth = crate::config::AuthConfig {
             failure_delay_ms: kept.auth.failure_delay_ms,

@@ -246,6 +246,20 @@ impl Client {
         }
     }
 
+    /// The `msg` frames of a `history` answer, up to its `history_end`.
+    pub fn history(&mut self, room: &str, limit: u64) -> Vec<ServerFrame> {
+        self.send(json!({"type":"history","room":room,"limit":limit}));
+        let mut answer = Vec::new();
+        loop {
+            let frame = self.recv();
+            match frame.kind.as_str() {
+                "msg" => answer.push(frame),
+                "history_end" => return answer,
+                _ => {}
+            }
+        }
+    }
+
     pub fn join(&mut self, room: &str) -> ServerFrame {
         self.send(json!({"type":"join","room":room}));
         self.recv_kind("joined")
