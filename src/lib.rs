@@ -36,3 +36,6 @@ pub mod secret_file;
 pub mod tls;
 pub mod wire;
 pub mod witness_config;
+
+#[cfg(test)]
+mod layers;

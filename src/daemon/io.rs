@@ -36,8 +36,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
 use tungstenite::Message;
 
-use super::acceptor::PerIp;
 use super::batch::Published;
+use super::per_ip::PerIp;
 use super::web::{self, Routed, Site};
 use crate::core::{Action, ConnId, Frame, Input};
 use crate::daemon::logging::{suppressed_note, Throttle};

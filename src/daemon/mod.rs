@@ -33,6 +33,7 @@ mod link_stream;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod per_ip;
 pub mod state;
 pub mod storage;
 pub mod verifier;
@@ -270,7 +271,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let clients = Arc::new(AtomicUsize::new(0));
     let io_stats = Arc::new(io::IoStats::default());
     let max_clients = Arc::new(AtomicUsize::new(config.client.max_clients));
-    let per_ip = Arc::new(acceptor::PerIp::new(config.client.max_connections_per_ip));
+    let per_ip = Arc::new(per_ip::PerIp::new(config.client.max_connections_per_ip));
     let verifier = match users {
         Some(users) => {
             log::info!(
@@ -706,7 +707,7 @@ struct Driver {
     clients: Arc<AtomicUsize>,
     max_clients: Arc<AtomicUsize>,
     /// Connections per source address (the acceptor's table; its limit reloads).
-    per_ip: Arc<acceptor::PerIp>,
+    per_ip: Arc<per_ip::PerIp>,
     /// The client listener's TLS config, swapped by a reload; `None`: plain TCP.
     client_tls: Option<acceptor::TlsSlot>,
     /// Token checks, with `auth.mode = "token"`.
