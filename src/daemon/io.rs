@@ -50,6 +50,10 @@ const WAKER: Token = Token(usize::MAX);
 /// Inputs a worker holds for the core while the core's channel is full; past it, the worker
 /// stops reading sockets until the core catches up (backpressure instead of growth).
 const OUTBOX_MAX: usize = 4096;
+/// Inputs handed to the core in one channel message, at most. One message per turn means
+/// one wake-up of the core per turn: sent one by one, each input woke the core thread,
+/// which (on a shared core) preempted the worker, stepped one input and slept again.
+pub const INPUT_BATCH_MAX: usize = 256;
 /// Frames one connection may hand to the core per turn of its worker; a connection with
 /// more waits (listed in `Worker::paused`) until the others have had theirs, so one client
 /// pipelining requests as fast as it can write cannot take the whole outbox turn after turn.
@@ -339,7 +343,7 @@ fn list_once(list: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
 pub struct Worker {
     poll: Poll,
     commands: Receiver<Command>,
-    inputs: Sender<Input>,
+    inputs: Sender<Vec<Input>>,
     outbox: VecDeque<Input>,
     conns: ConnMap<Conn>,
     /// Local subscribers of each room.
@@ -384,7 +388,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         commands: Receiver<Command>,
-        inputs: Sender<Input>,
+        inputs: Sender<Vec<Input>>,
         reader: LogReader,
         limits: WorkerLimits,
         clients: Arc<AtomicUsize>,
@@ -939,12 +943,18 @@ impl Worker {
         !stopped
     }
 
+    /// Hands the outbox to the core in batches of at most [`INPUT_BATCH_MAX`], in order;
+    /// what the channel has no room for waits at the front for the next turn.
     fn flush_outbox(&mut self) {
-        while let Some(input) = self.outbox.pop_front() {
-            match self.inputs.try_send(input) {
+        while !self.outbox.is_empty() {
+            let take = self.outbox.len().min(INPUT_BATCH_MAX);
+            let batch: Vec<Input> = self.outbox.drain(..take).collect();
+            match self.inputs.try_send(batch) {
                 Ok(()) => {}
-                Err(TrySendError::Full(input)) => {
-                    self.outbox.push_front(input);
+                Err(TrySendError::Full(batch)) => {
+                    for input in batch.into_iter().rev() {
+                        self.outbox.push_front(input);
+                    }
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => {

@@ -75,6 +75,9 @@ const WORKER_COMMANDS_MAX: usize = 4_096;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
 /// cannot starve ticks.
 const CORE_BATCH_MAX: usize = 1_024;
+/// Batches of inputs (each at most `io::INPUT_BATCH_MAX`) waiting for the core from the I/O
+/// workers; a worker holds its inputs back (and stops reading) while it is full.
+const WORKER_BATCHES_MAX: usize = 64;
 /// The core's tick: timeouts, failure detection, retention.
 const TICK: Duration = Duration::from_millis(50);
 /// Heartbeats waiting for the core; a newer one follows within an interval.
@@ -242,6 +245,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("client.listen {}: {e}", config.client.listen))?;
 
     let (input_tx, input_rx) = bounded::<Input>(CORE_INPUTS_MAX);
+    let (batch_tx, batch_rx) = bounded::<Vec<Input>>(WORKER_BATCHES_MAX);
     let (log_tx, log_rx) = bounded::<LogCommand>(config.log.max_pending + LOG_COMMANDS_EXTRA);
     let (durable_tx, durable_rx) = bounded::<()>(1);
     let (appended_tx, appended_rx) = bounded::<()>(1);
@@ -314,7 +318,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let (tx, rx) = bounded(WORKER_COMMANDS_MAX);
         let (worker, waker) = Worker::new(
             rx,
-            input_tx.clone(),
+            batch_tx.clone(),
             reader.clone(),
             limits.clone(),
             clients.clone(),
@@ -562,7 +566,7 @@ pub fn run(config: Config) -> Result<(), String> {
     } else {
         never()
     };
-    driver.run(&input_rx, &durable_rx, &signal_rx, &heartbeats);
+    driver.run(&input_rx, &batch_rx, &durable_rx, &signal_rx, &heartbeats);
 
     // The core said goodbye to every client: let the workers flush it, then stop the rest.
     stopping.store(true, Ordering::Release);
@@ -776,6 +780,7 @@ impl Driver {
     fn run(
         &mut self,
         inputs: &Receiver<Input>,
+        batches: &Receiver<Vec<Input>>,
         durable: &Receiver<()>,
         signals: &Receiver<Signal>,
         heartbeats: &Receiver<Received>,
@@ -796,6 +801,21 @@ impl Driver {
                         match inputs.try_recv() {
                             Ok(input) => self.node.step(input, &mut self.actions),
                             Err(_) => break,
+                        }
+                    }
+                }
+                recv(batches) -> batch => {
+                    let Ok(batch) = batch else { return };
+                    self.tick_if_due(&mut next_tick);
+                    let mut taken = 0;
+                    let mut next = Some(batch);
+                    while let Some(batch) = next.take() {
+                        taken += batch.len();
+                        for input in batch {
+                            self.node.step(input, &mut self.actions);
+                        }
+                        if taken < CORE_BATCH_MAX {
+                            next = batches.try_recv().ok();
                         }
                     }
                 }
