@@ -7,8 +7,8 @@
 # and fsfreeze (a primary whose disk stops answering, tests/failover.rs), nft and ip (the
 # namespace fault lab), arping (the lab's VIP moved by the role-change hook), chromium and
 # chromedriver (the page in a real browser, tests/browser.rs). As root on Debian the
-# missing ones are installed first; otherwise
-# they are named here, and the tests that need them fail saying so.
+# missing ones are installed first; otherwise they are named here, and the tests that need
+# them fail saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
