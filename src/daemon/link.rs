@@ -83,24 +83,7 @@ impl std::fmt::Display for LinkEnd {
     }
 }
 
-/// What the core asks of a link's writer.
-#[derive(Debug)]
-pub enum LinkCommand {
-    Accept {
-        truncate_after: u64,
-        restart_at: Option<u64>,
-    },
-    Handover {
-        epoch: u64,
-    },
-    TookOver {
-        epoch: u64,
-    },
-    ResubmitDone {
-        epoch: u64,
-        seq: u64,
-    },
-}
+pub use crate::core::link::LinkCommand;
 
 /// A new link's id, its command queue, its ack word and its wake-up, for its writer.
 type Registered = (LinkId, Receiver<LinkCommand>, Arc<AtomicU64>, Receiver<()>);
