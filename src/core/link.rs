@@ -557,4 +557,6 @@ impl BackupSession {
 }
 
 #[cfg(test)]
+pub mod sim;
+#[cfg(test)]
 mod tests;

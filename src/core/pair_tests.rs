@@ -18,9 +18,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::time::Duration;
 
-use super::link::{
-    BackupHello, BackupSession, LinkCommand, Next, NodeView, PrimarySession, ENTRIES_PER_FRAME,
-};
+use super::link::sim::{read_log, Segment};
+use super::link::{BackupHello, BackupSession, LinkCommand, Next, NodeView, PrimarySession};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
@@ -162,14 +161,6 @@ struct SimNode {
     last_heard_ms: u64,
     /// Every line the node logged, with its level.
     logs: Vec<(LogLevel, String)>,
-}
-
-/// What a link's byte stream carries to one end: a frame, or the FIN after the last one.
-#[derive(Clone, Debug)]
-enum Segment {
-    Frame(PeerFrame),
-    /// The sender's socket closed: FIN after everything it sent.
-    Fin,
 }
 
 /// One TCP connection between the nodes, both ends.
@@ -877,14 +868,7 @@ impl Pair {
         let frame = match next {
             Next::Send(frame) => Ok(frame),
             Next::ReadLog { from, upto } => {
-                let log = &self.nodes[p].disk.log;
-                let entries = log
-                    .iter()
-                    .skip_while(|e| e.seq < from)
-                    .take_while(|e| e.seq <= upto)
-                    .take(ENTRIES_PER_FRAME)
-                    .cloned()
-                    .collect();
+                let entries = read_log(&self.nodes[p].disk.log, from, upto);
                 let l = &mut self.links[link];
                 let frame = l.primary_end.on_read(entries, view, now);
                 l.check();

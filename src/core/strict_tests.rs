@@ -5,19 +5,25 @@
 //! form "once a node committed in epoch E, no node ever commits in an older epoch".
 //!
 //! The emulation follows the daemon where it matters for that promise (`daemon::mod`'s
-//! overdue tick first, `Input::Clock` before `Durable`; link frames in order and held
-//! while the network is cut, as TCP does; datagrams lost while it is cut) and leaves out
-//! what does not (log retention, orphans, authentication). `STRICT_SEEDS=N` runs more
+//! overdue tick first, `Input::Clock` before `Durable`; the real link frames between the
+//! real link sessions (`core::link`), in order and held while the network is cut, as TCP
+//! does; datagrams lost while it is cut) and leaves out what does not (log retention,
+//! orphans, authentication). `STRICT_SEEDS=N` runs more
 //! seeds; `STRICT_TRACE=1` prints each fault.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::time::Duration;
+
+use super::link::sim::{read_log, Segment};
+use super::link::{BackupHello, BackupSession, LinkCommand, Next, NodeView, PrimarySession};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::decode_request;
+use crate::wire::replication::{PeerFrame, REPLICATION_VERSION};
 
 const NODE_IDS: [&str; 2] = ["a", "b"];
 const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
@@ -34,6 +40,8 @@ const REDIAL_MS: u64 = 50;
 const WALL_BASE_MS: u64 = 1_700_000_000_000;
 const ROOM: &str = "r";
 const RUN_MS: u64 = 30_000;
+/// `replication.window`'s default: entries the primary streams past the backup's ack.
+const WINDOW: u64 = 8_192;
 
 fn core_config(index: usize, mode: ReplicationMode) -> CoreConfig {
     CoreConfig {
@@ -112,37 +120,6 @@ impl Setup {
 }
 
 #[derive(Clone, Debug)]
-enum LinkFrame {
-    Hello {
-        epoch: u64,
-        last_seq: u64,
-        spans: Vec<(u64, u64)>,
-    },
-    Welcome {
-        epoch: u64,
-    },
-    Truncate {
-        after_seq: u64,
-        spans: Vec<(u64, u64)>,
-    },
-    Entries {
-        commit_seq: u64,
-        entries: Vec<Entry>,
-    },
-    Ack {
-        durable_seq: u64,
-    },
-    Beat,
-    Handover {
-        epoch: u64,
-    },
-    TookOver {
-        epoch: u64,
-    },
-    Fin,
-}
-
-#[derive(Clone, Debug)]
 enum Event {
     /// The process's loop turns: an overdue tick runs, the dialer and streams move.
     Wake(usize),
@@ -167,7 +144,7 @@ enum Event {
     Frame {
         link: usize,
         to: usize,
-        frame: LinkFrame,
+        frame: Segment,
     },
     Fsync {
         node: usize,
@@ -205,10 +182,25 @@ struct SimNode {
 struct SimLink {
     dialer: usize,
     open: [bool; 2],
-    /// Primary end: the next seq to stream once the backup is accepted.
-    next_seq: Option<u64>,
     /// Latest due time per direction, so frames keep their order.
     last_due: [u64; 2],
+    /// The primary end's session (`core::link`), once it welcomed the dialer.
+    primary_end: Option<PrimarySession>,
+    /// The dialer's session, once it was welcomed.
+    backup_end: Option<BackupSession>,
+    /// Backup end: the newest durable seq the core asked to ack (the daemon's ack atomic).
+    ack_seq: u64,
+}
+
+impl SimLink {
+    /// Both ends' invariants, checked after every step of either.
+    fn check(&self) {
+        let primary = self.primary_end.as_ref().map_or(Ok(()), |s| s.invariants());
+        let backup = self.backup_end.as_ref().map_or(Ok(()), |s| s.invariants());
+        if let Err(problem) = primary.and(backup) {
+            panic!("link invariant broken: {problem}");
+        }
+    }
 }
 
 struct SimWitness {
@@ -598,11 +590,6 @@ impl World {
                     },
                 );
             }
-            for link in 0..self.links.len() {
-                if self.links[link].open[i] {
-                    self.send_frame(link, i, LinkFrame::Beat);
-                }
-            }
         }
         let p = self.nodes[i].process.as_mut().expect("running");
         let dialing = p.node.role() == Role::Backup
@@ -610,16 +597,24 @@ impl World {
             && !self.links.iter().any(|l| l.open[i]);
         if dialing {
             p.redial_at_ms = now + REDIAL_MS;
-            let hello = LinkFrame::Hello {
+            // The handshake's MACs are left out: both ends hold the key here.
+            let hello = PeerFrame::Hello {
+                version: REPLICATION_VERSION,
+                node_id: NODE_IDS[i].into(),
                 epoch: p.node.seen_epoch(),
                 last_seq: p.node.last_seq(),
-                spans: p.node.epochs().spans().to_vec(),
+                first_seq: self.nodes[i].log.first().map_or(1, |e| e.seq),
+                epochs: p.node.epochs().spans().to_vec(),
+                nonce: [0; 16],
+                boot: 0,
             };
             self.links.push(SimLink {
                 dialer: i,
                 open: [true, true],
-                next_seq: None,
                 last_due: [0, 0],
+                primary_end: None,
+                backup_end: None,
+                ack_seq: 0,
             });
             let link = self.links.len() - 1;
             if !self.running(1 - i) {
@@ -629,7 +624,9 @@ impl World {
                 self.send_frame(link, i, hello);
             }
         }
-        self.stream(i);
+        for link in 0..self.links.len() {
+            self.pump(link, i);
+        }
     }
 
     /// A dial to a dead process: refused, the dialer learns at once.
@@ -640,12 +637,16 @@ impl World {
             Event::Frame {
                 link,
                 to,
-                frame: LinkFrame::Fin,
+                frame: Segment::Fin,
             },
         );
     }
 
-    fn send_frame(&mut self, link: usize, from: usize, frame: LinkFrame) {
+    fn send_frame(&mut self, link: usize, from: usize, frame: PeerFrame) {
+        self.send_segment(link, from, Segment::Frame(frame));
+    }
+
+    fn send_segment(&mut self, link: usize, from: usize, frame: Segment) {
         let to = 1 - from;
         let due = (self.now_ms + self.latency()).max(self.links[link].last_due[to]);
         self.links[link].last_due[to] = due;
@@ -656,15 +657,21 @@ impl World {
         if self.links[link].open[i] {
             self.links[link].open[i] = false;
             if self.links[link].open[1 - i] {
-                self.send_frame(link, i, LinkFrame::Fin);
+                self.send_segment(link, i, Segment::Fin);
             }
         }
     }
 
-    fn on_frame(&mut self, link: usize, to: usize, frame: LinkFrame) {
+    fn on_frame(&mut self, link: usize, to: usize, frame: Segment) {
         let from = 1 - to;
-        if self.cut[from][to] {
-            // TCP holds what it could not deliver until the path heals.
+        // TCP holds what it could not deliver until the path heals; the primary end's
+        // reader starts once its core accepted the backup.
+        let unread = self.links[link]
+            .primary_end
+            .as_ref()
+            .is_some_and(|s| !s.accepted())
+            && self.links[link].dialer != to;
+        if self.cut[from][to] || (unread && self.links[link].open[to]) {
             let due = self.now_ms + 10;
             self.links[link].last_due[to] = self.links[link].last_due[to].max(due);
             self.schedule_at(due, Event::Frame { link, to, frame });
@@ -674,101 +681,173 @@ impl World {
             return;
         }
         let id = link as LinkId + 1;
-        let mono_ms = self.mono(to);
         match frame {
-            LinkFrame::Hello {
-                epoch,
-                last_seq,
-                spans,
-            } => self.step(
-                to,
-                Input::BackupHello {
-                    link: id,
-                    epoch,
-                    last_seq,
-                    spans,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Welcome { epoch } => self.step(
-                to,
-                Input::PrimaryWelcome {
-                    link: id,
-                    epoch,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Truncate { after_seq, spans } => self.step(
-                to,
-                Input::PrimaryTruncate {
-                    link: id,
-                    after_seq,
-                    spans,
-                },
-            ),
-            LinkFrame::Entries {
-                commit_seq,
-                entries,
-            } => self.step(
-                to,
-                Input::Replicate {
-                    link: id,
-                    commit_seq,
-                    entries,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Ack { durable_seq } => self.step(
-                to,
-                Input::BackupAck {
-                    link: id,
-                    durable_seq,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Beat => self.step(to, Input::LinkAlive { mono_ms }),
-            LinkFrame::Handover { epoch } => {
-                self.step(to, Input::HandoverAsked { link: id, epoch })
-            }
-            LinkFrame::TookOver { epoch } => self.step(to, Input::TookOver { link: id, epoch }),
-            LinkFrame::Fin => {
+            Segment::Fin => {
                 self.links[link].open[to] = false;
                 self.step(to, Input::LinkDown { link: id });
+            }
+            Segment::Frame(hello @ PeerFrame::Hello { .. }) => self.on_hello(link, to, hello),
+            Segment::Frame(PeerFrame::Welcome { epoch, epochs, .. }) => {
+                let now = self.mono_time(to);
+                let beat = Duration::from_millis(INTERVAL_MS);
+                let (session, input) = BackupSession::start(id, epoch, epochs, beat, now);
+                self.links[link].backup_end = Some(session);
+                self.step(to, input);
+            }
+            Segment::Frame(frame) => self.on_session_frame(link, to, frame),
+        }
+    }
+
+    /// The primary end of a dial: refused unless this node is primary (`link::serve_backup`),
+    /// else welcomed, and its core told.
+    fn on_hello(&mut self, link: usize, to: usize, hello: PeerFrame) {
+        let PeerFrame::Hello {
+            epoch,
+            last_seq,
+            epochs,
+            ..
+        } = hello
+        else {
+            unreachable!("matched by the caller")
+        };
+        let node = &self.nodes[to].process.as_ref().expect("running").node;
+        if node.role() != Role::Primary {
+            let reason = "this node is not the primary".into();
+            self.send_frame(link, to, PeerFrame::Refuse { reason });
+            self.close_end(link, to);
+            return;
+        }
+        let welcome = PeerFrame::Welcome {
+            node_id: NODE_IDS[to].into(),
+            epoch: node.epoch(),
+            epochs: node.epochs().spans().to_vec(),
+            head: node.head(),
+            nonce: [0; 16],
+            key_id: 0,
+            mac: [0; 32],
+        };
+        self.send_frame(link, to, welcome);
+        let hello = BackupHello {
+            epoch,
+            last_seq,
+            spans: epochs,
+        };
+        let beat = Duration::from_millis(INTERVAL_MS);
+        let id = link as LinkId + 1;
+        let (session, input) = PrimarySession::start(id, hello, WINDOW, beat, self.mono_time(to));
+        self.links[link].primary_end = Some(session);
+        self.step(to, input);
+    }
+
+    /// A frame after the handshake goes to the receiving end's session.
+    fn on_session_frame(&mut self, link: usize, to: usize, frame: PeerFrame) {
+        let now = self.mono_time(to);
+        let l = &mut self.links[link];
+        let received = match (&mut l.primary_end, &mut l.backup_end) {
+            (_, Some(session)) if l.dialer == to => session.on_frame(frame, now),
+            (Some(session), _) if l.dialer != to => session.on_frame(frame, now),
+            // A refusal or a stray frame before the handshake ended: the dial failed.
+            _ => Err(format!("{} before the handshake ended", frame.name())),
+        };
+        l.check();
+        match received {
+            Ok(received) => {
+                if let Some(input) = received.input {
+                    self.step(to, input);
+                }
+                if received.wake_writer {
+                    self.pump(link, to);
+                }
+            }
+            Err(reason) => {
+                if self.trace {
+                    eprintln!("{:>6} ms: {}: link: {reason}", self.now_ms, NODE_IDS[to]);
+                }
+                self.close_end(link, to);
             }
         }
     }
 
-    /// The primary end streams its log to an accepted backup.
-    fn stream(&mut self, i: usize) {
-        for link in 0..self.links.len() {
-            let l = &self.links[link];
-            if l.dialer == i || !l.open[i] || !l.open[1 - i] {
-                continue;
-            }
-            let Some(next) = l.next_seq else {
-                continue;
-            };
-            let log = &self.nodes[i].log;
-            let entries: Vec<Entry> = log
-                .iter()
-                .filter(|e| e.seq >= next)
-                .take(64)
-                .cloned()
-                .collect();
-            if entries.is_empty() {
-                continue;
-            }
-            let commit_seq = self.nodes[i].process.as_ref().expect("running").node.head();
-            self.links[link].next_seq = Some(entries.last().expect("not empty").seq + 1);
-            self.send_frame(
-                link,
-                i,
-                LinkFrame::Entries {
-                    commit_seq,
-                    entries,
-                },
-            );
+    fn mono_time(&self, i: usize) -> Duration {
+        Duration::from_millis(self.mono(i))
+    }
+
+    fn view(&self, i: usize) -> NodeView {
+        let node = &self.nodes[i].process.as_ref().expect("running").node;
+        NodeView {
+            epoch: node.epoch(),
+            head: node.head(),
         }
+    }
+
+    /// Node `i`'s end of a link writes what its session asks (`daemon::link`'s writers):
+    /// the primary streams its log within the window, the backup acks, either beats.
+    fn pump(&mut self, link: usize, i: usize) {
+        while self.running(i) && self.links[link].open[i] {
+            let (now, view) = (self.mono_time(i), self.view(i));
+            let appended = self.nodes[i].log.last().map_or(0, |e| e.seq);
+            let l = &mut self.links[link];
+            let next = match (&mut l.primary_end, &mut l.backup_end) {
+                (_, Some(session)) if l.dialer == i => session.next(now, l.ack_seq, view),
+                (Some(session), _) if l.dialer != i => session.next(now, appended, view),
+                _ => return,
+            };
+            l.check();
+            let frame = match next {
+                Next::Send(frame) => Ok(frame),
+                Next::ReadLog { from, upto } => self.read_log(link, i, from, upto),
+                // No orphans here: this simulation leaves them out.
+                Next::ReadOrphans => {
+                    let session = self.links[link].backup_end.as_mut().expect("backup end");
+                    assert!(session.on_orphans(Vec::new(), now).is_empty());
+                    continue;
+                }
+                Next::WaitUntil(_) => return,
+                Next::End(reason) => Err(reason),
+            };
+            match frame {
+                Ok(frame) => self.send_frame(link, i, frame),
+                Err(_) => self.close_end(link, i),
+            }
+        }
+    }
+
+    /// The primary end reads its log for its session: the `Entries` frame it builds.
+    fn read_log(
+        &mut self,
+        link: usize,
+        i: usize,
+        from: u64,
+        upto: u64,
+    ) -> Result<PeerFrame, String> {
+        let (now, view) = (self.mono_time(i), self.view(i));
+        let entries = read_log(&self.nodes[i].log, from, upto);
+        let l = &mut self.links[link];
+        let session = l
+            .primary_end
+            .as_mut()
+            .expect("the primary end reads the log");
+        let frame = session.on_read(entries, view, now);
+        l.check();
+        frame
+    }
+
+    /// A core command to node `from`'s end of a link: the frames its session makes.
+    fn command(&mut self, link: usize, from: usize, command: LinkCommand) {
+        let now = self.mono_time(from);
+        let l = &mut self.links[link];
+        let frames = match (&mut l.primary_end, &mut l.backup_end) {
+            (_, Some(session)) if l.dialer == from => {
+                session.on_command(command, now).into_iter().collect()
+            }
+            (Some(session), _) if l.dialer != from => session.on_command(command, now),
+            _ => Vec::new(),
+        };
+        l.check();
+        for frame in frames {
+            self.send_frame(link, from, frame);
+        }
+        self.pump(link, from);
     }
 
     fn on_claim(&mut self, from: usize, incarnation: u64, request: u64, epoch: u64) {
@@ -875,38 +954,34 @@ impl World {
             Action::AcceptBackup {
                 link,
                 truncate_after,
-                ..
+                restart_at,
             } => {
-                let link = link as usize - 1;
-                let p = self.nodes[i].process.as_ref().expect("running");
-                let epoch = p.node.epoch();
-                let spans = p.node.epochs().spans().to_vec();
-                self.links[link].next_seq = Some(truncate_after + 1);
-                self.send_frame(link, i, LinkFrame::Welcome { epoch });
-                self.send_frame(
-                    link,
-                    i,
-                    LinkFrame::Truncate {
-                        after_seq: truncate_after,
-                        spans,
-                    },
-                );
+                let accept = LinkCommand::Accept {
+                    truncate_after,
+                    restart_at,
+                };
+                self.command(link as usize - 1, i, accept);
             }
             Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
                 self.close_end(link as usize - 1, i)
             }
             Action::AckPrimary { link, durable_seq } => {
                 let link = link as usize - 1;
-                if self.links[link].open[i] {
-                    self.send_frame(link, i, LinkFrame::Ack { durable_seq });
-                }
+                let l = &mut self.links[link];
+                l.ack_seq = l.ack_seq.max(durable_seq);
+                self.pump(link, i);
             }
             Action::Handover { link, epoch } => {
-                self.send_frame(link as usize - 1, i, LinkFrame::Handover { epoch })
+                self.command(link as usize - 1, i, LinkCommand::Handover { epoch })
             }
             Action::TookOver { link, epoch } => {
-                self.send_frame(link as usize - 1, i, LinkFrame::TookOver { epoch })
+                self.command(link as usize - 1, i, LinkCommand::TookOver { epoch })
             }
+            Action::ResubmitDone { link, epoch, seq } if link != SELF_LINK => self.command(
+                link as usize - 1,
+                i,
+                LinkCommand::ResubmitDone { epoch, seq },
+            ),
             Action::Claim { request, epoch } => {
                 // A random 5 % of claims is lost in the fault runs only: two renewals lost
                 // in a row let a lease lapse by design, and a scenario that asserts a
