@@ -1,4 +1,4 @@
-//! The replication link's protocol after the handshake, as two pure machines: a
+//! The replication link's protocol (the handshake is in [`handshake`]) as two pure machines: a
 //! [`PrimarySession`] (streams the log within a window, beats when idle, relays hand-over
 //! and re-commit answers) and a [`BackupSession`] (acks what is durable, beats when idle,
 //! resubmits what only it had once caught up, turns the primary's frames into core inputs).
@@ -556,6 +556,7 @@ impl BackupSession {
     }
 }
 
+pub mod handshake;
 #[cfg(test)]
 pub mod sim;
 #[cfg(test)]

@@ -16,14 +16,17 @@ use std::collections::BinaryHeap;
 
 use std::time::Duration;
 
+use super::link::handshake::{self, Ends, LogView};
+use super::link::sim::{log_view, pair_keys};
 use super::link::sim::{read_log, Segment};
-use super::link::{BackupHello, BackupSession, LinkCommand, Next, NodeView, PrimarySession};
+use super::link::{BackupSession, LinkCommand, Next, NodeView, PrimarySession};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::decode_request;
-use crate::wire::replication::{PeerFrame, REPLICATION_VERSION};
+use crate::wire::keyring::Keyring;
+use crate::wire::replication::{PeerFrame, NONCE_BYTES};
 
 const NODE_IDS: [&str; 2] = ["a", "b"];
 const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
@@ -190,6 +193,9 @@ struct SimLink {
     backup_end: Option<BackupSession>,
     /// Backup end: the newest durable seq the core asked to ack (the daemon's ack atomic).
     ack_seq: u64,
+    /// The handshake's frames so far, which its MACs cover.
+    hello: Option<PeerFrame>,
+    welcome: Option<PeerFrame>,
 }
 
 impl SimLink {
@@ -212,6 +218,8 @@ struct SimWitness {
 
 struct World {
     setup: Setup,
+    /// The pair's secret, for the link's handshake.
+    keys: Keyring,
     rng: Rng,
     now_ms: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
@@ -254,6 +262,7 @@ impl World {
         };
         let mut world = World {
             setup,
+            keys: pair_keys(),
             rng,
             now_ms: 0,
             queue: BinaryHeap::new(),
@@ -597,17 +606,7 @@ impl World {
             && !self.links.iter().any(|l| l.open[i]);
         if dialing {
             p.redial_at_ms = now + REDIAL_MS;
-            // The handshake's MACs are left out: both ends hold the key here.
-            let hello = PeerFrame::Hello {
-                version: REPLICATION_VERSION,
-                node_id: NODE_IDS[i].into(),
-                epoch: p.node.seen_epoch(),
-                last_seq: p.node.last_seq(),
-                first_seq: self.nodes[i].log.first().map_or(1, |e| e.seq),
-                epochs: p.node.epochs().spans().to_vec(),
-                nonce: [0; 16],
-                boot: 0,
-            };
+            let hello = handshake::hello(&self.ends(i), &self.log_view(i), [0; NONCE_BYTES]);
             self.links.push(SimLink {
                 dialer: i,
                 open: [true, true],
@@ -615,6 +614,8 @@ impl World {
                 primary_end: None,
                 backup_end: None,
                 ack_seq: 0,
+                hello: Some(hello.clone()),
+                welcome: None,
             });
             let link = self.links.len() - 1;
             if !self.running(1 - i) {
@@ -686,55 +687,85 @@ impl World {
                 self.links[link].open[to] = false;
                 self.step(to, Input::LinkDown { link: id });
             }
-            Segment::Frame(hello @ PeerFrame::Hello { .. }) => self.on_hello(link, to, hello),
-            Segment::Frame(PeerFrame::Welcome { epoch, epochs, .. }) => {
-                let now = self.mono_time(to);
-                let beat = Duration::from_millis(INTERVAL_MS);
-                let (session, input) = BackupSession::start(id, epoch, epochs, beat, now);
-                self.links[link].backup_end = Some(session);
-                self.step(to, input);
+            Segment::Frame(frame) => {
+                let l = &self.links[link];
+                let dialer = l.dialer == to;
+                if l.primary_end.is_some() && !dialer || l.backup_end.is_some() && dialer {
+                    self.on_session_frame(link, to, frame);
+                } else if dialer {
+                    self.on_welcome(link, to, frame);
+                } else if l.welcome.is_none() {
+                    self.on_hello(link, to, frame);
+                } else {
+                    self.on_auth(link, to, frame);
+                }
             }
-            Segment::Frame(frame) => self.on_session_frame(link, to, frame),
         }
     }
 
-    /// The primary end of a dial: refused unless this node is primary (`link::serve_backup`),
-    /// else welcomed, and its core told.
-    fn on_hello(&mut self, link: usize, to: usize, hello: PeerFrame) {
-        let PeerFrame::Hello {
-            epoch,
-            last_seq,
-            epochs,
-            ..
-        } = hello
-        else {
-            unreachable!("matched by the caller")
-        };
-        let node = &self.nodes[to].process.as_ref().expect("running").node;
-        if node.role() != Role::Primary {
-            let reason = "this node is not the primary".into();
-            self.send_frame(link, to, PeerFrame::Refuse { reason });
-            self.close_end(link, to);
-            return;
+    fn ends(&self, i: usize) -> Ends<'_> {
+        Ends {
+            node_id: NODE_IDS[i],
+            peer_id: NODE_IDS[1 - i],
+            keys: &self.keys,
         }
-        let welcome = PeerFrame::Welcome {
-            node_id: NODE_IDS[to].into(),
-            epoch: node.epoch(),
-            epochs: node.epochs().spans().to_vec(),
-            head: node.head(),
-            nonce: [0; 16],
-            key_id: 0,
-            mac: [0; 32],
+    }
+
+    fn log_view(&self, i: usize) -> LogView {
+        let node = &self.nodes[i].process.as_ref().expect("running").node;
+        log_view(node, self.nodes[i].log.first().map_or(1, |e| e.seq))
+    }
+
+    /// The primary end of a dial: refused unless this node is primary (`link::serve_backup`),
+    /// else welcomed.
+    fn on_hello(&mut self, link: usize, to: usize, hello: PeerFrame) {
+        let primary = self.role(to) == Some(Role::Primary);
+        let view = (&self.log_view(to), primary);
+        match handshake::welcome(&self.ends(to), &hello, view, [0; NONCE_BYTES]) {
+            Ok(welcome) => {
+                self.links[link].hello = Some(hello);
+                self.links[link].welcome = Some(welcome.clone());
+                self.send_frame(link, to, welcome);
+            }
+            Err(refusal) => {
+                if let Some(answer) = refusal.answer() {
+                    self.send_frame(link, to, answer);
+                }
+                self.close_end(link, to);
+            }
+        }
+    }
+
+    /// The dialer checks the primary's answer, authenticates, and starts its session.
+    fn on_welcome(&mut self, link: usize, to: usize, answer: PeerFrame) {
+        let hello = self.links[link]
+            .hello
+            .clone()
+            .expect("the dialer sent a hello");
+        let welcomed = match handshake::auth(&self.ends(to), &hello, &answer) {
+            Ok(welcomed) => welcomed,
+            Err(_) => return self.close_end(link, to),
         };
-        self.send_frame(link, to, welcome);
-        let hello = BackupHello {
-            epoch,
-            last_seq,
-            spans: epochs,
+        self.send_frame(link, to, welcomed.auth);
+        let (id, now) = (link as LinkId + 1, self.mono_time(to));
+        let beat = Duration::from_millis(INTERVAL_MS);
+        let (session, input) = BackupSession::start(id, welcomed.epoch, welcomed.spans, beat, now);
+        self.links[link].backup_end = Some(session);
+        self.step(to, input);
+    }
+
+    /// The primary end checks the dialer's `Auth`, starts its session and tells its core.
+    fn on_auth(&mut self, link: usize, to: usize, auth: PeerFrame) {
+        let l = &self.links[link];
+        let (hello, welcome) = (l.hello.as_ref(), l.welcome.as_ref());
+        let (hello, welcome) = (hello.expect("a hello"), welcome.expect("a welcome"));
+        let backup = match handshake::authenticated(&self.ends(to), hello, welcome, &auth) {
+            Ok(backup) => backup,
+            Err(_) => return self.close_end(link, to),
         };
         let beat = Duration::from_millis(INTERVAL_MS);
         let id = link as LinkId + 1;
-        let (session, input) = PrimarySession::start(id, hello, WINDOW, beat, self.mono_time(to));
+        let (session, input) = PrimarySession::start(id, backup, WINDOW, beat, self.mono_time(to));
         self.links[link].primary_end = Some(session);
         self.step(to, input);
     }
@@ -1261,10 +1292,17 @@ fn the_checker_catches_a_node_that_allows_no_margin_for_clock_drift() {
     );
 }
 
+/// The seed of the calm scenarios.
+const CALM_SEED: u64 = 7;
+
 /// A calm pair, `a` primary and chat flowing, at 3 s.
 fn calm(setup: Setup) -> World {
+    calm_from(CALM_SEED, setup)
+}
+
+fn calm_from(seed: u64, setup: Setup) -> World {
     let mut world = World::new(
-        7,
+        seed,
         Setup {
             faults: false,
             ..setup
@@ -1277,9 +1315,9 @@ fn calm(setup: Setup) -> World {
     world
 }
 
-/// Time from `a`'s crash to `b`'s promotion.
-fn failover_ms(setup: Setup) -> u64 {
-    let mut world = calm(setup);
+/// Time from `a`'s crash to `b`'s promotion, in the calm pair of `seed`.
+fn failover_ms(seed: u64, setup: Setup) -> u64 {
+    let mut world = calm_from(seed, setup);
     let crashed_ms = world.now_ms;
     world.nodes[0].process = None;
     for link in 0..world.links.len() {
@@ -1289,22 +1327,41 @@ fn failover_ms(setup: Setup) -> u64 {
     world.promoted_ms.expect("promoted") - crashed_ms
 }
 
+/// Fail-over times over this many calm pairs: where the crash falls among the lease
+/// renewals, lost witness answers and link frames varies with the seed, so one seed's figure
+/// says little about the mechanism.
+const FAILOVER_SEEDS: u64 = 9;
+
 #[test]
 fn primary_crash_fails_over_within_the_available_mode_bound() {
-    let strict = failover_ms(Setup::strict());
-    let available = failover_ms(Setup {
-        strict: false,
-        ..Setup::strict()
-    });
-    eprintln!("fail-over after a crash: strict {strict} ms, available {available} ms");
-    // Detection (1 s) and the next tick; strict adds one round trip to the witness.
+    let median = |mut figures: Vec<u64>| {
+        figures.sort_unstable();
+        figures[figures.len() / 2]
+    };
+    let available: Vec<u64> = (1..=FAILOVER_SEEDS)
+        .map(|seed| {
+            let setup = Setup {
+                strict: false,
+                ..Setup::strict()
+            };
+            failover_ms(seed, setup)
+        })
+        .collect();
+    let strict: Vec<u64> = (1..=FAILOVER_SEEDS)
+        .map(|seed| failover_ms(seed, Setup::strict()))
+        .collect();
+    eprintln!("fail-over after a crash: strict {strict:?} ms, available {available:?} ms");
+    // Detection (1 s) and the next tick, every time.
+    let slowest = available.iter().max().expect("figures");
     assert!(
-        available <= DETECTION_MS + 2 * TICK_MS,
-        "available: {available} ms"
+        *slowest <= DETECTION_MS + 2 * TICK_MS,
+        "available: {available:?} ms"
     );
+    // Strict adds one round trip to the witness, typically.
+    let (strict, available) = (median(strict), median(available));
     assert!(
         strict <= available + 2 * TICK_MS,
-        "strict: {strict} ms, available: {available} ms"
+        "median strict: {strict} ms, available: {available} ms"
     );
 }
 

@@ -32,9 +32,7 @@ use crate::core::link::{
 use crate::core::{Input, LinkId};
 use crate::log::LogReader;
 use crate::wire::keyring::Keyring;
-use crate::wire::replication::{
-    encode, handshake_transcript, FrameReader, PeerFrame, Transcript, REPLICATION_VERSION,
-};
+use crate::wire::replication::{encode, FrameReader, PeerFrame};
 
 /// The handshake must complete within this, or the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -54,36 +52,10 @@ const HANDSHAKE_FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// pair working, so it is debug, and a few lines a window say it is still going on.
 const NOT_PRIMARY_LINES: u32 = 3;
 const NOT_PRIMARY_WINDOW: Duration = Duration::from_secs(10);
-/// What a node that is not primary answers a dialing backup.
-const NOT_PRIMARY: &str = "this node is not the primary";
 /// Why a link thread ends when the driver is gone (the process is stopping).
 const CORE_GONE: &str = "core gone";
 
-/// Why one link attempt or session ended.
-#[derive(Debug)]
-enum LinkEnd {
-    /// The other end (or this node, for an incoming link) is not primary: the normal answer
-    /// while the pair picks a primary, logged at debug.
-    NotPrimary,
-    /// Anything else, in words, logged at info.
-    Failed(String),
-}
-
-impl From<String> for LinkEnd {
-    fn from(text: String) -> Self {
-        LinkEnd::Failed(text)
-    }
-}
-
-impl std::fmt::Display for LinkEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LinkEnd::NotPrimary => f.write_str(NOT_PRIMARY),
-            LinkEnd::Failed(text) => f.write_str(text),
-        }
-    }
-}
-
+use crate::core::link::handshake::{self, Ends, LinkEnd, LogView, NOT_PRIMARY};
 pub use crate::core::link::LinkCommand;
 
 /// A new link's id, its command queue, its ack word and its wake-up, for its writer.
@@ -107,7 +79,7 @@ pub struct LinkContext {
     /// Pokes from the log writer: `appended_seq` moved.
     pub appended_wake: Receiver<()>,
     pub inputs: Sender<Input>,
-    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub snapshot: Arc<Mutex<LogView>>,
     pub primary: Arc<AtomicBool>,
     pub stopping: Arc<AtomicBool>,
     pub window: u64,
@@ -123,19 +95,6 @@ pub struct LinkContext {
     links: Mutex<HashMap<LinkId, LinkHandle>>,
 }
 
-/// The node's view for handshakes, refreshed by the driver after each turn that changed it.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub epoch: u64,
-    pub seen_epoch: u64,
-    pub spans: Vec<(u64, u64)>,
-    pub head: u64,
-    pub last_seq: u64,
-    pub first_seq: u64,
-    /// The core's `log_stuck`: do not follow a primary meanwhile.
-    pub log_stuck: bool,
-}
-
 impl LinkContext {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -146,7 +105,7 @@ impl LinkContext {
         progress: Arc<Progress>,
         appended_wake: Receiver<()>,
         inputs: Sender<Input>,
-        snapshot: Arc<Mutex<Snapshot>>,
+        snapshot: Arc<Mutex<LogView>>,
         primary: Arc<AtomicBool>,
         stopping: Arc<AtomicBool>,
         window: u64,
@@ -390,99 +349,31 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
     let hello = conn.recv()?;
-    let PeerFrame::Hello {
-        version,
-        ref node_id,
-        epoch,
-        last_seq,
-        ref epochs,
-        nonce: backup_nonce,
-        ..
-    } = hello
-    else {
-        return Err(format!("expected hello, got {}", hello.name()).into());
-    };
-    if version != REPLICATION_VERSION {
-        let reason = format!("replication version {version} is not {REPLICATION_VERSION}");
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(reason.into());
-    }
-    if *node_id != ctx.peer_id {
-        let reason = format!(
-            "node {node_id:?} is not this node's peer ({:?})",
-            ctx.peer_id
-        );
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(reason.into());
-    }
-    if !ctx.primary.load(Ordering::Acquire) {
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: NOT_PRIMARY.into(),
-            },
-        );
-        return Err(LinkEnd::NotPrimary);
-    }
-    let _ = backup_nonce;
-    let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
-    // The MACs cover both frames whole (nonces, ids, epochs, heads), so nothing in the
-    // handshake can be altered, replayed on another connection or reflected.
-    let mut welcome = PeerFrame::Welcome {
-        node_id: ctx.node_id.clone(),
-        epoch: snapshot.epoch,
-        epochs: snapshot.spans.clone(),
-        head: snapshot.head,
-        nonce: nonce(),
-        key_id: ctx.keys.signing_key_id(),
-        mac: [0; 32],
-    };
-    let (_, signed) = ctx
-        .keys
-        .sign(&handshake_transcript(Transcript::Welcome, &hello, &welcome));
-    if let PeerFrame::Welcome { mac, .. } = &mut welcome {
-        *mac = signed;
-    }
-    send(&mut writer, &welcome)?;
-    match conn.recv()? {
-        PeerFrame::Auth { key_id, mac } => {
-            let t = handshake_transcript(Transcript::Auth, &hello, &welcome);
-            if !ctx.keys.verify(key_id, &t, &mac) {
-                return Err(
-                    "handshake: the backup's MAC does not verify (wrong secret?)"
-                        .to_string()
-                        .into(),
-                );
+    let view = (&ctx.log_view(), ctx.primary.load(Ordering::Acquire));
+    let welcome = match handshake::welcome(&ctx.ends(), &hello, view, nonce()) {
+        Ok(welcome) => welcome,
+        Err(refusal) => {
+            if let Some(answer) = refusal.answer() {
+                let _ = send(&mut writer, &answer);
             }
+            return Err(refusal.end);
         }
-        other => {
-            return Err(format!("handshake: expected auth, got {}", other.name()).into());
-        }
-    }
+    };
+    send(&mut writer, &welcome)?;
+    let auth = conn.recv()?;
+    let backup = handshake::authenticated(&ctx.ends(), &hello, &welcome, &auth)?;
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
     let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq}) over {}",
+        "replication link {link}: backup {} connected (epoch {}, last seq {}) over {}",
+        ctx.peer_id,
+        backup.epoch,
+        backup.last_seq,
         ctx.transport()
     );
-    let hello = BackupHello {
-        epoch,
-        last_seq,
-        spans: epochs.clone(),
-    };
-    let result = primary_session(ctx, link, conn, writer, commands, wake, hello);
+    let result = primary_session(ctx, link, conn, writer, commands, wake, backup);
     ctx.unregister(link);
     let _ = ctx.inputs.send(Input::LinkDown { link });
     Ok(result?)
@@ -622,6 +513,19 @@ impl LinkContext {
         at.saturating_sub(self.now()).max(Duration::from_millis(1))
     }
 
+    fn ends(&self) -> Ends<'_> {
+        Ends {
+            node_id: &self.node_id,
+            peer_id: &self.peer_id,
+            keys: &self.keys,
+        }
+    }
+
+    /// The node as the handshake shows it: the driver's snapshot.
+    fn log_view(&self) -> LogView {
+        self.snapshot.lock().expect("snapshot lock").clone()
+    }
+
     fn view(&self) -> NodeView {
         let snapshot = self.snapshot.lock().expect("snapshot lock");
         NodeView {
@@ -689,56 +593,12 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     };
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
-    let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
-    let hello = PeerFrame::Hello {
-        version: REPLICATION_VERSION,
-        node_id: ctx.node_id.clone(),
-        epoch: snapshot.seen_epoch,
-        last_seq: snapshot.last_seq,
-        first_seq: snapshot.first_seq,
-        epochs: snapshot.spans.clone(),
-        nonce: nonce(),
-        boot: 0,
-    };
+    let hello = handshake::hello(&ctx.ends(), &ctx.log_view(), nonce());
     send(&mut writer, &hello)?;
-    let (epoch, spans) = match conn.recv()? {
-        welcome @ PeerFrame::Welcome { .. } => {
-            let PeerFrame::Welcome {
-                node_id,
-                epoch,
-                epochs,
-                key_id,
-                mac,
-                ..
-            } = &welcome
-            else {
-                unreachable!("matched above")
-            };
-            if *node_id != ctx.peer_id {
-                return Err(
-                    format!("answered by {node_id:?}, not the peer {:?}", ctx.peer_id).into(),
-                );
-            }
-            let t = handshake_transcript(Transcript::Welcome, &hello, &welcome);
-            if !ctx.keys.verify(*key_id, &t, mac) {
-                return Err(
-                    "handshake: the primary's MAC does not verify (wrong secret?)"
-                        .to_string()
-                        .into(),
-                );
-            }
-            let (key_id, mac) =
-                ctx.keys
-                    .sign(&handshake_transcript(Transcript::Auth, &hello, &welcome));
-            send(&mut writer, &PeerFrame::Auth { key_id, mac })?;
-            (*epoch, epochs.clone())
-        }
-        PeerFrame::Refuse { reason } if reason == NOT_PRIMARY => return Err(LinkEnd::NotPrimary),
-        PeerFrame::Refuse { reason } => return Err(format!("refused: {reason}").into()),
-        other => {
-            return Err(format!("handshake: expected welcome, got {}", other.name()).into());
-        }
-    };
+    let answer = conn.recv()?;
+    let welcomed = handshake::auth(&ctx.ends(), &hello, &answer)?;
+    send(&mut writer, &welcomed.auth)?;
+    let (epoch, spans) = (welcomed.epoch, welcomed.spans);
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
