@@ -16,17 +16,16 @@ use std::collections::BinaryHeap;
 
 use std::time::Duration;
 
-use super::link::handshake::{self, Ends, LogView};
-use super::link::sim::{log_view, pair_keys};
-use super::link::sim::{read_log, Segment};
-use super::link::{BackupSession, LinkCommand, Next, NodeView, PrimarySession};
+use super::link::handshake::Ends;
+use super::link::sim::{log_view, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::{LinkCommand, Next, NodeView};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::decode_request;
 use crate::wire::keyring::Keyring;
-use crate::wire::replication::{PeerFrame, NONCE_BYTES};
+use crate::wire::replication::PeerFrame;
 
 const NODE_IDS: [&str; 2] = ["a", "b"];
 const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
@@ -43,8 +42,11 @@ const REDIAL_MS: u64 = 50;
 const WALL_BASE_MS: u64 = 1_700_000_000_000;
 const ROOM: &str = "r";
 const RUN_MS: u64 = 30_000;
-/// `replication.window`'s default: entries the primary streams past the backup's ack.
-const WINDOW: u64 = 8_192;
+/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
+const TIMING: LinkTiming = LinkTiming {
+    window: 8_192,
+    beat_interval: Duration::from_millis(INTERVAL_MS),
+};
 
 fn core_config(index: usize, mode: ReplicationMode) -> CoreConfig {
     CoreConfig {
@@ -183,30 +185,11 @@ struct SimNode {
 }
 
 struct SimLink {
-    dialer: usize,
     open: [bool; 2],
     /// Latest due time per direction, so frames keep their order.
     last_due: [u64; 2],
-    /// The primary end's session (`core::link`), once it welcomed the dialer.
-    primary_end: Option<PrimarySession>,
-    /// The dialer's session, once it was welcomed.
-    backup_end: Option<BackupSession>,
-    /// Backup end: the newest durable seq the core asked to ack (the daemon's ack atomic).
-    ack_seq: u64,
-    /// The handshake's frames so far, which its MACs cover.
-    hello: Option<PeerFrame>,
-    welcome: Option<PeerFrame>,
-}
-
-impl SimLink {
-    /// Both ends' invariants, checked after every step of either.
-    fn check(&self) {
-        let primary = self.primary_end.as_ref().map_or(Ok(()), |s| s.invariants());
-        let backup = self.backup_end.as_ref().map_or(Ok(()), |s| s.invariants());
-        if let Err(problem) = primary.and(backup) {
-            panic!("link invariant broken: {problem}");
-        }
-    }
+    /// The handshake and the sessions at both ends.
+    ends: LinkEnds,
 }
 
 struct SimWitness {
@@ -606,16 +589,13 @@ impl World {
             && !self.links.iter().any(|l| l.open[i]);
         if dialing {
             p.redial_at_ms = now + REDIAL_MS;
-            let hello = handshake::hello(&self.ends(i), &self.log_view(i), [0; NONCE_BYTES]);
+            let id = self.links.len() as LinkId + 1;
+            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let hello = ends.hello();
             self.links.push(SimLink {
-                dialer: i,
                 open: [true, true],
                 last_due: [0, 0],
-                primary_end: None,
-                backup_end: None,
-                ack_seq: 0,
-                hello: Some(hello.clone()),
-                welcome: None,
+                ends,
             });
             let link = self.links.len() - 1;
             if !self.running(1 - i) {
@@ -667,12 +647,8 @@ impl World {
         let from = 1 - to;
         // TCP holds what it could not deliver until the path heals; the primary end's
         // reader starts once its core accepted the backup.
-        let unread = self.links[link]
-            .primary_end
-            .as_ref()
-            .is_some_and(|s| !s.accepted())
-            && self.links[link].dialer != to;
-        if self.cut[from][to] || (unread && self.links[link].open[to]) {
+        let l = &self.links[link];
+        if self.cut[from][to] || (l.open[to] && !l.ends.reading(to)) {
             let due = self.now_ms + 10;
             self.links[link].last_due[to] = self.links[link].last_due[to].max(due);
             self.schedule_at(due, Event::Frame { link, to, frame });
@@ -681,121 +657,32 @@ impl World {
         if !self.links[link].open[to] {
             return;
         }
-        let id = link as LinkId + 1;
-        match frame {
-            Segment::Fin => {
-                self.links[link].open[to] = false;
-                self.step(to, Input::LinkDown { link: id });
-            }
-            Segment::Frame(frame) => {
-                let l = &self.links[link];
-                let dialer = l.dialer == to;
-                if l.primary_end.is_some() && !dialer || l.backup_end.is_some() && dialer {
-                    self.on_session_frame(link, to, frame);
-                } else if dialer {
-                    self.on_welcome(link, to, frame);
-                } else if l.welcome.is_none() {
-                    self.on_hello(link, to, frame);
-                } else {
-                    self.on_auth(link, to, frame);
-                }
-            }
-        }
-    }
-
-    fn ends(&self, i: usize) -> Ends<'_> {
-        Ends {
-            node_id: NODE_IDS[i],
-            peer_id: NODE_IDS[1 - i],
-            keys: &self.keys,
-        }
-    }
-
-    fn log_view(&self, i: usize) -> LogView {
-        let node = &self.nodes[i].process.as_ref().expect("running").node;
-        log_view(node, self.nodes[i].log.first().map_or(1, |e| e.seq))
-    }
-
-    /// The primary end of a dial: refused unless this node is primary (`link::serve_backup`),
-    /// else welcomed.
-    fn on_hello(&mut self, link: usize, to: usize, hello: PeerFrame) {
-        let primary = self.role(to) == Some(Role::Primary);
-        let view = (&self.log_view(to), primary);
-        match handshake::welcome(&self.ends(to), &hello, view, [0; NONCE_BYTES]) {
-            Ok(welcome) => {
-                self.links[link].hello = Some(hello);
-                self.links[link].welcome = Some(welcome.clone());
-                self.send_frame(link, to, welcome);
-            }
-            Err(refusal) => {
-                if let Some(answer) = refusal.answer() {
-                    self.send_frame(link, to, answer);
-                }
-                self.close_end(link, to);
-            }
-        }
-    }
-
-    /// The dialer checks the primary's answer, authenticates, and starts its session.
-    fn on_welcome(&mut self, link: usize, to: usize, answer: PeerFrame) {
-        let hello = self.links[link]
-            .hello
-            .clone()
-            .expect("the dialer sent a hello");
-        let welcomed = match handshake::auth(&self.ends(to), &hello, &answer) {
-            Ok(welcomed) => welcomed,
-            Err(_) => return self.close_end(link, to),
+        let Segment::Frame(frame) = frame else {
+            self.links[link].open[to] = false;
+            self.step(
+                to,
+                Input::LinkDown {
+                    link: link as LinkId + 1,
+                },
+            );
+            return;
         };
-        self.send_frame(link, to, welcomed.auth);
-        let (id, now) = (link as LinkId + 1, self.mono_time(to));
-        let beat = Duration::from_millis(INTERVAL_MS);
-        let (session, input) = BackupSession::start(id, welcomed.epoch, welcomed.spans, beat, now);
-        self.links[link].backup_end = Some(session);
-        self.step(to, input);
-    }
-
-    /// The primary end checks the dialer's `Auth`, starts its session and tells its core.
-    fn on_auth(&mut self, link: usize, to: usize, auth: PeerFrame) {
-        let l = &self.links[link];
-        let (hello, welcome) = (l.hello.as_ref(), l.welcome.as_ref());
-        let (hello, welcome) = (hello.expect("a hello"), welcome.expect("a welcome"));
-        let backup = match handshake::authenticated(&self.ends(to), hello, welcome, &auth) {
-            Ok(backup) => backup,
-            Err(_) => return self.close_end(link, to),
-        };
-        let beat = Duration::from_millis(INTERVAL_MS);
-        let id = link as LinkId + 1;
-        let (session, input) = PrimarySession::start(id, backup, WINDOW, beat, self.mono_time(to));
-        self.links[link].primary_end = Some(session);
-        self.step(to, input);
-    }
-
-    /// A frame after the handshake goes to the receiving end's session.
-    fn on_session_frame(&mut self, link: usize, to: usize, frame: PeerFrame) {
-        let now = self.mono_time(to);
-        let l = &mut self.links[link];
-        let received = match (&mut l.primary_end, &mut l.backup_end) {
-            (_, Some(session)) if l.dialer == to => session.on_frame(frame, now),
-            (Some(session), _) if l.dialer != to => session.on_frame(frame, now),
-            // A refusal or a stray frame before the handshake ended: the dial failed.
-            _ => Err(format!("{} before the handshake ended", frame.name())),
-        };
-        l.check();
-        match received {
-            Ok(received) => {
-                if let Some(input) = received.input {
-                    self.step(to, input);
-                }
-                if received.wake_writer {
-                    self.pump(link, to);
-                }
+        let (now, side) = (self.mono_time(to), side(&self.keys, &self.nodes, to));
+        let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
+        for reply in arrived.replies {
+            self.send_frame(link, to, reply);
+        }
+        if let Some(input) = arrived.input {
+            self.step(to, input);
+        }
+        if arrived.wake_writer {
+            self.pump(link, to);
+        }
+        if let Some(reason) = arrived.end {
+            if self.trace {
+                eprintln!("{:>6} ms: {}: link: {reason}", self.now_ms, NODE_IDS[to]);
             }
-            Err(reason) => {
-                if self.trace {
-                    eprintln!("{:>6} ms: {}: link: {reason}", self.now_ms, NODE_IDS[to]);
-                }
-                self.close_end(link, to);
-            }
+            self.close_end(link, to);
         }
     }
 
@@ -816,25 +703,19 @@ impl World {
     fn pump(&mut self, link: usize, i: usize) {
         while self.running(i) && self.links[link].open[i] {
             let (now, view) = (self.mono_time(i), self.view(i));
-            let appended = self.nodes[i].log.last().map_or(0, |e| e.seq);
-            let l = &mut self.links[link];
-            let next = match (&mut l.primary_end, &mut l.backup_end) {
-                (_, Some(session)) if l.dialer == i => session.next(now, l.ack_seq, view),
-                (Some(session), _) if l.dialer != i => session.next(now, appended, view),
-                _ => return,
-            };
-            l.check();
-            let frame = match next {
-                Next::Send(frame) => Ok(frame),
-                Next::ReadLog { from, upto } => self.read_log(link, i, from, upto),
+            let log = &self.nodes[i].log;
+            let appended = log.last().map_or(0, |e| e.seq);
+            let ends = &mut self.links[link].ends;
+            let frame = match ends.next(i, now, appended, view) {
+                Some(Next::Send(frame)) => Ok(frame),
+                Some(Next::ReadLog { from, upto }) => ends.on_read(log, (from, upto), view, now),
                 // No orphans here: this simulation leaves them out.
-                Next::ReadOrphans => {
-                    let session = self.links[link].backup_end.as_mut().expect("backup end");
-                    assert!(session.on_orphans(Vec::new(), now).is_empty());
+                Some(Next::ReadOrphans) => {
+                    assert!(ends.on_orphans(Vec::new(), now).is_empty());
                     continue;
                 }
-                Next::WaitUntil(_) => return,
-                Next::End(reason) => Err(reason),
+                Some(Next::WaitUntil(_)) | None => return,
+                Some(Next::End(reason)) => Err(reason),
             };
             match frame {
                 Ok(frame) => self.send_frame(link, i, frame),
@@ -843,39 +724,10 @@ impl World {
         }
     }
 
-    /// The primary end reads its log for its session: the `Entries` frame it builds.
-    fn read_log(
-        &mut self,
-        link: usize,
-        i: usize,
-        from: u64,
-        upto: u64,
-    ) -> Result<PeerFrame, String> {
-        let (now, view) = (self.mono_time(i), self.view(i));
-        let entries = read_log(&self.nodes[i].log, from, upto);
-        let l = &mut self.links[link];
-        let session = l
-            .primary_end
-            .as_mut()
-            .expect("the primary end reads the log");
-        let frame = session.on_read(entries, view, now);
-        l.check();
-        frame
-    }
-
     /// A core command to node `from`'s end of a link: the frames its session makes.
     fn command(&mut self, link: usize, from: usize, command: LinkCommand) {
         let now = self.mono_time(from);
-        let l = &mut self.links[link];
-        let frames = match (&mut l.primary_end, &mut l.backup_end) {
-            (_, Some(session)) if l.dialer == from => {
-                session.on_command(command, now).into_iter().collect()
-            }
-            (Some(session), _) if l.dialer != from => session.on_command(command, now),
-            _ => Vec::new(),
-        };
-        l.check();
-        for frame in frames {
+        for frame in self.links[link].ends.on_command(from, command, now) {
             self.send_frame(link, from, frame);
         }
         self.pump(link, from);
@@ -998,8 +850,7 @@ impl World {
             }
             Action::AckPrimary { link, durable_seq } => {
                 let link = link as usize - 1;
-                let l = &mut self.links[link];
-                l.ack_seq = l.ack_seq.max(durable_seq);
+                self.links[link].ends.ack(durable_seq);
                 self.pump(link, i);
             }
             Action::Handover { link, epoch } => {
@@ -1294,6 +1145,20 @@ fn the_checker_catches_a_node_that_allows_no_margin_for_clock_drift() {
 
 /// The seed of the calm scenarios.
 const CALM_SEED: u64 = 7;
+
+/// Node `i` as its end of a handshake sees itself.
+fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+    let node = &nodes[i].process.as_ref().expect("running").node;
+    NodeSide {
+        ends: Ends {
+            node_id: NODE_IDS[i],
+            peer_id: NODE_IDS[1 - i],
+            keys,
+        },
+        view: log_view(node, nodes[i].log.first().map_or(1, |e| e.seq)),
+        primary: node.role() == Role::Primary,
+    }
+}
 
 /// A calm pair, `a` primary and chat flowing, at 3 s.
 fn calm(setup: Setup) -> World {
