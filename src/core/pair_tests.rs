@@ -8,9 +8,11 @@
 //! - heartbeats are datagrams: a cut network drops them, a stopped process finds them in
 //!   its socket when it wakes and stamps them with the time it reads them;
 //! - the replication link is a TCP stream of the real frames (`wire::replication::PeerFrame`)
-//!   between the real sessions (`core::link`), driven as `daemon::link` drives them: frames
-//!   arrive in order, a cut network holds them until it heals, and a closed end sends a FIN
-//!   after what it sent; each session's invariants are checked after each of its steps;
+//!   between the real handshake and sessions (`core::link`, through `core::link::sim`, which
+//!   the strict simulation shares): a dial to a dead or cut-off peer fails at once, one to a
+//!   peer that is not primary is refused in the handshake; frames arrive in order, a cut
+//!   network holds them until it heals, and a closed end sends a FIN after what it sent;
+//!   each session's invariants are checked after each of its steps;
 //! - the disk keeps what was fsynced (and, for a process crash, what was written), the
 //!   epochs file and the orphans side file that a log cut fills.
 
@@ -18,11 +20,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::time::Duration;
 
-use super::link::sim::{read_log, Segment};
-use super::link::{BackupHello, BackupSession, LinkCommand, Next, NodeView, PrimarySession};
+use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::{LinkCommand, Next, NodeView};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
+use crate::wire::keyring::Keyring;
 use crate::wire::replication::PeerFrame;
 
 const A: usize = 0;
@@ -35,8 +38,11 @@ const DETECTION_MS: u64 = 1_000;
 const ACK_TIMEOUT_MS: u64 = 1_000;
 /// The daemon's core tick.
 const TICK_MS: u64 = 50;
-/// `replication.window`'s default: entries the primary streams past the backup's ack.
-const WINDOW: u64 = 8_192;
+/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
+const TIMING: LinkTiming = LinkTiming {
+    window: 8_192,
+    beat_interval: Duration::from_millis(INTERVAL_MS),
+};
 /// A backup dials again this long after a dial failed or its link ended.
 const REDIAL_MS: u64 = 50;
 /// Wall-clock milliseconds at sim time 0, so timestamps look like real ones.
@@ -166,30 +172,15 @@ struct SimNode {
 /// One TCP connection between the nodes, both ends.
 struct SimLink {
     id: LinkId,
+    /// The node dialed, and the dialing one.
     primary: usize,
     backup: usize,
     /// Which ends are still open, by node index.
     open: [bool; 2],
     /// Frames on their way to each node, in order: (due, segment).
     inflight: [VecDeque<(u64, Segment)>; 2],
-    /// The primary's end of the protocol, as the daemon's repl-primary threads drive it.
-    primary_end: PrimarySession,
-    /// The backup's end, as the daemon's repl-dial threads drive it.
-    backup_end: BackupSession,
-    /// Backup end: the newest durable seq the core asked to ack (the daemon's ack atomic).
-    ack_seq: u64,
-}
-
-impl SimLink {
-    /// Both ends' invariants, checked after every step of either.
-    fn check(&self) {
-        if let Err(problem) = self.primary_end.invariants() {
-            panic!("link invariant broken: {problem}");
-        }
-        if let Err(problem) = self.backup_end.invariants() {
-            panic!("link invariant broken: {problem}");
-        }
-    }
+    /// The handshake and the sessions at both ends, as the daemon's link threads run them.
+    ends: LinkEnds,
 }
 
 struct Datagram {
@@ -211,6 +202,8 @@ struct Acked {
 
 struct Pair {
     now_ms: u64,
+    /// The pair's secret, for the link's handshake.
+    keys: Keyring,
     nodes: [SimNode; 2],
     cooldown_ms: u64,
     /// cut[from][to]: datagrams from `from` to `to` are lost, link frames wait.
@@ -296,6 +289,7 @@ impl Pair {
         };
         Pair {
             now_ms: 0,
+            keys: pair_keys(),
             nodes: [node(), node()],
             cooldown_ms,
             cut: [[false; 2]; 2],
@@ -667,8 +661,10 @@ impl Pair {
             if self.links.iter().any(|l| l.backup == i && l.open[i]) {
                 continue;
             }
+            // A cut or a dead peer refuses the connection; a peer that is not primary
+            // refuses in the handshake.
             let reachable = self.running(j) && !self.cut[i][j] && !self.cut[j][i];
-            if !reachable || self.node(j).role() != Role::Primary {
+            if !reachable {
                 self.nodes[i]
                     .process
                     .as_mut()
@@ -678,33 +674,18 @@ impl Pair {
             }
             let id = self.next_link;
             self.next_link += 1;
-            let backup = self.node(i);
-            let hello = BackupHello {
-                epoch: backup.seen_epoch(),
-                last_seq: backup.last_seq(),
-                spans: backup.epochs().spans().to_vec(),
-            };
-            let welcome = (self.node(j).epoch(), self.node(j).epochs().spans().to_vec());
-            // After the handshake each side's link thread starts its session, which tells
-            // its core, about at once.
-            let beat = Duration::from_millis(INTERVAL_MS);
-            let (primary_end, to_primary) =
-                PrimarySession::start(id, hello, WINDOW, beat, self.mono_time(j));
-            let (backup_end, to_backup) =
-                BackupSession::start(id, welcome.0, welcome.1, beat, self.mono_time(i));
+            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let hello = ends.hello();
             self.links.push(SimLink {
                 id,
                 primary: j,
                 backup: i,
                 open: [true, true],
                 inflight: [VecDeque::new(), VecDeque::new()],
-                primary_end,
-                backup_end,
-                ack_seq: 0,
+                ends,
             });
-            self.trace(i, &format!("link {id} to the primary"));
-            self.inbox.push_back((i, to_backup));
-            self.inbox.push_back((j, to_primary));
+            self.send_frame(self.links.len() - 1, i, hello);
+            self.trace(i, &format!("link {id} to the peer"));
             progressed = true;
         }
         progressed
@@ -749,7 +730,7 @@ impl Pair {
             }
         }
         let id = l.id;
-        if self.nodes[i].process.is_some() {
+        if self.nodes[i].process.is_some() && l.ends.established(i) {
             self.inbox.push_back((i, Input::LinkDown { link: id }));
         }
     }
@@ -765,7 +746,7 @@ impl Pair {
                     };
                     let gone = self.nodes[to].process.is_none() || !l.open[to];
                     // The primary's reader starts once its core accepted the backup.
-                    let unread = to == l.primary && !l.primary_end.accepted();
+                    let unread = !l.ends.reading(to);
                     let stuck = self.stuck == Some((l.id, 1 - to)) || unread;
                     if !gone
                         && (due > self.now_ms || self.cut[1 - to][to] || stuck || !self.running(to))
@@ -795,27 +776,21 @@ impl Pair {
             return;
         };
         let now = self.mono_time(to);
-        let l = &mut self.links[link];
-        let received = if l.primary == to {
-            l.primary_end.on_frame(frame, now)
-        } else {
-            l.backup_end.on_frame(frame, now)
-        };
-        l.check();
-        match received {
-            Ok(received) => {
-                if received.orphans_done {
-                    // Everything kept aside is re-committed: the side file goes.
-                    self.nodes[to].disk.orphans.clear();
-                }
-                if let Some(input) = received.input {
-                    self.step(to, input);
-                }
-            }
-            Err(reason) => {
-                self.trace(to, &format!("link {}: {reason}", self.links[link].id));
-                self.close_end(link, to);
-            }
+        let side = side(&self.keys, &self.nodes, to);
+        let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
+        for reply in arrived.replies {
+            self.send_frame(link, to, reply);
+        }
+        if arrived.orphans_done {
+            // Everything kept aside is re-committed: the side file goes.
+            self.nodes[to].disk.orphans.clear();
+        }
+        if let Some(input) = arrived.input {
+            self.step(to, input);
+        }
+        if let Some(reason) = arrived.end {
+            self.trace(to, &format!("link {}: {reason}", self.links[link].id));
+            self.close_end(link, to);
         }
     }
 
@@ -829,7 +804,10 @@ impl Pair {
                 p.redial_at_ms = self.now_ms + REDIAL_MS;
             }
         }
-        self.step(to, Input::LinkDown { link: id });
+        // A link its core never heard of (a refused dial) ends without a word to it.
+        if l.ends.established(to) {
+            self.step(to, Input::LinkDown { link: id });
+        }
     }
 
     /// The link writers ask their sessions what is next and carry it out, as
@@ -838,12 +816,10 @@ impl Pair {
     fn pump_links(&mut self) -> bool {
         let mut progressed = self.resubmit_own_orphans();
         for link in 0..self.links.len() {
-            let (p, b) = (self.links[link].primary, self.links[link].backup);
-            while self.links[link].open[p] && self.running(p) && self.pump_primary(link) {
-                progressed = true;
-            }
-            while self.links[link].open[b] && self.running(b) && self.pump_backup(link) {
-                progressed = true;
+            for i in [self.links[link].primary, self.links[link].backup] {
+                while self.links[link].open[i] && self.running(i) && self.pump(link, i) {
+                    progressed = true;
+                }
             }
         }
         progressed
@@ -857,61 +833,30 @@ impl Pair {
         }
     }
 
-    /// One move of the primary end's writer; false when it waits.
-    fn pump_primary(&mut self, link: usize) -> bool {
-        let p = self.links[link].primary;
-        let (now, view) = (self.mono_time(p), self.view(p));
-        let appended = self.nodes[p].disk.last_seq();
-        let l = &mut self.links[link];
-        let next = l.primary_end.next(now, appended, view);
-        l.check();
-        let frame = match next {
-            Next::Send(frame) => Ok(frame),
-            Next::ReadLog { from, upto } => {
-                let entries = read_log(&self.nodes[p].disk.log, from, upto);
-                let l = &mut self.links[link];
-                let frame = l.primary_end.on_read(entries, view, now);
-                l.check();
-                frame
-            }
-            Next::WaitUntil(_) => return false,
-            Next::End(reason) => Err(reason),
-            Next::ReadOrphans => unreachable!("a primary session reads no orphans"),
+    /// One move of node `i`'s writer on a link; false when it waits.
+    fn pump(&mut self, link: usize, i: usize) -> bool {
+        let (now, view) = (self.mono_time(i), self.view(i));
+        let disk = &self.nodes[i].disk;
+        let ends = &mut self.links[link].ends;
+        let frames = match ends.next(i, now, disk.last_seq(), view) {
+            Some(Next::Send(frame)) => Ok(vec![frame]),
+            Some(Next::ReadLog { from, upto }) => ends
+                .on_read(&disk.log, (from, upto), view, now)
+                .map(|frame| vec![frame]),
+            Some(Next::ReadOrphans) => Ok(ends.on_orphans(disk.orphans.clone(), now)),
+            Some(Next::WaitUntil(_)) | None => return false,
+            Some(Next::End(reason)) => Err(reason),
         };
-        match frame {
-            Ok(frame) => self.send_frame(link, p, frame),
-            Err(reason) => {
-                self.trace(p, &format!("link {}: {reason}", self.links[link].id));
-                self.close_end(link, p);
-            }
-        }
-        true
-    }
-
-    /// One move of the backup end's writer; false when it waits.
-    fn pump_backup(&mut self, link: usize) -> bool {
-        let b = self.links[link].backup;
-        let (now, view) = (self.mono_time(b), self.view(b));
-        let l = &mut self.links[link];
-        let next = l.backup_end.next(now, l.ack_seq, view);
-        l.check();
-        match next {
-            Next::Send(frame) => self.send_frame(link, b, frame),
-            Next::ReadOrphans => {
-                let batches = self.nodes[b].disk.orphans.clone();
-                let l = &mut self.links[link];
-                let frames = l.backup_end.on_orphans(batches, now);
-                l.check();
+        match frames {
+            Ok(frames) => {
                 for frame in frames {
-                    self.send_frame(link, b, frame);
+                    self.send_frame(link, i, frame);
                 }
             }
-            Next::WaitUntil(_) => return false,
-            Next::End(reason) => {
-                self.trace(b, &format!("link {}: {reason}", self.links[link].id));
-                self.close_end(link, b);
+            Err(reason) => {
+                self.trace(i, &format!("link {}: {reason}", self.links[link].id));
+                self.close_end(link, i);
             }
-            Next::ReadLog { .. } => unreachable!("a backup session reads no log"),
         }
         true
     }
@@ -1107,8 +1052,7 @@ impl Pair {
             }
             Action::AckPrimary { link, durable_seq } => {
                 if let Some(link) = self.link_index(link) {
-                    let l = &mut self.links[link];
-                    l.ack_seq = l.ack_seq.max(durable_seq);
+                    self.links[link].ends.ack(durable_seq);
                 }
             }
             Action::Handover { link, epoch } => {
@@ -1144,14 +1088,7 @@ impl Pair {
             return;
         };
         let now = self.mono_time(from);
-        let l = &mut self.links[link];
-        let frames = if l.primary == from {
-            l.primary_end.on_command(command, now)
-        } else {
-            l.backup_end.on_command(command, now).into_iter().collect()
-        };
-        l.check();
-        for frame in frames {
+        for frame in self.links[link].ends.on_command(from, command, now) {
             self.send_frame(link, from, frame);
         }
     }
@@ -1321,6 +1258,12 @@ impl Pair {
 }
 
 /// The pair after start-up: `b` follows `a`, and `a` commits synchronously.
+/// Node `i` as its end of a handshake sees itself.
+fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+    let node = &nodes[i].process.as_ref().expect("running").node;
+    node_side(keys, NODE_IDS, (i, node), nodes[i].disk.first_seq.max(1))
+}
+
 fn linked_pair(cooldown_ms: u64) -> Pair {
     let mut pair = Pair::new(cooldown_ms);
     assert!(

@@ -16,8 +16,7 @@ use std::collections::BinaryHeap;
 
 use std::time::Duration;
 
-use super::link::handshake::Ends;
-use super::link::sim::{log_view, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
@@ -1149,15 +1148,12 @@ const CALM_SEED: u64 = 7;
 /// Node `i` as its end of a handshake sees itself.
 fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
     let node = &nodes[i].process.as_ref().expect("running").node;
-    NodeSide {
-        ends: Ends {
-            node_id: NODE_IDS[i],
-            peer_id: NODE_IDS[1 - i],
-            keys,
-        },
-        view: log_view(node, nodes[i].log.first().map_or(1, |e| e.seq)),
-        primary: node.role() == Role::Primary,
-    }
+    node_side(
+        keys,
+        NODE_IDS,
+        (i, node),
+        nodes[i].log.first().map_or(1, |e| e.seq),
+    )
 }
 
 /// A calm pair, `a` primary and chat flowing, at 3 s.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::handshake::{auth, authenticated, hello, welcome, Ends, LogView};
 use super::{BackupSession, LinkCommand, Next, NodeView, PrimarySession, ENTRIES_PER_FRAME};
-use crate::core::{Input, LinkId, Node};
+use crate::core::{Input, LinkId, Node, Role};
 use crate::entry::Entry;
 use crate::wire::keyring::{parse_keyring, Keyring};
 use crate::wire::replication::{PeerFrame, NONCE_BYTES};
@@ -38,8 +38,27 @@ pub fn pair_keys() -> Keyring {
     parse_keyring("simulation", PAIR_SECRET).expect("the simulation's secret parses")
 }
 
+/// Node `i` of the pair named `ids` as its end of a handshake sees itself; `first_seq`:
+/// where its log starts.
+pub fn node_side<'a>(
+    keys: &'a Keyring,
+    ids: [&'a str; 2],
+    (i, node): (usize, &Node),
+    first_seq: u64,
+) -> NodeSide<'a> {
+    NodeSide {
+        ends: Ends {
+            node_id: ids[i],
+            peer_id: ids[1 - i],
+            keys,
+        },
+        view: log_view(node, first_seq),
+        primary: node.role() == Role::Primary,
+    }
+}
+
 /// Node `node`'s log and epochs as its driver's snapshot shows them to the handshake.
-pub fn log_view(node: &Node, first_seq: u64) -> LogView {
+fn log_view(node: &Node, first_seq: u64) -> LogView {
     LogView {
         epoch: node.epoch(),
         seen_epoch: node.seen_epoch(),
