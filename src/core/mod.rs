@@ -13,6 +13,7 @@
 pub mod dedup;
 pub mod epochs;
 mod invariants;
+pub mod link;
 pub mod peer;
 pub mod rate;
 pub mod strict;

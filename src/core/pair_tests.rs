@@ -7,16 +7,26 @@
 //! - each process's monotonic clock starts at 0 when it starts (the daemon's `Instant` base);
 //! - heartbeats are datagrams: a cut network drops them, a stopped process finds them in
 //!   its socket when it wakes and stamps them with the time it reads them;
-//! - the replication link is a TCP stream: frames arrive in order, a cut network holds
-//!   them until it heals, and a closed end sends a FIN after what it sent;
+//! - the replication link is a TCP stream of the real frames (`wire::replication::PeerFrame`)
+//!   between the real handshake and sessions (`core::link`, through `core::link::sim`, which
+//!   the strict simulation shares): a dial to a dead or cut-off peer fails at once, one to a
+//!   peer that is not primary is refused in the handshake; frames arrive in order, a cut
+//!   network holds them until it heals, and a closed end sends a FIN after what it sent;
+//!   each session's invariants are checked after each of its steps;
 //! - the disk keeps what was fsynced (and, for a process crash, what was written), the
 //!   epochs file and the orphans side file that a log cut fills.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use std::time::Duration;
+
+use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::{LinkCommand, Next, NodeView};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
+use crate::wire::keyring::Keyring;
+use crate::wire::replication::PeerFrame;
 
 const A: usize = 0;
 const B: usize = 1;
@@ -28,6 +38,11 @@ const DETECTION_MS: u64 = 1_000;
 const ACK_TIMEOUT_MS: u64 = 1_000;
 /// The daemon's core tick.
 const TICK_MS: u64 = 50;
+/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
+const TIMING: LinkTiming = LinkTiming {
+    window: 8_192,
+    beat_interval: Duration::from_millis(INTERVAL_MS),
+};
 /// A backup dials again this long after a dial failed or its link ended.
 const REDIAL_MS: u64 = 50;
 /// Wall-clock milliseconds at sim time 0, so timestamps look like real ones.
@@ -154,65 +169,18 @@ struct SimNode {
     logs: Vec<(LogLevel, String)>,
 }
 
-/// A replication-link frame (`wire::replication::PeerFrame`, as far as the core sees it).
-#[derive(Clone, Debug)]
-enum Frame {
-    Truncate {
-        after_seq: u64,
-    },
-    Restart {
-        first_seq: u64,
-    },
-    Entries {
-        commit_seq: u64,
-        entries: Vec<Entry>,
-    },
-    Handover {
-        epoch: u64,
-    },
-    ResubmitDone {
-        epoch: u64,
-        seq: u64,
-    },
-    Ack {
-        durable_seq: u64,
-    },
-    TookOver {
-        epoch: u64,
-    },
-    Resubmit {
-        entries: Vec<Entry>,
-    },
-    Beat {
-        head: u64,
-    },
-    /// The sender's socket closed: FIN after everything it sent.
-    Fin,
-}
-
 /// One TCP connection between the nodes, both ends.
 struct SimLink {
     id: LinkId,
+    /// The node dialed, and the dialing one.
     primary: usize,
     backup: usize,
     /// Which ends are still open, by node index.
     open: [bool; 2],
-    /// Frames on their way to each node, in order: (due, frame).
-    inflight: [VecDeque<(u64, Frame)>; 2],
-    next_beat_ms: [u64; 2],
-    /// Primary end: the next seq to stream, once the core accepted the backup.
-    next_seq: Option<u64>,
-    /// Backup end: the primary's epoch history from its welcome, for `PrimaryTruncate`.
-    welcome_spans: Option<Vec<(u64, u64)>>,
-    /// Backup end: the primary's commit point, from entries and beats, once one came.
-    commit_seq: u64,
-    commit_known: bool,
-    /// Backup end: the newest durable seq the core asked to ack, and the last one sent.
-    ack_seq: u64,
-    sent_ack: Option<u64>,
-    /// Backup end: orphans were sent (once per link) and the last one's orig to hear done.
-    orphans_checked: bool,
-    orphans_waiting: Option<(u64, u64)>,
+    /// Frames on their way to each node, in order: (due, segment).
+    inflight: [VecDeque<(u64, Segment)>; 2],
+    /// The handshake and the sessions at both ends, as the daemon's link threads run them.
+    ends: LinkEnds,
 }
 
 struct Datagram {
@@ -234,6 +202,8 @@ struct Acked {
 
 struct Pair {
     now_ms: u64,
+    /// The pair's secret, for the link's handshake.
+    keys: Keyring,
     nodes: [SimNode; 2],
     cooldown_ms: u64,
     /// cut[from][to]: datagrams from `from` to `to` are lost, link frames wait.
@@ -319,6 +289,7 @@ impl Pair {
         };
         Pair {
             now_ms: 0,
+            keys: pair_keys(),
             nodes: [node(), node()],
             cooldown_ms,
             cut: [[false; 2]; 2],
@@ -463,6 +434,11 @@ impl Pair {
 
     fn mono(&self, i: usize) -> u64 {
         self.now_ms - self.nodes[i].process.as_ref().map_or(0, |p| p.started_ms)
+    }
+
+    /// Node `i`'s monotonic clock as its link sessions read it.
+    fn mono_time(&self, i: usize) -> Duration {
+        Duration::from_millis(self.mono(i))
     }
 
     fn latency(&mut self) -> u64 {
@@ -665,18 +641,6 @@ impl Pair {
             }
             progressed = true;
         }
-        // Link beats: each open end says it is alive every interval.
-        for link in 0..self.links.len() {
-            for i in [A, B] {
-                let l = &self.links[link];
-                if l.open[i] && self.running(i) && l.next_beat_ms[i] <= self.now_ms {
-                    let head = self.node(i).head();
-                    self.links[link].next_beat_ms[i] = self.now_ms + INTERVAL_MS;
-                    self.send_frame(link, i, Frame::Beat { head });
-                    progressed = true;
-                }
-            }
-        }
         progressed
     }
 
@@ -697,8 +661,10 @@ impl Pair {
             if self.links.iter().any(|l| l.backup == i && l.open[i]) {
                 continue;
             }
+            // A cut or a dead peer refuses the connection; a peer that is not primary
+            // refuses in the handshake.
             let reachable = self.running(j) && !self.cut[i][j] && !self.cut[j][i];
-            if !reachable || self.node(j).role() != Role::Primary {
+            if !reachable {
                 self.nodes[i]
                     .process
                     .as_mut()
@@ -708,50 +674,18 @@ impl Pair {
             }
             let id = self.next_link;
             self.next_link += 1;
-            let backup = self.node(i);
-            let hello = (
-                backup.seen_epoch(),
-                backup.last_seq(),
-                backup.epochs().spans().to_vec(),
-            );
-            let welcome = (self.node(j).epoch(), self.node(j).epochs().spans().to_vec());
+            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let hello = ends.hello();
             self.links.push(SimLink {
                 id,
                 primary: j,
                 backup: i,
                 open: [true, true],
                 inflight: [VecDeque::new(), VecDeque::new()],
-                next_beat_ms: [now + INTERVAL_MS; 2],
-                next_seq: None,
-                welcome_spans: Some(welcome.1),
-                commit_seq: 0,
-                commit_known: false,
-                ack_seq: 0,
-                sent_ack: None,
-                orphans_checked: false,
-                orphans_waiting: None,
+                ends,
             });
-            self.trace(i, &format!("link {id} to the primary"));
-            // After the handshake each side's link thread tells its core, about at once.
-            let (mono_i, mono_j) = (self.mono(i), self.mono(j));
-            self.inbox.push_back((
-                i,
-                Input::PrimaryWelcome {
-                    link: id,
-                    epoch: welcome.0,
-                    mono_ms: mono_i,
-                },
-            ));
-            self.inbox.push_back((
-                j,
-                Input::BackupHello {
-                    link: id,
-                    epoch: hello.0,
-                    last_seq: hello.1,
-                    spans: hello.2,
-                    mono_ms: mono_j,
-                },
-            ));
+            self.send_frame(self.links.len() - 1, i, hello);
+            self.trace(i, &format!("link {id} to the peer"));
             progressed = true;
         }
         progressed
@@ -763,7 +697,11 @@ impl Pair {
         self.links.iter().position(|l| l.id == id)
     }
 
-    fn send_frame(&mut self, link: usize, from: usize, frame: Frame) {
+    fn send_frame(&mut self, link: usize, from: usize, frame: PeerFrame) {
+        self.send_segment(link, from, Segment::Frame(frame));
+    }
+
+    fn send_segment(&mut self, link: usize, from: usize, segment: Segment) {
         let latency = self.latency();
         let l = &mut self.links[link];
         if !l.open[from] {
@@ -775,7 +713,7 @@ impl Pair {
             .back()
             .map_or(0, |&(due, _)| due)
             .max(self.now_ms + latency);
-        l.inflight[to].push_back((due, frame));
+        l.inflight[to].push_back((due, segment));
     }
 
     /// One end closes (the core's `CloseLink`, an error, or the process ended).
@@ -783,7 +721,7 @@ impl Pair {
         if !self.links[link].open[i] {
             return;
         }
-        self.send_frame(link, i, Frame::Fin);
+        self.send_segment(link, i, Segment::Fin);
         let l = &mut self.links[link];
         l.open[i] = false;
         if l.backup == i {
@@ -792,7 +730,7 @@ impl Pair {
             }
         }
         let id = l.id;
-        if self.nodes[i].process.is_some() {
+        if self.nodes[i].process.is_some() && l.ends.established(i) {
             self.inbox.push_back((i, Input::LinkDown { link: id }));
         }
     }
@@ -807,16 +745,18 @@ impl Pair {
                         break;
                     };
                     let gone = self.nodes[to].process.is_none() || !l.open[to];
-                    let stuck = self.stuck == Some((l.id, 1 - to));
+                    // The primary's reader starts once its core accepted the backup.
+                    let unread = !l.ends.reading(to);
+                    let stuck = self.stuck == Some((l.id, 1 - to)) || unread;
                     if !gone
                         && (due > self.now_ms || self.cut[1 - to][to] || stuck || !self.running(to))
                     {
                         break;
                     }
-                    let (_, frame) = self.links[link].inflight[to].pop_front().expect("front");
+                    let (_, segment) = self.links[link].inflight[to].pop_front().expect("front");
                     progressed = true;
                     if !gone {
-                        self.on_frame(link, to, frame);
+                        self.on_segment(link, to, segment);
                     }
                 }
             }
@@ -827,130 +767,98 @@ impl Pair {
         progressed
     }
 
-    /// A frame reaches the link thread of node `to`, which turns it into an input.
-    fn on_frame(&mut self, link: usize, to: usize, frame: Frame) {
+    /// A segment reaches the link reader of node `to`: the FIN ends its end, a frame goes
+    /// to its session, which turns it into an input (or ends the link).
+    fn on_segment(&mut self, link: usize, to: usize, segment: Segment) {
         self.nodes[to].last_heard_ms = self.now_ms;
-        let mono_ms = self.mono(to);
-        let l = &mut self.links[link];
-        let id = l.id;
-        let input = match frame {
-            Frame::Truncate { after_seq } => Input::PrimaryTruncate {
-                link: id,
-                after_seq,
-                spans: l.welcome_spans.take().unwrap_or_default(),
-            },
-            Frame::Restart { first_seq } => Input::PrimaryRestart {
-                link: id,
-                first_seq,
-            },
-            Frame::Entries {
-                commit_seq,
-                entries,
-            } => {
-                l.commit_seq = l.commit_seq.max(commit_seq);
-                l.commit_known = true;
-                Input::Replicate {
-                    link: id,
-                    commit_seq,
-                    entries,
-                    mono_ms,
-                }
-            }
-            Frame::Beat { head } => {
-                if l.backup == to {
-                    l.commit_seq = l.commit_seq.max(head);
-                    l.commit_known = true;
-                }
-                Input::LinkAlive { mono_ms }
-            }
-            Frame::Handover { epoch } => Input::HandoverAsked { link: id, epoch },
-            Frame::ResubmitDone { epoch, seq } => {
-                if l.orphans_waiting == Some((epoch, seq)) {
-                    // Everything kept aside is re-committed: the side file goes.
-                    l.orphans_waiting = None;
-                    self.nodes[to].disk.orphans.clear();
-                }
-                Input::LinkAlive { mono_ms }
-            }
-            Frame::Ack { durable_seq } => Input::BackupAck {
-                link: id,
-                durable_seq,
-                mono_ms,
-            },
-            Frame::TookOver { epoch } => Input::TookOver { link: id, epoch },
-            Frame::Resubmit { entries } => Input::Resubmit { link: id, entries },
-            Frame::Fin => {
-                l.open[to] = false;
-                if l.backup == to {
-                    if let Some(p) = &mut self.nodes[to].process {
-                        p.redial_at_ms = self.now_ms + REDIAL_MS;
-                    }
-                }
-                Input::LinkDown { link: id }
-            }
+        let Segment::Frame(frame) = segment else {
+            self.reader_ended(link, to);
+            return;
         };
-        self.step(to, input);
+        let now = self.mono_time(to);
+        let side = side(&self.keys, &self.nodes, to);
+        let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
+        for reply in arrived.replies {
+            self.send_frame(link, to, reply);
+        }
+        if arrived.orphans_done {
+            // Everything kept aside is re-committed: the side file goes.
+            self.nodes[to].disk.orphans.clear();
+        }
+        if let Some(input) = arrived.input {
+            self.step(to, input);
+        }
+        if let Some(reason) = arrived.end {
+            self.trace(to, &format!("link {}: {reason}", self.links[link].id));
+            self.close_end(link, to);
+        }
     }
 
-    /// The link writers: the primary streams its log; the backup acks and, once caught up
-    /// with the primary's commits, resubmits its orphans (`link::backup_session`).
+    /// The peer's FIN: this end's reader ends and the link is down for its core.
+    fn reader_ended(&mut self, link: usize, to: usize) {
+        let l = &mut self.links[link];
+        l.open[to] = false;
+        let id = l.id;
+        if l.backup == to {
+            if let Some(p) = &mut self.nodes[to].process {
+                p.redial_at_ms = self.now_ms + REDIAL_MS;
+            }
+        }
+        // A link its core never heard of (a refused dial) ends without a word to it.
+        if l.ends.established(to) {
+            self.step(to, Input::LinkDown { link: id });
+        }
+    }
+
+    /// The link writers ask their sessions what is next and carry it out, as
+    /// `daemon::link`'s do: the primary streams its log within the window, the backup acks
+    /// and resubmits its orphans once caught up, and either beats when quiet.
     fn pump_links(&mut self) -> bool {
         let mut progressed = self.resubmit_own_orphans();
         for link in 0..self.links.len() {
-            let (p, b) = (self.links[link].primary, self.links[link].backup);
-            if self.links[link].open[p] && self.running(p) {
-                if let Some(next) = self.links[link].next_seq {
-                    let disk = &self.nodes[p].disk;
-                    if next <= disk.last_seq() {
-                        let from = disk.log.iter().position(|e| e.seq == next);
-                        let Some(from) = from else {
-                            // "the log no longer holds seq": the link ends.
-                            self.close_end(link, p);
-                            progressed = true;
-                            continue;
-                        };
-                        let entries = disk.log[from..].to_vec();
-                        self.links[link].next_seq = Some(disk.last_seq() + 1);
-                        let commit_seq = self.node(p).head();
-                        self.send_frame(
-                            link,
-                            p,
-                            Frame::Entries {
-                                commit_seq,
-                                entries,
-                            },
-                        );
-                        progressed = true;
-                    }
-                }
-            }
-            let running = self.running(b);
-            let l = &mut self.links[link];
-            if !(l.open[b] && running) {
-                continue;
-            }
-            let durable_seq = l.ack_seq;
-            let ack_changed = l.sent_ack != Some(durable_seq);
-            // Caught up with what the primary said it committed: time to re-commit what
-            // only this node had.
-            let resubmit = !l.orphans_checked && l.commit_known && durable_seq >= l.commit_seq;
-            if ack_changed {
-                l.sent_ack = Some(durable_seq);
-                self.send_frame(link, b, Frame::Ack { durable_seq });
-                progressed = true;
-            }
-            if resubmit {
-                progressed = true;
-                self.links[link].orphans_checked = true;
-                for entries in self.nodes[b].disk.orphans.clone() {
-                    let last = entries.last().expect("batches are not empty");
-                    self.links[link].orphans_waiting =
-                        Some(last.orig.unwrap_or((last.epoch, last.seq)));
-                    self.send_frame(link, b, Frame::Resubmit { entries });
+            for i in [self.links[link].primary, self.links[link].backup] {
+                while self.links[link].open[i] && self.running(i) && self.pump(link, i) {
+                    progressed = true;
                 }
             }
         }
         progressed
+    }
+
+    fn view(&self, i: usize) -> NodeView {
+        let node = self.node(i);
+        NodeView {
+            epoch: node.epoch(),
+            head: node.head(),
+        }
+    }
+
+    /// One move of node `i`'s writer on a link; false when it waits.
+    fn pump(&mut self, link: usize, i: usize) -> bool {
+        let (now, view) = (self.mono_time(i), self.view(i));
+        let disk = &self.nodes[i].disk;
+        let ends = &mut self.links[link].ends;
+        let frames = match ends.next(i, now, disk.last_seq(), view) {
+            Some(Next::Send(frame)) => Ok(vec![frame]),
+            Some(Next::ReadLog { from, upto }) => ends
+                .on_read(&disk.log, (from, upto), view, now)
+                .map(|frame| vec![frame]),
+            Some(Next::ReadOrphans) => Ok(ends.on_orphans(disk.orphans.clone(), now)),
+            Some(Next::WaitUntil(_)) | None => return false,
+            Some(Next::End(reason)) => Err(reason),
+        };
+        match frames {
+            Ok(frames) => {
+                for frame in frames {
+                    self.send_frame(link, i, frame);
+                }
+            }
+            Err(reason) => {
+                self.trace(i, &format!("link {}: {reason}", self.links[link].id));
+                self.close_end(link, i);
+            }
+        }
+        true
     }
 
     /// Emulated fix: a primary with orphans re-commits them itself, once per term.
@@ -1131,19 +1039,11 @@ impl Pair {
                 truncate_after,
                 restart_at,
             } => {
-                if let Some(link) = self.link_index(link) {
-                    self.send_frame(
-                        link,
-                        i,
-                        Frame::Truncate {
-                            after_seq: truncate_after,
-                        },
-                    );
-                    if let Some(first_seq) = restart_at {
-                        self.send_frame(link, i, Frame::Restart { first_seq });
-                    }
-                    self.links[link].next_seq = Some(restart_at.unwrap_or(truncate_after + 1));
-                }
+                let accept = LinkCommand::Accept {
+                    truncate_after,
+                    restart_at,
+                };
+                self.command(link, i, accept);
             }
             Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
                 if let Some(link) = self.link_index(link) {
@@ -1152,15 +1052,14 @@ impl Pair {
             }
             Action::AckPrimary { link, durable_seq } => {
                 if let Some(link) = self.link_index(link) {
-                    let l = &mut self.links[link];
-                    l.ack_seq = l.ack_seq.max(durable_seq);
+                    self.links[link].ends.ack(durable_seq);
                 }
             }
             Action::Handover { link, epoch } => {
-                self.frame_to_link(link, i, Frame::Handover { epoch })
+                self.command(link, i, LinkCommand::Handover { epoch })
             }
             Action::TookOver { link, epoch } => {
-                self.frame_to_link(link, i, Frame::TookOver { epoch })
+                self.command(link, i, LinkCommand::TookOver { epoch })
             }
             Action::ResubmitDone {
                 link: SELF_LINK,
@@ -1175,7 +1074,7 @@ impl Pair {
                 }
             }
             Action::ResubmitDone { link, epoch, seq } => {
-                self.frame_to_link(link, i, Frame::ResubmitDone { epoch, seq })
+                self.command(link, i, LinkCommand::ResubmitDone { epoch, seq })
             }
             Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
             // Log lines, role changes, presence and subscriptions change nothing here.
@@ -1183,8 +1082,13 @@ impl Pair {
         }
     }
 
-    fn frame_to_link(&mut self, link: LinkId, from: usize, frame: Frame) {
-        if let Some(link) = self.link_index(link) {
+    /// A core command to node `from`'s end of a link: the frames its session makes.
+    fn command(&mut self, link: LinkId, from: usize, command: LinkCommand) {
+        let Some(link) = self.link_index(link) else {
+            return;
+        };
+        let now = self.mono_time(from);
+        for frame in self.links[link].ends.on_command(from, command, now) {
             self.send_frame(link, from, frame);
         }
     }
@@ -1354,6 +1258,12 @@ impl Pair {
 }
 
 /// The pair after start-up: `b` follows `a`, and `a` commits synchronously.
+/// Node `i` as its end of a handshake sees itself.
+fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+    let node = &nodes[i].process.as_ref().expect("running").node;
+    node_side(keys, NODE_IDS, (i, node), nodes[i].disk.first_seq.max(1))
+}
+
 fn linked_pair(cooldown_ms: u64) -> Pair {
     let mut pair = Pair::new(cooldown_ms);
     assert!(
@@ -1947,13 +1857,20 @@ fn a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote() {
     let mut pair = linked_pair(0);
     // The two heartbeat threads beat half an interval apart (any phase but 0 will do).
     pair.nodes[B].process.as_mut().unwrap().next_beat_ms += INTERVAL_MS / 2;
+    // The messages commit a quarter interval after a's heartbeat.
+    pair.run_for(INTERVAL_MS - pair.now_ms % INTERVAL_MS + INTERVAL_MS / 4);
     commit_messages(&mut pair, 3);
-    pair.run_for(500);
-    // b holds seq 3, but its head (from the last entries frame) says 2.
+    // b holds seq 3, but its head (from the last entries frame) says 2 until the idle
+    // primary's next link beat, a beat interval after that frame.
     assert_eq!((pair.node(B).last_seq(), pair.node(B).head()), (3, 2));
-    // a is killed just after a heartbeat and restarted at once (systemd's default
-    // RestartSec is 100 ms).
+    // a is killed just after its next heartbeat, before that link beat, and restarted at
+    // once (systemd's default RestartSec is 100 ms).
     pair.run_for(INTERVAL_MS - pair.now_ms % INTERVAL_MS + 1);
+    assert_eq!(
+        pair.node(B).head(),
+        2,
+        "the link beat came before the crash"
+    );
     pair.crash(A, false);
     pair.run_for(20);
     pair.restart(A);

@@ -5,19 +5,26 @@
 //! form "once a node committed in epoch E, no node ever commits in an older epoch".
 //!
 //! The emulation follows the daemon where it matters for that promise (`daemon::mod`'s
-//! overdue tick first, `Input::Clock` before `Durable`; link frames in order and held
-//! while the network is cut, as TCP does; datagrams lost while it is cut) and leaves out
-//! what does not (log retention, orphans, authentication). `STRICT_SEEDS=N` runs more
+//! overdue tick first, `Input::Clock` before `Durable`; the real link frames between the
+//! real link sessions (`core::link`), in order and held while the network is cut, as TCP
+//! does; datagrams lost while it is cut) and leaves out what does not (log retention,
+//! orphans, authentication). `STRICT_SEEDS=N` runs more
 //! seeds; `STRICT_TRACE=1` prints each fault.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::time::Duration;
+
+use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::{LinkCommand, Next, NodeView};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::decode_request;
+use crate::wire::keyring::Keyring;
+use crate::wire::replication::PeerFrame;
 
 const NODE_IDS: [&str; 2] = ["a", "b"];
 const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
@@ -34,6 +41,11 @@ const REDIAL_MS: u64 = 50;
 const WALL_BASE_MS: u64 = 1_700_000_000_000;
 const ROOM: &str = "r";
 const RUN_MS: u64 = 30_000;
+/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
+const TIMING: LinkTiming = LinkTiming {
+    window: 8_192,
+    beat_interval: Duration::from_millis(INTERVAL_MS),
+};
 
 fn core_config(index: usize, mode: ReplicationMode) -> CoreConfig {
     CoreConfig {
@@ -112,37 +124,6 @@ impl Setup {
 }
 
 #[derive(Clone, Debug)]
-enum LinkFrame {
-    Hello {
-        epoch: u64,
-        last_seq: u64,
-        spans: Vec<(u64, u64)>,
-    },
-    Welcome {
-        epoch: u64,
-    },
-    Truncate {
-        after_seq: u64,
-        spans: Vec<(u64, u64)>,
-    },
-    Entries {
-        commit_seq: u64,
-        entries: Vec<Entry>,
-    },
-    Ack {
-        durable_seq: u64,
-    },
-    Beat,
-    Handover {
-        epoch: u64,
-    },
-    TookOver {
-        epoch: u64,
-    },
-    Fin,
-}
-
-#[derive(Clone, Debug)]
 enum Event {
     /// The process's loop turns: an overdue tick runs, the dialer and streams move.
     Wake(usize),
@@ -167,7 +148,7 @@ enum Event {
     Frame {
         link: usize,
         to: usize,
-        frame: LinkFrame,
+        frame: Segment,
     },
     Fsync {
         node: usize,
@@ -203,12 +184,11 @@ struct SimNode {
 }
 
 struct SimLink {
-    dialer: usize,
     open: [bool; 2],
-    /// Primary end: the next seq to stream once the backup is accepted.
-    next_seq: Option<u64>,
     /// Latest due time per direction, so frames keep their order.
     last_due: [u64; 2],
+    /// The handshake and the sessions at both ends.
+    ends: LinkEnds,
 }
 
 struct SimWitness {
@@ -220,6 +200,8 @@ struct SimWitness {
 
 struct World {
     setup: Setup,
+    /// The pair's secret, for the link's handshake.
+    keys: Keyring,
     rng: Rng,
     now_ms: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
@@ -262,6 +244,7 @@ impl World {
         };
         let mut world = World {
             setup,
+            keys: pair_keys(),
             rng,
             now_ms: 0,
             queue: BinaryHeap::new(),
@@ -598,11 +581,6 @@ impl World {
                     },
                 );
             }
-            for link in 0..self.links.len() {
-                if self.links[link].open[i] {
-                    self.send_frame(link, i, LinkFrame::Beat);
-                }
-            }
         }
         let p = self.nodes[i].process.as_mut().expect("running");
         let dialing = p.node.role() == Role::Backup
@@ -610,16 +588,13 @@ impl World {
             && !self.links.iter().any(|l| l.open[i]);
         if dialing {
             p.redial_at_ms = now + REDIAL_MS;
-            let hello = LinkFrame::Hello {
-                epoch: p.node.seen_epoch(),
-                last_seq: p.node.last_seq(),
-                spans: p.node.epochs().spans().to_vec(),
-            };
+            let id = self.links.len() as LinkId + 1;
+            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let hello = ends.hello();
             self.links.push(SimLink {
-                dialer: i,
                 open: [true, true],
-                next_seq: None,
                 last_due: [0, 0],
+                ends,
             });
             let link = self.links.len() - 1;
             if !self.running(1 - i) {
@@ -629,7 +604,9 @@ impl World {
                 self.send_frame(link, i, hello);
             }
         }
-        self.stream(i);
+        for link in 0..self.links.len() {
+            self.pump(link, i);
+        }
     }
 
     /// A dial to a dead process: refused, the dialer learns at once.
@@ -640,12 +617,16 @@ impl World {
             Event::Frame {
                 link,
                 to,
-                frame: LinkFrame::Fin,
+                frame: Segment::Fin,
             },
         );
     }
 
-    fn send_frame(&mut self, link: usize, from: usize, frame: LinkFrame) {
+    fn send_frame(&mut self, link: usize, from: usize, frame: PeerFrame) {
+        self.send_segment(link, from, Segment::Frame(frame));
+    }
+
+    fn send_segment(&mut self, link: usize, from: usize, frame: Segment) {
         let to = 1 - from;
         let due = (self.now_ms + self.latency()).max(self.links[link].last_due[to]);
         self.links[link].last_due[to] = due;
@@ -656,15 +637,17 @@ impl World {
         if self.links[link].open[i] {
             self.links[link].open[i] = false;
             if self.links[link].open[1 - i] {
-                self.send_frame(link, i, LinkFrame::Fin);
+                self.send_segment(link, i, Segment::Fin);
             }
         }
     }
 
-    fn on_frame(&mut self, link: usize, to: usize, frame: LinkFrame) {
+    fn on_frame(&mut self, link: usize, to: usize, frame: Segment) {
         let from = 1 - to;
-        if self.cut[from][to] {
-            // TCP holds what it could not deliver until the path heals.
+        // TCP holds what it could not deliver until the path heals; the primary end's
+        // reader starts once its core accepted the backup.
+        let l = &self.links[link];
+        if self.cut[from][to] || (l.open[to] && !l.ends.reading(to)) {
             let due = self.now_ms + 10;
             self.links[link].last_due[to] = self.links[link].last_due[to].max(due);
             self.schedule_at(due, Event::Frame { link, to, frame });
@@ -673,102 +656,80 @@ impl World {
         if !self.links[link].open[to] {
             return;
         }
-        let id = link as LinkId + 1;
-        let mono_ms = self.mono(to);
-        match frame {
-            LinkFrame::Hello {
-                epoch,
-                last_seq,
-                spans,
-            } => self.step(
+        let Segment::Frame(frame) = frame else {
+            self.links[link].open[to] = false;
+            self.step(
                 to,
-                Input::BackupHello {
-                    link: id,
-                    epoch,
-                    last_seq,
-                    spans,
-                    mono_ms,
+                Input::LinkDown {
+                    link: link as LinkId + 1,
                 },
-            ),
-            LinkFrame::Welcome { epoch } => self.step(
-                to,
-                Input::PrimaryWelcome {
-                    link: id,
-                    epoch,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Truncate { after_seq, spans } => self.step(
-                to,
-                Input::PrimaryTruncate {
-                    link: id,
-                    after_seq,
-                    spans,
-                },
-            ),
-            LinkFrame::Entries {
-                commit_seq,
-                entries,
-            } => self.step(
-                to,
-                Input::Replicate {
-                    link: id,
-                    commit_seq,
-                    entries,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Ack { durable_seq } => self.step(
-                to,
-                Input::BackupAck {
-                    link: id,
-                    durable_seq,
-                    mono_ms,
-                },
-            ),
-            LinkFrame::Beat => self.step(to, Input::LinkAlive { mono_ms }),
-            LinkFrame::Handover { epoch } => {
-                self.step(to, Input::HandoverAsked { link: id, epoch })
+            );
+            return;
+        };
+        let (now, side) = (self.mono_time(to), side(&self.keys, &self.nodes, to));
+        let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
+        for reply in arrived.replies {
+            self.send_frame(link, to, reply);
+        }
+        if let Some(input) = arrived.input {
+            self.step(to, input);
+        }
+        if arrived.wake_writer {
+            self.pump(link, to);
+        }
+        if let Some(reason) = arrived.end {
+            if self.trace {
+                eprintln!("{:>6} ms: {}: link: {reason}", self.now_ms, NODE_IDS[to]);
             }
-            LinkFrame::TookOver { epoch } => self.step(to, Input::TookOver { link: id, epoch }),
-            LinkFrame::Fin => {
-                self.links[link].open[to] = false;
-                self.step(to, Input::LinkDown { link: id });
+            self.close_end(link, to);
+        }
+    }
+
+    fn mono_time(&self, i: usize) -> Duration {
+        Duration::from_millis(self.mono(i))
+    }
+
+    fn view(&self, i: usize) -> NodeView {
+        let node = &self.nodes[i].process.as_ref().expect("running").node;
+        NodeView {
+            epoch: node.epoch(),
+            head: node.head(),
+        }
+    }
+
+    /// Node `i`'s end of a link writes what its session asks (`daemon::link`'s writers):
+    /// the primary streams its log within the window, the backup acks, either beats.
+    fn pump(&mut self, link: usize, i: usize) {
+        while self.running(i) && self.links[link].open[i] {
+            let (now, view) = (self.mono_time(i), self.view(i));
+            let log = &self.nodes[i].log;
+            let appended = log.last().map_or(0, |e| e.seq);
+            let ends = &mut self.links[link].ends;
+            let frame = match ends.next(i, now, appended, view) {
+                Some(Next::Send(frame)) => Ok(frame),
+                Some(Next::ReadLog { from, upto }) => ends.on_read(log, (from, upto), view, now),
+                // No orphans here: this simulation leaves them out.
+                Some(Next::ReadOrphans) => {
+                    assert!(ends.on_orphans(Vec::new(), now).is_empty());
+                    continue;
+                }
+                Some(Next::WaitUntil(_)) | None => return,
+                Some(Next::End(reason)) => Err(reason),
+            };
+            match frame {
+                Ok(frame) => self.send_frame(link, i, frame),
+                Err(_) => self.close_end(link, i),
             }
         }
     }
 
-    /// The primary end streams its log to an accepted backup.
-    fn stream(&mut self, i: usize) {
-        for link in 0..self.links.len() {
-            let l = &self.links[link];
-            if l.dialer == i || !l.open[i] || !l.open[1 - i] {
-                continue;
-            }
-            let Some(next) = l.next_seq else {
-                continue;
-            };
-            let log = &self.nodes[i].log;
-            let entries: Vec<Entry> = log
-                .iter()
-                .filter(|e| e.seq >= next)
-                .take(64)
-                .cloned()
-                .collect();
-            if entries.is_empty() {
-                continue;
-            }
-            let commit_seq = self.nodes[i].process.as_ref().expect("running").node.head();
-            self.links[link].next_seq = Some(entries.last().expect("not empty").seq + 1);
-            self.send_frame(
-                link,
-                i,
-                LinkFrame::Entries {
-                    commit_seq,
-                    entries,
-                },
-            );
+    /// A core command to node `from`'s end of a link: the frames its session makes.
+    fn command(&mut self, link: usize, from: usize, command: LinkCommand) {
+        let now = self.mono_time(from);
+        for frame in self.links[link].ends.on_command(from, command, now) {
+            self.send_frame(link, from, frame);
         }
+        self.pump(link, from);
     }
 
     fn on_claim(&mut self, from: usize, incarnation: u64, request: u64, epoch: u64) {
@@ -875,38 +836,33 @@ impl World {
             Action::AcceptBackup {
                 link,
                 truncate_after,
-                ..
+                restart_at,
             } => {
-                let link = link as usize - 1;
-                let p = self.nodes[i].process.as_ref().expect("running");
-                let epoch = p.node.epoch();
-                let spans = p.node.epochs().spans().to_vec();
-                self.links[link].next_seq = Some(truncate_after + 1);
-                self.send_frame(link, i, LinkFrame::Welcome { epoch });
-                self.send_frame(
-                    link,
-                    i,
-                    LinkFrame::Truncate {
-                        after_seq: truncate_after,
-                        spans,
-                    },
-                );
+                let accept = LinkCommand::Accept {
+                    truncate_after,
+                    restart_at,
+                };
+                self.command(link as usize - 1, i, accept);
             }
             Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
                 self.close_end(link as usize - 1, i)
             }
             Action::AckPrimary { link, durable_seq } => {
                 let link = link as usize - 1;
-                if self.links[link].open[i] {
-                    self.send_frame(link, i, LinkFrame::Ack { durable_seq });
-                }
+                self.links[link].ends.ack(durable_seq);
+                self.pump(link, i);
             }
             Action::Handover { link, epoch } => {
-                self.send_frame(link as usize - 1, i, LinkFrame::Handover { epoch })
+                self.command(link as usize - 1, i, LinkCommand::Handover { epoch })
             }
             Action::TookOver { link, epoch } => {
-                self.send_frame(link as usize - 1, i, LinkFrame::TookOver { epoch })
+                self.command(link as usize - 1, i, LinkCommand::TookOver { epoch })
             }
+            Action::ResubmitDone { link, epoch, seq } if link != SELF_LINK => self.command(
+                link as usize - 1,
+                i,
+                LinkCommand::ResubmitDone { epoch, seq },
+            ),
             Action::Claim { request, epoch } => {
                 // A random 5 % of claims is lost in the fault runs only: two renewals lost
                 // in a row let a lease lapse by design, and a scenario that asserts a
@@ -1186,10 +1142,28 @@ fn the_checker_catches_a_node_that_allows_no_margin_for_clock_drift() {
     );
 }
 
+/// The seed of the calm scenarios.
+const CALM_SEED: u64 = 7;
+
+/// Node `i` as its end of a handshake sees itself.
+fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+    let node = &nodes[i].process.as_ref().expect("running").node;
+    node_side(
+        keys,
+        NODE_IDS,
+        (i, node),
+        nodes[i].log.first().map_or(1, |e| e.seq),
+    )
+}
+
 /// A calm pair, `a` primary and chat flowing, at 3 s.
 fn calm(setup: Setup) -> World {
+    calm_from(CALM_SEED, setup)
+}
+
+fn calm_from(seed: u64, setup: Setup) -> World {
     let mut world = World::new(
-        7,
+        seed,
         Setup {
             faults: false,
             ..setup
@@ -1202,9 +1176,9 @@ fn calm(setup: Setup) -> World {
     world
 }
 
-/// Time from `a`'s crash to `b`'s promotion.
-fn failover_ms(setup: Setup) -> u64 {
-    let mut world = calm(setup);
+/// Time from `a`'s crash to `b`'s promotion, in the calm pair of `seed`.
+fn failover_ms(seed: u64, setup: Setup) -> u64 {
+    let mut world = calm_from(seed, setup);
     let crashed_ms = world.now_ms;
     world.nodes[0].process = None;
     for link in 0..world.links.len() {
@@ -1214,22 +1188,41 @@ fn failover_ms(setup: Setup) -> u64 {
     world.promoted_ms.expect("promoted") - crashed_ms
 }
 
+/// Fail-over times over this many calm pairs: where the crash falls among the lease
+/// renewals, lost witness answers and link frames varies with the seed, so one seed's figure
+/// says little about the mechanism.
+const FAILOVER_SEEDS: u64 = 9;
+
 #[test]
 fn primary_crash_fails_over_within_the_available_mode_bound() {
-    let strict = failover_ms(Setup::strict());
-    let available = failover_ms(Setup {
-        strict: false,
-        ..Setup::strict()
-    });
-    eprintln!("fail-over after a crash: strict {strict} ms, available {available} ms");
-    // Detection (1 s) and the next tick; strict adds one round trip to the witness.
+    let median = |mut figures: Vec<u64>| {
+        figures.sort_unstable();
+        figures[figures.len() / 2]
+    };
+    let available: Vec<u64> = (1..=FAILOVER_SEEDS)
+        .map(|seed| {
+            let setup = Setup {
+                strict: false,
+                ..Setup::strict()
+            };
+            failover_ms(seed, setup)
+        })
+        .collect();
+    let strict: Vec<u64> = (1..=FAILOVER_SEEDS)
+        .map(|seed| failover_ms(seed, Setup::strict()))
+        .collect();
+    eprintln!("fail-over after a crash: strict {strict:?} ms, available {available:?} ms");
+    // Detection (1 s) and the next tick, every time.
+    let slowest = available.iter().max().expect("figures");
     assert!(
-        available <= DETECTION_MS + 2 * TICK_MS,
-        "available: {available} ms"
+        *slowest <= DETECTION_MS + 2 * TICK_MS,
+        "available: {available:?} ms"
     );
+    // Strict adds one round trip to the witness, typically.
+    let (strict, available) = (median(strict), median(available));
     assert!(
         strict <= available + 2 * TICK_MS,
-        "strict: {strict} ms, available: {available} ms"
+        "median strict: {strict} ms, available: {available} ms"
     );
 }
 

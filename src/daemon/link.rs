@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,20 +26,16 @@ use rand::RngCore;
 
 use super::link_stream::{establish, LinkReader, LinkWriter};
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
+use crate::core::link::{
+    BackupHello, BackupSession, Next, NodeView, PrimarySession, ENTRIES_PER_FRAME,
+};
 use crate::core::{Input, LinkId};
-use crate::entry::Entry;
 use crate::log::LogReader;
 use crate::wire::keyring::Keyring;
-use crate::wire::replication::{
-    encode, handshake_transcript, FrameReader, PeerFrame, Transcript, REPLICATION_VERSION,
-};
+use crate::wire::replication::{encode, FrameReader, PeerFrame};
 
 /// The handshake must complete within this, or the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Log entries per `Entries` frame, at most.
-const ENTRIES_PER_FRAME: usize = 512;
-/// Bytes of entry payload per `Entries` frame, at most (well under the codec's frame bound).
-const ENTRY_BYTES_PER_FRAME: usize = 512 * 1024;
 /// Dial retry backoff bounds.
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(1_000);
@@ -55,52 +52,11 @@ const HANDSHAKE_FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// pair working, so it is debug, and a few lines a window say it is still going on.
 const NOT_PRIMARY_LINES: u32 = 3;
 const NOT_PRIMARY_WINDOW: Duration = Duration::from_secs(10);
-/// What a node that is not primary answers a dialing backup.
-const NOT_PRIMARY: &str = "this node is not the primary";
+/// Why a link thread ends when the driver is gone (the process is stopping).
+const CORE_GONE: &str = "core gone";
 
-/// Why one link attempt or session ended.
-#[derive(Debug)]
-enum LinkEnd {
-    /// The other end (or this node, for an incoming link) is not primary: the normal answer
-    /// while the pair picks a primary, logged at debug.
-    NotPrimary,
-    /// Anything else, in words, logged at info.
-    Failed(String),
-}
-
-impl From<String> for LinkEnd {
-    fn from(text: String) -> Self {
-        LinkEnd::Failed(text)
-    }
-}
-
-impl std::fmt::Display for LinkEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LinkEnd::NotPrimary => f.write_str(NOT_PRIMARY),
-            LinkEnd::Failed(text) => f.write_str(text),
-        }
-    }
-}
-
-/// What the core asks of a link's writer.
-#[derive(Debug)]
-pub enum LinkCommand {
-    Accept {
-        truncate_after: u64,
-        restart_at: Option<u64>,
-    },
-    Handover {
-        epoch: u64,
-    },
-    TookOver {
-        epoch: u64,
-    },
-    ResubmitDone {
-        epoch: u64,
-        seq: u64,
-    },
-}
+use crate::core::link::handshake::{self, Ends, LinkEnd, LogView, NOT_PRIMARY};
+pub use crate::core::link::LinkCommand;
 
 /// A new link's id, its command queue, its ack word and its wake-up, for its writer.
 type Registered = (LinkId, Receiver<LinkCommand>, Arc<AtomicU64>, Receiver<()>);
@@ -123,7 +79,7 @@ pub struct LinkContext {
     /// Pokes from the log writer: `appended_seq` moved.
     pub appended_wake: Receiver<()>,
     pub inputs: Sender<Input>,
-    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub snapshot: Arc<Mutex<LogView>>,
     pub primary: Arc<AtomicBool>,
     pub stopping: Arc<AtomicBool>,
     pub window: u64,
@@ -139,19 +95,6 @@ pub struct LinkContext {
     links: Mutex<HashMap<LinkId, LinkHandle>>,
 }
 
-/// The node's view for handshakes, refreshed by the driver after each turn that changed it.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub epoch: u64,
-    pub seen_epoch: u64,
-    pub spans: Vec<(u64, u64)>,
-    pub head: u64,
-    pub last_seq: u64,
-    pub first_seq: u64,
-    /// The core's `log_stuck`: do not follow a primary meanwhile.
-    pub log_stuck: bool,
-}
-
 impl LinkContext {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -162,7 +105,7 @@ impl LinkContext {
         progress: Arc<Progress>,
         appended_wake: Receiver<()>,
         inputs: Sender<Input>,
-        snapshot: Arc<Mutex<Snapshot>>,
+        snapshot: Arc<Mutex<LogView>>,
         primary: Arc<AtomicBool>,
         stopping: Arc<AtomicBool>,
         window: u64,
@@ -192,14 +135,6 @@ impl LinkContext {
             next_link: AtomicU64::new(1),
             links: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn mono_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
-    fn mono_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
     }
 
     /// The TLS configs for a new connection.
@@ -414,340 +349,194 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
     let hello = conn.recv()?;
-    let PeerFrame::Hello {
-        version,
-        ref node_id,
-        epoch,
-        last_seq,
-        ref epochs,
-        nonce: backup_nonce,
-        ..
-    } = hello
-    else {
-        return Err(format!("expected hello, got {}", hello.name()).into());
-    };
-    if version != REPLICATION_VERSION {
-        let reason = format!("replication version {version} is not {REPLICATION_VERSION}");
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(reason.into());
-    }
-    if *node_id != ctx.peer_id {
-        let reason = format!(
-            "node {node_id:?} is not this node's peer ({:?})",
-            ctx.peer_id
-        );
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: reason.clone(),
-            },
-        );
-        return Err(reason.into());
-    }
-    if !ctx.primary.load(Ordering::Acquire) {
-        let _ = send(
-            &mut writer,
-            &PeerFrame::Refuse {
-                reason: NOT_PRIMARY.into(),
-            },
-        );
-        return Err(LinkEnd::NotPrimary);
-    }
-    let _ = backup_nonce;
-    let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
-    // The MACs cover both frames whole (nonces, ids, epochs, heads), so nothing in the
-    // handshake can be altered, replayed on another connection or reflected.
-    let mut welcome = PeerFrame::Welcome {
-        node_id: ctx.node_id.clone(),
-        epoch: snapshot.epoch,
-        epochs: snapshot.spans.clone(),
-        head: snapshot.head,
-        nonce: nonce(),
-        key_id: ctx.keys.signing_key_id(),
-        mac: [0; 32],
-    };
-    let (_, signed) = ctx
-        .keys
-        .sign(&handshake_transcript(Transcript::Welcome, &hello, &welcome));
-    if let PeerFrame::Welcome { mac, .. } = &mut welcome {
-        *mac = signed;
-    }
-    send(&mut writer, &welcome)?;
-    match conn.recv()? {
-        PeerFrame::Auth { key_id, mac } => {
-            let t = handshake_transcript(Transcript::Auth, &hello, &welcome);
-            if !ctx.keys.verify(key_id, &t, &mac) {
-                return Err(
-                    "handshake: the backup's MAC does not verify (wrong secret?)"
-                        .to_string()
-                        .into(),
-                );
+    let view = (&ctx.log_view(), ctx.primary.load(Ordering::Acquire));
+    let welcome = match handshake::welcome(&ctx.ends(), &hello, view, nonce()) {
+        Ok(welcome) => welcome,
+        Err(refusal) => {
+            if let Some(answer) = refusal.answer() {
+                let _ = send(&mut writer, &answer);
             }
+            return Err(refusal.end);
         }
-        other => {
-            return Err(format!("handshake: expected auth, got {}", other.name()).into());
-        }
-    }
+    };
+    send(&mut writer, &welcome)?;
+    let auth = conn.recv()?;
+    let backup = handshake::authenticated(&ctx.ends(), &hello, &welcome, &auth)?;
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
     let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
-        "replication link {link}: backup {node_id} connected (epoch {epoch}, last seq {last_seq}) over {}",
+        "replication link {link}: backup {} connected (epoch {}, last seq {}) over {}",
+        ctx.peer_id,
+        backup.epoch,
+        backup.last_seq,
         ctx.transport()
     );
-    let result = primary_session(
-        ctx,
-        link,
-        conn,
-        writer,
-        commands,
-        wake,
-        epoch,
-        last_seq,
-        epochs.clone(),
-    );
+    let result = primary_session(ctx, link, conn, writer, commands, wake, backup);
     ctx.unregister(link);
     let _ = ctx.inputs.send(Input::LinkDown { link });
     Ok(result?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Drives a [`PrimarySession`]: this thread writes (entries read from the log within the
+/// window, beats, the core's commands); once the core accepted the backup, a reader thread
+/// feeds the backup's frames to the same session.
 fn primary_session(
     ctx: &Arc<LinkContext>,
     link: LinkId,
-    mut conn: Conn,
+    conn: Conn,
     mut writer: LinkWriter,
     commands: Receiver<LinkCommand>,
     wake: Receiver<()>,
-    epoch: u64,
-    last_seq: u64,
-    spans: Vec<(u64, u64)>,
+    hello: BackupHello,
 ) -> Result<(), String> {
-    ctx.inputs
-        .send(Input::BackupHello {
-            link,
-            epoch,
-            last_seq,
-            spans,
-            mono_ms: ctx.mono_ms(),
-        })
-        .map_err(|_| "core gone".to_string())?;
-    // The core answers with Accept (or closes the link, which ends the recv below).
-    let (truncate_after, restart_at) = loop {
-        select! {
-            recv(commands) -> command => match command {
-                Ok(LinkCommand::Accept { truncate_after, restart_at }) => break (truncate_after, restart_at),
-                Ok(_) => continue,
-                Err(_) => return Err("link closed".into()),
-            },
-            default(HANDSHAKE_TIMEOUT) => return Err("the core did not accept the backup in time".into()),
-        }
-    };
-    send(
-        &mut writer,
-        &PeerFrame::Truncate {
-            after_seq: truncate_after,
-        },
-    )?;
-    if let Some(first_seq) = restart_at {
-        send(&mut writer, &PeerFrame::Restart { first_seq })?;
-    }
-    let acked = Arc::new(AtomicU64::new(truncate_after));
-    let probe = Arc::new(RoundTripProbe::default());
+    let (session, input) =
+        PrimarySession::start(link, hello, ctx.window, ctx.beat_interval, ctx.now());
+    ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+    let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
-    // The reader: acks, beats, hand-over answers, resubmissions.
-    let reader = {
-        let ctx = ctx.clone();
-        let acked = acked.clone();
-        let probe = probe.clone();
-        let done = done.clone();
-        std::thread::Builder::new()
-            .name("repl-primary-rx".into())
-            .spawn(move || {
-                let result = primary_reader(&ctx, link, &mut conn, &acked, &probe);
-                done.store(true, Ordering::Release);
-                ctx.close(link, "reader ended");
-                result
-            })
-            .map_err(|e| e.to_string())?
-    };
-    let mut next = restart_at.unwrap_or(truncate_after + 1);
-    let mut last_sent = Instant::now();
+    let mut conn = Some(conn);
+    let mut reader = None;
     let result = loop {
         if done.load(Ordering::Acquire) || ctx.stopping.load(Ordering::Acquire) {
             break Ok(());
         }
-        // Stream what the log has, within the window.
-        let appended = ctx.progress.appended_seq.load(Ordering::Acquire);
-        let window_end = acked.load(Ordering::Acquire) + ctx.window;
-        let upto = appended.min(window_end);
-        if next <= upto {
-            let entries = match ctx.reader.range(next, upto, ENTRIES_PER_FRAME) {
-                Ok(entries) => entries,
-                Err(e) => break Err(format!("reading the log at {next}: {e}")),
-            };
-            let mut batch: Vec<Entry> = Vec::new();
-            let mut bytes = 0;
-            for entry in entries {
-                if entry.seq != next {
-                    break;
-                }
-                bytes += entry.body.len() + entry.room.len() + entry.session.len() + 64;
-                next += 1;
-                batch.push(entry);
-                if bytes >= ENTRY_BYTES_PER_FRAME {
-                    break;
-                }
+        // The backup's frames are read once the core accepted it, as the core expects.
+        if let Some(conn) = conn.take_if(|_| lock(&session).accepted()) {
+            match spawn_primary_reader(ctx, link, conn, &session, &done) {
+                Ok(handle) => reader = Some(handle),
+                Err(e) => break Err(e),
             }
-            if batch.is_empty() {
-                break Err(format!("the log no longer holds seq {next}"));
-            }
-            let commit_seq = ctx.snapshot_head();
-            let sent_ns = ctx.mono_ns();
-            if let Err(e) = send(
-                &mut writer,
-                &PeerFrame::Entries {
-                    commit_seq,
-                    entries: batch,
-                },
-            ) {
-                break Err(e);
-            }
-            probe.sent(next - 1, sent_ns);
-            last_sent = Instant::now();
-            continue;
         }
-        let beat_due = ctx.beat_interval.saturating_sub(last_sent.elapsed());
-        select! {
-            recv(commands) -> command => {
-                let frame = match command {
-                    Ok(LinkCommand::Handover { epoch }) => PeerFrame::Handover { epoch },
-                    Ok(LinkCommand::ResubmitDone { epoch, seq }) => PeerFrame::ResubmitDone { epoch, seq },
-                    Ok(_) => continue,
-                    Err(_) => break Ok(()),
-                };
-                if let Err(e) = send(&mut writer, &frame) {
-                    break Err(e);
-                }
-                last_sent = Instant::now();
-            }
-            recv(ctx.appended_wake) -> _ => {}
-            recv(wake) -> _ => {}
-            default(beat_due.max(Duration::from_millis(1))) => {
-                if let Err(e) = beat_if_due(ctx, &mut writer, &mut last_sent) {
-                    break Err(e);
-                }
-            }
+        match primary_turn(ctx, &session, &mut writer, &commands, &wake) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     let _ = writer.shutdown(Shutdown::Both);
-    let _ = reader.join();
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
     result
 }
 
-/// Sends a `Beat` when nothing else went out for a beat interval: the peer counts any
-/// frame as a sign of life, and a backup learns the idle primary's head from it.
-fn beat_if_due(
+fn spawn_primary_reader(
+    ctx: &Arc<LinkContext>,
+    link: LinkId,
+    mut conn: Conn,
+    session: &Arc<Mutex<PrimarySession>>,
+    done: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let (ctx, session, done) = (ctx.clone(), session.clone(), done.clone());
+    std::thread::Builder::new()
+        .name("repl-primary-rx".into())
+        .spawn(move || {
+            let result = primary_reader(&ctx, link, &mut conn, &session);
+            done.store(true, Ordering::Release);
+            ctx.close(link, "reader ended");
+            result
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// One move of the primary's writer: what the session asks, carried out.
+fn primary_turn(
     ctx: &LinkContext,
+    session: &Mutex<PrimarySession>,
     writer: &mut LinkWriter,
-    last_sent: &mut Instant,
-) -> Result<(), String> {
-    if last_sent.elapsed() < ctx.beat_interval {
-        return Ok(());
-    }
-    let frame = PeerFrame::Beat {
-        epoch: ctx.snapshot_epoch(),
-        head: ctx.snapshot_head(),
-    };
-    send(writer, &frame)?;
-    *last_sent = Instant::now();
-    Ok(())
-}
-
-/// One replication round trip measured at a time (the writer arms it, the reader ends it):
-/// two atomics and no per-frame bookkeeping, a sample per round trip, which is plenty for a
-/// histogram.
-#[derive(Default)]
-struct RoundTripProbe {
-    /// The last seq of the entries frame being timed; 0: none in flight.
-    seq: AtomicU64,
-    /// When that frame was sent, in ns on `LinkContext::base`.
-    sent_ns: AtomicU64,
-}
-
-impl RoundTripProbe {
-    /// Writer: an entries frame up to `seq` went out at `sent_ns`; timed unless one is.
-    fn sent(&self, seq: u64, sent_ns: u64) {
-        if self.seq.load(Ordering::Acquire) == 0 {
-            self.sent_ns.store(sent_ns, Ordering::Relaxed);
-            self.seq.store(seq, Ordering::Release);
+    commands: &Receiver<LinkCommand>,
+    wake: &Receiver<()>,
+) -> Result<ControlFlow<()>, String> {
+    let appended = ctx.progress.appended_seq.load(Ordering::Acquire);
+    let next = lock(session).next(ctx.now(), appended, ctx.view());
+    match next {
+        Next::Send(frame) => send(writer, &frame)?,
+        Next::ReadLog { from, upto } => {
+            let entries = ctx
+                .reader
+                .range(from, upto, ENTRIES_PER_FRAME)
+                .map_err(|e| format!("reading the log at {from}: {e}"))?;
+            let frame = lock(session).on_read(entries, ctx.view(), ctx.now())?;
+            send(writer, &frame)?;
         }
-    }
-
-    /// Reader: the backup acked up to `durable_seq`; when that covers the timed frame, its
-    /// send time (and the probe is free again).
-    fn acked(&self, durable_seq: u64) -> Option<u64> {
-        let seq = self.seq.load(Ordering::Acquire);
-        if seq == 0 || durable_seq < seq {
-            return None;
+        Next::WaitUntil(at) => {
+            select! {
+                recv(commands) -> command => {
+                    let Ok(command) = command else { return Ok(ControlFlow::Break(())) };
+                    for frame in lock(session).on_command(command, ctx.now()) {
+                        send(writer, &frame)?;
+                    }
+                }
+                recv(ctx.appended_wake) -> _ => {}
+                recv(wake) -> _ => {}
+                default(ctx.until(at)) => {}
+            }
         }
-        let sent_ns = self.sent_ns.load(Ordering::Relaxed);
-        self.seq.store(0, Ordering::Release);
-        Some(sent_ns)
+        Next::End(reason) => return Err(reason),
+        Next::ReadOrphans => unreachable!("a primary session reads no orphans"),
     }
+    Ok(ControlFlow::Continue(()))
 }
 
 fn primary_reader(
     ctx: &LinkContext,
     link: LinkId,
     conn: &mut Conn,
-    acked: &AtomicU64,
-    probe: &RoundTripProbe,
+    session: &Mutex<PrimarySession>,
 ) -> Result<(), String> {
     loop {
         let frame = conn.recv()?;
-        let mono_ms = ctx.mono_ms();
-        let input = match frame {
-            PeerFrame::Ack { durable_seq } => {
-                acked.fetch_max(durable_seq, Ordering::AcqRel);
-                if let Some(sent_ns) = probe.acked(durable_seq) {
-                    ctx.latencies
-                        .replication_round_trip
-                        .observe(Duration::from_nanos(ctx.mono_ns().saturating_sub(sent_ns)));
-                }
-                // A writer stopped at the window's edge goes on at once, not at the next beat.
-                ctx.poke(link);
-                Input::BackupAck {
-                    link,
-                    durable_seq,
-                    mono_ms,
-                }
-            }
-            PeerFrame::Beat { .. } => Input::LinkAlive { mono_ms },
-            PeerFrame::TookOver { epoch } => Input::TookOver { link, epoch },
-            PeerFrame::Resubmit { entries } => Input::Resubmit { link, entries },
-            PeerFrame::Refuse { reason } => return Err(format!("backup refused: {reason}")),
-            other => return Err(format!("unexpected {} frame from the backup", other.name())),
-        };
-        ctx.inputs
-            .send(input)
-            .map_err(|_| "core gone".to_string())?;
+        let received = lock(session).on_frame(frame, ctx.now())?;
+        if let Some(round_trip) = received.round_trip {
+            ctx.latencies.replication_round_trip.observe(round_trip);
+        }
+        if received.wake_writer {
+            // A writer stopped at the window's edge goes on at once, not at the next beat.
+            ctx.poke(link);
+        }
+        if let Some(input) = received.input {
+            ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+        }
     }
 }
 
 impl LinkContext {
-    fn snapshot_head(&self) -> u64 {
-        self.snapshot.lock().expect("snapshot lock").head
+    /// Now, on the monotonic base the sessions and the core share.
+    fn now(&self) -> Duration {
+        self.base.elapsed()
     }
-    fn snapshot_epoch(&self) -> u64 {
-        self.snapshot.lock().expect("snapshot lock").epoch
+
+    /// How long until `at`: at least a millisecond, so a due turn never spins.
+    fn until(&self, at: Duration) -> Duration {
+        at.saturating_sub(self.now()).max(Duration::from_millis(1))
     }
+
+    fn ends(&self) -> Ends<'_> {
+        Ends {
+            node_id: &self.node_id,
+            peer_id: &self.peer_id,
+            keys: &self.keys,
+        }
+    }
+
+    /// The node as the handshake shows it: the driver's snapshot.
+    fn log_view(&self) -> LogView {
+        self.snapshot.lock().expect("snapshot lock").clone()
+    }
+
+    fn view(&self) -> NodeView {
+        let snapshot = self.snapshot.lock().expect("snapshot lock");
+        NodeView {
+            epoch: snapshot.epoch,
+            head: snapshot.head,
+        }
+    }
+}
+
+fn lock<T>(session: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    session.lock().expect("link session lock")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -804,56 +593,12 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     };
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
-    let snapshot = ctx.snapshot.lock().expect("snapshot lock").clone();
-    let hello = PeerFrame::Hello {
-        version: REPLICATION_VERSION,
-        node_id: ctx.node_id.clone(),
-        epoch: snapshot.seen_epoch,
-        last_seq: snapshot.last_seq,
-        first_seq: snapshot.first_seq,
-        epochs: snapshot.spans.clone(),
-        nonce: nonce(),
-        boot: 0,
-    };
+    let hello = handshake::hello(&ctx.ends(), &ctx.log_view(), nonce());
     send(&mut writer, &hello)?;
-    let (epoch, spans) = match conn.recv()? {
-        welcome @ PeerFrame::Welcome { .. } => {
-            let PeerFrame::Welcome {
-                node_id,
-                epoch,
-                epochs,
-                key_id,
-                mac,
-                ..
-            } = &welcome
-            else {
-                unreachable!("matched above")
-            };
-            if *node_id != ctx.peer_id {
-                return Err(
-                    format!("answered by {node_id:?}, not the peer {:?}", ctx.peer_id).into(),
-                );
-            }
-            let t = handshake_transcript(Transcript::Welcome, &hello, &welcome);
-            if !ctx.keys.verify(*key_id, &t, mac) {
-                return Err(
-                    "handshake: the primary's MAC does not verify (wrong secret?)"
-                        .to_string()
-                        .into(),
-                );
-            }
-            let (key_id, mac) =
-                ctx.keys
-                    .sign(&handshake_transcript(Transcript::Auth, &hello, &welcome));
-            send(&mut writer, &PeerFrame::Auth { key_id, mac })?;
-            (*epoch, epochs.clone())
-        }
-        PeerFrame::Refuse { reason } if reason == NOT_PRIMARY => return Err(LinkEnd::NotPrimary),
-        PeerFrame::Refuse { reason } => return Err(format!("refused: {reason}").into()),
-        other => {
-            return Err(format!("handshake: expected welcome, got {}", other.name()).into());
-        }
-    };
+    let answer = conn.recv()?;
+    let welcomed = handshake::auth(&ctx.ends(), &hello, &answer)?;
+    send(&mut writer, &welcomed.auth)?;
+    let (epoch, spans) = (welcomed.epoch, welcomed.spans);
     conn.stream
         .set_read_timeout(None)
         .map_err(|e| e.to_string())?;
@@ -863,12 +608,14 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
         ctx.peer_id,
         ctx.transport()
     );
-    let result = backup_session(ctx, link, conn, writer, commands, ack, wake, epoch, spans);
+    let result = backup_session(ctx, link, conn, writer, commands, ack, wake, (epoch, spans));
     ctx.unregister(link);
     let _ = ctx.inputs.send(Input::LinkDown { link });
     Ok(result?)
 }
 
+/// Drives a [`BackupSession`]: this thread writes (acks, orphans, beats, the core's
+/// commands); a reader thread feeds the primary's frames to the same session.
 #[allow(clippy::too_many_arguments)]
 fn backup_session(
     ctx: &Arc<LinkContext>,
@@ -878,113 +625,32 @@ fn backup_session(
     commands: Receiver<LinkCommand>,
     ack: Arc<AtomicU64>,
     wake: Receiver<()>,
-    epoch: u64,
-    spans: Vec<(u64, u64)>,
+    (epoch, spans): (u64, Vec<(u64, u64)>),
 ) -> Result<(), String> {
-    ctx.inputs
-        .send(Input::PrimaryWelcome {
-            link,
-            epoch,
-            mono_ms: ctx.mono_ms(),
-        })
-        .map_err(|_| "core gone".to_string())?;
-    let commit_seq = Arc::new(AtomicU64::new(0));
-    let commit_known = Arc::new(AtomicBool::new(false));
+    let (session, input) = BackupSession::start(link, epoch, spans, ctx.beat_interval, ctx.now());
+    ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+    let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
-    let (resubmitted_tx, resubmitted_rx) = bounded::<(u64, u64)>(16);
     let reader = {
-        let ctx = ctx.clone();
-        let commit_seq = commit_seq.clone();
-        let commit_known = commit_known.clone();
-        let done = done.clone();
+        let (ctx, session, done) = (ctx.clone(), session.clone(), done.clone());
         std::thread::Builder::new()
             .name("repl-backup-rx".into())
             .spawn(move || {
-                let result = backup_reader(
-                    &ctx,
-                    link,
-                    &mut conn,
-                    spans,
-                    (&commit_seq, &commit_known),
-                    &resubmitted_tx,
-                );
+                let result = backup_reader(&ctx, &mut conn, &session);
                 done.store(true, Ordering::Release);
                 ctx.close(link, "reader ended");
                 result
             })
             .map_err(|e| e.to_string())?
     };
-    let mut sent_ack = u64::MAX;
-    let mut last_sent = Instant::now();
-    // Orphans: the last entry's orig we wait to hear done, once sent.
-    let mut orphans_waiting: Option<(u64, u64)> = None;
-    // When the orphans file was last looked at: the log writer creates it when it carries
-    // out the cut, which may come after our first ack, so it is looked at again (at most once
-    // per beat interval) until something was sent.
-    let mut orphans_checked_at: Option<Instant> = None;
     let result = loop {
         if done.load(Ordering::Acquire) || ctx.stopping.load(Ordering::Acquire) {
             break Ok(());
         }
-        let durable = ack.load(Ordering::Acquire);
-        if durable != sent_ack {
-            if let Err(e) = send(
-                &mut writer,
-                &PeerFrame::Ack {
-                    durable_seq: durable,
-                },
-            ) {
-                break Err(e);
-            }
-            sent_ack = durable;
-            last_sent = Instant::now();
-            continue;
-        }
-        // Caught up with the primary's commits (known from its entries or beats): time to
-        // re-commit what only we had. Checked every turn, so an idle pair gets there too.
-        if orphans_waiting.is_none()
-            && orphans_checked_at.is_none_or(|at| at.elapsed() >= ctx.beat_interval)
-            && commit_known.load(Ordering::Acquire)
-            && sent_ack != u64::MAX
-            && sent_ack >= commit_seq.load(Ordering::Acquire)
-        {
-            orphans_checked_at = Some(Instant::now());
-            match resubmit_orphans(ctx, &mut writer) {
-                Ok(last) => orphans_waiting = last,
-                Err(e) => break Err(e),
-            }
-        }
-        let beat_due = ctx.beat_interval.saturating_sub(last_sent.elapsed());
-        select! {
-            recv(commands) -> command => {
-                let frame = match command {
-                    Ok(LinkCommand::TookOver { epoch }) => PeerFrame::TookOver { epoch },
-                    Ok(_) => continue,
-                    Err(_) => break Ok(()),
-                };
-                if let Err(e) = send(&mut writer, &frame) {
-                    break Err(e);
-                }
-                last_sent = Instant::now();
-            }
-            recv(resubmitted_rx) -> done_orig => {
-                if let (Ok(orig), Some(waiting)) = (done_orig, orphans_waiting) {
-                    if orig == waiting {
-                        let path = ctx.data_dir.join(ORPHANS_FILE);
-                        match std::fs::remove_file(&path) {
-                            Ok(()) => log::info!("every message kept aside is re-committed; removed {}", path.display()),
-                            Err(e) => log::warn!("{}: cannot remove: {e}", path.display()),
-                        }
-                        orphans_waiting = None;
-                    }
-                }
-            }
-            recv(wake) -> _ => {}
-            default(beat_due.max(Duration::from_millis(1))) => {
-                if let Err(e) = beat_if_due(ctx, &mut writer, &mut last_sent) {
-                    break Err(e);
-                }
-            }
+        match backup_turn(ctx, &session, &mut writer, &commands, &ack, &wake) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     let _ = writer.shutdown(Shutdown::Both);
@@ -992,86 +658,75 @@ fn backup_session(
     result
 }
 
-/// Sends the orphans side file's batches; returns the orig of the last entry sent.
+/// One move of the backup's writer: what the session asks, carried out.
+fn backup_turn(
+    ctx: &LinkContext,
+    session: &Mutex<BackupSession>,
+    writer: &mut LinkWriter,
+    commands: &Receiver<LinkCommand>,
+    ack: &AtomicU64,
+    wake: &Receiver<()>,
+) -> Result<ControlFlow<()>, String> {
+    let durable_seq = ack.load(Ordering::Acquire);
+    let next = lock(session).next(ctx.now(), durable_seq, ctx.view());
+    match next {
+        Next::Send(frame) => send(writer, &frame)?,
+        Next::ReadOrphans => resubmit_orphans(ctx, session, writer)?,
+        Next::WaitUntil(at) => {
+            select! {
+                recv(commands) -> command => {
+                    let Ok(command) = command else { return Ok(ControlFlow::Break(())) };
+                    if let Some(frame) = lock(session).on_command(command, ctx.now()) {
+                        send(writer, &frame)?;
+                    }
+                }
+                recv(wake) -> _ => {}
+                default(ctx.until(at)) => {}
+            }
+        }
+        Next::End(reason) => return Err(reason),
+        Next::ReadLog { .. } => unreachable!("a backup session reads no log"),
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// Sends the orphans side file's batches, as the session asked.
 fn resubmit_orphans(
     ctx: &LinkContext,
+    session: &Mutex<BackupSession>,
     writer: &mut LinkWriter,
-) -> Result<Option<(u64, u64)>, String> {
+) -> Result<(), String> {
     let batches = read_orphans(&ctx.data_dir).map_err(|e| format!("reading orphans: {e}"))?;
-    let mut last = None;
-    let mut count = 0;
-    for entries in batches {
-        if let Some(entry) = entries.last() {
-            last = Some(entry.orig.unwrap_or((entry.epoch, entry.seq)));
-        }
-        count += entries.len();
-        send(writer, &PeerFrame::Resubmit { entries })?;
+    let count: usize = batches.iter().map(Vec::len).sum();
+    for frame in lock(session).on_orphans(batches, ctx.now()) {
+        send(writer, &frame)?;
     }
     if count > 0 {
         log::info!("re-committing {count} messages kept aside through the primary");
     }
-    Ok(last)
+    Ok(())
 }
 
 fn backup_reader(
     ctx: &LinkContext,
-    link: LinkId,
     conn: &mut Conn,
-    spans: Vec<(u64, u64)>,
-    (commit_seq, commit_known): (&AtomicU64, &AtomicBool),
-    resubmitted: &Sender<(u64, u64)>,
+    session: &Mutex<BackupSession>,
 ) -> Result<(), String> {
-    let mut spans = Some(spans);
     loop {
         let frame = conn.recv()?;
-        let mono_ms = ctx.mono_ms();
-        let input = match frame {
-            PeerFrame::Truncate { after_seq } => Input::PrimaryTruncate {
-                link,
-                after_seq,
-                spans: spans.take().unwrap_or_default(),
-            },
-            PeerFrame::Restart { first_seq } => Input::PrimaryRestart { link, first_seq },
-            PeerFrame::Entries {
-                commit_seq: commit,
-                entries,
-            } => {
-                commit_seq.fetch_max(commit, Ordering::AcqRel);
-                commit_known.store(true, Ordering::Release);
-                Input::Replicate {
-                    link,
-                    commit_seq: commit,
-                    entries,
-                    mono_ms,
-                }
+        let received = lock(session).on_frame(frame, ctx.now())?;
+        if received.orphans_done {
+            let path = ctx.data_dir.join(ORPHANS_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!(
+                    "every message kept aside is re-committed; removed {}",
+                    path.display()
+                ),
+                Err(e) => log::warn!("{}: cannot remove: {e}", path.display()),
             }
-            PeerFrame::Beat { head, .. } => {
-                commit_seq.fetch_max(head, Ordering::AcqRel);
-                commit_known.store(true, Ordering::Release);
-                // An idle primary's beat carries its committed head: the backup's view of
-                // what is committed moves on without new entries.
-                Input::Replicate {
-                    link,
-                    commit_seq: head,
-                    entries: Vec::new(),
-                    mono_ms,
-                }
-            }
-            PeerFrame::Handover { epoch } => Input::HandoverAsked { link, epoch },
-            PeerFrame::ResubmitDone { epoch, seq } => {
-                let _ = resubmitted.try_send((epoch, seq));
-                Input::LinkAlive { mono_ms }
-            }
-            PeerFrame::Refuse { reason } => return Err(format!("primary refused: {reason}")),
-            other => {
-                return Err(format!(
-                    "unexpected {} frame from the primary",
-                    other.name()
-                ))
-            }
-        };
-        ctx.inputs
-            .send(input)
-            .map_err(|_| "core gone".to_string())?;
+        }
+        if let Some(input) = received.input {
+            ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+        }
     }
 }

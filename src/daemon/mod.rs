@@ -52,6 +52,7 @@ use crossbeam_channel::{bounded, never, select, Receiver, Sender};
 
 use crate::config::{self, AuthMode, Config, Role};
 use crate::core::epochs::EpochHistory;
+use crate::core::link::handshake::LogView;
 use crate::core::{AccessConfig, Action, CoreConfig, Input, LogLevel, Node, PairConfig, SELF_LINK};
 use crate::entry::Entry;
 use crate::log::{Log, LogOptions};
@@ -59,7 +60,7 @@ use acceptor::{worker_of, WorkerHandle};
 use batch::{PublishBatch, Published};
 use heartbeat::{HeartbeatConfig, HeartbeatStats, LocalStatus, Received};
 use io::{Command, Worker, WorkerLimits};
-use link::{LinkCommand, LinkContext, Snapshot};
+use link::{LinkCommand, LinkContext};
 use storage::{unpack_durable, LogCommand, Progress, Writer};
 
 /// Inputs waiting for the core; workers hold back (and stop reading) when it is full. Four
@@ -398,7 +399,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let primary_flag = Arc::new(AtomicBool::new(node.role() == Role::Primary));
     // Filled before the link threads start: a dialer's first Hello must carry the recovered
     // log and epochs, or the primary would cut everything this node holds.
-    let snapshot = Arc::new(Mutex::new(Snapshot {
+    let snapshot = Arc::new(Mutex::new(LogView {
         epoch: node.epoch(),
         seen_epoch: node.seen_epoch(),
         spans: node.epochs().spans().to_vec(),
@@ -717,7 +718,7 @@ struct Driver {
     /// Token checks, with `auth.mode = "token"`.
     verifier: Option<verifier::Verifier>,
     status: Arc<LocalStatus>,
-    snapshot: Arc<Mutex<Snapshot>>,
+    snapshot: Arc<Mutex<LogView>>,
     primary_flag: Arc<AtomicBool>,
     role_changed: Sender<()>,
     links: Option<Arc<LinkContext>>,
