@@ -63,16 +63,18 @@ use io::{Command, Worker, WorkerLimits};
 use link::{LinkCommand, LinkContext};
 use storage::{unpack_durable, LogCommand, Progress, Writer};
 
-/// Inputs waiting for the core; workers hold back (and stop reading) when it is full. Four
-/// turns' worth (`CORE_BATCH_MAX`). A bounded channel allocates and touches all its slots
+/// Single inputs waiting for the core (from the link, heartbeat, witness and token
+/// threads; the I/O workers send batches, `WORKER_BATCHES_MAX`). A bounded channel allocates and touches all its slots
 /// at start (an `Input` slot is about 260 bytes: 1 MiB here), so the bound is resident
 /// memory whether or not it is used.
 const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
-/// never do, so it drains. The core sends a worker one publish per commit group and a few
-/// commands per input it takes, at most `CORE_BATCH_MAX` inputs a turn: this holds several
-/// turns. Allocated up front like the inputs (about 176 bytes a slot: 0.7 MiB a worker).
-const WORKER_COMMANDS_MAX: usize = 4_096;
+/// never do, so it drains. Allocated up front like the inputs (about 176 bytes a slot:
+/// 11.5 MiB a worker). Not smaller: at 4 096, a pair's primary under N = 1000, P = 100
+/// blocked on a busy worker long enough to fence itself as stalled (519 ms) and let
+/// members' queues overflow (`pbchat-bench fanout --target pair --members 1000 --senders
+/// 100`, 3 runs each: losses in 2 of 3 at 4 096, none at 65 536).
+const WORKER_COMMANDS_MAX: usize = 65_536;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
 /// cannot starve ticks.
 const CORE_BATCH_MAX: usize = 1_024;
