@@ -71,9 +71,9 @@ const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
 /// never do, so it drains. Allocated up front like the inputs (about 176 bytes a slot:
 /// 11.5 MiB a worker). Not smaller: at 4 096, a pair's primary under N = 1000, P = 100
-/// blocked on a busy worker long enough to fence itself as stalled (519 ms) and let
-/// members' queues overflow (`pbchat-bench fanout --target pair --members 1000 --senders
-/// 100`, 3 runs each: losses in 2 of 3 at 4 096, none at 65 536).
+/// blocked on its busy worker long enough to fence itself as stalled (519 ms) in 2 of 6
+/// runs, none of 6 at 65 536 (`pbchat-bench fanout --target pair --members 1000
+/// --senders 100 --verbose`).
 const WORKER_COMMANDS_MAX: usize = 65_536;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
 /// cannot starve ticks.
