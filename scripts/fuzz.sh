@@ -7,7 +7,7 @@
 #
 # The kept corpus (fuzz/corpus/<target>/) is read, never written: what a run discovers goes
 # to a scratch directory, so CI leaves the tree clean. Keep an input worth keeping by copying
-# it into fuzz/corpus/<target>/ under a name saying what it found; tests/fuzz_corpus.rs then
+# it into fuzz/corpus/<target>/ under a name saying what it found; tests/it/fuzz_corpus.rs then
 # runs it in the normal test suite.
 #
 # Environment: PBCHAT_FUZZ_SANITIZER (address | none; default address), PBCHAT_FUZZ_RSS_MB

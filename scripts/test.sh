@@ -2,11 +2,11 @@
 # The whole test suite: unit, property and integration tests against the real binaries.
 #
 # Some integration tests drive programs beside pbchatd: tmux (the interactive client's
-# screen, tests/client_terminal.rs), python3 (the reference client, tests/python_client.rs),
-# promtool from Debian's prometheus package (/metrics lint, tests/operations.rs), mkfs.ext4
-# and fsfreeze (a primary whose disk stops answering, tests/failover.rs), nft and ip (the
+# screen, tests/it/client_terminal.rs), python3 (the reference client, tests/it/python_client.rs),
+# promtool from Debian's prometheus package (/metrics lint, tests/it/operations.rs), mkfs.ext4
+# and fsfreeze (a primary whose disk stops answering, tests/it/failover.rs), nft and ip (the
 # namespace fault lab), arping (the lab's VIP moved by the role-change hook), chromium and
-# chromedriver (the page in a real browser, tests/browser.rs). As root on Debian the
+# chromedriver (the page in a real browser, tests/it/browser.rs). As root on Debian the
 # missing ones are installed first; otherwise they are named here, and the tests that need
 # them fail saying so.
 set -euo pipefail

@@ -14,7 +14,7 @@
 //! - `node_tls`: the node's TLS configs from its `Config`, errors by config key.
 //! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
-//! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/fuzz_corpus.rs`); test code.
+//! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/it/fuzz_corpus.rs`); test code.
 //! - `completions`: shell completions of the binaries (clap_complete), for the package.
 //! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
 //!   the daemon over TCP, never a part of it.

@@ -1,5 +1,5 @@
 //! cargo-fuzz target: the checks are in `pbchat::fuzzing::client_frame`, shared with the corpus
-//! regression test (`tests/fuzz_corpus.rs`).
+//! regression test (`tests/it/fuzz_corpus.rs`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
 //! cargo-fuzz target: the checks are in `pbchat::fuzzing::log_recovery`, shared with the
-//! corpus regression test (`tests/fuzz_corpus.rs`).
+//! corpus regression test (`tests/it/fuzz_corpus.rs`).
 #![no_main]
 
 use std::path::Path;

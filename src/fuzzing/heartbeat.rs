@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::wire::heartbeat::{decode, encode, Heartbeat, ReplayGuard, MAX_TRACKED_NODES};
 use crate::wire::keyring::{parse_keyring, Keyring};
 
-/// The pair key the target signs with (`tests/fuzz_corpus.rs` signs its seeds with it too).
+/// The pair key the target signs with (`tests/it/fuzz_corpus.rs` signs its seeds with it too).
 pub const KEY_LINE: &str = "7 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 /// Where the key id sits in a datagram: after the magic and the version.
 const KEY_ID_AT: usize = 5;

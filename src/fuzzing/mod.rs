@@ -1,6 +1,6 @@
 //! The invariants the fuzzers check, one module per target, each a `check(bytes)` that
 //! panics when one breaks. The cargo-fuzz targets in `fuzz/` call them on generated inputs,
-//! and `tests/fuzz_corpus.rs` runs them over the kept corpus (`fuzz/corpus/`), so every input
+//! and `tests/it/fuzz_corpus.rs` runs them over the kept corpus (`fuzz/corpus/`), so every input
 //! that ever broke one stays a regression test of the normal suite.
 //!
 //! Pure test code: nothing in the daemon calls it. It lives in the library, not in `fuzz/`,

@@ -3,7 +3,7 @@
 //! broke) goes through the same checks the fuzz targets run (`pbchat::fuzzing`), without
 //! cargo-fuzz or a nightly feature.
 //!
-//! `PBCHAT_WRITE_FUZZ_SEEDS=1 cargo test --test fuzz_corpus` rewrites the seed files
+//! `PBCHAT_WRITE_FUZZ_SEEDS=1 cargo test --test it fuzz_corpus::` rewrites the seed files
 //! (`seed-*`) from real encoders, so the fuzzers start from valid frames, configs and logs.
 
 use std::fs;

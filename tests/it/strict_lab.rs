@@ -1,5 +1,5 @@
 //! Strict mode (`failover.mode = "strict"`, docs/failover.md) in the namespace fault lab
-//! (`tests/netlab`): node a in host 1 (first primary), node b in host 2, clients in host 3
+//! (`tests/it/netlab`): node a in host 1 (first primary), node b in host 2, clients in host 3
 //! (and host 2 where a side needs its own), `pbchat-witness` in host 4. Each scenario keeps
 //! clients sending at a steady rate and ends with `Lab::verify_strict`: the history checker
 //! (nothing acknowledged lost or doubled, one order) and strict mode's own invariant, that
@@ -10,22 +10,14 @@
 //! passes, except under CI (`CI` set), where it fails.
 //! Scenarios run one at a time (the lab serializes them). See docs/testing.md.
 
-mod history;
-mod netlab;
-mod resilient;
+use crate::history;
+use crate::netlab;
 
 use std::time::{Duration, Instant};
 
 use netlab::{hold, Lab, Listener, Node, SenderProc, WitnessProc, WITNESS_HOST};
 
-/// Not a scenario: the body of the sender processes the lab starts inside a host (this test
-/// binary re-run on this test alone). In an ordinary run it does nothing.
-#[test]
-fn netlab_client_process() {
-    netlab::client_process_main();
-}
-
-/// The available-mode bound of tests/partitions.rs (detection 1 s + 1 s): issue 8 asks
+/// The available-mode bound of tests/it/partitions.rs (detection 1 s + 1 s): issue 8 asks
 /// strict mode to fail over within the same bound.
 const FAILOVER_BOUND: Duration = Duration::from_millis(2_000);
 

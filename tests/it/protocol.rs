@@ -1,6 +1,6 @@
 //! The client protocol of docs/protocol.md against the real `pbchatd` binary over TCP.
 
-mod common;
+use crate::common;
 
 use common::{Client, Daemon};
 use serde_json::json;

@@ -8,7 +8,7 @@
 //! get the protocol's answer (`bad_request`, `too_large`, `slow_consumer`, ...) or be closed,
 //! and the node must stay up. Seeds are printed so a failure can be replayed.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

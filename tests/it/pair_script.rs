@@ -2,7 +2,7 @@
 //! scratch pair (ephemeral ports and a temp dir, never the shipped configs' 7400/7410) with
 //! the binaries cargo built for the tests (`PBCHAT_BIN_DIR`, so nothing is built).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! torn log tail is cut at start-up without losing what came before it; the de-duplication
 //! index rebuilt at start-up still recognises a resend.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

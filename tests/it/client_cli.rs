@@ -1,6 +1,6 @@
 //! `pbchat-client` in its scripted modes against the real `pbchatd`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -43,8 +43,15 @@ pub const ROOM: &str = "general";
 pub const CLIENT_PORT: u16 = 7400;
 pub const HEARTBEAT_PORT: u16 = 7401;
 pub const REPLICATION_PORT: u16 = 7402;
-/// The name of the test in the scenario file that runs [`client_process_main`].
-pub const CLIENT_PROCESS_TEST: &str = "netlab_client_process";
+/// The test that runs [`client_process_main`], by its path in the test binary.
+pub const CLIENT_PROCESS_TEST: &str = "netlab::netlab_client_process";
+
+/// Not a scenario: the body of the sender processes the lab starts inside a host (this test
+/// binary re-run on this test alone). In an ordinary run it does nothing.
+#[test]
+fn netlab_client_process() {
+    client_process_main();
+}
 
 /// One lab at a time per process: the scenarios assert timings (fail-over within detection
 /// + 1 s, no false fail-over) that two labs sharing 2 cores would blur.
@@ -66,7 +73,7 @@ pub struct Lab {
     pub k: u32,
     /// Configs, secret and data dirs (removed on drop).
     pub dir: PathBuf,
-    /// What every client of the scenario did and saw, for the checker (`tests/history`).
+    /// What every client of the scenario did and saw, for the checker (`tests/it/history`).
     pub history: History,
     created: Vec<String>,
     _serial: MutexGuard<'static, ()>,
@@ -842,7 +849,7 @@ impl Lab {
     /// Ends a scenario: records each node's terms and the room's stored history at `store`
     /// (the primary both nodes follow now) as receiver `store:<id>`, waits until every
     /// listener has shown every acknowledged and stored message (or the deadline passes),
-    /// then checks the whole history (`tests/history`), prints its figures, and panics with
+    /// then checks the whole history (`tests/it/history`), prints its figures, and panics with
     /// the smallest excerpt of the history when an invariant broke.
     pub fn verify(&self, nodes: &[&Node], store: &Node, listeners: &[&Listener]) -> Report {
         for node in nodes {

@@ -1,31 +1,23 @@
 //! Network faults between real `pbchatd` processes in network namespaces (the fault lab,
-//! `tests/netlab`): partitions (full, one-way, clients only, flapping), loss, kill -9,
+//! `tests/it/netlab`): partitions (full, one-way, clients only, flapping), loss, kill -9,
 //! SIGSTOP and restarts across hosts. Node a runs in host 1 (first primary), node b in
 //! host 2 (backup), clients in host 3 (and in host 2 where a scenario needs clients on both
 //! sides). Every scenario keeps clients sending at a steady rate and ends with the history
-//! checker (`tests/history`, through `Lab::verify`): every acknowledged message shown once
+//! checker (`tests/it/history`, through `Lab::verify`): every acknowledged message shown once
 //! by every listener and stored once by the surviving primary, one order, no (epoch, seq)
 //! naming two messages, no epoch held by two nodes.
 //!
 //! Needs root, `ip netns` and nftables; without them each test prints `skipped: ...` and
 //! passes, except under CI (`CI` set), where it fails. Scenarios run one at a time (the lab serializes them). See docs/testing.md.
 
-mod history;
-mod netlab;
-mod resilient;
+use crate::history;
+use crate::netlab;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use netlab::relay::Impairment;
 use netlab::{hold, Lab, Listener, SenderProc, CLIENT_PORT, HEARTBEAT_PORT, ROOM};
-
-/// Not a scenario: the body of the sender processes the lab starts inside a host (this test
-/// binary re-run on this test alone). In an ordinary run it does nothing.
-#[test]
-fn netlab_client_process() {
-    netlab::client_process_main();
-}
 
 /// docs/failover.md's contract: a dead primary is replaced within detection (1 s at the
 /// defaults the lab uses) + 1 s.
@@ -84,7 +76,7 @@ fn partition_between_the_nodes_with_clients_on_both_sides_merges_on_heal_without
 
     let report = lab.verify(&[&a, &b], &b, &[&left_ear, &right_ear]);
     assert!(report.merged > 0, "nothing was re-committed with orig");
-    // Available mode commits on both sides: strict mode's check (tests/strict_lab.rs) must
+    // Available mode commits on both sides: strict mode's check (tests/it/strict_lab.rs) must
     // see it in this real history, or it could not fail there either.
     let overlap = history::check_one_committer(
         &lab.history.events(),
@@ -700,7 +692,7 @@ impl Drop for ScheduleReport {
         if std::thread::panicking() {
             eprintln!(
                 "fault schedule failed with seed {0}; run it again: PBL_SEED={0} cargo test \
-                 --test partitions random_faults -- --nocapture",
+                 --test it partitions::random_faults -- --nocapture",
                 self.0
             );
         }

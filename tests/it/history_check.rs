@@ -1,8 +1,8 @@
-//! The fault lab's history checker (`tests/history`) on hand-made histories: a good run with
+//! The fault lab's history checker (`tests/it/history`) on hand-made histories: a good run with
 //! a fail-over and a merge passes with the right figures, and each kind of bad run is caught
 //! with the smallest excerpt that shows it. No root or network needed.
 
-mod history;
+use crate::history;
 
 use std::time::Duration;
 

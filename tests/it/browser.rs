@@ -8,7 +8,7 @@
 //! stable facts it exposes (`data-state`, `data-epoch`, `data-reconnects` on `#conn`;
 //! `data-id`, `data-seq`, `data-state` on each line), in one script call per look.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

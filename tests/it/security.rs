@@ -1,7 +1,7 @@
 //! Client authentication and abuse limits, against the real `pbchatd` binary over TCP.
 //! See docs/security.md.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! The `[web]` listener against the real pbchatd: the page over HTTP, protocol frames as
 //! WebSocket text messages (tungstenite as the client), and the TCP client's limits.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

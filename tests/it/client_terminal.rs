@@ -3,7 +3,7 @@
 //! (`capture-pane`), which is what a person sees. Needs the Debian package `tmux`; without
 //! it the tests fail, saying so, rather than skip.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

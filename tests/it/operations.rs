@@ -1,7 +1,7 @@
 //! Operations, end to end through the real binaries: systemd notifications, the admin
 //! socket and `pbchatctl`, metrics, syslog. Every wait is on a condition with a deadline.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

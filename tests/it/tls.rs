@@ -2,7 +2,7 @@
 //! --tls`), certificate reload on HUP, and mutual TLS on the replication link through a
 //! fail-over. Certificates are made in each test with rcgen. See docs/security.md.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

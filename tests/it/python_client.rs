@@ -4,7 +4,7 @@
 //! It runs the real `python3`; without one the tests fail (they never skip). Every wait has a
 //! deadline, and every process is killed on drop.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

@@ -1,8 +1,8 @@
 //! Fail-over with real processes on loopback: kill -9, SIGSTOP, restart, drills, hand-over,
 //! forged heartbeats. Every wait is on a condition with a deadline.
 
-mod common;
-mod resilient;
+use crate::common;
+use crate::resilient;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

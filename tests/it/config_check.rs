@@ -1,6 +1,6 @@
 //! `pbchatd --check` and start-up refusals: the error names the file, the key and the problem.
 
-mod common;
+use crate::common;
 
 use common::pbchatd;
 

@@ -4,7 +4,7 @@
 //! issue's invariants over the whole run, or returns the smallest excerpt that breaks one.
 //!
 //! Pure: no sockets, processes or sleeps here, so the checker is unit-tested on hand-made
-//! bad histories (`tests/history_check.rs`) and the lab (`tests/netlab`) only feeds it.
+//! bad histories (`tests/it/history_check.rs`) and the lab (`tests/it/netlab`) only feeds it.
 //!
 //! Invariants, per run:
 //! 1. every acknowledged message (and every message in a node's final stored history) was

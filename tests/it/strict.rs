@@ -3,7 +3,7 @@
 //! the witness and the backup, forged claims, a witness restart. Every wait is on a
 //! condition with a deadline.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
