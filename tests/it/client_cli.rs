@@ -1,6 +1,7 @@
 //! `pbchat-client` in its scripted modes against the real `pbchatd`.
 
 use crate::common;
+use crate::common::state;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -104,7 +105,7 @@ fn the_client_follows_a_redirect_from_the_backup() {
     let pair = common::PairFiles::new("");
     let primary = pair.start_a();
     let backup = pair.start_b();
-    backup.wait_log("following the primary");
+    backup.wait_state("following its peer", state::following_its_peer);
     // The backup knows the primary by now (heartbeats): it redirects there. That is normal
     // and, without -v, silent (issue 15: every call printed two stderr lines).
     let out = client(&backup)

@@ -4,6 +4,7 @@
 //! it the tests fail, saying so, rather than skip.
 
 use crate::common;
+use crate::common::state;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -209,7 +210,7 @@ fn after_a_kill_9_of_the_primary_nobody_is_shown_joining_who_never_left() {
     let pair = PairFiles::new("");
     let mut a = pair.start_a();
     let b = pair.start_b();
-    b.wait_log("following the primary");
+    b.wait_state("following its peer", state::following_its_peer);
     let (server_a, server_b) = (pair.client_a.to_string(), pair.client_b.to_string());
     let servers = ["--server", &server_a, "--server", &server_b];
     let tmux = Tmux::new();

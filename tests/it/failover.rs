@@ -2,6 +2,7 @@
 //! forged heartbeats. Every wait is on a condition with a deadline.
 
 use crate::common;
+use crate::common::state;
 use crate::resilient;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -231,7 +232,7 @@ fn expected_keys(senders: &[Sender]) -> BTreeSet<(String, String)> {
 fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
     let a = pair.start_a();
     let b = pair.start_b();
-    b.wait_log("following the primary");
+    b.wait_state("following its peer", state::following_its_peer);
     (a, b)
 }
 
@@ -315,7 +316,7 @@ fn kill9_of_the_primary_under_load_loses_and_doubles_nothing() {
 
     let killed_at = Instant::now();
     a.kill9();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     let promoted_after = killed_at.elapsed();
     // Detection is 1.0 s by default; the contract is detection + 1 s at most.
     assert!(
@@ -378,7 +379,7 @@ fn sigstop_of_the_primary_under_load_clients_chat_again_within_the_detection_tim
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     let promoted_after = stopped_at.elapsed();
     let status = newcomer.wait().unwrap();
     let newcomer_after = stopped_at.elapsed();
@@ -391,7 +392,7 @@ fn sigstop_of_the_primary_under_load_clients_chat_again_within_the_detection_tim
     );
     traffic.wait_more(10, "sends acked by the new primary");
     common::signal_pid(a.pid(), "CONT");
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
     // Detection is 1.0 s (pbchat-bench failover --mode stop measures the gap's spread).
     // Each client goes on within a moment of the promotion, whenever that came on a loaded
     // machine; waiting out its 2 s read timeout instead would fail this.
@@ -411,7 +412,7 @@ fn sigstop_past_detection_then_sigcont_steps_down_without_committing() {
     common::signal_pid(a.pid(), "STOP");
     // Sent while a is stopped: it sits in a's socket buffer.
     early.send(json!({"type":"send","room":ROOM,"id":"m-1","body":"during the stop"}));
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     common::signal_pid(a.pid(), "CONT");
     a.wait_log("stepping down");
     // a never acknowledged m-1; it told the client where to go.
@@ -428,7 +429,7 @@ fn sigstop_past_detection_then_sigcont_steps_down_without_committing() {
             );
         }
     }
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
     // a was cut back to where it parted from b, and b holds m-0 exactly once.
     let mut c = common::hello_at(pair.client_b, "reader", "s-reader");
     c.send(json!({"type":"history","room":ROOM}));
@@ -453,7 +454,7 @@ fn the_old_primary_rejoins_as_backup_catches_up_and_a_drill_moves_the_role_back(
         c.send_acked(ROOM, &format!("m-{i}"), "x");
     }
     a.kill9();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     let mut d = common::hello_at(pair.client_b, "bob", "s-bob");
     d.join(ROOM);
     for i in 0..50 {
@@ -461,8 +462,8 @@ fn the_old_primary_rejoins_as_backup_catches_up_and_a_drill_moves_the_role_back(
     }
     // The old primary comes back: as backup, by itself.
     a.restart();
-    a.wait_log("following the primary b");
-    b.wait_log("replication is synchronous again");
+    a.wait_state("following b", state::following("b"));
+    b.wait_state("in sync", state::in_sync(0));
     // Drill on b: a becomes primary without a detection wait.
     common::signal_pid(b.pid(), "USR1");
     a.wait_log("planned hand-over from the primary");
@@ -492,11 +493,11 @@ fn kill9_of_the_backup_degrades_the_primary_which_resyncs_the_returning_backup()
     let thread = sender.spawn(stop.clone());
     wait_until("traffic", || sender.acked().len() >= 20);
     b.kill9();
-    a.wait_log("degraded");
+    a.wait_state("degraded", state::degraded);
     let n = sender.acked().len();
     wait_until("acks while degraded", || sender.acked().len() >= n + 50);
     b.restart();
-    a.wait_log("replication is synchronous again");
+    a.wait_state("in sync", state::in_sync(0));
     let n = sender.acked().len();
     wait_until("acks in sync again", || sender.acked().len() >= n + 20);
     stop.store(true, Ordering::Relaxed);
@@ -588,7 +589,7 @@ fn losing_history_is_recommitted(b_sends: bool) {
     a.kill9();
     // b comes back alone, takes over in a new epoch and commits its own.
     b.restart();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     if b_sends {
         let mut bob = common::hello_at(pair.client_b, "bob", "s-bob");
         bob.join(ROOM);
@@ -597,7 +598,7 @@ fn losing_history_is_recommitted(b_sends: bool) {
     // The old primary returns: it parts from b after x-1, keeps y-* aside, catches up, and
     // re-commits them through b.
     a.restart();
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
     a.wait_log("every message kept aside is re-committed");
     let mut reader = common::hello_at(pair.client_b, "reader", "s-reader");
     reader.send(json!({"type":"history","room":ROOM}));
@@ -671,7 +672,7 @@ fn a_backup_that_cannot_reach_check_address_does_not_promote() {
     assert_eq!(b.log_count("check_address did not answer"), 1);
     // Once the check address answers, it promotes.
     let _gateway = std::net::TcpListener::bind(("127.0.0.1", unreachable)).unwrap();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
 }
 
 #[test]
@@ -806,10 +807,10 @@ fn a_primary_whose_disk_stops_answering_gives_up_the_role_within_the_detection_t
     let frozen = disk.freeze();
     a.wait_log("handing the primary role to the backup");
     let gave_up_after = frozen_at.elapsed();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     traffic.wait_more(10, "sends acked by the new primary");
     drop(frozen);
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
     // Detection is 1.0 s; a hand-over takes milliseconds. The bound leaves room for a
     // loaded machine and is far below "as long as the disk hangs".
     assert!(

@@ -9,6 +9,7 @@
 //! and the node must stay up. Seeds are printed so a failure can be replayed.
 
 use crate::common;
+use crate::common::state;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -621,7 +622,7 @@ fn forged_replayed_and_garbage_heartbeats_at_volume_change_no_role() {
     let pair = PairFiles::new("");
     let mut a = pair.start_a();
     let mut b = pair.start_b();
-    b.wait_log("following the primary");
+    b.wait_state("following its peer", state::following_its_peer);
     let witness = Witness::start(pair.client_a);
     // a promoted itself once at its first start; count role changes from here.
     let changes =

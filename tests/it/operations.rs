@@ -2,42 +2,21 @@
 //! socket and `pbchatctl`, metrics, syslog. Every wait is on a condition with a deadline.
 
 use crate::common;
+use crate::common::state;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::wait_until;
-use common::{http_get, http_status, Daemon, PairFiles, DEADLINE};
+use common::{ctl, http_get, http_status, pbchatctl, status_json, Daemon, PairFiles, DEADLINE};
 use serde_json::Value;
 
 const ROOM: &str = "general";
-
-fn pbchatctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbchatctl"))
-        .args(args)
-        .output()
-        .expect("run pbchatctl")
-}
-
-fn ctl(config: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["-c", config.to_str().unwrap()];
-    all.extend_from_slice(args);
-    pbchatctl(&all)
-}
-
-/// `pbchatctl -c CONFIG status --json`, parsed; `None` while the node cannot answer.
-fn status_json(config: &Path) -> Option<Value> {
-    let out = ctl(config, &["status", "--json"]);
-    if !out.status.success() {
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -187,25 +166,18 @@ fn listen_address(node: &Process) -> std::net::SocketAddr {
 fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
     let a = pair.start_a();
     let b = pair.start_b();
-    b.wait_log("following the primary");
+    b.wait_state("following its peer", state::following_its_peer);
     (a, b)
 }
 
 /// Waits until `config`'s node reports a caught-up, synchronous primary at `head` or later
 /// with a linked backup.
 fn wait_in_sync(config: &Path, head: u64) -> Value {
-    let mut last = None;
-    wait_until("a synchronous primary with a caught-up backup", || {
-        last = status_json(config);
-        last.as_ref().is_some_and(|s| {
-            s["role"] == "primary"
-                && s["head"].as_u64() >= Some(head)
-                && s["degraded"] == false
-                && s["peer"]["lag"] == 0
-                && s["peer"]["acked"] == s["last_seq"]
-        })
-    });
-    last.unwrap()
+    common::wait_status(
+        config,
+        "a synchronous primary with a caught-up backup",
+        state::in_sync(head),
+    )
 }
 
 #[test]
@@ -303,7 +275,7 @@ fn pbchatctl_status_after_a_kill9_fail_over_shows_when_and_why() {
     let seq = c.send_acked(ROOM, "m-0", "before");
     wait_in_sync(&pair.config_a, seq);
     a.kill9();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     let mut human = String::new();
     wait_until("b's status to show the promotion", || {
         let out = ctl(&pair.config_b, &["status"]);
@@ -499,7 +471,7 @@ fn a_restarted_pair_picks_its_primary_quietly_and_only_a_fail_over_warns() {
     } else {
         (b, a)
     };
-    backup.wait_log("following the primary");
+    backup.wait_state("following its peer", state::following_its_peer);
     for node in [&primary, &backup] {
         for line in node.log.lock().unwrap().iter() {
             assert!(!line.contains("Some("), "Rust debug formatting: {line}");
@@ -513,7 +485,7 @@ fn a_restarted_pair_picks_its_primary_quietly_and_only_a_fail_over_warns() {
     // Losing the primary is the one promotion that warns.
     let mut primary = primary;
     primary.kill9();
-    backup.wait_log("promoted to primary");
+    backup.wait_state("primary", state::primary);
     let promoted = first_start(&backup).unwrap();
     assert_eq!(level(&promoted), "WARN", "a fail-over: {promoted}");
     assert!(promoted.contains("(peer silent for "), "{promoted}");
@@ -798,7 +770,7 @@ fn role_endpoint_and_role_change_hook_follow_a_kill9_failover() {
                 .any(|l| l.starts_with("b backup ") && l.ends_with(" a"))
     });
     a.kill9();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     wait_until("b's /role to answer 200", || {
         let (code, body) = http_status(&metrics_b, "/role");
         code == 200 && body.starts_with("primary epoch ")

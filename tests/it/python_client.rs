@@ -5,6 +5,7 @@
 //! deadline, and every process is killed on drop.
 
 use crate::common;
+use crate::common::state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -227,7 +228,7 @@ impl Drop for Python {
 fn start_pair(pair: &PairFiles) -> (Daemon, Daemon) {
     let a = pair.start_a();
     let b = pair.start_b();
-    b.wait_log("following the primary");
+    b.wait_state("following its peer", state::following_its_peer);
     (a, b)
 }
 
@@ -290,7 +291,7 @@ fn python_client_rides_over_kill9_of_the_primary_with_each_message_once() {
 
     let killed_at = Instant::now();
     a.kill9();
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     eprintln!("promoted {:?} after the kill", killed_at.elapsed());
     assert_eq!(sender.wait_exit(SENDER_DEADLINE), Some(0), "sender failed");
 
@@ -324,7 +325,7 @@ fn python_client_probes_past_a_stopped_primary_and_loses_nothing() {
         &[pair.client_a, pair.client_b],
         &["--send", "hello during the stop"],
     );
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     let promoted = stopped_at.elapsed();
     eprintln!("promoted {promoted:?} after the stop");
     assert_eq!(
@@ -346,7 +347,7 @@ fn python_client_probes_past_a_stopped_primary_and_loses_nothing() {
     eprintln!("sender on b {:?} after the stop", stopped_at.elapsed());
     common::signal_pid(a.pid(), "CONT");
     a.wait_log("stepping down");
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
     assert_eq!(sender.wait_exit(SENDER_DEADLINE), Some(0), "sender failed");
 
     let acked = sender.acked_once();

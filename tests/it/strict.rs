@@ -4,6 +4,7 @@
 //! condition with a deadline.
 
 use crate::common;
+use crate::common::state;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -103,8 +104,10 @@ fn strict_pair_configured(
     let witness = Witness::start_with(&pair, port, witness_extra);
     let a = pair.start_a();
     let b = pair.start_b();
-    a.wait_log("promoted to primary in epoch 1");
-    b.wait_log("following the primary a");
+    a.wait_state("primary in epoch 1", |s| {
+        state::primary(s) && s["epoch"] == 1
+    });
+    b.wait_state("following a", state::following("a"));
     (pair, witness, a, b)
 }
 
@@ -163,7 +166,9 @@ fn kill_9_of_the_primary_fails_over_through_a_grant_within_the_usual_bound() {
     assert!(send(&mut alice, "m-1").is_ok());
     let killed = Instant::now();
     a.kill9();
-    b.wait_log("promoted to primary in epoch 2");
+    b.wait_state("primary in epoch 2", |s| {
+        state::primary(s) && s["epoch"] == 2
+    });
     let failover = killed.elapsed();
     assert!(b.log_contains("the witness granted epoch 2"));
     witness.wait_log("granted epoch 2 to b");
@@ -186,7 +191,9 @@ fn a_stopped_primary_does_not_commit_when_it_wakes_and_steps_down() {
     signal_pid(a.pid(), "STOP");
     // Written while `a` is stopped: it reads this only when it wakes, long after its lease.
     alice.send(json!({"type":"send","room":ROOM,"id":"m-2","body":"late"}));
-    b.wait_log("promoted to primary in epoch 2");
+    b.wait_state("primary in epoch 2", |s| {
+        state::primary(s) && s["epoch"] == 2
+    });
     witness.wait_log("granted epoch 2 to b");
     signal_pid(a.pid(), "CONT");
     a.wait_log("stepping down to backup");
@@ -197,7 +204,7 @@ fn a_stopped_primary_does_not_commit_when_it_wakes_and_steps_down() {
             "the stopped primary acked after its lease ran out: {frame:?}"
         );
     }
-    a.wait_log("following the primary b");
+    a.wait_state("following b", state::following("b"));
 }
 
 #[test]
@@ -290,7 +297,9 @@ fn a_planned_hand_over_waits_only_for_the_old_lease_to_lapse() {
     assert!(send(&mut alice, "m-1").is_ok());
     let started = Instant::now();
     signal_pid(a.pid(), "TERM");
-    b.wait_log("promoted to primary in epoch 2");
+    b.wait_state("primary in epoch 2", |s| {
+        state::primary(s) && s["epoch"] == 2
+    });
     let took = started.elapsed();
     assert!(b.log_contains("planned hand-over from the primary"));
     witness.wait_log("granted epoch 2 to b");
@@ -557,7 +566,9 @@ fn the_witness_metrics_follow_a_failover_and_pass_promtool() {
     );
     common::promtool_check(&body);
     a.kill9();
-    b.wait_log("promoted to primary in epoch 2");
+    b.wait_state("primary in epoch 2", |s| {
+        state::primary(s) && s["epoch"] == 2
+    });
     witness.wait_log("granted epoch 2 to b");
     let body = common::http_status(&metrics, "/metrics").1;
     assert_eq!(value(&body, "pbchat_witness_granted_epoch"), 2.0, "{body}");

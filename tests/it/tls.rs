@@ -3,6 +3,7 @@
 //! fail-over. Certificates are made in each test with rcgen. See docs/security.md.
 
 use crate::common;
+use crate::common::state;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -562,7 +563,7 @@ fn a_mutual_tls_pair_replicates_and_a_tls_client_resumes_on_the_backup_after_kil
     }
     assert_eq!(bodies, expected, "each message once, in order");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    b.wait_log("promoted to primary");
+    b.wait_state("primary", state::primary);
     listener.kill().unwrap();
     let _ = listener.wait();
 }

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -279,6 +279,88 @@ impl Client {
     }
 }
 
+/// `pbchatctl ARGS`.
+pub fn pbchatctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbchatctl"))
+        .args(args)
+        .output()
+        .expect("run pbchatctl")
+}
+
+/// `pbchatctl -c CONFIG ARGS`.
+pub fn ctl(config: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["-c", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    pbchatctl(&all)
+}
+
+/// `pbchatctl -c CONFIG status --json`, parsed; `None` while the node cannot answer.
+pub fn status_json(config: &Path) -> Option<Value> {
+    let out = ctl(config, &["status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("status --json is JSON"))
+}
+
+/// Waits until the node of `config` reports a status for which `state` holds, and returns
+/// that status. States are read from `pbchatctl status --json`, not from log wording.
+pub fn wait_status(config: &Path, what: &str, state: impl Fn(&Value) -> bool) -> Value {
+    let mut last = None;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        last = status_json(config).or(last);
+        if last.as_ref().is_some_and(&state) {
+            return last.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: not {what} within {DEADLINE:?}; last status: {last:?}",
+            config.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The states tests wait for, as `pbchatctl status --json` shows them.
+pub mod state {
+    use serde_json::Value;
+
+    pub fn primary(s: &Value) -> bool {
+        s["role"] == "primary"
+    }
+
+    /// A backup whose replication link is up to its peer, which is primary in its epoch.
+    pub fn following_its_peer(s: &Value) -> bool {
+        s["role"] == "backup"
+            && s["peer"]["link"] == true
+            && s["peer"]["primary"] == true
+            && s["peer"]["epoch"] == s["epoch"]
+    }
+
+    /// The same, with the peer named.
+    pub fn following<'a>(peer: &'a str) -> impl Fn(&Value) -> bool + 'a {
+        move |s| s["peer"]["id"] == peer && following_its_peer(s)
+    }
+
+    /// A primary committing alone (no backup acknowledging).
+    pub fn degraded(s: &Value) -> bool {
+        s["role"] == "primary" && s["degraded"] == true
+    }
+
+    /// A synchronous primary whose linked backup holds everything up to `head` or later.
+    pub fn in_sync(head: u64) -> impl Fn(&Value) -> bool {
+        move |s| {
+            s["role"] == "primary"
+                && s["head"].as_u64() >= Some(head)
+                && s["degraded"] == false
+                && s["peer"]["link"] == true
+                && s["peer"]["lag"] == 0
+                && s["peer"]["acked"] == s["last_seq"]
+        }
+    }
+}
+
 /// A free port on 127.0.0.1, from below the ephemeral range (see the library's doc for why).
 pub fn free_port(udp: bool) -> u16 {
     pbchat::bench::procs::free_port(udp)
@@ -387,6 +469,11 @@ impl Drop for PairFiles {
 }
 
 impl Daemon {
+    /// Waits until `pbchatctl status --json` shows a state for which `state` holds.
+    pub fn wait_state(&self, what: &str, state: impl Fn(&Value) -> bool) -> Value {
+        wait_status(&self.config_path, what, state)
+    }
+
     /// Waits until a log line contains `needle`.
     pub fn wait_log(&self, needle: &str) {
         let deadline = Instant::now() + DEADLINE;
