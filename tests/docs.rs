@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use pbchat::config::reload::{Applies, KEYS};
+
 fn read(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
         .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -63,11 +65,11 @@ fn witness_keys() -> BTreeSet<String> {
     keys
 }
 
-/// The keys of each table of docs/configuration.md: `## [section]` headings, and
-/// `## pbchat-witness` as section "witness".
-fn configuration_md() -> BTreeSet<(String, String)> {
+/// The rows of each table of docs/configuration.md, by key, with their last cell (the
+/// meaning): `## [section]` headings, and `## pbchat-witness` as section "witness".
+fn configuration_md_rows() -> Vec<((String, String), String)> {
     let mut section = String::new();
-    let mut keys = BTreeSet::new();
+    let mut rows = Vec::new();
     for line in read("docs/configuration.md").lines() {
         if let Some(heading) = line.strip_prefix("## ") {
             let word = heading.split_whitespace().next().unwrap_or("");
@@ -81,11 +83,20 @@ fn configuration_md() -> BTreeSet<(String, String)> {
             };
         } else if let Some(rest) = line.strip_prefix("| `") {
             if let (Some((key, _)), false) = (rest.split_once('`'), section.is_empty()) {
-                keys.insert((section.clone(), key.to_string()));
+                let meaning = line.trim_end_matches('|').rsplit('|').next().unwrap_or("");
+                rows.push(((section.clone(), key.to_string()), meaning.to_string()));
             }
         }
     }
-    keys
+    rows
+}
+
+/// The keys of each table of docs/configuration.md.
+fn configuration_md() -> BTreeSet<(String, String)> {
+    configuration_md_rows()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 /// The man page's `.SH` sections with the tag lines of their `.TP` entries.
@@ -268,31 +279,69 @@ fn man_pages_document_exactly_the_binaries_flags() {
     assert!(drift.is_empty(), "{drift:#?}");
 }
 
-/// The quoted names of the `$mac!("name", ...)` calls in `Driver::reload`.
-fn reload_names(mac: &str) -> Vec<String> {
-    let source = read("src/daemon/mod.rs");
-    let start = source
-        .find("    fn reload(&mut self)")
-        .expect("Driver::reload");
-    let body = &source[start..];
-    let body = &body[..body.find("\n    }\n").expect("its end")];
-    let call = format!("{mac}!(");
-    body.match_indices(&call)
-        .filter_map(|(i, _)| body[i + call.len()..].split('"').nth(1))
-        .filter(|name| !name.contains('$'))
-        .map(str::to_string)
+/// The keys the reload table says apply at run time with `applies`.
+fn reload_keys(applies: Applies) -> Vec<String> {
+    KEYS.iter()
+        .filter(|key| key.applies == applies)
+        .map(|key| key.name.to_string())
         .collect()
+}
+
+/// The reload table names every key the file accepts, each once.
+#[test]
+fn reload_table_names_exactly_the_accepted_keys() {
+    let table: Vec<(String, String)> = KEYS
+        .iter()
+        .map(|key| {
+            let (section, name) = key.name.split_once('.').expect("section.key");
+            (section.to_string(), name.to_string())
+        })
+        .collect();
+    let unique: BTreeSet<_> = table.iter().cloned().collect();
+    assert_eq!(unique.len(), table.len(), "a key twice in {table:?}");
+    let (missing, extra) = missing_and_extra(&daemon_keys(), &unique);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "config::reload::KEYS lacks {missing:?} and names keys that do not exist: {extra:?}"
+    );
+}
+
+/// What a row of docs/configuration.md says of a reload agrees with the table: "Takes a
+/// restart" is a restart, "reloadable with HUP" applies at once, "Re-read on HUP" re-reads
+/// files (the users file from the path read at start, so its key takes a restart).
+#[test]
+fn configuration_md_rows_claim_what_the_reload_table_says() {
+    let mut wrong = Vec::new();
+    for ((section, key), meaning) in configuration_md_rows() {
+        let name = format!("{section}.{key}");
+        let Some(entry) = KEYS.iter().find(|k| k.name == name) else {
+            continue; // the witness's keys; the tables' key sets are checked above
+        };
+        let allowed: &[Applies] = if meaning.contains("Takes a restart") {
+            &[Applies::Restart]
+        } else if meaning.contains("reloadable with HUP") {
+            &[Applies::Live]
+        } else if meaning.contains("Re-read on HUP") {
+            &[Applies::Files, Applies::Restart]
+        } else {
+            continue;
+        };
+        if !allowed.contains(&entry.applies) {
+            wrong.push(format!(
+                "{name}: docs say {meaning:?}, the table {:?}",
+                entry.applies
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// What HUP applies at once is what README, docs and man pages say (issue 18 item 6: they
 /// claimed `log.max_pending`, which takes a restart).
 #[test]
 fn reload_passages_name_what_reload_applies() {
-    let applied = reload_names("note");
-    let restart: Vec<String> = reload_names("needs_restart")
-        .into_iter()
-        .filter(|n| !n.contains(' '))
-        .collect();
+    let applied = reload_keys(Applies::Live);
+    let restart = reload_keys(Applies::Restart);
     assert!(
         applied.contains(&"logging.level".to_string()),
         "{applied:?}"

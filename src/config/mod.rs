@@ -2,8 +2,9 @@
 //!
 //! Parsing rejects unknown keys; each section's raw type states its defaults and validates
 //! itself ([`RawClient::validate`], [`RawPair::validate`], ...), naming the file, the key
-//! and the problem; [`RawConfig::validate`] puts the sections together. This module reads one
-//! file and touches nothing else.
+//! and the problem; [`RawConfig::validate`] puts the sections together. [`reload::plan`]
+//! says which changes a reload applies. This module reads one file and touches nothing
+//! else.
 
 mod auth;
 pub(crate) mod check;
@@ -12,6 +13,7 @@ mod error;
 mod log;
 mod ops;
 mod pair;
+pub mod reload;
 mod web;
 
 use serde::Deserialize;
@@ -149,5 +151,7 @@ impl RawConfig {
     }
 }
 
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;
