@@ -27,6 +27,7 @@ pub use log::{LogConfig, RawLog};
 pub use ops::{LogLevel, LogTarget, RawAdmin, RawHooks, RawLogging, RawMetrics, SyslogFacility};
 pub use pair::{FailoverMode, LinkTlsConfig, PeerConfig, StrictSettings};
 pub use pair::{RawFailover, RawHeartbeat, RawPair, RawPeer, RawReplication};
+pub use pair::{LEASE_DEFAULT_MS, LEASE_MAX_MS, LEASE_MIN_MS};
 pub use web::{RawWeb, WebConfig};
 // The core's own words for a role and a replication mode, read from TOML as they are.
 pub use crate::core::{ReplicationMode, Role};

@@ -96,11 +96,20 @@ impl Default for RawFailover {
             check_timeout_ms: 300,
             mode: FailoverMode::Available,
             witness: String::new(),
-            lease_ms: 600,
+            lease_ms: LEASE_DEFAULT_MS,
             clock_drift_ppm: 10_000,
         }
     }
 }
+
+/// Bounds of a witness lease (the witness's `lease_ms`, the nodes' `failover.lease_ms`):
+/// below this a lease cannot outlast one network round trip and a renewal; above it a lost
+/// primary would hold the pair unavailable for minutes.
+pub const LEASE_MIN_MS: u64 = 50;
+pub const LEASE_MAX_MS: u64 = 60_000;
+
+/// The lease a witness gives when its config does not say, and the one nodes expect.
+pub const LEASE_DEFAULT_MS: u64 = 600;
 
 /// How the pair fails over (`failover.mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -264,7 +273,7 @@ impl RawFailover {
             return Err(ConfigError::invalid(file, key, problem));
         }
         let f = self;
-        let lease_ms = range!(file, "failover", f.lease_ms, 50, 60_000);
+        let lease_ms = range!(file, "failover", f.lease_ms, LEASE_MIN_MS, LEASE_MAX_MS);
         if lease_ms >= detection_ms {
             return Err(ConfigError::invalid(
                 file,
