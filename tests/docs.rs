@@ -65,9 +65,15 @@ fn witness_keys() -> BTreeSet<String> {
     keys
 }
 
-/// The rows of each table of docs/configuration.md, by key, with their last cell (the
-/// meaning): `## [section]` headings, and `## pbchat-witness` as section "witness".
-fn configuration_md_rows() -> Vec<((String, String), String)> {
+/// A row of a key table of docs/configuration.md: `| key | default | range | meaning |`.
+struct Row {
+    default: String,
+    meaning: String,
+}
+
+/// The rows of each table of docs/configuration.md, by key: `## [section]` headings, and
+/// `## pbchat-witness` as section "witness".
+fn configuration_md_rows() -> Vec<((String, String), Row)> {
     let mut section = String::new();
     let mut rows = Vec::new();
     for line in read("docs/configuration.md").lines() {
@@ -83,8 +89,12 @@ fn configuration_md_rows() -> Vec<((String, String), String)> {
             };
         } else if let Some(rest) = line.strip_prefix("| `") {
             if let (Some((key, _)), false) = (rest.split_once('`'), section.is_empty()) {
-                let meaning = line.trim_end_matches('|').rsplit('|').next().unwrap_or("");
-                rows.push(((section.clone(), key.to_string()), meaning.to_string()));
+                let cells: Vec<&str> = line.trim_end_matches('|').split('|').collect();
+                let row = Row {
+                    default: cells.get(2).unwrap_or(&"").trim().to_string(),
+                    meaning: cells.last().unwrap_or(&"").to_string(),
+                };
+                rows.push(((section.clone(), key.to_string()), row));
             }
         }
     }
@@ -312,7 +322,7 @@ fn reload_table_names_exactly_the_accepted_keys() {
 #[test]
 fn configuration_md_rows_claim_what_the_reload_table_says() {
     let mut wrong = Vec::new();
-    for ((section, key), meaning) in configuration_md_rows() {
+    for ((section, key), Row { meaning, .. }) in configuration_md_rows() {
         let name = format!("{section}.{key}");
         let Some(entry) = KEYS.iter().find(|k| k.name == name) else {
             continue; // the witness's keys; the tables' key sets are checked above
@@ -396,5 +406,137 @@ fn reload_passages_name_what_reload_applies() {
             }
         }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The TOML value a default cell of docs/configuration.md states, if it states one: a
+/// number, or a backquoted word, `""` or `[]` (not prose such as "2, or 1 on one core").
+fn md_default(cell: &str) -> Option<String> {
+    if !cell.is_empty() && cell.chars().all(|c| c.is_ascii_digit()) {
+        return Some(cell.to_string());
+    }
+    let token = cell.strip_prefix('`')?.split('`').next()?;
+    Some(match token {
+        "\"\"" | "[]" => token.to_string(),
+        word => format!("{word:?}"),
+    })
+}
+
+/// The defaults pbchat.toml(5) states, as TOML values where they are values: the
+/// `[...]` after each key of a `.TP` tag.
+fn man_defaults() -> BTreeSet<((String, String), String)> {
+    let mut found = BTreeSet::new();
+    for (heading, tags) in man_entries("man/pbchat.toml.5") {
+        let Some(section) = heading.strip_prefix('[').and_then(|h| h.split_once(']')) else {
+            continue;
+        };
+        for tag in tags.iter().filter(|t| t.starts_with(".BR ")) {
+            let args = macro_args(tag);
+            let Some(inside) = args.get(1).and_then(|a| a.trim().strip_prefix('[')) else {
+                continue;
+            };
+            let default = inside.rsplit_once(']').map_or("", |(d, _)| d);
+            let value = match default.replace("\\(dq", "\"").as_str() {
+                number if number.chars().all(|c| c.is_ascii_digit()) => number.to_string(),
+                "\"\"" | "[]" => default.replace("\\(dq", "\""),
+                word if word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "./:".contains(c)) =>
+                {
+                    format!("{word:?}")
+                }
+                _ => continue,
+            };
+            found.insert(((section.0.to_string(), args[0].clone()), value));
+        }
+    }
+    found
+}
+
+/// The sections of a paired node's file with their required keys: every key can be added.
+const PAIRED: &[(&str, &str)] = &[
+    ("node", "id = \"a\"\nrole = \"primary\"\ndata_dir = \"d\"\n"),
+    ("client", ""),
+    ("auth", ""),
+    ("log", ""),
+    (
+        "peer",
+        "id = \"b\"\nclient_address = \"x:1\"\nheartbeat_address = \"127.0.0.1:1\"\nreplication_address = \"127.0.0.1:2\"\n",
+    ),
+    ("heartbeat", "listen = \"127.0.0.1:3\"\nsecret_file = \"s\"\n"),
+    ("replication", "listen = \"127.0.0.1:4\"\n"),
+    ("failover", ""),
+    ("logging", ""),
+    ("admin", ""),
+    ("hooks", ""),
+    ("web", "listen = \"127.0.0.1:5\"\n"),
+    ("metrics", "listen = \"127.0.0.1:6\"\n"),
+];
+
+/// The validated config of [`PAIRED`] with `line` added to `section`, in strict mode or
+/// not, as text to compare.
+fn paired_with(section: &str, line: &str, strict: bool) -> Result<String, String> {
+    let mut text = String::new();
+    for (name, body) in PAIRED {
+        text.push_str(&format!("[{name}]\n{body}"));
+        if *name == "failover" && strict {
+            text.push_str("mode = \"strict\"\nwitness = \"127.0.0.1:7\"\n");
+        }
+        if *name == section {
+            text.push_str(line);
+        }
+    }
+    let raw = pbchat::config::parse(&text, "t.toml").map_err(|e| e.to_string())?;
+    let config = raw
+        .validate(Path::new("t.toml"))
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{config:?}"))
+}
+
+/// The witness's config with `line` added, as text to compare.
+fn witness_with(line: &str) -> Result<String, String> {
+    let text =
+        format!("listen = \"127.0.0.1:7410\"\nsecret_file = \"s\"\nstate_file = \"w\"\n{line}");
+    let config = pbchat::witness_config::parse(&text, "w.toml").map_err(|e| e.to_string())?;
+    Ok(format!("{config:?}"))
+}
+
+/// A documented default, written into the file, changes nothing: docs/configuration.md
+/// and pbchat.toml(5) state the defaults the code has.
+#[test]
+fn documented_defaults_are_the_code_defaults() {
+    let man = man_defaults();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for ((section, key), row) in configuration_md_rows() {
+        let Some(value) = md_default(&row.default) else {
+            continue;
+        };
+        checked += 1;
+        let line = format!("{key} = {value}\n");
+        let (with, without) = if section == "witness" {
+            (witness_with(&line), witness_with(""))
+        } else {
+            // The lease keys count in strict mode only.
+            let strict = ["lease_ms", "clock_drift_ppm"].contains(&key.as_str());
+            (
+                paired_with(&section, &line, strict),
+                paired_with(&section, "", strict),
+            )
+        };
+        let doc = format!("docs/configuration.md: {section}.{key} = {value}");
+        match (with, without) {
+            (Ok(with), Ok(without)) if with == without => {}
+            (Err(e), _) | (_, Err(e)) => wrong.push(format!("{doc}: {e}")),
+            _ => wrong.push(format!("{doc} is not the default")),
+        }
+        let in_man = man.iter().find(|(k, _)| k.0 == section && k.1 == key);
+        if let Some((_, man_value)) = in_man.filter(|(_, v)| *v != value) {
+            wrong.push(format!(
+                "pbchat.toml.5: {section}.{key} = {man_value}, docs: {value}"
+            ));
+        }
+    }
+    assert!(checked >= 40, "only {checked} defaults read");
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
