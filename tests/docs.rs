@@ -318,7 +318,8 @@ fn reload_table_names_exactly_the_accepted_keys() {
 
 /// What a row of docs/configuration.md says of a reload agrees with the table: "Takes a
 /// restart" is a restart, "reloadable with HUP" applies at once, "Re-read on HUP" re-reads
-/// files (the users file from the path read at start, so its key takes a restart).
+/// files (the users file from the path read at start, so its key takes a restart); and
+/// the row of each key whose files the table says are re-read says so.
 #[test]
 fn configuration_md_rows_claim_what_the_reload_table_says() {
     let mut wrong = Vec::new();
@@ -327,11 +328,17 @@ fn configuration_md_rows_claim_what_the_reload_table_says() {
         let Some(entry) = KEYS.iter().find(|k| k.name == name) else {
             continue; // the witness's keys; the tables' key sets are checked above
         };
+        let rereads = meaning.contains("Re-read on HUP");
+        if entry.applies == Applies::Files && !rereads {
+            wrong.push(format!(
+                "{name}: docs do not say its files are re-read on HUP"
+            ));
+        }
         let allowed: &[Applies] = if meaning.contains("Takes a restart") {
             &[Applies::Restart]
         } else if meaning.contains("reloadable with HUP") {
             &[Applies::Live]
-        } else if meaning.contains("Re-read on HUP") {
+        } else if rereads {
             &[Applies::Files, Applies::Restart]
         } else {
             continue;
