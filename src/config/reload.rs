@@ -151,6 +151,9 @@ macro_rules! web_key {
     };
 }
 
+/// Every key of the pair takes a restart but the link's TLS files, which are kept at the
+/// running value too until the daemon has loaded the new ones: so the running pair stays
+/// whole.
 fn keep_peer(kept: &mut Config, old: &Config) {
     kept.peer = old.peer.clone();
 }
