@@ -32,11 +32,7 @@ fn config_error(
         // A key that does not match its certificate is the key's problem to fix.
         _ => keys.key,
     };
-    ConfigError::Invalid {
-        file: file.display().to_string(),
-        key,
-        problem: error.to_string(),
-    }
+    ConfigError::invalid(&file.display().to_string(), key, error.to_string())
 }
 
 /// The client listener's TLS config from `client.tls_cert` / `client.tls_key`, read now
@@ -71,10 +67,12 @@ pub fn replication_link(file: &Path, link: &LinkTlsConfig) -> Result<LinkTls, Co
     let error = |e| config_error(file, &keys, &link.identity, Some(&link.ca), e);
     let server = server_config(&link.identity, Some(&link.ca)).map_err(error)?;
     let client = client_config(Some(&link.ca), Some(&link.identity)).map_err(error)?;
-    let peer_name = server_name(&link.peer_name).map_err(|e| ConfigError::Invalid {
-        file: file.display().to_string(),
-        key: "replication.tls_name",
-        problem: e.to_string(),
+    let peer_name = server_name(&link.peer_name).map_err(|e| {
+        ConfigError::invalid(
+            &file.display().to_string(),
+            "replication.tls_name",
+            e.to_string(),
+        )
     })?;
     Ok(LinkTls {
         server,

@@ -8,12 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, LogLevel};
-
-/// Bounds of `lease_ms`: below this a lease cannot outlast one network round trip and a
-/// renewal; above it a lost primary would hold the pair unavailable for minutes.
-pub const LEASE_MIN_MS: u64 = 50;
-pub const LEASE_MAX_MS: u64 = 60_000;
+use crate::config::check::{check_not_empty, check_range, parse_socket_like};
+use crate::config::{parse_toml, read_text, ConfigError, LogLevel};
+use crate::config::{LEASE_DEFAULT_MS, LEASE_MAX_MS, LEASE_MIN_MS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,8 +26,9 @@ struct RawWitnessConfig {
     metrics_listen: Option<String>,
 }
 
+/// The node's `failover.lease_ms` is this lease: both default to the same value.
 fn default_lease_ms() -> u64 {
-    600
+    LEASE_DEFAULT_MS
 }
 
 fn default_log_level() -> LogLevel {
@@ -54,66 +52,30 @@ pub struct WitnessConfig {
 
 /// Reads and validates a witness config file.
 pub fn load(path: &Path) -> Result<WitnessConfig, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    parse(&text, &file)
+    parse(&read_text(path)?, &path.display().to_string())
 }
 
 /// Parses and validates TOML text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<WitnessConfig, ConfigError> {
-    let raw: RawWitnessConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        file: file.to_string(),
-        message: e.to_string().trim_end().replace('\n', "\n  "),
-    })?;
-    let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
-        file: file.to_string(),
-        key,
-        problem,
-    };
-    let listen = raw.listen.parse().map_err(|_| {
-        invalid(
-            "listen",
-            format!(
-                "{:?} is not an IP address with a port (e.g. 0.0.0.0:7410)",
-                raw.listen
-            ),
-        )
-    })?;
-    for (key, path) in [
-        ("secret_file", &raw.secret_file),
-        ("state_file", &raw.state_file),
-    ] {
-        if path.as_os_str().is_empty() {
-            return Err(invalid(key, "must not be empty".into()));
-        }
-    }
-    if !(LEASE_MIN_MS..=LEASE_MAX_MS).contains(&raw.lease_ms) {
-        return Err(invalid(
-            "lease_ms",
-            format!(
-                "{} is out of range ({LEASE_MIN_MS} to {LEASE_MAX_MS})",
-                raw.lease_ms
-            ),
-        ));
-    }
+    let raw: RawWitnessConfig = parse_toml(text, file)?;
+    let listen = parse_socket_like(file, "listen", &raw.listen, "0.0.0.0:7410")?;
+    check_not_empty(file, "secret_file", &raw.secret_file)?;
+    check_not_empty(file, "state_file", &raw.state_file)?;
     let metrics_listen = match raw.metrics_listen.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(text.parse().map_err(|_| {
-            invalid(
-                "metrics_listen",
-                format!("{text:?} is not an IP address with a port (e.g. 127.0.0.1:9412)"),
-            )
-        })?),
+        Some(text) => Some(parse_socket_like(
+            file,
+            "metrics_listen",
+            text,
+            "127.0.0.1:9412",
+        )?),
     };
     Ok(WitnessConfig {
         listen,
         metrics_listen,
         secret_file: raw.secret_file,
         state_file: raw.state_file,
-        lease_ms: raw.lease_ms,
+        lease_ms: check_range(file, "lease_ms", raw.lease_ms, LEASE_MIN_MS, LEASE_MAX_MS)?,
         log_level: raw.log_level,
     })
 }

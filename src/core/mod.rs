@@ -114,18 +114,25 @@ pub struct AccessConfig {
     pub room_rate_burst: u32,
 }
 
+impl AccessConfig {
+    /// The documented defaults, authentication off. The config's defaults for these keys
+    /// (`client.max_room_members`, `client.rate_violations_*`, `client.room_rate_*`,
+    /// `auth.failure_delay_ms`) are these values: the core owns them, as config depends on
+    /// the core and not the other way round.
+    pub const DEFAULT: AccessConfig = AccessConfig {
+        auth_required: false,
+        auth_failure_delay_ms: 300,
+        max_room_members: 10_000,
+        rate_violations_max: 20,
+        rate_violations_window_ms: 10_000,
+        room_rate_per_sec: 50,
+        room_rate_burst: 200,
+    };
+}
+
 impl Default for AccessConfig {
-    /// The documented defaults, authentication off.
     fn default() -> Self {
-        AccessConfig {
-            auth_required: false,
-            auth_failure_delay_ms: 300,
-            max_room_members: 10_000,
-            rate_violations_max: 20,
-            rate_violations_window_ms: 10_000,
-            room_rate_per_sec: 50,
-            room_rate_burst: 200,
-        }
+        AccessConfig::DEFAULT
     }
 }
 

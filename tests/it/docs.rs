@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use pbchat::config::reload::{Applies, KEYS};
+
 fn read(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
         .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -63,11 +65,17 @@ fn witness_keys() -> BTreeSet<String> {
     keys
 }
 
-/// The keys of each table of docs/configuration.md: `## [section]` headings, and
+/// A row of a key table of docs/configuration.md: `| key | default | range | meaning |`.
+struct Row {
+    default: String,
+    meaning: String,
+}
+
+/// The rows of each table of docs/configuration.md, by key: `## [section]` headings, and
 /// `## pbchat-witness` as section "witness".
-fn configuration_md() -> BTreeSet<(String, String)> {
+fn configuration_md_rows() -> Vec<((String, String), Row)> {
     let mut section = String::new();
-    let mut keys = BTreeSet::new();
+    let mut rows = Vec::new();
     for line in read("docs/configuration.md").lines() {
         if let Some(heading) = line.strip_prefix("## ") {
             let word = heading.split_whitespace().next().unwrap_or("");
@@ -81,11 +89,24 @@ fn configuration_md() -> BTreeSet<(String, String)> {
             };
         } else if let Some(rest) = line.strip_prefix("| `") {
             if let (Some((key, _)), false) = (rest.split_once('`'), section.is_empty()) {
-                keys.insert((section.clone(), key.to_string()));
+                let cells: Vec<&str> = line.trim_end_matches('|').split('|').collect();
+                let row = Row {
+                    default: cells.get(2).unwrap_or(&"").trim().to_string(),
+                    meaning: cells.last().unwrap_or(&"").to_string(),
+                };
+                rows.push(((section.clone(), key.to_string()), row));
             }
         }
     }
-    keys
+    rows
+}
+
+/// The keys of each table of docs/configuration.md.
+fn configuration_md() -> BTreeSet<(String, String)> {
+    configuration_md_rows()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 /// The man page's `.SH` sections with the tag lines of their `.TP` entries.
@@ -268,31 +289,76 @@ fn man_pages_document_exactly_the_binaries_flags() {
     assert!(drift.is_empty(), "{drift:#?}");
 }
 
-/// The quoted names of the `$mac!("name", ...)` calls in `Driver::reload`.
-fn reload_names(mac: &str) -> Vec<String> {
-    let source = read("src/daemon/mod.rs");
-    let start = source
-        .find("    fn reload(&mut self)")
-        .expect("Driver::reload");
-    let body = &source[start..];
-    let body = &body[..body.find("\n    }\n").expect("its end")];
-    let call = format!("{mac}!(");
-    body.match_indices(&call)
-        .filter_map(|(i, _)| body[i + call.len()..].split('"').nth(1))
-        .filter(|name| !name.contains('$'))
-        .map(str::to_string)
+/// The keys the reload table says apply at run time with `applies`.
+fn reload_keys(applies: Applies) -> Vec<String> {
+    KEYS.iter()
+        .filter(|key| key.applies == applies)
+        .map(|key| key.name.to_string())
         .collect()
+}
+
+/// The reload table names every key the file accepts, each once.
+#[test]
+fn reload_table_names_exactly_the_accepted_keys() {
+    let table: Vec<(String, String)> = KEYS
+        .iter()
+        .map(|key| {
+            let (section, name) = key.name.split_once('.').expect("section.key");
+            (section.to_string(), name.to_string())
+        })
+        .collect();
+    let unique: BTreeSet<_> = table.iter().cloned().collect();
+    assert_eq!(unique.len(), table.len(), "a key twice in {table:?}");
+    let (missing, extra) = missing_and_extra(&daemon_keys(), &unique);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "config::reload::KEYS lacks {missing:?} and names keys that do not exist: {extra:?}"
+    );
+}
+
+/// What a row of docs/configuration.md says of a reload agrees with the table: "Takes a
+/// restart" is a restart, "reloadable with HUP" applies at once, "Re-read on HUP" re-reads
+/// files (the users file from the path read at start, so its key takes a restart); and
+/// the row of each key whose files the table says are re-read says so.
+#[test]
+fn configuration_md_rows_claim_what_the_reload_table_says() {
+    let mut wrong = Vec::new();
+    for ((section, key), Row { meaning, .. }) in configuration_md_rows() {
+        let name = format!("{section}.{key}");
+        let Some(entry) = KEYS.iter().find(|k| k.name == name) else {
+            continue; // the witness's keys; the tables' key sets are checked above
+        };
+        let rereads = meaning.contains("Re-read on HUP");
+        if entry.applies == Applies::Files && !rereads {
+            wrong.push(format!(
+                "{name}: docs do not say its files are re-read on HUP"
+            ));
+        }
+        let allowed: &[Applies] = if meaning.contains("Takes a restart") {
+            &[Applies::Restart]
+        } else if meaning.contains("reloadable with HUP") {
+            &[Applies::Live]
+        } else if rereads {
+            &[Applies::Files, Applies::Restart]
+        } else {
+            continue;
+        };
+        if !allowed.contains(&entry.applies) {
+            wrong.push(format!(
+                "{name}: docs say {meaning:?}, the table {:?}",
+                entry.applies
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// What HUP applies at once is what README, docs and man pages say (issue 18 item 6: they
 /// claimed `log.max_pending`, which takes a restart).
 #[test]
 fn reload_passages_name_what_reload_applies() {
-    let applied = reload_names("note");
-    let restart: Vec<String> = reload_names("needs_restart")
-        .into_iter()
-        .filter(|n| !n.contains(' '))
-        .collect();
+    let applied = reload_keys(Applies::Live);
+    let restart = reload_keys(Applies::Restart);
     assert!(
         applied.contains(&"logging.level".to_string()),
         "{applied:?}"
@@ -347,5 +413,137 @@ fn reload_passages_name_what_reload_applies() {
             }
         }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The TOML value a default cell of docs/configuration.md states, if it states one: a
+/// number, or a backquoted word, `""` or `[]` (not prose such as "2, or 1 on one core").
+fn md_default(cell: &str) -> Option<String> {
+    if !cell.is_empty() && cell.chars().all(|c| c.is_ascii_digit()) {
+        return Some(cell.to_string());
+    }
+    let token = cell.strip_prefix('`')?.split('`').next()?;
+    Some(match token {
+        "\"\"" | "[]" => token.to_string(),
+        word => format!("{word:?}"),
+    })
+}
+
+/// The defaults pbchat.toml(5) states, as TOML values where they are values: the
+/// `[...]` after each key of a `.TP` tag.
+fn man_defaults() -> BTreeSet<((String, String), String)> {
+    let mut found = BTreeSet::new();
+    for (heading, tags) in man_entries("man/pbchat.toml.5") {
+        let Some(section) = heading.strip_prefix('[').and_then(|h| h.split_once(']')) else {
+            continue;
+        };
+        for tag in tags.iter().filter(|t| t.starts_with(".BR ")) {
+            let args = macro_args(tag);
+            let Some(inside) = args.get(1).and_then(|a| a.trim().strip_prefix('[')) else {
+                continue;
+            };
+            let default = inside.rsplit_once(']').map_or("", |(d, _)| d);
+            let value = match default.replace("\\(dq", "\"").as_str() {
+                number if number.chars().all(|c| c.is_ascii_digit()) => number.to_string(),
+                "\"\"" | "[]" => default.replace("\\(dq", "\""),
+                word if word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "./:".contains(c)) =>
+                {
+                    format!("{word:?}")
+                }
+                _ => continue,
+            };
+            found.insert(((section.0.to_string(), args[0].clone()), value));
+        }
+    }
+    found
+}
+
+/// The sections of a paired node's file with their required keys: every key can be added.
+const PAIRED: &[(&str, &str)] = &[
+    ("node", "id = \"a\"\nrole = \"primary\"\ndata_dir = \"d\"\n"),
+    ("client", ""),
+    ("auth", ""),
+    ("log", ""),
+    (
+        "peer",
+        "id = \"b\"\nclient_address = \"x:1\"\nheartbeat_address = \"127.0.0.1:1\"\nreplication_address = \"127.0.0.1:2\"\n",
+    ),
+    ("heartbeat", "listen = \"127.0.0.1:3\"\nsecret_file = \"s\"\n"),
+    ("replication", "listen = \"127.0.0.1:4\"\n"),
+    ("failover", ""),
+    ("logging", ""),
+    ("admin", ""),
+    ("hooks", ""),
+    ("web", "listen = \"127.0.0.1:5\"\n"),
+    ("metrics", "listen = \"127.0.0.1:6\"\n"),
+];
+
+/// The validated config of [`PAIRED`] with `line` added to `section`, in strict mode or
+/// not, as text to compare.
+fn paired_with(section: &str, line: &str, strict: bool) -> Result<String, String> {
+    let mut text = String::new();
+    for (name, body) in PAIRED {
+        text.push_str(&format!("[{name}]\n{body}"));
+        if *name == "failover" && strict {
+            text.push_str("mode = \"strict\"\nwitness = \"127.0.0.1:7\"\n");
+        }
+        if *name == section {
+            text.push_str(line);
+        }
+    }
+    let raw = pbchat::config::parse(&text, "t.toml").map_err(|e| e.to_string())?;
+    let config = raw
+        .validate(Path::new("t.toml"))
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{config:?}"))
+}
+
+/// The witness's config with `line` added, as text to compare.
+fn witness_with(line: &str) -> Result<String, String> {
+    let text =
+        format!("listen = \"127.0.0.1:7410\"\nsecret_file = \"s\"\nstate_file = \"w\"\n{line}");
+    let config = pbchat::witness_config::parse(&text, "w.toml").map_err(|e| e.to_string())?;
+    Ok(format!("{config:?}"))
+}
+
+/// A documented default, written into the file, changes nothing: docs/configuration.md
+/// and pbchat.toml(5) state the defaults the code has.
+#[test]
+fn documented_defaults_are_the_code_defaults() {
+    let man = man_defaults();
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for ((section, key), row) in configuration_md_rows() {
+        let Some(value) = md_default(&row.default) else {
+            continue;
+        };
+        checked += 1;
+        let line = format!("{key} = {value}\n");
+        let (with, without) = if section == "witness" {
+            (witness_with(&line), witness_with(""))
+        } else {
+            // The lease keys count in strict mode only.
+            let strict = ["lease_ms", "clock_drift_ppm"].contains(&key.as_str());
+            (
+                paired_with(&section, &line, strict),
+                paired_with(&section, "", strict),
+            )
+        };
+        let doc = format!("docs/configuration.md: {section}.{key} = {value}");
+        match (with, without) {
+            (Ok(with), Ok(without)) if with == without => {}
+            (Err(e), _) | (_, Err(e)) => wrong.push(format!("{doc}: {e}")),
+            _ => wrong.push(format!("{doc} is not the default")),
+        }
+        let in_man = man.iter().find(|(k, _)| k.0 == section && k.1 == key);
+        if let Some((_, man_value)) = in_man.filter(|(_, v)| *v != value) {
+            wrong.push(format!(
+                "pbchat.toml.5: {section}.{key} = {man_value}, docs: {value}"
+            ));
+        }
+    }
+    assert!(checked >= 40, "only {checked} defaults read");
     assert!(wrong.is_empty(), "{wrong:#?}");
 }

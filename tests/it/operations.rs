@@ -987,4 +987,25 @@ fn pbchatctl_reload_fails_on_a_bad_file_and_applies_a_good_one() {
     assert!(stdout.starts_with("ok: reloaded "), "{stdout}");
     assert!(stdout.contains("client.max_clients 100 -> 200"), "{stdout}");
     node.wait_log("client.max_clients 100 -> 200");
+    // A key that takes a restart is named with it, and the node keeps its running value:
+    // the next reload names it again, while what applied is not news any more.
+    std::fs::write(
+        &node.config_path,
+        good.replace(
+            "max_clients = 100",
+            "max_clients = 200\nidle_timeout_ms = 30000",
+        ),
+    )
+    .unwrap();
+    let restart = "client.idle_timeout_ms changed, which takes a restart";
+    for round in 1..=2 {
+        let out = ctl(&node.config_path, &["reload"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains(restart), "reload {round}: {stdout}");
+        assert!(
+            !stdout.contains("client.max_clients"),
+            "reload {round}: {stdout}"
+        );
+    }
 }
