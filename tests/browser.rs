@@ -440,7 +440,7 @@ fn two_pages_chat_through_a_kill9_of_the_primary_without_gap_or_duplicate() {
 }
 
 #[test]
-fn history_on_join_and_scrolling_back_show_each_line_once_in_order() {
+fn history_on_join_scroll_back_and_the_unread_line() {
     let (node, web) = web_node("", "");
     let mut tcp = node.hello("tcp", "s-tcp");
     tcp.join("general");
@@ -474,6 +474,41 @@ fn history_on_join_and_scrolling_back_show_each_line_once_in_order() {
         Some(page.look()).filter(|v| v.lines.last().is_some_and(|l| l.body == "live"))
     });
     assert_eq!(live.lines.len(), 101);
+    // The reader was up in the history: an unread line stands above "live". Forty more
+    // lines, the reader goes to the bottom, and "jump to first unread" brings it back.
+    for i in 0..40 {
+        tcp.send_acked("general", &format!("n-{i}"), &format!("new {i}"));
+    }
+    wait_until("the new lines", || {
+        Some(page.look()).filter(|v| v.lines.len() == 141)
+    });
+    let unread = |scroll: &str| {
+        page.run(
+            &format!(
+                "{scroll}; const logs = document.getElementById('logs');\
+                 logs.dispatchEvent(new Event('scroll'));\
+                 const marker = logs.querySelector('.unread-line');\
+                 const view = logs.getBoundingClientRect(), at = marker.getBoundingClientRect();\
+                 return [marker.nextElementSibling.querySelector('.body').textContent,\
+                   at.top >= view.top && at.bottom <= view.bottom,\
+                   document.getElementById('jump').hidden];"
+            ),
+            json!([]),
+        )
+    };
+    let at_bottom =
+        unread("const l = document.getElementById('logs'); l.scrollTop = l.scrollHeight");
+    assert_eq!(
+        at_bottom,
+        json!(["live", false, false]),
+        "marker above, jump shown"
+    );
+    let jumped = unread("document.getElementById('jump').click()");
+    assert_eq!(
+        jumped,
+        json!(["live", true, true]),
+        "marker in view, jump gone"
+    );
     page.assert_clean("reader");
 }
 
@@ -662,8 +697,9 @@ fn a_frozen_tab_stays_in_its_room_past_the_idle_timeout() {
 
 /// The page's basics beyond the chat itself, through real key presses and a real node:
 /// links as anchors (and `javascript:` left as text), /who, an unknown command kept off
-/// the wire, folded joins, the date separator, the unread line, Alt+Up/Down and Ctrl+K,
-/// and a phone-width window without sideways scrolling.
+/// the wire, folded joins, the date separator, the unread line, a notification for a
+/// mention once the user turned them on, Alt+Up/Down and Ctrl+K, and a phone-width window
+/// without sideways scrolling.
 #[test]
 fn links_commands_folds_unread_line_keys_and_phone_width() {
     let (node, web) = web_node("", "");
@@ -764,7 +800,28 @@ fn links_commands_folds_unread_line_keys_and_phone_width() {
         )
     };
     wait_until("second shown", || (current() == "second").then_some(()));
-    tcp.send_acked("general", "t-2", "while away");
+    // Notifications: granted as a person's click on the prompt would, then asked for by a
+    // click on the page's button; each one the page raises is counted.
+    page.command(
+        "goog/cdp/execute",
+        json!({"cmd": "Browser.grantPermissions",
+               "params": {"permissions": ["notifications"], "origin": format!("http://{web}")}}),
+    );
+    page.run(
+        "window.raised = [];\
+         window.Notification = class extends window.Notification {\
+           constructor(title, options) { super(title, options); window.raised.push(title); } };\
+         document.getElementById('notify').click();",
+        json!([]),
+    );
+    wait_until("notifications on", || {
+        let on = page.run(
+            "return document.getElementById('notify').dataset.notify;",
+            json!([]),
+        );
+        (on == "on").then_some(())
+    });
+    tcp.send_acked("general", "t-2", "reader: while away");
     let away = wait_until("general's unread count", || {
         let facts = page.run(
             "const log = document.querySelector('.log[data-room=\"general\"]');\
@@ -776,7 +833,13 @@ fn links_commands_folds_unread_line_keys_and_phone_width() {
         );
         (facts[0] == "1").then_some(facts)
     });
-    assert_eq!(away[1], "while away", "the unread line precedes it");
+    assert_eq!(away[1], "reader: while away", "the unread line precedes it");
+    let raised = page.run("return window.raised;", json!([]));
+    assert_eq!(
+        raised,
+        json!(["tcp in general"]),
+        "one notification, for the mention"
+    );
     page.press(&[ALT, ARROW_UP]);
     wait_until("general by Alt+Up", || {
         (current() == "general").then_some(())
