@@ -101,14 +101,21 @@ trap stop INT TERM
 
 echo "pbchat pair running: node a ($config_a) pid $pid_a, node b ($config_b) pid $pid_b; Ctrl-C stops both"
 echo "  which one is primary: $pbchatctl -c $config_a role (or scripts/pid-of.sh primary)"
-# The `listen` of a config's [web] section (empty when it has none).
-web_listen() {
-  awk '/^\[/ { web = ($0 == "[web]") } web && /^listen *=/ { gsub(/.*= *"|".*/, ""); print }' "$1"
+# The value of `key` in a config's `[section]` (empty when absent).
+config_value() {
+  awk -v section="[$2]" -v key="$3" '
+    /^\[/ { inside = ($0 == section) }
+    inside && $0 ~ "^" key " *=" { gsub(/^[^=]*= *"?|"? *(#.*)?$/, ""); print }' "$1"
 }
 for config in "$config_a" "$config_b"; do
-  web=$(web_listen "$config")
+  web=$(config_value "$config" web listen)
   if [ -n "$web" ]; then
-    echo "  chat in a browser: http://$web/ ($config)"
+    # The web listener speaks TLS with the client listener's certificate when it has one.
+    scheme=http
+    if [ -n "$(config_value "$config" client tls_cert)" ]; then
+      scheme=https
+    fi
+    echo "  chat in a browser: $scheme://$web/ ($config)"
   fi
 done
 # Returns when either node exits, or when Ctrl-C or TERM has run `stop`.

@@ -23,6 +23,7 @@ use super::frames::{parse_body, BodyFields, Frame, Wire, NATS_PONG, NATS_SID};
 pub use super::frames::{Protocol, BODY_BYTES_MIN};
 use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns};
 use super::report::Histogram;
+use super::ws::{self, Transport};
 
 /// Errors kept verbatim per run; past it they are only counted.
 const ERRORS_KEPT_MAX: usize = 20;
@@ -35,6 +36,8 @@ const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
     pub protocol: Protocol,
+    /// pbchat members' socket; `addr` is the web listener's for `Ws`.
+    pub transport: Transport,
     pub addr: SocketAddr,
     pub members: usize,
     pub senders: usize,
@@ -104,6 +107,11 @@ struct Conn {
     /// at the front for its rest. Its length is fixed when the connection opens.
     inbuf: Vec<u8>,
     filled: usize,
+    /// `inbuf[..lines_end]` is ready for the frame parser: all of `filled` on TCP; on a
+    /// WebSocket, the messages unwrapped so far (a cut WebSocket frame follows them).
+    lines_end: usize,
+    /// A pbchat member over WebSocket: what it reads is unwrapped, what it sends wrapped.
+    websocket: bool,
     out: Vec<u8>,
     /// Receives the room's messages (pbchat members, Redis and NATS subscribers).
     member: bool,
@@ -125,7 +133,6 @@ struct Sender {
 /// bytes after it.
 fn setup_read(stream: &mut std::net::TcpStream, done: &[u8]) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
     let deadline = Instant::now() + SETUP_DEADLINE;
     loop {
         if let Some(at) = find(&buf, done) {
@@ -141,19 +148,42 @@ fn setup_read(stream: &mut std::net::TcpStream, done: &[u8]) -> Result<Vec<u8>, 
             };
             return Ok(buf.split_off(line_end));
         }
-        let refusal = [&b"\"type\":\"error\""[..], b"redirect", b"-ERR"]
-            .iter()
-            .find_map(|marker| find(&buf, marker));
-        if let Some(at) = refusal {
+        refused(&buf)?;
+        read_more(stream, &mut buf, deadline)?;
+    }
+}
+
+/// An error, a redirect or a Redis error in what setup read so far.
+fn refused(buf: &[u8]) -> Result<(), String> {
+    let refusal = [&b"\"type\":\"error\""[..], b"redirect", b"-ERR"]
+        .iter()
+        .find_map(|marker| find(buf, marker));
+    match refusal {
+        Some(at) => {
             let line = String::from_utf8_lossy(&buf[at.saturating_sub(2)..]).into_owned();
-            return Err(format!("setup refused: {}", line.trim_end()));
+            Err(format!("setup refused: {}", line.trim_end()))
         }
+        None => Ok(()),
+    }
+}
+
+/// One blocking read during setup, appended to `buf`.
+fn read_more(
+    stream: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
         if Instant::now() >= deadline {
             return Err("setup timed out".into());
         }
         match stream.read(&mut chunk) {
             Ok(0) => return Err("closed during setup".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("setup read: {e}")),
         }
@@ -186,6 +216,54 @@ fn open_session(
         .map_err(|e| e.to_string())?;
     let rest = setup_read(&mut stream, done)?;
     Ok((stream, rest))
+}
+
+/// [`open_session`] over a WebSocket: upgrade, then `request`'s lines as text messages;
+/// reads up to the message holding `done` and returns the raw bytes after it.
+fn open_websocket(
+    addr: SocketAddr,
+    request: &str,
+    done: &[u8],
+) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    let mut stream = connect(addr)?;
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    let upgrade = ws::upgrade_request(&addr.to_string());
+    stream
+        .write_all(upgrade.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(at) = find(&buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        read_more(&mut stream, &mut buf, deadline)?;
+    };
+    if !buf.starts_with(b"HTTP/1.1 101 ") {
+        let head = String::from_utf8_lossy(&buf[..head_end]);
+        return Err(format!(
+            "upgrade refused: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    let mut messages = Vec::new();
+    for line in request.lines() {
+        let start = messages.len();
+        messages.extend_from_slice(line.as_bytes());
+        ws::frame_tail(&mut messages, start);
+    }
+    stream.write_all(&messages).map_err(|e| e.to_string())?;
+    let mut at = head_end;
+    loop {
+        while let Some(head) = ws::complete_frame(&buf[at..])? {
+            let payload = &buf[at + head.header..at + head.header + head.payload];
+            at += head.header + head.payload;
+            if find(payload, done).is_some() {
+                return Ok((stream, buf.split_off(at)));
+            }
+            refused(payload)?;
+        }
+        read_more(&mut stream, &mut buf, deadline)?;
+    }
 }
 
 /// The connections of a run and who sends, as setup leaves them.
@@ -222,6 +300,13 @@ impl Conns {
             .max(2 * rest.len());
         let mut inbuf = vec![0; size];
         inbuf[..rest.len()].copy_from_slice(&rest);
+        let websocket = spec.protocol == Protocol::Pbchat && spec.transport == Transport::Ws;
+        let mut out = Vec::new();
+        let (mut lines_end, mut filled) = (rest.len(), rest.len());
+        if websocket {
+            let done = ws::unframe(&mut inbuf, 0, filled, &mut out)?;
+            (lines_end, filled) = (done.lines_end, done.filled);
+        }
         let sender = sends.then(|| {
             self.senders.push(Sender {
                 conn: index,
@@ -233,8 +318,10 @@ impl Conns {
         self.conns.push(Conn {
             stream,
             inbuf,
-            filled: rest.len(),
-            out: Vec::new(),
+            filled,
+            lines_end,
+            websocket,
+            out,
             member,
             sender,
             last_seq: 0,
@@ -257,8 +344,12 @@ fn setup(spec: &LoadSpec, poll: &Poll) -> Result<Conns, String> {
                     "{{\"type\":\"hello\",\"version\":1,\"nick\":\"{nick}\",\"session\":\"{nick}\"}}\n\
                      {{\"type\":\"join\",\"room\":\"{room}\"}}\n"
                 );
-                let session = open_session(spec.addr, &hello, b"{\"type\":\"joined\"")
-                    .map_err(|e| format!("member {i}: {e}"))?;
+                let joined = b"{\"type\":\"joined\"";
+                let session = match spec.transport {
+                    Transport::Tcp => open_session(spec.addr, &hello, joined),
+                    Transport::Ws => open_websocket(spec.addr, &hello, joined),
+                }
+                .map_err(|e| format!("member {i}: {e}"))?;
                 conns.add(poll, spec, session, true, i < spec.senders)?;
             }
         }
@@ -374,7 +465,7 @@ impl Tally {
 fn consume(wire: &Wire, index: usize, conn: &mut Conn, tally: &mut Tally, now_ns: u64) -> usize {
     let mut acks = 0;
     let mut at = 0;
-    while let Some((used, frame)) = wire.next(&conn.inbuf[at..conn.filled]) {
+    while let Some((used, frame)) = wire.next(&conn.inbuf[at..conn.lines_end]) {
         at += used;
         match frame {
             Frame::Delivery { body, seq } => {
@@ -405,6 +496,7 @@ fn consume(wire: &Wire, index: usize, conn: &mut Conn, tally: &mut Tally, now_ns
     }
     conn.inbuf.copy_within(at..conn.filled, 0);
     conn.filled -= at;
+    conn.lines_end -= at;
     acks
 }
 
@@ -429,7 +521,12 @@ fn receive(
             Ok(0) => return Ok((false, acks)),
             Ok(n) => {
                 conn.filled += n;
+                let closed =
+                    unwrap_messages(conn).map_err(|e| format!("connection {index}: {e}"))?;
                 acks += consume(wire, index, conn, tally, now_ns);
+                if closed {
+                    return Ok((false, acks));
+                }
                 if n < space {
                     // Probably drained; the next edge tells if not. Avoids one EAGAIN read.
                     return Ok((true, acks));
@@ -440,6 +537,18 @@ fn receive(
             Err(e) => return Err(format!("connection {index}: read: {e}")),
         }
     }
+}
+
+/// Makes what was just read ready for the frame parser; true when the server closed the
+/// WebSocket.
+fn unwrap_messages(conn: &mut Conn) -> Result<bool, String> {
+    if !conn.websocket {
+        conn.lines_end = conn.filled;
+        return Ok(false);
+    }
+    let done = ws::unframe(&mut conn.inbuf, conn.lines_end, conn.filled, &mut conn.out)?;
+    (conn.lines_end, conn.filled) = (done.lines_end, done.filled);
+    Ok(done.closed)
 }
 
 fn flush(conn: &mut Conn) -> io::Result<()> {
@@ -471,7 +580,11 @@ fn queue_send(
         counter: sender.next_counter,
         sent_ns: t_ns,
     };
+    let start = out.len();
     wire.write_send(out, &spec.room, fields);
+    if spec.protocol == Protocol::Pbchat && spec.transport == Transport::Ws {
+        ws::frame_tail(out, start);
+    }
     sender.next_counter += 1;
     sender.in_flight += 1;
 }

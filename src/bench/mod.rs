@@ -1,8 +1,8 @@
 //! The benchmark harness behind `pbchat-bench`: load generators, process control and reports.
 //!
 //! It is a client of pbchatd (and of Redis, the peer it is compared with) like any other:
-//! it speaks the wire protocol over TCP, starts real `pbchatd` processes from generated
-//! configs, and reads their logs and `/proc` entries. It must not reach into daemon state;
+//! it speaks the wire protocol over TCP (or WebSocket), starts real `pbchatd` processes
+//! from generated configs, and reads their logs and `/proc` entries. It must not reach into daemon state;
 //! what it measures is what a client and an operator can see.
 //!
 //! Layout:
@@ -16,6 +16,8 @@
 //! - `gap`: one sender that rides over fail-overs and hand-overs and records each
 //!   client-visible gap.
 //! - `report`: percentiles, the table for people and JSON lines for scripts.
+//! - `ws`: the WebSocket side of a pbchat member (`--transport ws`): upgrade, masked text
+//!   messages out, the server's frames unwrapped in place into lines.
 
 pub mod frames;
 pub mod gap;
@@ -23,6 +25,7 @@ pub mod idle;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod ws;
 
 use std::time::Duration;
 

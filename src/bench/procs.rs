@@ -357,6 +357,8 @@ pub struct NodeFiles {
     pub id: String,
     pub config: PathBuf,
     pub client: SocketAddr,
+    /// The `[web]` listener: WebSocket members connect to its `/ws`.
+    pub web: SocketAddr,
     pub data_dir: PathBuf,
     pub core: Option<usize>,
 }
@@ -376,7 +378,9 @@ impl NodeFiles {
 /// `client.send_queue_bytes` of the benchmark's nodes (see [`client_section`]).
 pub const BENCH_SEND_QUEUE_BYTES: usize = 8 << 20;
 
-fn client_section(options: &NodeOptions, port: u16) -> String {
+/// `[client]` and `[web]`: every benchmark node serves both transports, so a run can put
+/// its members on either without another server shape.
+fn client_section(options: &NodeOptions, port: u16, web_port: u16) -> String {
     // Rate limits and timeouts out of the way: the benchmark measures throughput, its
     // clients all come from 127.0.0.1, and its idle clients must not be closed for idling
     // during a long capacity run. The send queue is Redis's pub/sub output buffer soft
@@ -385,7 +389,8 @@ fn client_section(options: &NodeOptions, port: u16) -> String {
     format!(
         "[client]\nlisten = \"127.0.0.1:{port}\"\nrate_per_sec = 10000000\nrate_burst = 10000000\n\
          max_clients = {max}\nmax_connections_per_ip = {max}\nidle_timeout_ms = 3600000\n\
-         hello_timeout_ms = 600000\nsend_queue_bytes = {queue}\n{}\n",
+         hello_timeout_ms = 600000\nsend_queue_bytes = {queue}\n{}\n\n\
+         [web]\nlisten = \"127.0.0.1:{web_port}\"\n",
         options.client_extra,
         max = options.max_clients,
         queue = BENCH_SEND_QUEUE_BYTES,
@@ -394,13 +399,13 @@ fn client_section(options: &NodeOptions, port: u16) -> String {
 
 /// Writes a standalone node's config into `dir`.
 pub fn single_files(dir: &Path, options: &NodeOptions) -> Result<NodeFiles, String> {
-    let port = free_port(false);
+    let (port, web_port) = (free_port(false), free_port(false));
     let data_dir = dir.join("data-a");
     let text = format!(
         "[node]\nid = \"a\"\nrole = \"primary\"\ndata_dir = \"{}\"\n\n{}\n\
          [log]\nfsync = \"{}\"\n\n[logging]\nlevel = \"info\"\n",
         data_dir.display(),
-        client_section(options, port),
+        client_section(options, port, web_port),
         options.fsync
     );
     let config = dir.join("a.toml");
@@ -409,6 +414,7 @@ pub fn single_files(dir: &Path, options: &NodeOptions) -> Result<NodeFiles, Stri
         id: "a".into(),
         config,
         client: loopback(port),
+        web: loopback(web_port),
         data_dir,
         core: options.cores[0],
     })
@@ -429,16 +435,20 @@ pub fn pair_files(dir: &Path, options: &NodeOptions) -> Result<[NodeFiles; 2], S
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let ports: Vec<(u16, u16, u16)> = (0..2)
-        .map(|_| (free_port(false), free_port(true), free_port(false)))
+    let ports: Vec<(u16, u16, u16, u16)> = (0..2)
+        .map(|_| {
+            let client = free_port(false);
+            let (heartbeat, replication) = (free_port(true), free_port(false));
+            (client, heartbeat, replication, free_port(false))
+        })
         .collect();
     let mut files = Vec::new();
     for (me, (id, peer, role)) in [("a", "b", "primary"), ("b", "a", "backup")]
         .into_iter()
         .enumerate()
     {
-        let (c, h, r) = ports[me];
-        let (pc, ph, pr) = ports[1 - me];
+        let (c, h, r, w) = ports[me];
+        let (pc, ph, pr, _) = ports[1 - me];
         let data_dir = dir.join(format!("data-{id}"));
         let text = format!(
             "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\n{client}\n\
@@ -449,7 +459,7 @@ pub fn pair_files(dir: &Path, options: &NodeOptions) -> Result<[NodeFiles; 2], S
              [replication]\nlisten = \"127.0.0.1:{r}\"\nmode = \"{mode}\"\n\n\
              [failover]\npromotion_cooldown_ms = 0\n\n[logging]\nlevel = \"info\"\n",
             data = data_dir.display(),
-            client = client_section(options, c),
+            client = client_section(options, c, w),
             fsync = options.fsync,
             secret = secret.display(),
             mode = options.replication,
@@ -460,6 +470,7 @@ pub fn pair_files(dir: &Path, options: &NodeOptions) -> Result<[NodeFiles; 2], S
             id: id.into(),
             config,
             client: loopback(c),
+            web: loopback(w),
             data_dir,
             core: options.cores[me],
         });

@@ -21,6 +21,7 @@ use pbchat::bench::procs::{
     PROMOTED, START_DEADLINE, TICKS_PER_SEC,
 };
 use pbchat::bench::report::{median, percentile, round_ratios, Report};
+use pbchat::bench::ws::Transport;
 use pbchat::bench::{cores, ms, pin_self, raise_nofile};
 
 #[derive(Parser)]
@@ -105,11 +106,16 @@ struct LoadArgs {
     /// comma list of single, pair, redis, nats.
     #[arg(long, default_value = "pbchat")]
     target: String,
+    /// How pbchat members connect: tcp (the client listener), ws (WebSocket to the node's
+    /// `[web]` listener), or a comma list, each run in turn within a round.
+    #[arg(long, default_value = "tcp", value_delimiter = ',')]
+    transport: Vec<String>,
     /// pbchat runs as a primary with a sync backup (primary on the server core, backup on
     /// the load generator's core).
     #[arg(long)]
     pair: bool,
-    /// An already running pbchat node to load instead of starting one.
+    /// An already running pbchat node to load instead of starting one (its web listener's
+    /// address with `--transport ws`).
     #[arg(long)]
     pbchat_addr: Option<SocketAddr>,
     /// An already running Redis to load instead of starting one.
@@ -331,6 +337,48 @@ fn targets(args: &LoadArgs) -> Result<Vec<Target>, String> {
     Ok(out)
 }
 
+/// One kind of run: a server, and for pbchat the transport its members use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lane {
+    target: Target,
+    transport: Transport,
+}
+
+impl Lane {
+    fn name(self) -> String {
+        match (self.target.protocol(), self.transport) {
+            (Protocol::Pbchat, Transport::Ws) => format!("{} ws", self.target.name()),
+            _ => self.target.name().to_string(),
+        }
+    }
+}
+
+/// The targets, each pbchat one once per transport (Redis and NATS speak TCP only).
+fn lanes(args: &LoadArgs) -> Result<Vec<Lane>, String> {
+    let transports = args
+        .transport
+        .iter()
+        .map(|t| Transport::parse(t.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for target in targets(args)? {
+        if target.protocol() != Protocol::Pbchat {
+            out.push(Lane {
+                target,
+                transport: Transport::Tcp,
+            });
+            continue;
+        }
+        for &transport in &transports {
+            let lane = Lane { target, transport };
+            if !out.contains(&lane) {
+                out.push(lane);
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn senders_for(spec: &str, members: usize) -> Result<usize, String> {
     if spec == "n/10" {
         return Ok((members / 10).max(1));
@@ -369,13 +417,18 @@ impl Running {
         }
     }
 
-    fn addr(&self) -> SocketAddr {
-        match self {
-            Running::Single(s) => s.files.client,
-            Running::Pair(p) => p.files[p.primary].client,
-            Running::Redis(r) => r.addr,
-            Running::Nats(n) => n.addr,
-            Running::External(a) => *a,
+    /// Where members connect: the client or the web listener of the node that serves.
+    fn addr(&self, transport: Transport) -> SocketAddr {
+        let files = match self {
+            Running::Single(s) => &s.files,
+            Running::Pair(p) => &p.files[p.primary],
+            Running::Redis(r) => return r.addr,
+            Running::Nats(n) => return n.addr,
+            Running::External(a) => return *a,
+        };
+        match transport {
+            Transport::Tcp => files.client,
+            Transport::Ws => files.web,
         }
     }
 
@@ -406,7 +459,7 @@ struct RunFigures {
 }
 
 fn one_load(
-    target: Target,
+    lane: Lane,
     common: &Common,
     args: &LoadArgs,
     members: usize,
@@ -414,10 +467,11 @@ fn one_load(
     window: usize,
     rate: Option<f64>,
 ) -> Result<RunFigures, String> {
-    let mut server = Running::start(target, common, args)?;
+    let mut server = Running::start(lane.target, common, args)?;
     let spec = LoadSpec {
-        protocol: target.protocol(),
-        addr: server.addr(),
+        protocol: lane.target.protocol(),
+        transport: lane.transport,
+        addr: server.addr(lane.transport),
         members,
         senders,
         window,
@@ -447,7 +501,7 @@ fn one_load(
 
 /// The medians of several runs of one configuration, as a report row.
 fn summarize(
-    target: Target,
+    lane: Lane,
     members: usize,
     senders: usize,
     runs: &[RunFigures],
@@ -456,18 +510,13 @@ fn summarize(
     let per_run =
         |f: &dyn Fn(&RunFigures) -> f64| -> f64 { median(&runs.iter().map(f).collect::<Vec<_>>()) };
     let pct = |r: &RunFigures, p: f64| r.result.latency_ns.percentile(p) as f64 / 1000.0;
-    let deliveries = per_run(&|r| r.result.deliveries_in_window as f64 / r.result.measured_secs);
+    let deliveries = per_run(&deliveries_per_sec);
     let sends = per_run(&|r| r.result.acks_in_window as f64 / r.result.measured_secs);
-    let cpu_ns = |i: usize| {
-        per_run(&|r| {
-            let ticks = r.result.server_ticks.get(i).copied().unwrap_or(0) as f64;
-            ticks / TICKS_PER_SEC * 1e9 / (r.result.deliveries_in_window.max(1) as f64)
-        })
-    };
+    let cpu_ns = |i: usize| per_run(&|r| server_cpu_ns_per_delivery(r, i));
     let lost: u64 = runs.iter().map(|r| r.result.lost).sum();
     let out_of_order: u64 = runs.iter().map(|r| r.result.out_of_order).sum();
     let errors: u64 = runs.iter().map(|r| r.result.error_count).sum();
-    let what = format!("{} N={members} P={senders}", target.name());
+    let what = format!("{} N={members} P={senders}", lane.name());
     verdict.check_order(&what, lost, out_of_order);
     for r in runs {
         for e in &r.result.errors {
@@ -484,7 +533,8 @@ fn summarize(
     let measured = per_run(&|r| r.result.measured_secs);
     let mut row = json!({
         "bench": "fanout",
-        "target": target.name(),
+        "target": lane.target.name(),
+        "transport": lane.transport.name(),
         "members": members,
         "senders": senders,
         "rounds": runs.len(),
@@ -511,7 +561,7 @@ fn summarize(
         "measured_s": measured,
         "degraded": degraded,
     });
-    if target == Target::Pair {
+    if lane.target == Target::Pair {
         row["backup_cpu_ns_per_delivery"] = json!(cpu_ns(1));
         row["backup_peak_rss_kib"] = json!(per_run(
             &|r| r.peak_rss_kib.get(1).copied().unwrap_or(0) as f64
@@ -539,12 +589,12 @@ fn fanout(
     verdict: &mut Verdict,
 ) -> Result<(), String> {
     let args = shrink(common, &args.load);
-    let mut targets = targets(&args)?;
-    targets.retain(|t| match t.peer(&args) {
+    let mut lanes = lanes(&args)?;
+    lanes.retain(|lane| match lane.target.peer(&args) {
         Some((binary, None)) if peer_binary(binary).is_none() => {
             eprintln!(
                 "{binary} is not installed: skipping the {} runs (apt-get install -y {binary})",
-                t.name()
+                lane.name()
             );
             false
         }
@@ -553,19 +603,19 @@ fn fanout(
     for &members in &args.members {
         for spec in &args.senders {
             let senders = senders_for(spec, members)?;
-            // runs[t][k]: target t in round k. A round runs every target once, so the
-            // ratios within it compare servers under the same machine load.
-            let mut runs: Vec<Vec<RunFigures>> = targets.iter().map(|_| Vec::new()).collect();
+            // runs[l][k]: lane l in round k. A round runs every lane once, so the
+            // ratios within it compare servers (or transports) under the same machine load.
+            let mut runs: Vec<Vec<RunFigures>> = lanes.iter().map(|_| Vec::new()).collect();
             for round in 0..args.rounds {
-                for (t, &target) in targets.iter().enumerate() {
+                for (l, &lane) in lanes.iter().enumerate() {
                     eprintln!(
                         "fanout: {} N={members} P={senders} round {}/{}",
-                        target.name(),
+                        lane.name(),
                         round + 1,
                         args.rounds
                     );
-                    runs[t].push(one_load(
-                        target,
+                    runs[l].push(one_load(
+                        lane,
                         common,
                         &args,
                         members,
@@ -575,12 +625,20 @@ fn fanout(
                     )?);
                 }
             }
-            for (t, &target) in targets.iter().enumerate() {
-                let mut row = summarize(target, members, senders, &runs[t], verdict);
+            for (l, &lane) in lanes.iter().enumerate() {
+                let mut row = summarize(lane, members, senders, &runs[l], verdict);
                 for (base, key) in [(Target::Redis, "vs_redis"), (Target::Nats, "vs_nats")] {
-                    if let Some(b) = targets.iter().position(|&x| x == base && x != target) {
-                        add_ratio(&mut row, key, &runs[t], &runs[b]);
+                    if let Some(b) = lanes.iter().position(|x| x.target == base && *x != lane) {
+                        add_ratio(&mut row, key, &runs[l], &runs[b], &deliveries_per_sec);
                     }
+                }
+                let tcp = Lane {
+                    transport: Transport::Tcp,
+                    ..lane
+                };
+                if let Some(b) = lanes.iter().position(|&x| x == tcp && x != lane) {
+                    let cpu = |r: &RunFigures| server_cpu_ns_per_delivery(r, 0);
+                    add_ratio(&mut row, "cpu_vs_tcp", &runs[l], &runs[b], &cpu);
                 }
                 report.push(row);
             }
@@ -588,6 +646,7 @@ fn fanout(
     }
     report.table(&[
         "target",
+        "transport",
         "members",
         "senders",
         "rounds",
@@ -599,6 +658,8 @@ fn fanout(
         "p99_us",
         "p999_us",
         "server_cpu_ns_per_delivery",
+        "cpu_vs_tcp",
+        "cpu_vs_tcp_range",
         "backup_cpu_ns_per_delivery",
         "loadgen_cpu_ns_per_delivery",
         "loadgen_cpu_pct",
@@ -611,15 +672,27 @@ fn fanout(
     Ok(())
 }
 
-/// Adds `key` (the median over rounds of this target's deliveries/s over the base's in the
-/// same round) and its spread: `key_min`, `key_max`, and `key_range` for the table.
-fn add_ratio(row: &mut serde_json::Value, key: &str, runs: &[RunFigures], base: &[RunFigures]) {
-    let rates = |runs: &[RunFigures]| -> Vec<f64> {
-        runs.iter()
-            .map(|r| r.result.deliveries_in_window as f64 / r.result.measured_secs)
-            .collect()
-    };
-    if let Some((median, min, max)) = round_ratios(&rates(runs), &rates(base)) {
+fn deliveries_per_sec(run: &RunFigures) -> f64 {
+    run.result.deliveries_in_window as f64 / run.result.measured_secs
+}
+
+/// CPU time of server process `i` (0: the one serving) per delivery in the window.
+fn server_cpu_ns_per_delivery(run: &RunFigures, i: usize) -> f64 {
+    let ticks = run.result.server_ticks.get(i).copied().unwrap_or(0) as f64;
+    ticks / TICKS_PER_SEC * 1e9 / (run.result.deliveries_in_window.max(1) as f64)
+}
+
+/// Adds `key` (the median over rounds of this lane's `figure` over the base's in the same
+/// round) and its spread: `key_min`, `key_max`, and `key_range` for the table.
+fn add_ratio(
+    row: &mut serde_json::Value,
+    key: &str,
+    runs: &[RunFigures],
+    base: &[RunFigures],
+    figure: &dyn Fn(&RunFigures) -> f64,
+) {
+    let figures = |runs: &[RunFigures]| -> Vec<f64> { runs.iter().map(figure).collect() };
+    if let Some((median, min, max)) = round_ratios(&figures(runs), &figures(base)) {
         row[key] = json!(median);
         row[format!("{key}_min")] = json!(min);
         row[format!("{key}_max")] = json!(max);
@@ -638,25 +711,22 @@ fn latency(
         load.members = vec![100];
     }
     let load = shrink(common, &load);
-    for target in targets(&load)? {
+    for lane in lanes(&load)? {
         for &members in &load.members {
             let senders = senders_for(&load.senders[0], members)?;
             let (rate, saturation) = match args.rate {
                 Some(rate) => (rate, None),
                 None => {
-                    eprintln!("latency: measuring saturation first ({})", target.name());
-                    let sat = one_load(target, common, &load, members, senders, load.window, None)?;
+                    eprintln!("latency: measuring saturation first ({})", lane.name());
+                    let sat = one_load(lane, common, &load, members, senders, load.window, None)?;
                     let sends = sat.result.acks_in_window as f64 / sat.result.measured_secs;
                     (sends / 2.0, Some(sends))
                 }
             };
-            eprintln!(
-                "latency: {} N={members} at {rate:.0} sends/s",
-                target.name()
-            );
+            eprintln!("latency: {} N={members} at {rate:.0} sends/s", lane.name());
             // The window only bounds a stall here; the rate sets the load.
-            let fig = one_load(target, common, &load, members, senders, 4096, Some(rate))?;
-            let mut row = summarize(target, members, senders, &[fig], verdict);
+            let fig = one_load(lane, common, &load, members, senders, 4096, Some(rate))?;
+            let mut row = summarize(lane, members, senders, &[fig], verdict);
             row["bench"] = json!("latency");
             row["rate_per_sec"] = json!(rate);
             row["saturation_sends_per_sec"] = json!(saturation);
@@ -665,6 +735,7 @@ fn latency(
     }
     report.table(&[
         "target",
+        "transport",
         "members",
         "senders",
         "saturation_sends_per_sec",
@@ -1050,6 +1121,7 @@ fn catchup(
     // Fill while the backup is down: the primary turns degraded after its ack timeout.
     let spec = LoadSpec {
         protocol: Protocol::Pbchat,
+        transport: Transport::Tcp,
         addr: pair.files[0].client,
         members: 4,
         senders: 4,

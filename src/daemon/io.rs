@@ -34,7 +34,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
-use tungstenite::Message;
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use super::batch::Published;
 use super::per_ip::PerIp;
@@ -1362,6 +1362,9 @@ impl Worker {
     /// [`Worker::flush`] for a WebSocket: each queued line becomes one text message (a
     /// queued buffer may hold several lines, see `batch`). tungstenite's buffer takes them
     /// until the socket would block; the rest waits in `out`, counted against the limit.
+    /// A message's text is a slice of the queued buffer that every member shares, not a
+    /// copy: the copy and its allocation per message per member made a WebSocket member
+    /// cost 1.5× a TCP one per delivery.
     fn flush_websocket(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -1370,23 +1373,27 @@ impl Worker {
             return;
         };
         let mut wire = Wire::of(&mut c.stream, &mut c.tls);
-        while let Some(front) = c.out.front() {
-            let rest = &front.bytes[c.out_offset..];
-            let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
-            let line = rest[..taken].strip_suffix(b"\n").unwrap_or(&rest[..taken]);
-            let text = String::from_utf8(line.to_vec()).expect("frames are JSON, so UTF-8");
-            let blocked = match socket.write(&mut wire, Message::text(text)) {
-                Ok(()) => false,
-                // The message is in tungstenite's buffer; the socket is full.
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
-                Err(tungstenite::Error::WriteBufferFull(_)) => break,
-                Err(_) => return self.drop_conn(conn),
-            };
-            let (length, frames) = (front.bytes.len(), front.frames);
-            c.out_bytes -= taken;
-            self.flushed_bytes += taken as u64;
-            c.out_offset += taken;
-            if c.out_offset == length {
+        'queue: while let Some(front) = c.out.front() {
+            let (shared, frames) = (Bytes::from_owner(front.bytes.clone()), front.frames);
+            let mut blocked = false;
+            while c.out_offset < shared.len() && !blocked {
+                let rest = &shared[c.out_offset..];
+                let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+                let end = c.out_offset + taken - usize::from(rest[taken - 1] == b'\n');
+                let text = Utf8Bytes::try_from(shared.slice(c.out_offset..end))
+                    .expect("frames are JSON, so UTF-8");
+                blocked = match socket.write(&mut wire, Message::Text(text)) {
+                    Ok(()) => false,
+                    // The message is in tungstenite's buffer; the socket is full.
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
+                    Err(tungstenite::Error::WriteBufferFull(_)) => break 'queue,
+                    Err(_) => return self.drop_conn(conn),
+                };
+                c.out_bytes -= taken;
+                self.flushed_bytes += taken as u64;
+                c.out_offset += taken;
+            }
+            if c.out_offset == shared.len() {
                 self.flushed_frames += u64::from(frames);
                 c.out.pop_front();
                 c.out_offset = 0;

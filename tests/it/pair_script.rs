@@ -239,3 +239,44 @@ fn ctrl_c_stops_the_node_that_is_backup_now_first() {
     assert!(!said.contains("promoted to primary"), "{said}");
     assert!(said.contains("pbchat pair stopped"), "{said}");
 }
+
+/// The page's URL names the scheme its node serves: `https://` where the web listener speaks
+/// TLS (with the client listener's certificate), `http://` where it does not.
+#[test]
+fn pair_script_prints_each_page_url_with_the_scheme_its_node_serves() {
+    let files = PairFiles::new("");
+    let tls = files.dir.join("tls");
+    let made = common::pbchatd()
+        .arg("--gen-cert")
+        .arg(&tls)
+        .args(["--name", "node-a", "--ip", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (web_a, web_b) = (common::free_port(false), common::free_port(false));
+    for (config, port, client_extra) in [
+        (
+            &files.config_a,
+            web_a,
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                tls.join("node-a.pem").display(),
+                tls.join("node-a.key").display()
+            ),
+        ),
+        (&files.config_b, web_b, String::new()),
+    ] {
+        let text = std::fs::read_to_string(config).unwrap().replacen(
+            "[client]\n",
+            &format!("[client]\n{client_extra}"),
+            1,
+        );
+        let text = format!("{text}\n[web]\nlisten = \"127.0.0.1:{port}\"\n");
+        std::fs::write(config, text).unwrap();
+    }
+    let mut pair = started_pair(&files);
+    pair.wait_line(&format!("chat in a browser: https://127.0.0.1:{web_a}/"));
+    pair.wait_line(&format!("chat in a browser: http://127.0.0.1:{web_b}/"));
+    signal_pid(pair.child.id(), "INT");
+    assert_eq!(pair.wait_exit(), Some(0), "{:#?}", pair.lines());
+}
