@@ -19,10 +19,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use mio::Waker;
 
-use super::io::Command;
+use super::io::{Command, QueueSender};
 use super::per_ip::PerIp;
 use crate::core::ConnId;
 use crate::wire::client::{encode_reply, ErrorCode, Reply};
@@ -41,7 +40,7 @@ pub enum Listener {
 }
 
 pub struct WorkerHandle {
-    pub commands: Sender<Command>,
+    pub commands: QueueSender<Command>,
     pub waker: Arc<Waker>,
 }
 

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
@@ -45,6 +45,9 @@ use crate::entry::Entry;
 use crate::log::LogReader;
 use crate::wire::client::{decode_request, encode_msg, encode_reply, ErrorCode, Reply};
 use crate::wire::lines::Lines;
+
+mod queue;
+pub use queue::{queue, QueueReceiver, QueueSender};
 
 const WAKER: Token = Token(usize::MAX);
 /// Inputs a worker holds for the core while the core's channel is full; past it, the worker
@@ -342,7 +345,7 @@ fn list_once(list: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
 
 pub struct Worker {
     poll: Poll,
-    commands: Receiver<Command>,
+    commands: QueueReceiver<Command>,
     inputs: Sender<Vec<Input>>,
     outbox: VecDeque<Input>,
     conns: ConnMap<Conn>,
@@ -387,7 +390,7 @@ impl Worker {
     // Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        commands: Receiver<Command>,
+        commands: QueueReceiver<Command>,
         inputs: Sender<Vec<Input>>,
         reader: LogReader,
         limits: WorkerLimits,
@@ -458,7 +461,7 @@ impl Worker {
                     self.mark_dirty(conn);
                 }
             }
-            while let Ok(command) = self.commands.try_recv() {
+            while let Some(command) = self.commands.try_recv() {
                 self.on_command(command);
             }
             self.flush_outbox();

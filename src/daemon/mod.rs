@@ -69,8 +69,8 @@ use storage::{unpack_durable, LogCommand, Progress, Writer};
 /// memory whether or not it is used.
 const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
-/// never do, so it drains. Allocated up front like the inputs (about 176 bytes a slot:
-/// 11.5 MiB a worker). Not smaller: at 4 096, a pair's primary under N = 1000, P = 100
+/// never do, so it drains. Memory follows the depth (`io::queue`; a `bounded` channel's
+/// 176-byte slots were 11.5 MiB a worker at start). Not smaller: at 4 096, a pair's primary under N = 1000, P = 100
 /// blocked on its busy worker long enough to fence itself as stalled (519 ms) in 2 of 6
 /// runs, none of 6 at 65 536 (`pbchat-bench fanout --target pair --members 1000
 /// --senders 100 --verbose`).
@@ -318,7 +318,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut handles = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..config.client.io_threads {
-        let (tx, rx) = bounded(WORKER_COMMANDS_MAX);
+        let (tx, rx) = io::queue(WORKER_COMMANDS_MAX);
         let (worker, waker) = Worker::new(
             rx,
             batch_tx.clone(),
