@@ -1560,7 +1560,12 @@ impl Node {
         after_epoch: Option<u64>,
         actions: &mut Vec<Action>,
     ) {
-        let room: Arc<str> = room.into();
+        // The room's name is shared by its members and their subscriptions, not copied
+        // for each join.
+        let room: Arc<str> = match self.rooms.get_key_value(room.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => room.into(),
+        };
         let c = self.conns.get_mut(&conn).expect("checked by caller");
         let nick = c.nick.clone().expect("open session has a nick");
         let rejoin = c.rooms.contains(&room);

@@ -253,6 +253,14 @@ impl Conn {
         }
     }
 
+    /// Frees the queues' memory while they are empty: a burst (presence from a room filling
+    /// up, a replay) leaves `out` with room for many frames that an idle member would hold
+    /// for good. Once a sweep, so a busy connection reallocates at most that often.
+    fn release_spare_capacity(&mut self) {
+        release_if_empty(&mut self.out);
+        release_if_empty(&mut self.history);
+    }
+
     fn push(&mut self, frame: Frame) {
         self.push_frames(frame, 1);
     }
@@ -260,6 +268,12 @@ impl Conn {
     fn push_frames(&mut self, bytes: Frame, frames: u32) {
         self.out_bytes += bytes.len();
         self.out.push_back(Queued { bytes, frames });
+    }
+}
+
+fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
     }
 }
 
@@ -581,6 +595,9 @@ impl Worker {
                 if replay_cursor.is_some() {
                     self.catching_up.insert(conn);
                 }
+                // Most connections are in one room or a few: room for exactly one more,
+                // not the four `push` would take (Vec's smallest growth for these).
+                c.subs.reserve_exact(1);
                 c.subs.push(Subscription {
                     room: room.clone(),
                     replay_cursor,
@@ -1431,7 +1448,8 @@ impl Worker {
         let mut expired = Vec::new();
         let mut idle_conns = Vec::new();
         let mut to_ping = Vec::new();
-        for (&id, c) in &self.conns {
+        for (&id, c) in &mut self.conns {
+            c.release_spare_capacity();
             let quiet = now.duration_since(c.last_read);
             if c.close_deadline.is_some_and(|d| now >= d) {
                 expired.push(id);
@@ -1491,5 +1509,20 @@ fn too_large_input(conn: ConnId, limit: usize) -> Input {
             message: format!("line longer than {limit} bytes; closing"),
             id: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_queue_gives_its_memory_back_and_a_busy_one_keeps_it() {
+        let mut queue: VecDeque<u64> = (0..100).collect();
+        release_if_empty(&mut queue);
+        assert!(queue.capacity() >= 100, "a queue with items keeps its room");
+        queue.clear();
+        release_if_empty(&mut queue);
+        assert_eq!(queue.capacity(), 0);
     }
 }
