@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use mio::Waker;
 
-use super::io::{Command, QueueSender};
+use super::io::Command;
 use super::per_ip::PerIp;
+use super::queue::QueueSender;
 use crate::core::ConnId;
 use crate::wire::client::{encode_reply, ErrorCode, Reply};
 

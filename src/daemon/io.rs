@@ -38,6 +38,7 @@ use tungstenite::Message;
 
 use super::batch::Published;
 use super::per_ip::PerIp;
+use super::queue::QueueReceiver;
 use super::web::{self, Routed, Site};
 use crate::core::{Action, ConnId, Frame, Input};
 use crate::daemon::logging::{suppressed_note, Throttle};
@@ -45,9 +46,6 @@ use crate::entry::Entry;
 use crate::log::LogReader;
 use crate::wire::client::{decode_request, encode_msg, encode_reply, ErrorCode, Reply};
 use crate::wire::lines::Lines;
-
-mod queue;
-pub use queue::{queue, QueueReceiver, QueueSender};
 
 const WAKER: Token = Token(usize::MAX);
 /// Inputs a worker holds for the core while the core's channel is full; past it, the worker

@@ -1,7 +1,9 @@
-//! A bounded queue whose memory follows its depth: the worker command queue.
+//! A bounded queue whose memory follows its depth: the I/O workers' and the log writer's
+//! command queues.
 //!
 //! `crossbeam_channel::bounded` allocates and touches every slot when it is made, so a
-//! worker's 65 536-slot command queue was 11.5 MiB resident on an idle node. This queue
+//! worker's 65 536-slot command queue was 11.5 MiB resident on an idle node, and the log
+//! writer's (`log.max_pending` + 1 024 slots) 2.5 MiB. This queue
 //! keeps the same bound but stores items in crossbeam's unbounded (linked-block) channel,
 //! which allocates a block of 31 slots as it fills and frees it once read; a depth counter
 //! enforces the bound. The hot path is one lock-free channel operation plus one atomic
@@ -138,10 +140,22 @@ impl<T> QueueReceiver<T> {
     /// The oldest item, if any; never blocks.
     pub fn try_recv(&self) -> Option<T> {
         let item = self.items.try_recv().ok()?;
+        self.taken();
+        Some(item)
+    }
+
+    /// The oldest item, waiting for one; `None` once every sender is gone and it is empty.
+    pub fn recv(&self) -> Option<T> {
+        let item = self.items.recv().ok()?;
+        self.taken();
+        Some(item)
+    }
+
+    /// Gives back the unit of depth of an item taken.
+    fn taken(&self) {
         if self.shared.depth.fetch_sub(1, Ordering::AcqRel) == self.shared.max {
             self.shared.wake_senders();
         }
-        Some(item)
     }
 
     /// Items queued now (stale as soon as it is read).
@@ -240,6 +254,21 @@ mod tests {
         }
         assert_eq!(tx.try_send(max), Err(TrySendError::Full(max)));
         assert_eq!(rx.len(), max);
+    }
+
+    #[test]
+    fn recv_waits_for_an_item_and_ends_when_the_senders_are_gone() {
+        let (tx, rx) = queue(2);
+        let sender = std::thread::spawn(move || {
+            tx.send(7u8).unwrap();
+            tx.send(8).unwrap();
+            tx.send(9).unwrap();
+        });
+        assert_eq!(rx.recv(), Some(7));
+        assert_eq!(rx.recv(), Some(8));
+        assert_eq!(rx.recv(), Some(9));
+        sender.join().unwrap();
+        assert_eq!(rx.recv(), None);
     }
 
     #[test]
