@@ -251,11 +251,10 @@ impl Conn {
         }
     }
 
-    /// Frees the queues' memory while they are empty: a burst (presence from a room filling
-    /// up, a replay) leaves `out` with room for many frames that an idle member would hold
-    /// for good. Once a sweep, so a busy connection reallocates at most that often.
+    /// Frees the history queue's memory once its jobs are done (a client that asked for
+    /// history once would otherwise hold room for `HISTORY_JOBS_MAX` of them for good).
+    /// `out` needs no sweep: `Worker::after_flush` frees it whenever it drains.
     fn release_spare_capacity(&mut self) {
-        release_if_empty(&mut self.out);
         release_if_empty(&mut self.history);
     }
 
