@@ -341,6 +341,23 @@ fn join_answers_members_then_subscribes_and_tells_the_others() {
 }
 
 #[test]
+fn members_of_a_room_share_one_copy_of_its_name() {
+    let mut h = Harness::new(Role::Primary);
+    h.connect(1, "alice", "s1");
+    h.connect(2, "bob", "s2");
+    let first = h.request(1, r#"{"type":"join","room":"r"}"#);
+    let second = h.request(2, r#"{"type":"join","room":"r"}"#);
+    let subscribed = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Subscribe { room, .. } => Some(room.clone()),
+            _ => None,
+        })
+    };
+    let (first, second) = (subscribed(&first).unwrap(), subscribed(&second).unwrap());
+    assert!(Arc::ptr_eq(&first, &second), "each join copied the name");
+}
+
+#[test]
 fn rooms_per_client_are_bounded() {
     let mut h = Harness::new(Role::Primary);
     h.connect(1, "alice", "s1");

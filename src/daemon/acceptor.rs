@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use mio::Waker;
 
 use super::io::Command;
 use super::per_ip::PerIp;
+use super::queue::QueueSender;
 use crate::core::ConnId;
 use crate::wire::client::{encode_reply, ErrorCode, Reply};
 
@@ -41,7 +41,7 @@ pub enum Listener {
 }
 
 pub struct WorkerHandle {
-    pub commands: Sender<Command>,
+    pub commands: QueueSender<Command>,
     pub waker: Arc<Waker>,
 }
 

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
@@ -38,6 +38,7 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use super::batch::Published;
 use super::per_ip::PerIp;
+use super::queue::QueueReceiver;
 use super::web::{self, Routed, Site};
 use crate::core::{Action, ConnId, Frame, Input};
 use crate::daemon::logging::{suppressed_note, Throttle};
@@ -250,6 +251,13 @@ impl Conn {
         }
     }
 
+    /// Frees the history queue's memory once its jobs are done (a client that asked for
+    /// history once would otherwise hold room for `HISTORY_JOBS_MAX` of them for good).
+    /// `out` needs no sweep: `Worker::after_flush` frees it whenever it drains.
+    fn release_spare_capacity(&mut self) {
+        release_if_empty(&mut self.history);
+    }
+
     fn push(&mut self, frame: Frame) {
         self.push_frames(frame, 1);
     }
@@ -257,6 +265,12 @@ impl Conn {
     fn push_frames(&mut self, bytes: Frame, frames: u32) {
         self.out_bytes += bytes.len();
         self.out.push_back(Queued { bytes, frames });
+    }
+}
+
+fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
     }
 }
 
@@ -342,7 +356,7 @@ fn list_once(list: &mut Vec<ConnId>, conn: ConnId, flag: &mut bool) {
 
 pub struct Worker {
     poll: Poll,
-    commands: Receiver<Command>,
+    commands: QueueReceiver<Command>,
     inputs: Sender<Vec<Input>>,
     outbox: VecDeque<Input>,
     conns: ConnMap<Conn>,
@@ -387,7 +401,7 @@ impl Worker {
     // Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        commands: Receiver<Command>,
+        commands: QueueReceiver<Command>,
         inputs: Sender<Vec<Input>>,
         reader: LogReader,
         limits: WorkerLimits,
@@ -458,7 +472,7 @@ impl Worker {
                     self.mark_dirty(conn);
                 }
             }
-            while let Ok(command) = self.commands.try_recv() {
+            while let Some(command) = self.commands.try_recv() {
                 self.on_command(command);
             }
             self.flush_outbox();
@@ -578,6 +592,9 @@ impl Worker {
                 if replay_cursor.is_some() {
                     self.catching_up.insert(conn);
                 }
+                // Most connections are in one room or a few: room for exactly one more,
+                // not the four `push` would take (Vec's smallest growth for these).
+                c.subs.reserve_exact(1);
                 c.subs.push(Subscription {
                     room: room.clone(),
                     replay_cursor,
@@ -1435,7 +1452,8 @@ impl Worker {
         let mut expired = Vec::new();
         let mut idle_conns = Vec::new();
         let mut to_ping = Vec::new();
-        for (&id, c) in &self.conns {
+        for (&id, c) in &mut self.conns {
+            c.release_spare_capacity();
             let quiet = now.duration_since(c.last_read);
             if c.close_deadline.is_some_and(|d| now >= d) {
                 expired.push(id);
@@ -1495,5 +1513,20 @@ fn too_large_input(conn: ConnId, limit: usize) -> Input {
             message: format!("line longer than {limit} bytes; closing"),
             id: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_queue_gives_its_memory_back_and_a_busy_one_keeps_it() {
+        let mut queue: VecDeque<u64> = (0..100).collect();
+        release_if_empty(&mut queue);
+        assert!(queue.capacity() >= 100, "a queue with items keeps its room");
+        queue.clear();
+        release_if_empty(&mut queue);
+        assert_eq!(queue.capacity(), 0);
     }
 }

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod per_ip;
+mod queue;
 mod reload;
 pub mod state;
 pub mod storage;
@@ -70,10 +71,10 @@ use storage::{unpack_durable, LogCommand, Progress, Writer};
 /// memory whether or not it is used.
 const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
-/// never do, so it drains. Allocated up front like the inputs (about 176 bytes a slot:
-/// 11.5 MiB a worker). Not smaller: at 4 096, a pair's primary under N = 1000, P = 100
-/// blocked on its busy worker long enough to fence itself as stalled (519 ms) in 2 of 6
-/// runs, none of 6 at 65 536 (`pbchat-bench fanout --target pair --members 1000
+/// never do, so it drains. Memory follows the depth (`queue`; a `bounded` channel's
+/// 176-byte slots were 11.5 MiB a worker at start). Not smaller: at 4 096, a pair's
+/// primary under N = 1000, P = 100 blocked on its busy worker long enough to fence itself
+/// as stalled (519 ms) in 2 of 6 runs, none of 6 at 65 536 (`pbchat-bench fanout --target pair --members 1000
 /// --senders 100 --verbose`).
 const WORKER_COMMANDS_MAX: usize = 65_536;
 /// Inputs the core takes per turn before it routes their actions, so one busy client
@@ -250,7 +251,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let (input_tx, input_rx) = bounded::<Input>(CORE_INPUTS_MAX);
     let (batch_tx, batch_rx) = bounded::<Vec<Input>>(WORKER_BATCHES_MAX);
-    let (log_tx, log_rx) = bounded::<LogCommand>(config.log.max_pending + LOG_COMMANDS_EXTRA);
+    let (log_tx, log_rx) = queue::queue::<LogCommand>(config.log.max_pending + LOG_COMMANDS_EXTRA);
     let (durable_tx, durable_rx) = bounded::<()>(1);
     let (appended_tx, appended_rx) = bounded::<()>(1);
     let progress = Arc::new(Progress::default());
@@ -319,7 +320,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut handles = Vec::new();
     let mut worker_threads = Vec::new();
     for i in 0..config.client.io_threads {
-        let (tx, rx) = bounded(WORKER_COMMANDS_MAX);
+        let (tx, rx) = queue::queue(WORKER_COMMANDS_MAX);
         let (worker, waker) = Worker::new(
             rx,
             batch_tx.clone(),
@@ -705,7 +706,7 @@ fn process_name(pid: i32) -> Option<String> {
 struct Driver {
     node: Node,
     workers: Vec<WorkerHandle>,
-    log: Sender<LogCommand>,
+    log: queue::QueueSender<LogCommand>,
     progress: Arc<Progress>,
     config: Config,
     /// Workers sent a command this turn; each is woken once per turn.

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
+
+use super::queue::QueueReceiver;
 
 use super::state;
 use crate::core::epochs::EpochHistory;
@@ -75,7 +77,7 @@ pub struct Writer {
     pub log: Log,
     pub mode: FsyncMode,
     pub data_dir: PathBuf,
-    pub commands: Receiver<LogCommand>,
+    pub commands: QueueReceiver<LogCommand>,
     pub progress: Arc<Progress>,
     /// Pokes the core that `durable` moved.
     pub durable_wake: Sender<()>,
@@ -92,7 +94,7 @@ fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
 impl Writer {
     pub fn run(mut self) {
         let mut generation = 0;
-        while let Ok(first) = self.commands.recv() {
+        while let Some(first) = self.commands.recv() {
             let mut batch: Vec<Entry> = Vec::new();
             let mut next = Some(first);
             // Group commit: everything that queued up while the last fsync ran goes in one,
@@ -105,7 +107,7 @@ impl Writer {
                         generation = self.apply(other, generation);
                     }
                 }
-                if let Ok(more) = self.commands.try_recv() {
+                if let Some(more) = self.commands.try_recv() {
                     next = Some(more);
                 } else {
                     // Before closing the group, let the threads that share this core run
@@ -118,7 +120,7 @@ impl Writer {
                     // to 1.61 M; docs/benchmarks.md). With a core to itself it costs one
                     // syscall per group.
                     std::thread::yield_now();
-                    if let Ok(more) = self.commands.try_recv() {
+                    if let Some(more) = self.commands.try_recv() {
                         next = Some(more);
                     }
                 }
