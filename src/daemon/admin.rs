@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
+use super::error::DaemonError;
 use super::heartbeat::HeartbeatStats;
 use super::io::IoStats;
 use super::logging::utc_seconds;
-use super::Signal;
+use super::signals::Signal;
 use crate::core::RoleChange;
 
 /// A request line longer than this is refused: it bounds what one request can make the
@@ -211,7 +212,11 @@ impl PeerInfo {
 }
 
 /// Binds the admin socket (mode 0600, a stale one removed) and serves it on a thread.
-pub(super) fn spawn(path: &Path, ops: Arc<Ops>, signals: Sender<Signal>) -> Result<(), String> {
+pub(super) fn spawn(
+    path: &Path,
+    ops: Arc<Ops>,
+    signals: Sender<Signal>,
+) -> Result<(), DaemonError> {
     let listener = bind(path)?;
     let path = path.to_path_buf();
     super::spawn("admin", move || serve(listener, &path, &ops, &signals))?;
@@ -221,14 +226,20 @@ pub(super) fn spawn(path: &Path, ops: Arc<Ops>, signals: Sender<Signal>) -> Resu
 /// Binds under a temporary name, restricts it to the owner, then renames it into place, so
 /// the socket is never reachable with looser permissions. The data-dir lock guarantees that
 /// a socket already at `path` is a leftover of ours (a crash leaves it behind).
-fn bind(path: &Path) -> Result<UnixListener, String> {
-    let fail = |e: std::io::Error| format!("admin.socket {}: {e}", path.display());
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let fail = |source| DaemonError::AdminSocket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let occupied = |problem| DaemonError::AdminPath {
+        path: path.to_path_buf(),
+        problem,
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(fail)?,
         Ok(_) => {
-            return Err(format!(
-                "admin.socket {}: exists and is not a socket; remove it or set another path",
-                path.display()
+            return Err(occupied(
+                "exists and is not a socket; remove it or set another path",
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -236,7 +247,7 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
     }
     let name = path
         .file_name()
-        .ok_or_else(|| format!("admin.socket {}: not a file path", path.display()))?;
+        .ok_or_else(|| occupied("not a file path"))?;
     let temporary: PathBuf = path.with_file_name(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),

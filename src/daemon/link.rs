@@ -25,6 +25,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use rand::RngCore;
 
 use super::link_stream::{establish, LinkReader, LinkWriter};
+use super::role_view::RoleView;
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
 use crate::core::link::{
     BackupHello, BackupSession, Next, NodeView, PrimarySession, ENTRIES_PER_FRAME,
@@ -79,8 +80,8 @@ pub struct LinkContext {
     /// Pokes from the log writer: `appended_seq` moved.
     pub appended_wake: Receiver<()>,
     pub inputs: Sender<Input>,
-    pub snapshot: Arc<Mutex<LogView>>,
-    pub primary: Arc<AtomicBool>,
+    /// The node's role and log as the driver last published them.
+    pub role: Arc<RoleView>,
     pub stopping: Arc<AtomicBool>,
     pub window: u64,
     pub beat_interval: Duration,
@@ -105,8 +106,7 @@ impl LinkContext {
         progress: Arc<Progress>,
         appended_wake: Receiver<()>,
         inputs: Sender<Input>,
-        snapshot: Arc<Mutex<LogView>>,
-        primary: Arc<AtomicBool>,
+        role: Arc<RoleView>,
         stopping: Arc<AtomicBool>,
         window: u64,
         beat_interval: Duration,
@@ -123,8 +123,7 @@ impl LinkContext {
             progress,
             appended_wake,
             inputs,
-            snapshot,
-            primary,
+            role,
             stopping,
             window,
             beat_interval,
@@ -349,7 +348,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
     let hello = conn.recv()?;
-    let view = (&ctx.log_view(), ctx.primary.load(Ordering::Acquire));
+    let view = (&ctx.log_view(), ctx.role.primary());
     let welcome = match handshake::welcome(&ctx.ends(), &hello, view, nonce()) {
         Ok(welcome) => welcome,
         Err(refusal) => {
@@ -521,17 +520,14 @@ impl LinkContext {
         }
     }
 
-    /// The node as the handshake shows it: the driver's snapshot.
+    /// The node as the handshake shows it: the driver's published view.
     fn log_view(&self) -> LogView {
-        self.snapshot.lock().expect("snapshot lock").clone()
+        self.role.log_view()
     }
 
     fn view(&self) -> NodeView {
-        let snapshot = self.snapshot.lock().expect("snapshot lock");
-        NodeView {
-            epoch: snapshot.epoch,
-            head: snapshot.head,
-        }
+        let (epoch, head) = self.role.epoch_and_head();
+        NodeView { epoch, head }
     }
 }
 
@@ -543,17 +539,16 @@ fn lock<T>(session: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // Backup side
 
 /// Dials the primary while this node is backup, for as long as the process runs.
-pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receiver<()>) {
+pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut last_error = String::new();
     loop {
         if ctx.stopping.load(Ordering::Acquire) {
             return;
         }
-        let log_stuck = ctx.snapshot.lock().expect("snapshot lock").log_stuck;
-        if ctx.primary.load(Ordering::Acquire) || log_stuck {
+        if ctx.role.primary() || ctx.role.log_stuck() {
             // Wait for a role change (or check again now and then).
-            let _ = role_changed.recv_timeout(Duration::from_millis(500));
+            ctx.role.wait_changed(Duration::from_millis(500));
             continue;
         }
         match follow(&ctx, peer) {
@@ -569,7 +564,7 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receive
                     }
                     last_error = e;
                 }
-                let _ = role_changed.recv_timeout(backoff);
+                ctx.role.wait_changed(backoff);
                 backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
             }
         }

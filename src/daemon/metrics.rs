@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admin::Ops;
+use super::error::DaemonError;
 
 /// The request head we read at most; the rest is ignored.
 const REQUEST_MAX_BYTES: u64 = 8 * 1024;
@@ -75,11 +76,10 @@ pub fn serve(
     listen: SocketAddr,
     key: &'static str,
     answer: impl Fn(&str, &str) -> Reply + Send + 'static,
-) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(listen).map_err(|e| format!("{key} {listen}: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("{key} {listen}: {e}"))?;
+) -> Result<SocketAddr, DaemonError> {
+    let fail = |step| DaemonError::listen(key, listen, step);
+    let listener = TcpListener::bind(listen).map_err(fail("bind"))?;
+    let bound = listener.local_addr().map_err(fail("local address"))?;
     super::spawn("metrics", move || {
         for stream in listener.incoming() {
             match stream {
@@ -95,7 +95,7 @@ pub fn serve(
 }
 
 /// The node's `[metrics] listen`.
-pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
+pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, DaemonError> {
     serve(listen, "metrics.listen", move |method, path| {
         match (method, path) {
             ("GET", "/metrics") => Reply::metrics(render(&ops)),

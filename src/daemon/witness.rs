@@ -108,7 +108,7 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         started_unix_ms: crate::daemon::wall_ms(),
     }));
     if let Some(listen) = config.metrics_listen {
-        let bound = witness_metrics::spawn(listen, view.clone())?;
+        let bound = witness_metrics::spawn(listen, view.clone()).map_err(|e| e.to_string())?;
         log::info!("metrics on http://{bound}/metrics (and /healthz)");
     }
     log::info!(
