@@ -10,6 +10,10 @@
 //! `dedup` (bounded (session, id) index), `peer` (the pair), `strict` (strict mode's
 //! leases, a node's side), `witness` (the witness's rules).
 
+// Functions here stay short enough to read at once (clippy.toml sets 70 lines); a longer
+// one says why where it stands.
+#![warn(clippy::too_many_lines)]
+
 pub mod dedup;
 pub mod epochs;
 mod invariants;
@@ -819,6 +823,9 @@ impl Node {
     }
 
     /// Processes one input, appending what to do to `actions`.
+    // Long because it is the one dispatch over every `Input` kind, one short arm each: the
+    // whole table of what the node reacts to, read at once.
+    #[allow(clippy::too_many_lines)]
     pub fn step(&mut self, input: Input, actions: &mut Vec<Action>) {
         debug_assert!(
             !self.dedup.is_recovering(),
@@ -1192,6 +1199,8 @@ impl Node {
         });
     }
 
+    // Long because it is the one dispatch over every client `Request`, one short arm each.
+    #[allow(clippy::too_many_lines)]
     fn on_request(&mut self, conn: ConnId, request: Request, actions: &mut Vec<Action>) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -1687,6 +1696,8 @@ impl Node {
         self.error(conn, ErrorCode::RateLimited, message, id, actions);
     }
 
+    // Long: not split yet (issue 17 item 7 lists it).
+    #[allow(clippy::too_many_lines)]
     fn on_send(
         &mut self,
         conn: ConnId,
@@ -1859,9 +1870,14 @@ impl Node {
     }
 }
 
+// Tests are exempt from the length limit: a scenario or a simulator's router reads best as
+// one story.
 #[cfg(test)]
+#[allow(clippy::too_many_lines)]
 mod pair_tests;
 #[cfg(test)]
+#[allow(clippy::too_many_lines)]
 mod strict_tests;
 #[cfg(test)]
+#[allow(clippy::too_many_lines)]
 mod tests;

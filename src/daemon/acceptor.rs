@@ -52,6 +52,8 @@ pub fn worker_of(conn: ConnId, workers: usize) -> usize {
 
 // Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
+// Long: not split yet (issue 17 item 7 lists it).
+#[allow(clippy::too_many_lines)]
 pub fn run(
     listener: TcpListener,
     workers: Vec<WorkerHandle>,

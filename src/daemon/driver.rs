@@ -131,6 +131,16 @@ pub(super) struct Driver {
     latencies: Arc<histogram::Latencies>,
 }
 
+/// What one turn's routing gathers: the appends and committed messages are sent in
+/// batches, and every action of the turn shares one clock read.
+struct Turn {
+    exit: bool,
+    appends: Vec<Entry>,
+    batch: PublishBatch,
+    at: Instant,
+    primary: bool,
+}
+
 /// The values whose change republishes the status at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatusKey {
@@ -251,87 +261,28 @@ impl Driver {
                     // An overdue tick goes first: after a stall the node must learn it
                     // stalled before it acts on what piled up meanwhile.
                     self.tick_if_due(&mut next_tick);
-                    self.node.step(input, &mut self.actions);
-                    for _ in 1..CORE_BATCH_MAX {
-                        match inputs.try_recv() {
-                            Ok(input) => self.node.step(input, &mut self.actions),
-                            Err(_) => break,
-                        }
-                    }
+                    self.on_inputs(input, inputs);
                 }
                 recv(batches) -> batch => {
                     let Ok(batch) = batch else { return };
                     self.tick_if_due(&mut next_tick);
-                    let mut taken = 0;
-                    let mut next = Some(batch);
-                    while let Some(batch) = next.take() {
-                        taken += batch.len();
-                        for input in batch {
-                            self.node.step(input, &mut self.actions);
-                        }
-                        if taken < CORE_BATCH_MAX {
-                            next = batches.try_recv().ok();
-                        }
-                    }
+                    self.on_batches(batch, batches);
                 }
                 recv(durable) -> _ => {
                     self.tick_if_due(&mut next_tick);
-                    let word = self.progress.durable.load(Ordering::Acquire);
-                    let (generation, seq) = unpack_durable(word);
-                    // Strict mode checks its lease at each commit against this clock.
-                    let mono_ms = self.mono_ms();
-                    self.node.step(Input::Clock { mono_ms }, &mut self.actions);
-                    self.node.step(Input::Durable { generation, seq }, &mut self.actions);
+                    self.on_durable();
                 }
                 recv(heartbeats) -> received => {
                     self.tick_if_due(&mut next_tick);
-                    if let Ok(Received { heartbeat, at }) = received {
-                        let mono_ms = at.saturating_duration_since(self.base).as_millis() as u64;
-                        self.node.step(
-                            Input::Heartbeat {
-                                primary: heartbeat.primary,
-                                epoch: heartbeat.epoch,
-                                head: heartbeat.head,
-                                mono_ms,
-                            },
-                            &mut self.actions,
-                        );
+                    if let Ok(received) = received {
+                        self.on_heartbeat(received);
                     }
                 }
-                recv(signals) -> signal => match signal {
-                    Ok(Signal::Stop { from }) if stopping => {
-                        log::warn!("{from} while stopping: exiting at once, without waiting");
-                        std::process::exit(1);
+                recv(signals) -> signal => {
+                    if let Ok(signal) = signal {
+                        self.on_signal(signal, &mut stopping);
                     }
-                    Ok(Signal::Stop { from }) => {
-                        stopping = true;
-                        self.notifier.stopping();
-                        // The core's next line says how: a hand-over, or committing alone.
-                        log::info!("{from}: stopping");
-                        self.node.step(Input::Shutdown, &mut self.actions);
-                    }
-                    Ok(Signal::Reload { from }) => {
-                        log::info!("{from}: re-reading {}", self.config.file.display());
-                        self.reload();
-                    }
-                    Ok(Signal::Drill { from }) => {
-                        log::info!("{from}: fail-over drill");
-                        self.node.step(Input::Drill, &mut self.actions);
-                    }
-                    // A reply nobody waits for any more (the admin gave up) is dropped.
-                    Ok(Signal::Clients { max, reply }) => {
-                        let _ = reply.try_send(self.node.client_list(max));
-                    }
-                    Ok(Signal::Rooms { max, reply }) => {
-                        let _ = reply.try_send(self.node.room_list(max));
-                    }
-                    Ok(Signal::Kick { nick, reason, reply }) => {
-                        let found = self.node.has_nick(&nick);
-                        self.node.step(Input::Kick { nick, reason }, &mut self.actions);
-                        let _ = reply.try_send(found);
-                    }
-                    Err(_) => {}
-                },
+                }
                 default(timeout) => {}
             }
             self.tick_if_due(&mut next_tick);
@@ -340,6 +291,97 @@ impl Driver {
             self.after_turn();
             if exit {
                 return;
+            }
+        }
+    }
+
+    /// Steps `first` and up to `CORE_BATCH_MAX` more single inputs waiting.
+    fn on_inputs(&mut self, first: Input, inputs: &Receiver<Input>) {
+        self.node.step(first, &mut self.actions);
+        for _ in 1..CORE_BATCH_MAX {
+            match inputs.try_recv() {
+                Ok(input) => self.node.step(input, &mut self.actions),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Steps `first` and further waiting batches while fewer than `CORE_BATCH_MAX` inputs
+    /// were taken.
+    fn on_batches(&mut self, first: Vec<Input>, batches: &Receiver<Vec<Input>>) {
+        let mut taken = 0;
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            taken += batch.len();
+            for input in batch {
+                self.node.step(input, &mut self.actions);
+            }
+            if taken < CORE_BATCH_MAX {
+                next = batches.try_recv().ok();
+            }
+        }
+    }
+
+    /// The log writer made more durable (the seq is in `Progress`).
+    fn on_durable(&mut self) {
+        let word = self.progress.durable.load(Ordering::Acquire);
+        let (generation, seq) = unpack_durable(word);
+        // Strict mode checks its lease at each commit against this clock.
+        let mono_ms = self.mono_ms();
+        self.node.step(Input::Clock { mono_ms }, &mut self.actions);
+        self.node
+            .step(Input::Durable { generation, seq }, &mut self.actions);
+    }
+
+    fn on_heartbeat(&mut self, Received { heartbeat, at }: Received) {
+        let mono_ms = at.saturating_duration_since(self.base).as_millis() as u64;
+        let input = Input::Heartbeat {
+            primary: heartbeat.primary,
+            epoch: heartbeat.epoch,
+            head: heartbeat.head,
+            mono_ms,
+        };
+        self.node.step(input, &mut self.actions);
+    }
+
+    /// A signal or an admin request; a second stop while `stopping` exits at once.
+    fn on_signal(&mut self, signal: Signal, stopping: &mut bool) {
+        match signal {
+            Signal::Stop { from } if *stopping => {
+                log::warn!("{from} while stopping: exiting at once, without waiting");
+                std::process::exit(1);
+            }
+            Signal::Stop { from } => {
+                *stopping = true;
+                self.notifier.stopping();
+                // The core's next line says how: a hand-over, or committing alone.
+                log::info!("{from}: stopping");
+                self.node.step(Input::Shutdown, &mut self.actions);
+            }
+            Signal::Reload { from } => {
+                log::info!("{from}: re-reading {}", self.config.file.display());
+                self.reload();
+            }
+            Signal::Drill { from } => {
+                log::info!("{from}: fail-over drill");
+                self.node.step(Input::Drill, &mut self.actions);
+            }
+            // A reply nobody waits for any more (the admin gave up) is dropped.
+            Signal::Clients { max, reply } => {
+                let _ = reply.try_send(self.node.client_list(max));
+            }
+            Signal::Rooms { max, reply } => {
+                let _ = reply.try_send(self.node.room_list(max));
+            }
+            Signal::Kick {
+                nick,
+                reason,
+                reply,
+            } => {
+                let found = self.node.has_nick(&nick);
+                self.node
+                    .step(Input::Kick { nick, reason }, &mut self.actions);
+                let _ = reply.try_send(found);
             }
         }
     }
@@ -514,9 +556,15 @@ impl Driver {
         }
         self.status_key = Some(key);
         self.status_built = Some(now);
+        let status = self.status(now);
+        self.ops.publish(status);
+    }
+
+    /// The peer as `pbchatctl status` and metrics show it; `None` for a standalone node.
+    fn peer_info(&self) -> Option<admin::PeerInfo> {
         let node = &self.node;
         let primary = node.role() == Role::Primary;
-        let peer = self.config.peer.as_ref().map(|p| {
+        self.config.peer.as_ref().map(|p| {
             let seen = node.peer_status();
             admin::PeerInfo {
                 id: p.id.clone(),
@@ -542,8 +590,14 @@ impl Driver {
                     }
                 }),
             }
-        });
-        self.ops.publish(admin::Status {
+        })
+    }
+
+    /// The status as of `now`, for `pbchatctl` and metrics.
+    fn status(&self, now: Instant) -> admin::Status {
+        let node = &self.node;
+        let peer = self.peer_info();
+        admin::Status {
             node: self.config.node_id.clone(),
             role: node.role().as_str(),
             epoch: node.epoch(),
@@ -572,171 +626,195 @@ impl Driver {
             serving_reason: node.not_serving_reason(),
             log_stuck: node.log_stuck(),
             built_at: Some(now),
-        });
+        }
     }
 
     /// Carries out the turn's actions; true once the node may exit.
     fn route(&mut self) -> bool {
-        let mut exit = false;
-        let mut appends: Vec<Entry> = Vec::new();
-        let n = self.workers.len();
-        let actions = std::mem::take(&mut self.actions);
-        let mut batch = PublishBatch::new(self.config.client.send_queue_bytes);
-        // One clock read per turn: what the core ordered and committed in it shares it.
-        let turn_at = Instant::now();
-        let primary = self.node.role() == Role::Primary;
-        for action in actions {
+        let mut turn = Turn {
+            exit: false,
+            appends: Vec::new(),
+            batch: PublishBatch::new(self.config.client.send_queue_bytes),
+            at: Instant::now(),
+            primary: self.node.role() == Role::Primary,
+        };
+        for action in std::mem::take(&mut self.actions) {
             if !matches!(action, Action::Publish { .. }) {
                 // Anything else for a worker must follow the messages committed before it.
-                if let Some(done) = batch.take() {
+                if let Some(done) = turn.batch.take() {
                     self.send_published(done);
                 }
             }
-            match action {
-                Action::Publish { room, seq, frame } => {
-                    self.commits_total += 1;
-                    self.on_committed(seq, turn_at);
-                    if let Some(done) = batch.push(room, seq, frame) {
-                        self.send_published(done);
-                    }
-                }
-                Action::Append(entry) => {
-                    if primary {
-                        self.on_ordered(entry.seq, turn_at);
-                    }
-                    appends.push(entry);
-                }
-                Action::SaveEpochs { spans, seen } => {
-                    self.flush_appends(&mut appends);
-                    self.log_command(LogCommand::SaveEpochs { spans, seen });
-                }
-                Action::Truncate { after_seq } => {
-                    self.ordered.clear();
-                    self.flush_appends(&mut appends);
-                    self.log_command(LogCommand::Truncate { after_seq });
-                }
-                Action::RestartLog { first_seq } => {
-                    self.flush_appends(&mut appends);
-                    self.log_command(LogCommand::Restart { first_seq });
-                }
-                Action::Exit => exit = true,
-                Action::Presence { .. } | Action::CommittedTo { .. } => {
-                    for (i, worker) in self.workers.iter().enumerate() {
-                        let _ = worker.commands.send(Command::Core(action.clone()));
-                        self.woken[i] = true;
-                    }
-                }
-                Action::Authenticate { conn, nick, token } => {
-                    let queued = self
-                        .verifier
-                        .as_ref()
-                        .is_some_and(|v| v.submit(conn, nick, token));
-                    if !queued {
-                        // The core forgets the connection once the worker reports it closed.
-                        let frame =
-                            crate::wire::client::encode_reply(&crate::wire::client::Reply::Error {
-                                code: crate::wire::client::ErrorCode::Unavailable,
-                                message: "too many logins being checked; try again shortly",
-                                id: None,
-                            });
-                        let i = worker_of(conn, n);
-                        for action in [
-                            Action::Send {
-                                conn,
-                                frame: frame.into(),
-                            },
-                            Action::Close { conn },
-                        ] {
-                            let _ = self.workers[i].commands.send(Command::Core(action));
-                        }
-                        self.woken[i] = true;
-                    }
-                }
-                Action::Send { conn, .. }
-                | Action::Close { conn }
-                | Action::Subscribe { conn, .. }
-                | Action::Unsubscribe { conn, .. }
-                | Action::History { conn, .. } => {
-                    let i = worker_of(conn, n);
-                    let _ = self.workers[i].commands.send(Command::Core(action));
-                    self.woken[i] = true;
-                }
-                Action::AcceptBackup {
-                    link,
-                    truncate_after,
-                    restart_at,
-                } => self.link_command(
-                    link,
-                    LinkCommand::Accept {
-                        truncate_after,
-                        restart_at,
-                    },
-                ),
-                Action::Handover { link, epoch } => {
-                    self.link_command(link, LinkCommand::Handover { epoch })
-                }
-                Action::TookOver { link, epoch } => {
-                    self.link_command(link, LinkCommand::TookOver { epoch })
-                }
-                Action::ResubmitDone { link, epoch, seq } if link == SELF_LINK => {
-                    if let Some((orig, bytes)) = self.own_orphans {
-                        if orig == (epoch, seq) {
-                            self.own_orphans = None;
-                            self.log_command(LogCommand::ConsumeOrphans { bytes });
-                        }
-                    }
-                }
-                Action::ResubmitDone { link, epoch, seq } => {
-                    self.link_command(link, LinkCommand::ResubmitDone { epoch, seq })
-                }
-                Action::CloseLink { link, reason } => {
-                    if let Some(links) = &self.links {
-                        links.close(link, &reason);
-                    }
-                }
-                Action::AbortLink { link, reason } => {
-                    if let Some(links) = &self.links {
-                        links.abort(link, &reason);
-                    }
-                }
-                Action::AckPrimary { link, durable_seq } => {
-                    if let Some(links) = &self.links {
-                        links.ack(link, durable_seq);
-                    }
-                }
-                Action::Probe => self.probe(),
-                Action::Claim { request, epoch } => {
-                    let full = self
-                        .claims
-                        .as_ref()
-                        .is_some_and(|c| c.try_send((request, epoch)).is_err());
-                    if full {
-                        if let Some(n) = self.claims_dropped.allow(Instant::now()) {
-                            log::warn!(
-                                "witness: claim dropped, the sender is behind; the next renewal asks again{}",
-                                logging::suppressed_note(n)
-                            );
-                        }
-                    }
-                }
-                // Published after the turn (see `publish`); the core logged why.
-                Action::RoleChanged => {}
-                Action::Log { level, message } => match level {
-                    LogLevel::Warn => log::warn!("{message}"),
-                    LogLevel::Info => log::info!("{message}"),
-                },
-            }
+            self.route_one(action, &mut turn);
         }
-        if let Some(done) = batch.take() {
+        if let Some(done) = turn.batch.take() {
             self.send_published(done);
         }
-        self.flush_appends(&mut appends);
+        self.flush_appends(&mut turn.appends);
         for (i, woken) in self.woken.iter_mut().enumerate() {
             if std::mem::take(woken) {
                 let _ = self.workers[i].waker.wake();
             }
         }
-        exit
+        turn.exit
+    }
+
+    fn route_one(&mut self, action: Action, turn: &mut Turn) {
+        match action {
+            Action::Publish { room, seq, frame } => {
+                self.commits_total += 1;
+                self.on_committed(seq, turn.at);
+                if let Some(done) = turn.batch.push(room, seq, frame) {
+                    self.send_published(done);
+                }
+            }
+            Action::Append(entry) => {
+                if turn.primary {
+                    self.on_ordered(entry.seq, turn.at);
+                }
+                turn.appends.push(entry);
+            }
+            Action::SaveEpochs { .. } | Action::Truncate { .. } | Action::RestartLog { .. } => {
+                self.route_to_log(action, &mut turn.appends)
+            }
+            Action::Exit => turn.exit = true,
+            Action::Presence { .. } | Action::CommittedTo { .. } => {
+                for (i, worker) in self.workers.iter().enumerate() {
+                    let _ = worker.commands.send(Command::Core(action.clone()));
+                    self.woken[i] = true;
+                }
+            }
+            Action::Authenticate { conn, nick, token } => self.authenticate(conn, nick, token),
+            Action::Send { conn, .. }
+            | Action::Close { conn }
+            | Action::Subscribe { conn, .. }
+            | Action::Unsubscribe { conn, .. }
+            | Action::History { conn, .. } => self.send_to_worker(conn, action),
+            Action::ResubmitDone { link, epoch, seq } if link == SELF_LINK => {
+                self.own_resubmit_done(epoch, seq)
+            }
+            Action::AcceptBackup { .. }
+            | Action::Handover { .. }
+            | Action::TookOver { .. }
+            | Action::ResubmitDone { .. }
+            | Action::CloseLink { .. }
+            | Action::AbortLink { .. }
+            | Action::AckPrimary { .. } => self.route_to_link(action),
+            Action::Probe => self.probe(),
+            Action::Claim { request, epoch } => self.claim(request, epoch),
+            // Published after the turn (see `publish`); the core logged why.
+            Action::RoleChanged => {}
+            Action::Log { level, message } => match level {
+                LogLevel::Warn => log::warn!("{message}"),
+                LogLevel::Info => log::info!("{message}"),
+            },
+        }
+    }
+
+    /// The log writer's commands other than appends, after the appends before them.
+    fn route_to_log(&mut self, action: Action, appends: &mut Vec<Entry>) {
+        self.flush_appends(appends);
+        let command = match action {
+            Action::SaveEpochs { spans, seen } => LogCommand::SaveEpochs { spans, seen },
+            Action::Truncate { after_seq } => {
+                self.ordered.clear();
+                LogCommand::Truncate { after_seq }
+            }
+            Action::RestartLog { first_seq } => LogCommand::Restart { first_seq },
+            other => unreachable!("not a log command: {other:?}"),
+        };
+        self.log_command(command);
+    }
+
+    /// An action for the one worker that owns `conn`.
+    fn send_to_worker(&mut self, conn: u64, action: Action) {
+        let i = worker_of(conn, self.workers.len());
+        let _ = self.workers[i].commands.send(Command::Core(action));
+        self.woken[i] = true;
+    }
+
+    /// Queues a token check; when the checkers are full, the client is told to try again
+    /// and closed (the core forgets the connection once the worker reports it closed).
+    fn authenticate(&mut self, conn: u64, nick: Arc<str>, token: String) {
+        let queued = self
+            .verifier
+            .as_ref()
+            .is_some_and(|v| v.submit(conn, nick, token));
+        if queued {
+            return;
+        }
+        use crate::wire::client::{encode_reply, ErrorCode, Reply};
+        let frame = encode_reply(&Reply::Error {
+            code: ErrorCode::Unavailable,
+            message: "too many logins being checked; try again shortly",
+            id: None,
+        });
+        self.send_to_worker(
+            conn,
+            Action::Send {
+                conn,
+                frame: frame.into(),
+            },
+        );
+        self.send_to_worker(conn, Action::Close { conn });
+    }
+
+    /// This node's own kept-aside messages are re-committed up to `(epoch, seq)`: once the
+    /// last one is, the orphans file they came from is consumed.
+    fn own_resubmit_done(&mut self, epoch: u64, seq: u64) {
+        if let Some((orig, bytes)) = self.own_orphans {
+            if orig == (epoch, seq) {
+                self.own_orphans = None;
+                self.log_command(LogCommand::ConsumeOrphans { bytes });
+            }
+        }
+    }
+
+    /// The replication links' actions (nothing to do on a standalone node).
+    fn route_to_link(&mut self, action: Action) {
+        let Some(links) = &self.links else {
+            return;
+        };
+        let (link, command) = match action {
+            Action::AcceptBackup {
+                link,
+                truncate_after,
+                restart_at,
+            } => (
+                link,
+                LinkCommand::Accept {
+                    truncate_after,
+                    restart_at,
+                },
+            ),
+            Action::Handover { link, epoch } => (link, LinkCommand::Handover { epoch }),
+            Action::TookOver { link, epoch } => (link, LinkCommand::TookOver { epoch }),
+            Action::ResubmitDone { link, epoch, seq } => {
+                (link, LinkCommand::ResubmitDone { epoch, seq })
+            }
+            Action::CloseLink { link, reason } => return links.close(link, &reason),
+            Action::AbortLink { link, reason } => return links.abort(link, &reason),
+            Action::AckPrimary { link, durable_seq } => return links.ack(link, durable_seq),
+            other => unreachable!("not a link action: {other:?}"),
+        };
+        links.command(link, command);
+    }
+
+    /// Strict mode: a claim for the witness threads; a full queue drops it (the core asks
+    /// again at its next renewal).
+    fn claim(&mut self, request: u64, epoch: u64) {
+        let full = self
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.try_send((request, epoch)).is_err());
+        if full {
+            if let Some(n) = self.claims_dropped.allow(Instant::now()) {
+                log::warn!(
+                    "witness: claim dropped, the sender is behind; the next renewal asks again{}",
+                    logging::suppressed_note(n)
+                );
+            }
+        }
     }
 
     /// Hands committed messages to every worker (each fans them out to its own subscribers).
@@ -779,12 +857,6 @@ impl Driver {
     fn log_command(&self, command: LogCommand) {
         // Bounded by max_pending plus the rare non-append commands: the writer drains it.
         let _ = self.log.send(command);
-    }
-
-    fn link_command(&self, link: u64, command: LinkCommand) {
-        if let Some(links) = &self.links {
-            links.command(link, command);
-        }
     }
 
     /// Tries `failover.check_address` off the core thread.

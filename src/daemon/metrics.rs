@@ -212,6 +212,8 @@ pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl 
 }
 
 /// The exposition text.
+// Long because it is a flat table of the exposition's metrics, each with its help text.
+#[allow(clippy::too_many_lines)]
 pub fn render(ops: &Ops) -> String {
     let status = ops.current();
     let now_mono_ms = ops.base.elapsed().as_millis() as u64;

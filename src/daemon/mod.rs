@@ -21,6 +21,10 @@
 //! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `hooks`, `verifier`,
 //! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
 
+// Functions here stay short enough to read at once (clippy.toml sets 70 lines); a longer
+// one says why where it stands.
+#![warn(clippy::too_many_lines)]
+
 pub mod acceptor;
 pub mod admin;
 pub mod batch;
@@ -81,6 +85,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+// `reload` is long: it moves to src/daemon/reload.rs and splits there (issue 17).
+#[allow(clippy::too_many_lines)]
 impl Driver {
     /// HUP: re-reads the config file and applies what can change at run time, saying what
     /// changed and what waits for a restart.

@@ -369,30 +369,8 @@ pub(super) fn start(
         )?),
         _ => None,
     };
-    let (signals_tx, signals) = bounded::<Signal>(SIGNALS_MAX);
-    signals::spawn_signals(signals_tx.clone())?;
     let heartbeat_stats = pair.as_ref().map(|p| p.heartbeat_stats.clone());
-    let ops = Arc::new(
-        admin::Ops::new(base, shared.io_stats.clone(), heartbeat_stats)
-            .with_latencies(shared.latencies.clone()),
-    );
-    admin::spawn(&config.admin_socket, ops.clone(), signals_tx)?;
-    log::info!(
-        "admin socket at {} (pbchatctl -c {} status)",
-        config.admin_socket.display(),
-        config.file.display()
-    );
-    let metrics_address = match config.metrics_listen {
-        Some(listen) => Some(metrics::spawn(listen, ops.clone())?),
-        None => None,
-    };
-    let hooks = match &config.role_change_hook {
-        Some(program) => Some(hooks::Hooks::spawn(
-            program.clone(),
-            config.node_id.clone(),
-        )?),
-        None => None,
-    };
+    let operations = spawn_operations(&config, &shared, heartbeat_stats)?;
     let (heartbeats, links, claims) = match pair {
         Some(p) => (p.heartbeats, Some(p.links), p.claims),
         None => (never(), None, None),
@@ -412,10 +390,10 @@ pub(super) fn start(
         verifier,
         links,
         inputs,
-        ops,
+        ops: operations.ops,
         notifier: notify::Notifier::from_env(),
         claims,
-        hooks,
+        hooks: operations.hooks,
     };
     Ok(Started {
         driver: Driver::new(node, config, wiring),
@@ -423,12 +401,57 @@ pub(super) fn start(
             inputs: inputs_rx,
             batches: batches_rx,
             durable,
-            signals,
+            signals: operations.signals,
             heartbeats,
         },
         running,
         client_address,
+        metrics_address: operations.metrics_address,
+    })
+}
+
+/// The operator's side: what the driver keeps of it.
+struct Operations {
+    signals: Receiver<Signal>,
+    ops: Arc<admin::Ops>,
+    metrics_address: Option<SocketAddr>,
+    hooks: Option<hooks::Hooks>,
+}
+
+/// The operator's threads: signals, the admin socket, metrics and the role-change hook.
+fn spawn_operations(
+    config: &Config,
+    shared: &Shared,
+    heartbeat_stats: Option<Arc<HeartbeatStats>>,
+) -> Result<Operations, DaemonError> {
+    let (signals_tx, signals) = bounded::<Signal>(SIGNALS_MAX);
+    signals::spawn_signals(signals_tx.clone())?;
+    let ops = Arc::new(
+        admin::Ops::new(shared.base, shared.io_stats.clone(), heartbeat_stats)
+            .with_latencies(shared.latencies.clone()),
+    );
+    admin::spawn(&config.admin_socket, ops.clone(), signals_tx)?;
+    log::info!(
+        "admin socket at {} (pbchatctl -c {} status)",
+        config.admin_socket.display(),
+        config.file.display()
+    );
+    let metrics_address = match config.metrics_listen {
+        Some(listen) => Some(metrics::spawn(listen, ops.clone())?),
+        None => None,
+    };
+    let hooks = match &config.role_change_hook {
+        Some(program) => Some(hooks::Hooks::spawn(
+            program.clone(),
+            config.node_id.clone(),
+        )?),
+        None => None,
+    };
+    Ok(Operations {
+        signals,
+        ops,
         metrics_address,
+        hooks,
     })
 }
 
