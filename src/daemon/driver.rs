@@ -23,9 +23,9 @@ use super::link::{LinkCommand, LinkContext};
 use super::per_ip::PerIp;
 use super::role_view::RoleView;
 use super::signals::Signal;
-use super::start::{spawn, Shared};
+use super::start::{Inbox, Running, Shared, Wiring};
 use super::storage::{self, unpack_durable, LogCommand, Progress};
-use super::{admin, histogram, hooks, logging, notify, verifier, wall_ms, witness_client};
+use super::{admin, histogram, hooks, logging, notify, spawn, verifier, wall_ms, witness_client};
 use crate::config::{self, Config, Role};
 use crate::core::{Action, Input, LogLevel, Node, SELF_LINK};
 use crate::entry::Entry;
@@ -40,35 +40,6 @@ const TICK: Duration = Duration::from_millis(50);
 const STATUS_REFRESH: Duration = Duration::from_millis(100);
 /// Grows to `log.max_pending` only under that much load (4096 covers a busy primary).
 const ORDERED_INITIAL: usize = 4_096;
-
-/// The driver's receiving ends, one per kind of event.
-pub(super) struct Inbox {
-    /// Single inputs: the link, heartbeat, witness, token and probe threads.
-    pub inputs: Receiver<Input>,
-    /// The I/O workers' batches.
-    pub batches: Receiver<Vec<Input>>,
-    /// The log writer's "durable moved" wake-up (the seq is in `Progress`).
-    pub durable: Receiver<()>,
-    pub signals: Receiver<Signal>,
-    /// Heartbeats from the peer; `never()` for a standalone node.
-    pub heartbeats: Receiver<Received>,
-}
-
-/// What start-up hands the driver besides the node and the config.
-pub(super) struct Wiring {
-    pub shared: Shared,
-    pub started_ms: u64,
-    pub workers: Vec<WorkerHandle>,
-    pub log: Sender<LogCommand>,
-    pub client_tls: Option<TlsSlot>,
-    pub verifier: Option<verifier::Verifier>,
-    pub links: Option<Arc<LinkContext>>,
-    pub inputs: Sender<Input>,
-    pub ops: Arc<admin::Ops>,
-    pub notifier: notify::Notifier,
-    pub claims: Option<Sender<witness_client::ClaimRequest>>,
-    pub hooks: Option<hooks::Hooks>,
-}
 
 /// The core thread's state: the node and where its actions go. The fields `reload` uses
 /// are `pub(super)`: it lives in the parent module.
@@ -233,8 +204,22 @@ impl Driver {
         }
     }
 
-    pub(super) fn workers(&self) -> &[WorkerHandle] {
-        &self.workers
+    /// After the driver's last turn (the core said goodbye to every client): lets the
+    /// workers flush it, then stops the rest and waits for the log writer.
+    pub(super) fn stop(self, running: Running) {
+        running.stopping.store(true, Ordering::Release);
+        self.close_links();
+        for worker in &self.workers {
+            let _ = worker.commands.send(Command::Shutdown);
+            let _ = worker.waker.wake();
+        }
+        for thread in running.workers {
+            let _ = thread.join();
+        }
+        // The writer ends once the driver's queue to it is dropped and drained.
+        drop(self);
+        let _ = running.writer.join();
+        admin::remove(&running.admin_socket);
     }
 }
 

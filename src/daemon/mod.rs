@@ -57,12 +57,26 @@ use std::time::Instant;
 use crate::config::{self, AuthMode, Config};
 use driver::Driver;
 pub use error::DaemonError;
-use start::{core_config, spawn};
+use start::core_config;
 
 pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts a named thread.
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &str,
+    f: F,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|source| DaemonError::Thread {
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// Runs the node until a signal stops it. Errors here are start-up failures, for people.
@@ -72,15 +86,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let secrets = start::Secrets::read(&config)?;
     let recovered = start::recover(&config)?;
     let start::Started {
-        mut driver,
+        node,
+        config,
+        wiring,
         inbox,
         running,
         client_address,
         metrics_address,
     } = start::start(config, origin, secrets, recovered)?;
+    let mut driver = Driver::new(node, config, wiring);
     driver.announce(client_address, metrics_address);
     driver.run(&inbox);
-    running.stop(driver);
+    driver.stop(running);
     log::info!("stopped cleanly");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use crossbeam_channel::Sender;
 
 use super::error::DaemonError;
-use super::start::spawn;
+use super::spawn;
 
 /// What the signal thread (and the admin socket) tells the core; `from` says who asked
 /// (`SIGTERM from pid 812 (systemd)`, `pbchatctl failover`), for the line that says why the

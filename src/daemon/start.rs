@@ -15,17 +15,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, never, Receiver, Sender};
 
 use super::acceptor::{self, TlsSlot, WorkerHandle};
-use super::driver::{Driver, Inbox, Wiring};
 use super::error::DaemonError;
 use super::heartbeat::{self, HeartbeatConfig, HeartbeatStats, Received};
 use super::histogram::Latencies;
-use super::io::{Command, IoStats, Worker, WorkerLimits};
+use super::io::{IoStats, Worker, WorkerLimits};
 use super::link::{self, LinkContext};
 use super::per_ip::PerIp;
 use super::role_view::RoleView;
 use super::signals::{self, Signal};
 use super::storage::{self, LogCommand, Progress, Writer};
-use super::{admin, hooks, metrics, notify, state, verifier, web, witness_client};
+use super::{admin, hooks, metrics, notify, spawn, state, verifier, web, witness_client};
 use crate::auth::Users;
 use crate::config::{AuthMode, Config, PeerConfig, Role};
 use crate::core::epochs::EpochHistory;
@@ -231,20 +230,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a named thread.
-pub(super) fn spawn<F: FnOnce() + Send + 'static>(
-    name: &str,
-    f: F,
-) -> Result<JoinHandle<()>, DaemonError> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(f)
-        .map_err(|source| DaemonError::Thread {
-            name: name.to_string(),
-            source,
-        })
-}
-
 /// A TCP listener on `address`, which the config key `key` set; returns it with the
 /// address it got (the port may be 0 in the config).
 pub(super) fn bind(
@@ -320,17 +305,49 @@ impl Shared {
     }
 }
 
-/// The threads the stop waits for, and what it removes.
-pub(super) struct Running {
-    workers: Vec<JoinHandle<()>>,
-    writer: JoinHandle<()>,
-    stopping: Arc<AtomicBool>,
-    admin_socket: PathBuf,
+/// The driver's receiving ends, one per kind of event.
+pub(super) struct Inbox {
+    /// Single inputs: the link, heartbeat, witness, token and probe threads.
+    pub inputs: Receiver<Input>,
+    /// The I/O workers' batches.
+    pub batches: Receiver<Vec<Input>>,
+    /// The log writer's "durable moved" wake-up (the seq is in `Progress`).
+    pub durable: Receiver<()>,
+    pub signals: Receiver<Signal>,
+    /// Heartbeats from the peer; `never()` for a standalone node.
+    pub heartbeats: Receiver<Received>,
 }
 
-/// Everything started: the driver with its inbox, and what the stop needs.
+/// What start-up hands the driver besides the node and the config.
+pub(super) struct Wiring {
+    pub shared: Shared,
+    pub started_ms: u64,
+    pub workers: Vec<WorkerHandle>,
+    pub log: Sender<LogCommand>,
+    pub client_tls: Option<TlsSlot>,
+    pub verifier: Option<verifier::Verifier>,
+    pub links: Option<Arc<LinkContext>>,
+    pub inputs: Sender<Input>,
+    pub ops: Arc<admin::Ops>,
+    pub notifier: notify::Notifier,
+    pub claims: Option<Sender<witness_client::ClaimRequest>>,
+    pub hooks: Option<hooks::Hooks>,
+}
+
+/// The threads the stop waits for, and what it removes.
+pub(super) struct Running {
+    pub workers: Vec<JoinHandle<()>>,
+    pub writer: JoinHandle<()>,
+    pub stopping: Arc<AtomicBool>,
+    pub admin_socket: PathBuf,
+}
+
+/// Everything started: the node and what the driver gets with it, its inbox, and what the
+/// stop needs.
 pub(super) struct Started {
-    pub driver: Driver,
+    pub node: Node,
+    pub config: Config,
+    pub wiring: Wiring,
     pub inbox: Inbox,
     pub running: Running,
     /// Where clients connect and where metrics answer, for the lines that announce them.
@@ -396,7 +413,9 @@ pub(super) fn start(
         hooks: operations.hooks,
     };
     Ok(Started {
-        driver: Driver::new(node, config, wiring),
+        node,
+        config,
+        wiring,
         inbox: Inbox {
             inputs: inputs_rx,
             batches: batches_rx,
@@ -686,24 +705,4 @@ fn spawn_pair(
         links,
         claims,
     })
-}
-
-impl Running {
-    /// After the driver's last turn (the core said goodbye to every client): lets the
-    /// workers flush it, then stops the rest and waits for the log writer.
-    pub(super) fn stop(self, driver: Driver) {
-        self.stopping.store(true, Ordering::Release);
-        driver.close_links();
-        for worker in driver.workers() {
-            let _ = worker.commands.send(Command::Shutdown);
-            let _ = worker.waker.wake();
-        }
-        for thread in self.workers {
-            let _ = thread.join();
-        }
-        // The writer ends once the driver's queue to it is dropped and drained.
-        drop(driver);
-        let _ = self.writer.join();
-        admin::remove(&self.admin_socket);
-    }
 }
