@@ -1,8 +1,9 @@
 //! The daemon: the only code with threads, sockets, clocks and signals.
 //!
 //! Threads (see docs/architecture.md):
-//! - `core`: owns the [`Node`]; takes inputs from one bounded channel, steps the node, and
-//!   routes its actions to the log writer, the I/O workers and the replication links.
+//! - `core` (`driver`): owns the [`Node`](crate::core::Node); takes inputs from bounded
+//!   channels, steps the node, and routes its actions to the log writer, the I/O workers
+//!   and the replication links.
 //! - `log-writer`: appends, fsyncs, cuts, saves epochs (see `storage`).
 //! - `io-N`: client sockets on a mio poll each (see `io`).
 //! - `accept`: accepts client connections and deals them to the workers.
@@ -17,9 +18,12 @@
 //!   (see `verifier`).
 //! - `hook`: runs `hooks.role_change` on role changes, when set (see `hooks`).
 //!
-//! Layout: `acceptor`, `io`, `storage`, `link`, `heartbeat`, `state` (epochs file,
-//! data-dir lock), `logging`, `notify` (systemd), `admin`, `metrics`, `hooks`, `verifier`,
-//! `witness_client` (strict mode), `witness` (the `pbchat-witness` process).
+//! Layout: `run` below is the order of start-up; `start` (the wiring: files, recovery,
+//! binding, threads), `driver` (the core thread), `role_view` (what the heartbeat and link
+//! read of the node), `signals`, `error` (`DaemonError`); `acceptor`, `io`, `storage`,
+//! `link`, `heartbeat`, `state` (epochs file, data-dir lock), `logging`, `notify`
+//! (systemd), `admin`, `metrics`, `hooks`, `verifier`, `witness_client` (strict mode),
+//! `witness` (the `pbchat-witness` process). The reload handler (HUP) is below `run`.
 
 // Functions here stay short enough to read at once (clippy.toml sets 70 lines); a longer
 // one says why where it stands.
