@@ -1696,8 +1696,6 @@ impl Node {
         self.error(conn, ErrorCode::RateLimited, message, id, actions);
     }
 
-    // Long: not split yet (issue 17 item 7 lists it).
-    #[allow(clippy::too_many_lines)]
     fn on_send(
         &mut self,
         conn: ConnId,
@@ -1706,13 +1704,7 @@ impl Node {
         body: String,
         actions: &mut Vec<Action>,
     ) {
-        let strict_refusal = self.strict_refusal();
-        let (rate, burst, now) = (
-            self.config.rate_per_sec,
-            self.config.rate_burst,
-            self.now_ms,
-        );
-        let c = self.conns.get_mut(&conn).expect("checked by caller");
+        let c = self.conns.get(&conn).expect("checked by caller");
         let session = c.session.clone().expect("open session");
         let nick = c.nick.clone().expect("open session has a nick");
         if !c.rooms.contains(room.as_str()) {
@@ -1728,46 +1720,17 @@ impl Node {
             }
             return;
         }
-        if self.role != Role::Primary {
-            self.error(
-                conn,
-                ErrorCode::NotPrimary,
-                "this node is not the primary",
-                Some(&id),
-                actions,
-            );
+        if let Some((code, message)) = self.send_refused() {
+            self.error(conn, code, message, Some(&id), actions);
             return;
         }
-        if self.draining {
-            self.error(
-                conn,
-                ErrorCode::Unavailable,
-                "the node is shutting down",
-                Some(&id),
-                actions,
-            );
-            return;
-        }
-        if self.fenced_since.is_some() {
-            let message = "this node is confirming it is still the primary; retry";
-            self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
-            return;
-        }
-        if let Some(message) = strict_refusal {
-            self.strict_on_send_refused();
-            self.error(conn, ErrorCode::Unavailable, message, Some(&id), actions);
-            return;
-        }
-        if self.pending.len() >= self.config.max_pending {
-            self.error(
-                conn,
-                ErrorCode::Unavailable,
-                "too many messages waiting for storage; retry",
-                Some(&id),
-                actions,
-            );
-            return;
-        }
+        // Last: a refused send takes no token.
+        let (rate, burst, now) = (
+            self.config.rate_per_sec,
+            self.config.rate_burst,
+            self.now_ms,
+        );
+        let c = self.conns.get_mut(&conn).expect("checked by caller");
         if !c.bucket.take(rate, burst, now) {
             let refusal = ("sends", "sending too fast; retry later");
             self.refuse_rate(conn, refusal, Some(&id), actions);
@@ -1791,6 +1754,29 @@ impl Node {
             entry,
             appended_ms: self.mono_ms,
         });
+    }
+
+    /// Why this node cannot order a send now, if it cannot: the error's code and words.
+    fn send_refused(&mut self) -> Option<(ErrorCode, &'static str)> {
+        if self.role != Role::Primary {
+            return Some((ErrorCode::NotPrimary, "this node is not the primary"));
+        }
+        if self.draining {
+            return Some((ErrorCode::Unavailable, "the node is shutting down"));
+        }
+        if self.fenced_since.is_some() {
+            let message = "this node is confirming it is still the primary; retry";
+            return Some((ErrorCode::Unavailable, message));
+        }
+        if let Some(message) = self.strict_refusal() {
+            self.strict_on_send_refused();
+            return Some((ErrorCode::Unavailable, message));
+        }
+        if self.pending.len() >= self.config.max_pending {
+            let message = "too many messages waiting for storage; retry";
+            return Some((ErrorCode::Unavailable, message));
+        }
+        None
     }
 
     fn on_durable(&mut self, seq: u64, actions: &mut Vec<Action>) {
