@@ -251,7 +251,6 @@ pub(super) fn bind(
 }
 
 /// The handles that threads share with the driver, made once at start.
-#[derive(Clone)]
 pub(super) struct Shared {
     /// The monotonic origin the core, the link sessions and the status share.
     pub base: Instant,
@@ -607,18 +606,15 @@ fn spawn_acceptors(
                 waker: h.waker.clone(),
             })
             .collect();
-        let shared = shared.clone();
+        let admission = acceptor::Admission {
+            clients: shared.clients.clone(),
+            max_clients: shared.max_clients.clone(),
+            next_conn: shared.next_conn.clone(),
+            stop: shared.stopping.clone(),
+            per_ip: shared.per_ip.clone(),
+        };
         spawn(name, move || {
-            acceptor::run(
-                listener,
-                workers,
-                shared.clients,
-                shared.max_clients,
-                shared.next_conn,
-                shared.stopping,
-                shared.per_ip,
-                kind,
-            )
+            acceptor::run(listener, workers, admission, kind)
         })?;
     }
     Ok(())
