@@ -19,7 +19,7 @@ use super::error::DaemonError;
 use super::heartbeat::{self, HeartbeatConfig, HeartbeatStats, Received};
 use super::histogram::Latencies;
 use super::io::{IoStats, Worker, WorkerLimits};
-use super::link::{self, LinkContext};
+use super::link::{self, LinkContext, LinkSetup};
 use super::per_ip::PerIp;
 use super::role_view::RoleView;
 use super::signals::{self, Signal};
@@ -672,23 +672,23 @@ fn spawn_pair(
         None => None,
     };
     let (repl_listener, _) = bind("replication.listen", peer.replication_listen)?;
-    let links = Arc::new(LinkContext::new(
-        config.node_id.clone(),
-        peer.id.clone(),
+    let setup = LinkSetup {
+        node_id: config.node_id.clone(),
+        peer_id: peer.id.clone(),
         keys,
         reader,
-        shared.progress.clone(),
-        appended,
-        inputs.clone(),
-        shared.role.clone(),
-        shared.stopping.clone(),
-        peer.window,
-        Duration::from_millis(peer.heartbeat_interval_ms),
-        config.data_dir.clone(),
-        shared.base,
-        link_tls,
-        shared.latencies.clone(),
-    ));
+        progress: shared.progress.clone(),
+        appended_wake: appended,
+        inputs: inputs.clone(),
+        role: shared.role.clone(),
+        stopping: shared.stopping.clone(),
+        window: peer.window,
+        beat_interval: Duration::from_millis(peer.heartbeat_interval_ms),
+        data_dir: config.data_dir.clone(),
+        base: shared.base,
+        latencies: shared.latencies.clone(),
+    };
+    let links = Arc::new(LinkContext::new(setup, link_tls));
     let ctx = links.clone();
     spawn("repl-listen", move || {
         link::run_listener(ctx, repl_listener)
