@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::state::StateError;
 use crate::auth::UsersError;
 use crate::config::ConfigError;
 use crate::log::LogError;
@@ -51,9 +52,9 @@ pub enum DaemonError {
     Thread { name: String, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
-    /// The data dir: its lock or its epochs file (the message names the file).
+    /// The data dir: its lock or its epochs file (the error names the file).
     #[error("{0}")]
-    DataDir(String),
+    DataDir(#[from] StateError),
     /// The log in `dir`: opening and recovering it, or applying its retention at start.
     #[error("log {}: {step}{source}", dir.display())]
     Log {

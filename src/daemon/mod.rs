@@ -85,7 +85,7 @@ fn spawn<F: FnOnce() + Send + 'static>(
 
 /// Runs the node until a signal stops it. Errors here are start-up failures, for people.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    let _lock = state::lock_data_dir(&config.data_dir).map_err(DaemonError::DataDir)?;
+    let _lock = state::lock_data_dir(&config.data_dir)?;
     let origin = (Instant::now(), wall_ms());
     let secrets = start::Secrets::read(&config)?;
     let recovered = start::recover(&config)?;

@@ -120,7 +120,7 @@ fn pair_config(config: &Config) -> Option<PairConfig> {
 /// be primary already, or have used epochs this node cannot know), unless it is the
 /// configured primary of a pair that never ran.
 fn new_node(config: &Config, log_dir: &Path) -> Result<Node, DaemonError> {
-    let loaded = state::load_epochs(&config.data_dir).map_err(DaemonError::DataDir)?;
+    let loaded = state::load_epochs(&config.data_dir)?;
     let fresh = loaded.is_none() && !has_log(log_dir);
     let pair = pair_config(config);
     let role = if pair.is_some() {
@@ -165,8 +165,7 @@ pub(super) fn recover(config: &Config) -> Result<(Node, Log), DaemonError> {
             drift_ppm: strict.clock_drift_ppm,
         });
     }
-    state::save_epochs(&config.data_dir, node.epochs(), node.seen_epoch())
-        .map_err(DaemonError::DataDir)?;
+    state::save_epochs(&config.data_dir, node.epochs(), node.seen_epoch())?;
     log.enforce_retention().map_err(log_error("retention: "))?;
     node.set_log_start(log.first_seq());
     for note in &recovery.notes {
