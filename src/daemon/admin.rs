@@ -602,8 +602,6 @@ fn heard_text(peer: &PeerInfo, now_mono_ms: u64) -> String {
 
 /// Aligned `key: value` lines for people: which node is primary, how far behind the backup
 /// is, when the role last moved and why.
-// Long because it is a flat table of the status's lines, in the order people read them.
-#[allow(clippy::too_many_lines)]
 pub fn render_text(status: &Status, ops: &Ops) -> String {
     let now = ops.now_mono_ms();
     let mut lines: Vec<(&str, String)> = vec![
@@ -621,41 +619,7 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             ),
         ),
     ];
-    if let Some(peer) = &status.peer {
-        let heard = heard_text(peer, now);
-        if status.role == "primary" {
-            let value = match (peer.acked, peer.lag(status.last_seq)) {
-                (Some(acked), Some(lag)) => {
-                    format!("{}, acked {acked}, lag {lag}, {heard}", peer.id)
-                }
-                _ => format!("{}, not connected, {heard}", peer.id),
-            };
-            lines.push(("backup", value));
-        } else if peer.primary {
-            let behind = peer.head.saturating_sub(status.head);
-            let link = if peer.link { "following" } else { "not linked" };
-            lines.push((
-                "primary",
-                format!(
-                    "{}, epoch {}, head {}, {link}, behind {behind}, {heard}",
-                    peer.id, peer.epoch, peer.head
-                ),
-            ));
-        } else {
-            lines.push((
-                "peer",
-                format!("{} (not primary, epoch {}), {heard}", peer.id, peer.epoch),
-            ));
-        }
-        lines.push(("replication", peer.replication_mode.to_string()));
-        let failover = match &peer.strict {
-            Some(strict) => strict.text(now),
-            None => "available".into(),
-        };
-        lines.push(("failover", failover));
-    } else {
-        lines.push(("peer", "none (standalone)".into()));
-    }
+    push_peer_lines(&mut lines, status, now);
     lines.push((
         "degraded",
         if status.degraded {
@@ -668,27 +632,8 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
         "clients",
         format!("{} in {} rooms", status.clients, status.rooms),
     ));
-    let log = if status.log_last_seq < status.log_first_seq {
-        format!("empty, fsync {}", status.fsync)
-    } else {
-        format!(
-            "seq {}..{}, fsync {}",
-            status.log_first_seq, status.log_last_seq, status.fsync
-        )
-    };
-    lines.push(("log", log));
-    let change = match &status.last_change {
-        Some(c) => format!(
-            "{} {} to {} in epoch {} ({})",
-            utc_seconds(c.at_ms),
-            c.what,
-            c.role.as_str(),
-            c.epoch,
-            c.reason
-        ),
-        None => format!("none since start ({})", utc_seconds(status.started_ms)),
-    };
-    lines.push(("last change", change));
+    lines.push(("log", log_text(status)));
+    lines.push(("last change", last_change_text(status)));
     lines.push(("uptime", duration_text(ops.uptime_ms())));
     if let Some(hb) = &ops.heartbeats {
         lines.push((
@@ -711,6 +656,11 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             status.rate_limited_total
         ),
     ));
+    aligned(&lines)
+}
+
+/// `key: value` lines, the values in one column.
+fn aligned(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut text = String::new();
     for (key, value) in lines {
@@ -719,35 +669,80 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
     text
 }
 
+/// The pair's lines: the backup (on a primary) or the primary or peer, then the
+/// replication and fail-over modes.
+fn push_peer_lines(lines: &mut Vec<(&str, String)>, status: &Status, now: u64) {
+    let Some(peer) = &status.peer else {
+        lines.push(("peer", "none (standalone)".into()));
+        return;
+    };
+    let heard = heard_text(peer, now);
+    if status.role == "primary" {
+        let value = match (peer.acked, peer.lag(status.last_seq)) {
+            (Some(acked), Some(lag)) => {
+                format!("{}, acked {acked}, lag {lag}, {heard}", peer.id)
+            }
+            _ => format!("{}, not connected, {heard}", peer.id),
+        };
+        lines.push(("backup", value));
+    } else if peer.primary {
+        let behind = peer.head.saturating_sub(status.head);
+        let link = if peer.link { "following" } else { "not linked" };
+        lines.push((
+            "primary",
+            format!(
+                "{}, epoch {}, head {}, {link}, behind {behind}, {heard}",
+                peer.id, peer.epoch, peer.head
+            ),
+        ));
+    } else {
+        lines.push((
+            "peer",
+            format!("{} (not primary, epoch {}), {heard}", peer.id, peer.epoch),
+        ));
+    }
+    lines.push(("replication", peer.replication_mode.to_string()));
+    let failover = match &peer.strict {
+        Some(strict) => strict.text(now),
+        None => "available".into(),
+    };
+    lines.push(("failover", failover));
+}
+
+/// The log's retained range and fsync mode.
+fn log_text(status: &Status) -> String {
+    if status.log_last_seq < status.log_first_seq {
+        format!("empty, fsync {}", status.fsync)
+    } else {
+        format!(
+            "seq {}..{}, fsync {}",
+            status.log_first_seq, status.log_last_seq, status.fsync
+        )
+    }
+}
+
+/// When the role last moved, how and why.
+fn last_change_text(status: &Status) -> String {
+    match &status.last_change {
+        Some(c) => format!(
+            "{} {} to {} in epoch {} ({})",
+            utc_seconds(c.at_ms),
+            c.what,
+            c.role.as_str(),
+            c.epoch,
+            c.reason
+        ),
+        None => format!("none since start ({})", utc_seconds(status.started_ms)),
+    }
+}
+
 /// The same, for programs: one JSON object.
-// Long because it is a flat table of the status's fields, mirroring `render_text`.
-#[allow(clippy::too_many_lines)]
 pub fn render_json(status: &Status, ops: &Ops) -> Value {
     let now = ops.now_mono_ms();
-    let peer = status.peer.as_ref().map(|p| {
-        json!({
-            "id": p.id,
-            "reachable": p.reachable(now),
-            "heard_ms_ago": p.heard_ms_ago(now),
-            "detection_ms": p.detection_ms,
-            "link": p.link,
-            "primary": p.primary,
-            "epoch": p.epoch,
-            "head": p.head,
-            "acked": p.acked,
-            "lag": p.lag(status.last_seq),
-            "failover": match &p.strict {
-                Some(strict) => json!({
-                    "mode": "strict",
-                    "witness": strict.witness,
-                    "lease_left_ms": strict.lease_left_ms(now),
-                    "witness_heard_ms_ago": strict.witness_heard_mono_ms.map(|at| now.saturating_sub(at)),
-                    "bidding_epoch": strict.bidding,
-                }),
-                None => json!({ "mode": "available" }),
-            },
-        })
-    });
+    let peer = status
+        .peer
+        .as_ref()
+        .map(|p| peer_json(p, status.last_seq, now));
     let last_change = status.last_change.as_ref().map(|c| {
         json!({
             "at": utc_seconds(c.at_ms),
@@ -798,6 +793,32 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
             "client_bytes_sent_total": ops.io.bytes_sent.load(Ordering::Relaxed),
             "client_frames_sent_total": ops.io.frames_sent.load(Ordering::Relaxed),
             "client_writes_total": ops.io.writes.load(Ordering::Relaxed),
+        },
+    })
+}
+
+/// The pair in `status json`, as this node last saw it.
+fn peer_json(p: &PeerInfo, last_seq: u64, now: u64) -> Value {
+    json!({
+        "id": p.id,
+        "reachable": p.reachable(now),
+        "heard_ms_ago": p.heard_ms_ago(now),
+        "detection_ms": p.detection_ms,
+        "link": p.link,
+        "primary": p.primary,
+        "epoch": p.epoch,
+        "head": p.head,
+        "acked": p.acked,
+        "lag": p.lag(last_seq),
+        "failover": match &p.strict {
+            Some(strict) => json!({
+                "mode": "strict",
+                "witness": strict.witness,
+                "lease_left_ms": strict.lease_left_ms(now),
+                "witness_heard_ms_ago": strict.witness_heard_mono_ms.map(|at| now.saturating_sub(at)),
+                "bidding_epoch": strict.bidding,
+            }),
+            None => json!({ "mode": "available" }),
         },
     })
 }
