@@ -701,3 +701,18 @@ fn spawn_pair(
         claims,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_that_cannot_bind_names_its_own_key_and_address() {
+        let (_held, address) = bind("client.listen", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let error = bind("replication.listen", address).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("replication.listen {address}: bind: ")),
+            "{error}"
+        );
+    }
+}
