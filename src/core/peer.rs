@@ -339,129 +339,155 @@ impl Node {
         let Some(pair) = self.pair().cloned() else {
             return;
         };
-        let now = self.mono_ms;
         match self.role {
-            Role::Backup => {
-                let silent_ms = now.saturating_sub(self.peer.last_heard_ms);
-                let no_primary_ms = now.saturating_sub(self.peer.primary_seen_ms);
-                let silent = silent_ms >= pair.detection_ms;
-                let heard = self.peer.last_heard_ms > 0 && !silent;
-                // A new node configured as primary takes over as soon as it knows the peer is
-                // no primary (its epoch then goes above what the peer reported), or once the
-                // peer stays silent; it follows a peer that is primary already.
-                if self.start_as_primary && heard && self.peer.primary {
-                    self.start_as_primary = false;
-                }
-                let configured_start = self.start_as_primary && heard && !self.peer.primary;
-                // Both nodes backup and alive: the one with the better log takes over. Both
-                // sides compare the same quantities (epoch, committed head), and the lower
-                // rank breaks a tie, so exactly one of them wins.
-                let standoff = heard
-                    && !self.peer.primary
-                    && no_primary_ms >= pair.detection_ms
-                    && (self.epoch(), self.head, 1 - pair.rank)
-                        > (self.peer.epoch, self.peer.head, pair.rank);
-                // A node whose log is stuck cannot commit: it takes nothing over.
-                if self.log_stuck() || (!silent && !standoff && !configured_start) {
-                    self.probe_ok_ms = None;
-                    self.strict_drop_bid();
-                    if self.strict_handover_bid() {
-                        // A planned hand-over waits for the old lease to lapse: ask again.
-                        self.strict_bid(None, None, actions);
-                    }
-                    return;
-                }
-                if let Some(last) = self.last_promotion_ms {
-                    if now < last + pair.promotion_cooldown_ms {
-                        return;
-                    }
-                }
-                let probe_stale = self
-                    .probe_ok_ms
-                    .is_none_or(|at| at + pair.interval_ms < now);
-                if pair.check_address && probe_stale {
-                    // One probe at a time, and at most one per heartbeat interval.
-                    let due = self
-                        .last_probe_ms
-                        .is_none_or(|at| at + pair.interval_ms <= now);
-                    if !self.probing && due {
-                        self.probing = true;
-                        self.last_probe_ms = Some(now);
-                        actions.push(Action::Probe);
-                    }
-                    return;
-                }
-                let why = if configured_start {
-                    "new node configured as primary; the peer is a backup".to_string()
-                } else if silent {
-                    format!("peer silent for {silent_ms} ms")
-                } else {
-                    "both nodes were backups; this one has the newer log".into()
-                };
-                if self.strict_bid(None, silent.then_some(silent_ms), actions) {
-                    // Promotes when the witness grants (`on_witness_answer`).
-                    return;
-                }
-                self.start_as_primary = false;
-                self.promote(&why, actions);
+            Role::Backup => self.backup_tick(&pair, actions),
+            Role::Primary => self.primary_tick(&pair, actions),
+        }
+    }
+
+    /// A backup's tick: takes over when the peer is silent, when both are backups and this
+    /// one has the better log, or when it is a new node configured as primary.
+    fn backup_tick(&mut self, pair: &PairConfig, actions: &mut Vec<Action>) {
+        let now = self.mono_ms;
+        let silent_ms = now.saturating_sub(self.peer.last_heard_ms);
+        let no_primary_ms = now.saturating_sub(self.peer.primary_seen_ms);
+        let silent = silent_ms >= pair.detection_ms;
+        let heard = self.peer.last_heard_ms > 0 && !silent;
+        // A new node configured as primary takes over as soon as it knows the peer is
+        // no primary (its epoch then goes above what the peer reported), or once the
+        // peer stays silent; it follows a peer that is primary already.
+        if self.start_as_primary && heard && self.peer.primary {
+            self.start_as_primary = false;
+        }
+        let configured_start = self.start_as_primary && heard && !self.peer.primary;
+        // Both nodes backup and alive: the one with the better log takes over. Both
+        // sides compare the same quantities (epoch, committed head), and the lower
+        // rank breaks a tie, so exactly one of them wins.
+        let standoff = heard
+            && !self.peer.primary
+            && no_primary_ms >= pair.detection_ms
+            && (self.epoch(), self.head, 1 - pair.rank)
+                > (self.peer.epoch, self.peer.head, pair.rank);
+        // A node whose log is stuck cannot commit: it takes nothing over.
+        if self.log_stuck() || (!silent && !standoff && !configured_start) {
+            self.probe_ok_ms = None;
+            self.strict_drop_bid();
+            if self.strict_handover_bid() {
+                // A planned hand-over waits for the old lease to lapse: ask again.
+                self.strict_bid(None, None, actions);
             }
-            Role::Primary => {
-                self.strict_primary_tick(actions);
-                self.abort_stalled_link(&pair, actions);
-                if let Some(since) = self.fenced_since {
-                    if now >= since + 2 * pair.detection_ms {
-                        self.fenced_since = None;
-                        self.recheck = true;
-                        self.log(
-                            LogLevel::Warn,
-                            "no word from the peer since the stall: committing again".into(),
-                        );
+            return;
+        }
+        if let Some(last) = self.last_promotion_ms {
+            if now < last + pair.promotion_cooldown_ms {
+                return;
+            }
+        }
+        let probe_stale = self
+            .probe_ok_ms
+            .is_none_or(|at| at + pair.interval_ms < now);
+        if pair.check_address && probe_stale {
+            // One probe at a time, and at most one per heartbeat interval.
+            let due = self
+                .last_probe_ms
+                .is_none_or(|at| at + pair.interval_ms <= now);
+            if !self.probing && due {
+                self.probing = true;
+                self.last_probe_ms = Some(now);
+                actions.push(Action::Probe);
+            }
+            return;
+        }
+        let why = if configured_start {
+            "new node configured as primary; the peer is a backup".to_string()
+        } else if silent {
+            format!("peer silent for {silent_ms} ms")
+        } else {
+            "both nodes were backups; this one has the newer log".into()
+        };
+        if self.strict_bid(None, silent.then_some(silent_ms), actions) {
+            // Promotes when the witness grants (`on_witness_answer`).
+            return;
+        }
+        self.start_as_primary = false;
+        self.promote(&why, actions);
+    }
+
+    /// A primary's tick: strict mode's lease, a stalled link, the end of a fence, the
+    /// degraded state, and a hand-over that got no answer.
+    fn primary_tick(&mut self, pair: &PairConfig, actions: &mut Vec<Action>) {
+        self.strict_primary_tick(actions);
+        self.abort_stalled_link(pair, actions);
+        self.end_fence_if_due(pair);
+        self.degrade_if_unacked(pair);
+        self.expire_handover(actions);
+    }
+
+    /// Fenced after a stall: commits again once the peer stayed silent for twice the
+    /// detection time.
+    fn end_fence_if_due(&mut self, pair: &PairConfig) {
+        let now = self.mono_ms;
+        if let Some(since) = self.fenced_since {
+            if now >= since + 2 * pair.detection_ms {
+                self.fenced_since = None;
+                self.recheck = true;
+                self.log(
+                    LogLevel::Warn,
+                    "no word from the peer since the stall: committing again".into(),
+                );
+            }
+        }
+    }
+
+    /// Sync mode: acknowledges on local durability once the backup has not acknowledged
+    /// the oldest pending entry within `ack_timeout_ms`.
+    fn degrade_if_unacked(&mut self, pair: &PairConfig) {
+        let now = self.mono_ms;
+        if pair.mode == ReplicationMode::Sync && !self.degraded && self.fenced_since.is_none() {
+            let acked = self.backup_acked();
+            let stuck = self
+                .pending
+                .front()
+                .is_some_and(|p| acked < p.entry.seq && now >= p.appended_ms + pair.ack_timeout_ms);
+            if stuck {
+                self.degraded = true;
+                self.recheck = true;
+                self.log(
+                    LogLevel::Warn,
+                    format!(
+                        "degraded: the backup has not acknowledged for {} ms; acknowledging on local durability",
+                        pair.ack_timeout_ms
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A hand-over the backup did not answer within `HANDOVER_TIMEOUT_MS`.
+    fn expire_handover(&mut self, actions: &mut Vec<Action>) {
+        let now = self.mono_ms;
+        if let Some(handover) = &self.handover {
+            if now >= handover.started_ms + HANDOVER_TIMEOUT_MS {
+                if handover.kind == HandoverKind::Shutdown {
+                    self.log(
+                        LogLevel::Warn,
+                        "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
+                    );
+                    self.finish_handover(None, actions);
+                } else {
+                    // A drill that got no answer changes nothing: stay primary.
+                    let what = handover.kind.what();
+                    if handover.kind == HandoverKind::StuckLog {
+                        // Asked again after another detection time of a stuck log.
+                        self.storage_watch.acted = false;
+                        self.storage_watch.since_ms = now;
                     }
-                }
-                if pair.mode == ReplicationMode::Sync
-                    && !self.degraded
-                    && self.fenced_since.is_none()
-                {
-                    let acked = self.backup_acked();
-                    let stuck = self.pending.front().is_some_and(|p| {
-                        acked < p.entry.seq && now >= p.appended_ms + pair.ack_timeout_ms
-                    });
-                    if stuck {
-                        self.degraded = true;
-                        self.recheck = true;
-                        self.log(
-                            LogLevel::Warn,
-                            format!(
-                                "degraded: the backup has not acknowledged for {} ms; acknowledging on local durability",
-                                pair.ack_timeout_ms
-                            ),
-                        );
-                    }
-                }
-                if let Some(handover) = &self.handover {
-                    if now >= handover.started_ms + HANDOVER_TIMEOUT_MS {
-                        if handover.kind == HandoverKind::Shutdown {
-                            self.log(
-                                LogLevel::Warn,
-                                "hand-over: the backup did not answer in time; it will take over by failure detection".into(),
-                            );
-                            self.finish_handover(None, actions);
-                        } else {
-                            // A drill that got no answer changes nothing: stay primary.
-                            let what = handover.kind.what();
-                            if handover.kind == HandoverKind::StuckLog {
-                                // Asked again after another detection time of a stuck log.
-                                self.storage_watch.acted = false;
-                                self.storage_watch.since_ms = now;
-                            }
-                            self.handover = None;
-                            self.draining = false;
-                            self.log(
-                                LogLevel::Warn,
-                                format!("hand-over ({what}) aborted: the backup did not take over in time; still primary"),
-                            );
-                        }
-                    }
+                    self.handover = None;
+                    self.draining = false;
+                    self.log(
+                        LogLevel::Warn,
+                        format!("hand-over ({what}) aborted: the backup did not take over in time; still primary"),
+                    );
                 }
             }
         }

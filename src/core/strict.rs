@@ -408,52 +408,63 @@ impl Node {
         let bid = self.strict.as_ref().and_then(|s| s.bid);
         let bid_holds = bid.is_some_and(|b| b.epoch == epoch && self.bid_still_holds(&b));
         match self.role {
-            Role::Primary if epoch == self.epoch() => {
-                let s = self.strict.as_mut().expect("strict mode");
-                if s.lease_epoch != epoch || until > s.lease_until_ms {
-                    s.lease_epoch = epoch;
-                    s.lease_until_ms = until;
-                }
-                if !s.lease_held && now < until {
-                    s.lease_held = true;
-                    self.recheck = true;
-                    self.log(
-                        LogLevel::Info,
-                        format!("witness lease held for epoch {epoch}"),
-                    );
-                }
-            }
+            Role::Primary if epoch == self.epoch() => self.extend_lease(epoch, until),
             Role::Backup if epoch > self.seen_epoch.max(self.epoch()) && bid_holds => {
-                if now >= until {
-                    // The answer came after the lease it carried ran out (a pause, a slow
-                    // network): the witness may have granted a newer epoch since. Taking
-                    // over would commit the inherited tail without a lease; ask again.
-                    self.log(
-                        LogLevel::Warn,
-                        format!("the witness's grant of epoch {epoch} came too late to use"),
-                    );
-                    return;
-                }
-                self.start_as_primary = false;
-                let s = self.strict.as_mut().expect("strict mode");
-                let bid = s.bid.take();
-                s.lease_epoch = epoch;
-                s.lease_until_ms = until;
-                s.lease_held = now < until;
-                let handover_link = bid.and_then(|b| b.handover_link);
-                let why = match (handover_link, bid.and_then(|b| b.why_silent_ms)) {
-                    (Some(_), _) => "planned hand-over from the primary".to_string(),
-                    (None, Some(ms)) => {
-                        format!("peer silent for {ms} ms; the witness granted epoch {epoch}")
-                    }
-                    (None, None) => format!("the witness granted epoch {epoch}"),
-                };
-                self.promote_into(epoch, &why, handover_link.is_some(), actions);
-                if let Some(link) = handover_link {
-                    actions.push(Action::TookOver { link, epoch });
-                }
+                self.take_over_on_grant(epoch, until, actions)
             }
             _ => {}
+        }
+    }
+
+    /// A primary's lease for `epoch` granted until `until`.
+    fn extend_lease(&mut self, epoch: u64, until: u64) {
+        let now = self.mono_ms;
+        let s = self.strict.as_mut().expect("strict mode");
+        if s.lease_epoch != epoch || until > s.lease_until_ms {
+            s.lease_epoch = epoch;
+            s.lease_until_ms = until;
+        }
+        if !s.lease_held && now < until {
+            s.lease_held = true;
+            self.recheck = true;
+            self.log(
+                LogLevel::Info,
+                format!("witness lease held for epoch {epoch}"),
+            );
+        }
+    }
+
+    /// A bidding backup granted `epoch` until `until`: promotes, unless the grant came too
+    /// late to use.
+    fn take_over_on_grant(&mut self, epoch: u64, until: u64, actions: &mut Vec<Action>) {
+        let now = self.mono_ms;
+        if now >= until {
+            // The answer came after the lease it carried ran out (a pause, a slow
+            // network): the witness may have granted a newer epoch since. Taking
+            // over would commit the inherited tail without a lease; ask again.
+            self.log(
+                LogLevel::Warn,
+                format!("the witness's grant of epoch {epoch} came too late to use"),
+            );
+            return;
+        }
+        self.start_as_primary = false;
+        let s = self.strict.as_mut().expect("strict mode");
+        let bid = s.bid.take();
+        s.lease_epoch = epoch;
+        s.lease_until_ms = until;
+        s.lease_held = now < until;
+        let handover_link = bid.and_then(|b| b.handover_link);
+        let why = match (handover_link, bid.and_then(|b| b.why_silent_ms)) {
+            (Some(_), _) => "planned hand-over from the primary".to_string(),
+            (None, Some(ms)) => {
+                format!("peer silent for {ms} ms; the witness granted epoch {epoch}")
+            }
+            (None, None) => format!("the witness granted epoch {epoch}"),
+        };
+        self.promote_into(epoch, &why, handover_link.is_some(), actions);
+        if let Some(link) = handover_link {
+            actions.push(Action::TookOver { link, epoch });
         }
     }
 

@@ -13,7 +13,7 @@
 //! refusals are an HTTP `503` (a browser could not read a frame either).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -50,16 +50,37 @@ pub fn worker_of(conn: ConnId, workers: usize) -> usize {
     (conn % workers as u64) as usize
 }
 
-// Each is a distinct shared handle the daemon wires up once; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// What an acceptor shares with the workers and the driver: the counts it admits by, the
+/// connection ids, and the stop.
+pub struct Admission {
+    /// Open client connections (the workers count them down).
+    pub clients: Arc<AtomicUsize>,
+    /// `client.max_clients` (a reload changes it).
+    pub max_clients: Arc<AtomicUsize>,
+    /// Both listeners number connections from one counter: ids route to workers.
+    pub next_conn: Arc<AtomicU64>,
+    pub stop: Arc<AtomicBool>,
+    pub per_ip: Arc<PerIp>,
+}
+
+/// One listener's acceptor thread.
+struct Acceptor {
+    workers: Vec<WorkerHandle>,
+    admission: Admission,
+    kind: Listener,
+    /// The refusals, encoded once: over `max_clients`, over the per-address limit.
+    full: Vec<u8>,
+    crowded: Vec<u8>,
+    tls: Option<TlsSlot>,
+    /// EMFILE and friends repeat every 50 ms while they last: a few lines, then a count.
+    warnings: crate::daemon::logging::Throttle,
+}
+
+/// Accepts on `listener` until the stop is set or the workers are gone.
 pub fn run(
     listener: TcpListener,
     workers: Vec<WorkerHandle>,
-    clients: Arc<AtomicUsize>,
-    max_clients: Arc<AtomicUsize>,
-    next_conn: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    per_ip: Arc<PerIp>,
+    admission: Admission,
     kind: Listener,
 ) {
     let (full, crowded) = match kind {
@@ -81,88 +102,114 @@ pub fn run(
         Listener::Tls(slot) | Listener::Web(Some(slot)) => Some(slot.clone()),
         _ => None,
     };
-    // EMFILE and friends repeat every 50 ms while they last: a few lines, then a count.
-    let mut warnings = crate::daemon::logging::Throttle::new(3, Duration::from_secs(10));
+    let mut acceptor = Acceptor {
+        workers,
+        admission,
+        kind,
+        full,
+        crowded,
+        tls,
+        warnings: crate::daemon::logging::Throttle::new(3, Duration::from_secs(10)),
+    };
     for stream in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
+        if acceptor.admission.stop.load(Ordering::Acquire) {
             return;
         }
-        let mut stream = match stream {
-            Ok(stream) => stream,
+        match stream {
+            Ok(stream) => {
+                if !acceptor.on_accepted(stream) {
+                    return;
+                }
+            }
             Err(e) => {
+                acceptor.warn("accepting a client connection failed", &e);
                 // EMFILE and friends: back off briefly rather than spin.
-                if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
-                    log::warn!(
-                        "accepting a client connection failed: {e}{}",
-                        crate::daemon::logging::suppressed_note(suppressed)
-                    );
-                }
                 std::thread::sleep(Duration::from_millis(50));
-                continue;
             }
-        };
-        if clients.load(Ordering::Relaxed) >= max_clients.load(Ordering::Relaxed) {
-            if tls.is_none() {
-                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-                let _ = stream.write_all(&full);
-            }
-            continue;
         }
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
+    }
+}
+
+impl Acceptor {
+    /// Admits `stream` and hands it to its worker; false once the workers are gone.
+    fn on_accepted(&mut self, stream: TcpStream) -> bool {
+        let Some((stream, ip)) = self.admit(stream) else {
+            return true;
         };
-        let ip = PerIp::key(peer.ip());
-        if !per_ip.try_acquire(ip) {
-            if tls.is_none() {
-                // A fresh socket's send buffer is empty: this small write does not block.
-                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-                let _ = stream.write_all(&crowded);
-            }
-            continue;
-        }
-        let session = match &tls {
-            None => None,
-            Some(slot) => {
-                let config = slot
-                    .lock()
-                    .expect("never poisoned: no panic inside")
-                    .clone();
-                match rustls::ServerConnection::new(config) {
-                    Ok(session) => Some(Box::new(session)),
-                    Err(e) => {
-                        if let Some(suppressed) = warnings.allow(std::time::Instant::now()) {
-                            log::warn!(
-                                "cannot start TLS for a client connection: {e}{}",
-                                crate::daemon::logging::suppressed_note(suppressed)
-                            );
-                        }
-                        per_ip.release(ip);
-                        continue;
-                    }
-                }
-            }
+        let Some(session) = self.tls_session(ip) else {
+            return true;
         };
         if stream.set_nonblocking(true).is_err() {
-            per_ip.release(ip);
-            continue;
+            self.admission.per_ip.release(ip);
+            return true;
         }
         let _ = stream.set_nodelay(true);
-        clients.fetch_add(1, Ordering::Relaxed);
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-        let worker = &workers[worker_of(conn, workers.len())];
-        if worker
-            .commands
-            .send(Command::Adopt {
-                conn,
-                stream,
-                ip,
-                tls: session,
-                web: matches!(kind, Listener::Web(_)),
-            })
-            .is_err()
-        {
-            return;
+        self.admission.clients.fetch_add(1, Ordering::Relaxed);
+        let conn = self.admission.next_conn.fetch_add(1, Ordering::Relaxed);
+        let worker = &self.workers[worker_of(conn, self.workers.len())];
+        let adopt = Command::Adopt {
+            conn,
+            stream,
+            ip,
+            tls: session,
+            web: matches!(self.kind, Listener::Web(_)),
+        };
+        if worker.commands.send(adopt).is_err() {
+            return false;
         }
         let _ = worker.waker.wake();
+        true
+    }
+
+    /// The connection and its address's key, when the limits let it in; otherwise it is
+    /// told why (in plain text only: a TLS client could not read it) and closed.
+    fn admit(&mut self, mut stream: TcpStream) -> Option<(TcpStream, IpAddr)> {
+        let admission = &self.admission;
+        let refusal = if admission.clients.load(Ordering::Relaxed)
+            >= admission.max_clients.load(Ordering::Relaxed)
+        {
+            &self.full
+        } else {
+            let ip = PerIp::key(stream.peer_addr().ok()?.ip());
+            if admission.per_ip.try_acquire(ip) {
+                return Some((stream, ip));
+            }
+            &self.crowded
+        };
+        if self.tls.is_none() {
+            // A fresh socket's send buffer is empty: this small write does not block.
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = stream.write_all(refusal);
+        }
+        None
+    }
+
+    /// A TLS listener's server state for a new connection (`Some(None)` on a plain one);
+    /// `None` when it cannot be made, after releasing the address's count.
+    fn tls_session(&mut self, ip: IpAddr) -> Option<Option<Box<rustls::ServerConnection>>> {
+        let Some(slot) = &self.tls else {
+            return Some(None);
+        };
+        let config = slot
+            .lock()
+            .expect("never poisoned: no panic inside")
+            .clone();
+        match rustls::ServerConnection::new(config) {
+            Ok(session) => Some(Some(Box::new(session))),
+            Err(e) => {
+                self.warn("cannot start TLS for a client connection", &e);
+                self.admission.per_ip.release(ip);
+                None
+            }
+        }
+    }
+
+    fn warn(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.warnings.allow(std::time::Instant::now()) {
+            log::warn!(
+                "{what}: {e}{}",
+                crate::daemon::logging::suppressed_note(suppressed)
+            );
+        }
     }
 }

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
+use super::error::DaemonError;
 use super::heartbeat::HeartbeatStats;
 use super::io::IoStats;
 use super::logging::utc_seconds;
-use super::Signal;
+use super::signals::Signal;
 use crate::core::RoleChange;
 
 /// A request line longer than this is refused: it bounds what one request can make the
@@ -211,7 +212,11 @@ impl PeerInfo {
 }
 
 /// Binds the admin socket (mode 0600, a stale one removed) and serves it on a thread.
-pub(super) fn spawn(path: &Path, ops: Arc<Ops>, signals: Sender<Signal>) -> Result<(), String> {
+pub(super) fn spawn(
+    path: &Path,
+    ops: Arc<Ops>,
+    signals: Sender<Signal>,
+) -> Result<(), DaemonError> {
     let listener = bind(path)?;
     let path = path.to_path_buf();
     super::spawn("admin", move || serve(listener, &path, &ops, &signals))?;
@@ -221,14 +226,20 @@ pub(super) fn spawn(path: &Path, ops: Arc<Ops>, signals: Sender<Signal>) -> Resu
 /// Binds under a temporary name, restricts it to the owner, then renames it into place, so
 /// the socket is never reachable with looser permissions. The data-dir lock guarantees that
 /// a socket already at `path` is a leftover of ours (a crash leaves it behind).
-fn bind(path: &Path) -> Result<UnixListener, String> {
-    let fail = |e: std::io::Error| format!("admin.socket {}: {e}", path.display());
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let fail = |source| DaemonError::AdminSocket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let occupied = |problem| DaemonError::AdminPath {
+        path: path.to_path_buf(),
+        problem,
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(fail)?,
         Ok(_) => {
-            return Err(format!(
-                "admin.socket {}: exists and is not a socket; remove it or set another path",
-                path.display()
+            return Err(occupied(
+                "exists and is not a socket; remove it or set another path",
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -236,7 +247,7 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
     }
     let name = path
         .file_name()
-        .ok_or_else(|| format!("admin.socket {}: not a file path", path.display()))?;
+        .ok_or_else(|| occupied("not a file path"))?;
     let temporary: PathBuf = path.with_file_name(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -608,41 +619,7 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             ),
         ),
     ];
-    if let Some(peer) = &status.peer {
-        let heard = heard_text(peer, now);
-        if status.role == "primary" {
-            let value = match (peer.acked, peer.lag(status.last_seq)) {
-                (Some(acked), Some(lag)) => {
-                    format!("{}, acked {acked}, lag {lag}, {heard}", peer.id)
-                }
-                _ => format!("{}, not connected, {heard}", peer.id),
-            };
-            lines.push(("backup", value));
-        } else if peer.primary {
-            let behind = peer.head.saturating_sub(status.head);
-            let link = if peer.link { "following" } else { "not linked" };
-            lines.push((
-                "primary",
-                format!(
-                    "{}, epoch {}, head {}, {link}, behind {behind}, {heard}",
-                    peer.id, peer.epoch, peer.head
-                ),
-            ));
-        } else {
-            lines.push((
-                "peer",
-                format!("{} (not primary, epoch {}), {heard}", peer.id, peer.epoch),
-            ));
-        }
-        lines.push(("replication", peer.replication_mode.to_string()));
-        let failover = match &peer.strict {
-            Some(strict) => strict.text(now),
-            None => "available".into(),
-        };
-        lines.push(("failover", failover));
-    } else {
-        lines.push(("peer", "none (standalone)".into()));
-    }
+    push_peer_lines(&mut lines, status, now);
     lines.push((
         "degraded",
         if status.degraded {
@@ -655,27 +632,8 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
         "clients",
         format!("{} in {} rooms", status.clients, status.rooms),
     ));
-    let log = if status.log_last_seq < status.log_first_seq {
-        format!("empty, fsync {}", status.fsync)
-    } else {
-        format!(
-            "seq {}..{}, fsync {}",
-            status.log_first_seq, status.log_last_seq, status.fsync
-        )
-    };
-    lines.push(("log", log));
-    let change = match &status.last_change {
-        Some(c) => format!(
-            "{} {} to {} in epoch {} ({})",
-            utc_seconds(c.at_ms),
-            c.what,
-            c.role.as_str(),
-            c.epoch,
-            c.reason
-        ),
-        None => format!("none since start ({})", utc_seconds(status.started_ms)),
-    };
-    lines.push(("last change", change));
+    lines.push(("log", log_text(status)));
+    lines.push(("last change", last_change_text(status)));
     lines.push(("uptime", duration_text(ops.uptime_ms())));
     if let Some(hb) = &ops.heartbeats {
         lines.push((
@@ -698,6 +656,11 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
             status.rate_limited_total
         ),
     ));
+    aligned(&lines)
+}
+
+/// `key: value` lines, the values in one column.
+fn aligned(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut text = String::new();
     for (key, value) in lines {
@@ -706,33 +669,80 @@ pub fn render_text(status: &Status, ops: &Ops) -> String {
     text
 }
 
+/// The pair's lines: the backup (on a primary) or the primary or peer, then the
+/// replication and fail-over modes.
+fn push_peer_lines(lines: &mut Vec<(&str, String)>, status: &Status, now: u64) {
+    let Some(peer) = &status.peer else {
+        lines.push(("peer", "none (standalone)".into()));
+        return;
+    };
+    let heard = heard_text(peer, now);
+    if status.role == "primary" {
+        let value = match (peer.acked, peer.lag(status.last_seq)) {
+            (Some(acked), Some(lag)) => {
+                format!("{}, acked {acked}, lag {lag}, {heard}", peer.id)
+            }
+            _ => format!("{}, not connected, {heard}", peer.id),
+        };
+        lines.push(("backup", value));
+    } else if peer.primary {
+        let behind = peer.head.saturating_sub(status.head);
+        let link = if peer.link { "following" } else { "not linked" };
+        lines.push((
+            "primary",
+            format!(
+                "{}, epoch {}, head {}, {link}, behind {behind}, {heard}",
+                peer.id, peer.epoch, peer.head
+            ),
+        ));
+    } else {
+        lines.push((
+            "peer",
+            format!("{} (not primary, epoch {}), {heard}", peer.id, peer.epoch),
+        ));
+    }
+    lines.push(("replication", peer.replication_mode.to_string()));
+    let failover = match &peer.strict {
+        Some(strict) => strict.text(now),
+        None => "available".into(),
+    };
+    lines.push(("failover", failover));
+}
+
+/// The log's retained range and fsync mode.
+fn log_text(status: &Status) -> String {
+    if status.log_last_seq < status.log_first_seq {
+        format!("empty, fsync {}", status.fsync)
+    } else {
+        format!(
+            "seq {}..{}, fsync {}",
+            status.log_first_seq, status.log_last_seq, status.fsync
+        )
+    }
+}
+
+/// When the role last moved, how and why.
+fn last_change_text(status: &Status) -> String {
+    match &status.last_change {
+        Some(c) => format!(
+            "{} {} to {} in epoch {} ({})",
+            utc_seconds(c.at_ms),
+            c.what,
+            c.role.as_str(),
+            c.epoch,
+            c.reason
+        ),
+        None => format!("none since start ({})", utc_seconds(status.started_ms)),
+    }
+}
+
 /// The same, for programs: one JSON object.
 pub fn render_json(status: &Status, ops: &Ops) -> Value {
     let now = ops.now_mono_ms();
-    let peer = status.peer.as_ref().map(|p| {
-        json!({
-            "id": p.id,
-            "reachable": p.reachable(now),
-            "heard_ms_ago": p.heard_ms_ago(now),
-            "detection_ms": p.detection_ms,
-            "link": p.link,
-            "primary": p.primary,
-            "epoch": p.epoch,
-            "head": p.head,
-            "acked": p.acked,
-            "lag": p.lag(status.last_seq),
-            "failover": match &p.strict {
-                Some(strict) => json!({
-                    "mode": "strict",
-                    "witness": strict.witness,
-                    "lease_left_ms": strict.lease_left_ms(now),
-                    "witness_heard_ms_ago": strict.witness_heard_mono_ms.map(|at| now.saturating_sub(at)),
-                    "bidding_epoch": strict.bidding,
-                }),
-                None => json!({ "mode": "available" }),
-            },
-        })
-    });
+    let peer = status
+        .peer
+        .as_ref()
+        .map(|p| peer_json(p, status.last_seq, now));
     let last_change = status.last_change.as_ref().map(|c| {
         json!({
             "at": utc_seconds(c.at_ms),
@@ -783,6 +793,32 @@ pub fn render_json(status: &Status, ops: &Ops) -> Value {
             "client_bytes_sent_total": ops.io.bytes_sent.load(Ordering::Relaxed),
             "client_frames_sent_total": ops.io.frames_sent.load(Ordering::Relaxed),
             "client_writes_total": ops.io.writes.load(Ordering::Relaxed),
+        },
+    })
+}
+
+/// The pair in `status json`, as this node last saw it.
+fn peer_json(p: &PeerInfo, last_seq: u64, now: u64) -> Value {
+    json!({
+        "id": p.id,
+        "reachable": p.reachable(now),
+        "heard_ms_ago": p.heard_ms_ago(now),
+        "detection_ms": p.detection_ms,
+        "link": p.link,
+        "primary": p.primary,
+        "epoch": p.epoch,
+        "head": p.head,
+        "acked": p.acked,
+        "lag": p.lag(last_seq),
+        "failover": match &p.strict {
+            Some(strict) => json!({
+                "mode": "strict",
+                "witness": strict.witness,
+                "lease_left_ms": strict.lease_left_ms(now),
+                "witness_heard_ms_ago": strict.witness_heard_mono_ms.map(|at| now.saturating_sub(at)),
+                "bidding_epoch": strict.bidding,
+            }),
+            None => json!({ "mode": "available" }),
         },
     })
 }

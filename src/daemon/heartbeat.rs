@@ -5,7 +5,7 @@
 //! `recv_from` and never spins), the boot nonce and counter, replay protection, and the
 //! rate-limited warnings about rejected datagrams. It decides nothing about roles: it hands
 //! each authenticated, fresh heartbeat from the peer to the core thread with the time it
-//! arrived, and reads what to advertise from [`LocalStatus`], which the core keeps fresh.
+//! arrived, and reads what to advertise from the driver's [`RoleView`].
 //! A datagram is considered whatever address it comes from (the peer may send from another
 //! interface); only the MAC, the node id and freshness decide.
 
@@ -25,6 +25,8 @@ use crate::wire::heartbeat::{
 };
 use crate::wire::keyring::Keyring;
 
+use super::role_view::RoleView;
+
 /// Each send interval is the configured one ± this percentage, drawn anew each time, so two
 /// nodes started together do not stay in lockstep.
 const JITTER_PERCENT: u64 = 10;
@@ -39,29 +41,6 @@ const SEND_WARN_INTERVAL: Duration = Duration::from_secs(10);
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// The shortest read timeout: zero means "block forever" to the OS, so never pass it.
 const READ_TIMEOUT_MIN: Duration = Duration::from_millis(1);
-
-/// What the sender needs to know, kept fresh by the core thread (atomics; no locks on the
-/// hot path). Each field is read on its own, so one heartbeat may mix the values of two
-/// core steps; the receiver treats heartbeats as hints, never as a consistent snapshot.
-#[derive(Debug, Default)]
-pub struct LocalStatus {
-    /// This node's role: true = primary, false = backup.
-    pub primary: AtomicBool,
-    /// This node's current epoch.
-    pub epoch: AtomicU64,
-    /// This node's committed head seq.
-    pub head: AtomicU64,
-}
-
-impl LocalStatus {
-    pub fn new(primary: bool, epoch: u64, head: u64) -> Self {
-        LocalStatus {
-            primary: AtomicBool::new(primary),
-            epoch: AtomicU64::new(epoch),
-            head: AtomicU64::new(head),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct HeartbeatConfig {
@@ -118,18 +97,22 @@ pub fn bind(listen: SocketAddr) -> io::Result<UdpSocket> {
 pub fn spawn(
     config: HeartbeatConfig,
     keys: Arc<Keyring>,
-    status: Arc<LocalStatus>,
+    status: Arc<RoleView>,
     out: Sender<Received>,
     stats: Arc<HeartbeatStats>,
     stop: Arc<AtomicBool>,
-) -> io::Result<JoinHandle<()>> {
-    let socket = bind(config.listen).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("heartbeat.listen {}: cannot bind: {e}", config.listen),
-        )
-    })?;
-    spawn_with_socket(socket, config, keys, status, out, stats, stop)
+) -> Result<JoinHandle<()>, super::DaemonError> {
+    let fail = |source| super::DaemonError::Heartbeat {
+        address: config.listen,
+        source,
+    };
+    let socket = bind(config.listen).map_err(fail)?;
+    spawn_with_socket(socket, config, keys, status, out, stats, stop).map_err(|source| {
+        super::DaemonError::Thread {
+            name: "heartbeat".to_string(),
+            source,
+        }
+    })
 }
 
 /// Starts the heartbeat thread on a socket the caller bound (tests bind port 0 and read the
@@ -138,7 +121,7 @@ pub fn spawn_with_socket(
     socket: UdpSocket,
     config: HeartbeatConfig,
     keys: Arc<Keyring>,
-    status: Arc<LocalStatus>,
+    status: Arc<RoleView>,
     out: Sender<Received>,
     stats: Arc<HeartbeatStats>,
     stop: Arc<AtomicBool>,
@@ -255,7 +238,7 @@ struct HeartbeatThread {
     socket: UdpSocket,
     config: HeartbeatConfig,
     keys: Arc<Keyring>,
-    status: Arc<LocalStatus>,
+    status: Arc<RoleView>,
     out: Sender<Received>,
     stats: Arc<HeartbeatStats>,
     stop: Arc<AtomicBool>,
@@ -336,9 +319,9 @@ impl HeartbeatThread {
         self.counter += 1;
         let heartbeat = Heartbeat {
             node_id: self.config.node_id.clone(),
-            primary: self.status.primary.load(Ordering::Relaxed),
-            epoch: self.status.epoch.load(Ordering::Relaxed),
-            head: self.status.head.load(Ordering::Relaxed),
+            primary: self.status.primary(),
+            epoch: self.status.epoch(),
+            head: self.status.head(),
             boot: self.boot,
             counter: self.counter,
         };
@@ -406,6 +389,7 @@ impl HeartbeatThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::link::handshake::LogView;
     use crate::wire::keyring::parse_keyring;
     use crossbeam_channel::{bounded, Receiver};
 
@@ -429,7 +413,7 @@ mod tests {
         stats: Arc<HeartbeatStats>,
         stop: Arc<AtomicBool>,
         out: Receiver<Received>,
-        status: Arc<LocalStatus>,
+        status: Arc<RoleView>,
     }
 
     impl Running {
@@ -454,7 +438,14 @@ mod tests {
         let (out_tx, out) = bounded(out_max);
         let stats = Arc::new(HeartbeatStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(LocalStatus::new(node_id == "a", 3, 10));
+        let status = Arc::new(RoleView::new(
+            node_id == "a",
+            LogView {
+                epoch: 3,
+                head: 10,
+                ..LogView::default()
+            },
+        ));
         let config = HeartbeatConfig {
             listen: socket.local_addr().unwrap(),
             peer,
@@ -520,8 +511,7 @@ mod tests {
         }
 
         // The status is read at each send.
-        b.status.primary.store(true, Ordering::Relaxed);
-        b.status.epoch.store(4, Ordering::Relaxed);
+        b.status.publish(true, |log| log.epoch = 4);
         wait_until("b's new epoch reaches a", || {
             a.out
                 .try_recv()

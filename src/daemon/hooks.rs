@@ -43,7 +43,7 @@ pub struct Hooks {
 
 impl Hooks {
     /// Starts the `hook` thread for `program`; `node` goes to `PBCHAT_NODE`.
-    pub fn spawn(program: PathBuf, node: String) -> Result<Hooks, String> {
+    pub fn spawn(program: PathBuf, node: String) -> Result<Hooks, super::DaemonError> {
         let (events, queue) = bounded::<RoleEvent>(HOOK_QUEUE_MAX);
         let oldest = queue.clone();
         super::spawn("hook", move || {

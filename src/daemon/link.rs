@@ -25,6 +25,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use rand::RngCore;
 
 use super::link_stream::{establish, LinkReader, LinkWriter};
+use super::role_view::RoleView;
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
 use crate::core::link::{
     BackupHello, BackupSession, Next, NodeView, PrimarySession, ENTRIES_PER_FRAME,
@@ -69,8 +70,8 @@ struct LinkHandle {
     wake: Sender<()>,
 }
 
-/// What every link thread shares with the driver.
-pub struct LinkContext {
+/// What the link threads are given at start.
+pub struct LinkSetup {
     pub node_id: String,
     pub peer_id: String,
     pub keys: Arc<Keyring>,
@@ -79,8 +80,8 @@ pub struct LinkContext {
     /// Pokes from the log writer: `appended_seq` moved.
     pub appended_wake: Receiver<()>,
     pub inputs: Sender<Input>,
-    pub snapshot: Arc<Mutex<LogView>>,
-    pub primary: Arc<AtomicBool>,
+    /// The node's role and log as the driver last published them.
+    pub role: Arc<RoleView>,
     pub stopping: Arc<AtomicBool>,
     pub window: u64,
     pub beat_interval: Duration,
@@ -88,6 +89,11 @@ pub struct LinkContext {
     pub base: Instant,
     /// `replication_round_trip` observes the primary's entries-to-ack times.
     pub latencies: Arc<super::histogram::Latencies>,
+}
+
+/// What every link thread shares with the driver.
+pub struct LinkContext {
+    pub setup: LinkSetup,
     /// Mutual TLS under the handshake; `None`: plain TCP. A reload may replace the
     /// certificates (never turn TLS on or off); each new connection takes what is here.
     tls: Mutex<Option<crate::node_tls::LinkTls>>,
@@ -96,41 +102,9 @@ pub struct LinkContext {
 }
 
 impl LinkContext {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        node_id: String,
-        peer_id: String,
-        keys: Arc<Keyring>,
-        reader: LogReader,
-        progress: Arc<Progress>,
-        appended_wake: Receiver<()>,
-        inputs: Sender<Input>,
-        snapshot: Arc<Mutex<LogView>>,
-        primary: Arc<AtomicBool>,
-        stopping: Arc<AtomicBool>,
-        window: u64,
-        beat_interval: Duration,
-        data_dir: std::path::PathBuf,
-        base: Instant,
-        tls: Option<crate::node_tls::LinkTls>,
-        latencies: Arc<super::histogram::Latencies>,
-    ) -> Self {
+    pub fn new(setup: LinkSetup, tls: Option<crate::node_tls::LinkTls>) -> Self {
         LinkContext {
-            node_id,
-            peer_id,
-            keys,
-            reader,
-            progress,
-            appended_wake,
-            inputs,
-            snapshot,
-            primary,
-            stopping,
-            window,
-            beat_interval,
-            data_dir,
-            base,
-            latencies,
+            setup,
             tls: Mutex::new(tls),
             next_link: AtomicU64::new(1),
             links: Mutex::new(HashMap::new()),
@@ -294,7 +268,7 @@ pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
         NOT_PRIMARY_WINDOW,
     )));
     for stream in listener.incoming() {
-        if ctx.stopping.load(Ordering::Acquire) {
+        if ctx.setup.stopping.load(Ordering::Acquire) {
             return;
         }
         let Ok(stream) = stream else { continue };
@@ -349,7 +323,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let (reader, mut writer) = establish(stream, tls)?;
     let mut conn = Conn::new(reader);
     let hello = conn.recv()?;
-    let view = (&ctx.log_view(), ctx.primary.load(Ordering::Acquire));
+    let view = (&ctx.log_view(), ctx.setup.role.primary());
     let welcome = match handshake::welcome(&ctx.ends(), &hello, view, nonce()) {
         Ok(welcome) => welcome,
         Err(refusal) => {
@@ -368,14 +342,14 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
         "replication link {link}: backup {} connected (epoch {}, last seq {}) over {}",
-        ctx.peer_id,
+        ctx.setup.peer_id,
         backup.epoch,
         backup.last_seq,
         ctx.transport()
     );
     let result = primary_session(ctx, link, conn, writer, commands, wake, backup);
     ctx.unregister(link);
-    let _ = ctx.inputs.send(Input::LinkDown { link });
+    let _ = ctx.setup.inputs.send(Input::LinkDown { link });
     Ok(result?)
 }
 
@@ -391,15 +365,23 @@ fn primary_session(
     wake: Receiver<()>,
     hello: BackupHello,
 ) -> Result<(), String> {
-    let (session, input) =
-        PrimarySession::start(link, hello, ctx.window, ctx.beat_interval, ctx.now());
-    ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+    let (session, input) = PrimarySession::start(
+        link,
+        hello,
+        ctx.setup.window,
+        ctx.setup.beat_interval,
+        ctx.now(),
+    );
+    ctx.setup
+        .inputs
+        .send(input)
+        .map_err(|_| CORE_GONE.to_string())?;
     let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
     let mut conn = Some(conn);
     let mut reader = None;
     let result = loop {
-        if done.load(Ordering::Acquire) || ctx.stopping.load(Ordering::Acquire) {
+        if done.load(Ordering::Acquire) || ctx.setup.stopping.load(Ordering::Acquire) {
             break Ok(());
         }
         // The backup's frames are read once the core accepted it, as the core expects.
@@ -449,12 +431,13 @@ fn primary_turn(
     commands: &Receiver<LinkCommand>,
     wake: &Receiver<()>,
 ) -> Result<ControlFlow<()>, String> {
-    let appended = ctx.progress.appended_seq.load(Ordering::Acquire);
+    let appended = ctx.setup.progress.appended_seq.load(Ordering::Acquire);
     let next = lock(session).next(ctx.now(), appended, ctx.view());
     match next {
         Next::Send(frame) => send(writer, &frame)?,
         Next::ReadLog { from, upto } => {
             let entries = ctx
+                .setup
                 .reader
                 .range(from, upto, ENTRIES_PER_FRAME)
                 .map_err(|e| format!("reading the log at {from}: {e}"))?;
@@ -469,7 +452,7 @@ fn primary_turn(
                         send(writer, &frame)?;
                     }
                 }
-                recv(ctx.appended_wake) -> _ => {}
+                recv(ctx.setup.appended_wake) -> _ => {}
                 recv(wake) -> _ => {}
                 default(ctx.until(at)) => {}
             }
@@ -490,14 +473,20 @@ fn primary_reader(
         let frame = conn.recv()?;
         let received = lock(session).on_frame(frame, ctx.now())?;
         if let Some(round_trip) = received.round_trip {
-            ctx.latencies.replication_round_trip.observe(round_trip);
+            ctx.setup
+                .latencies
+                .replication_round_trip
+                .observe(round_trip);
         }
         if received.wake_writer {
             // A writer stopped at the window's edge goes on at once, not at the next beat.
             ctx.poke(link);
         }
         if let Some(input) = received.input {
-            ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+            ctx.setup
+                .inputs
+                .send(input)
+                .map_err(|_| CORE_GONE.to_string())?;
         }
     }
 }
@@ -505,7 +494,7 @@ fn primary_reader(
 impl LinkContext {
     /// Now, on the monotonic base the sessions and the core share.
     fn now(&self) -> Duration {
-        self.base.elapsed()
+        self.setup.base.elapsed()
     }
 
     /// How long until `at`: at least a millisecond, so a due turn never spins.
@@ -515,23 +504,20 @@ impl LinkContext {
 
     fn ends(&self) -> Ends<'_> {
         Ends {
-            node_id: &self.node_id,
-            peer_id: &self.peer_id,
-            keys: &self.keys,
+            node_id: &self.setup.node_id,
+            peer_id: &self.setup.peer_id,
+            keys: &self.setup.keys,
         }
     }
 
-    /// The node as the handshake shows it: the driver's snapshot.
+    /// The node as the handshake shows it: the driver's published view.
     fn log_view(&self) -> LogView {
-        self.snapshot.lock().expect("snapshot lock").clone()
+        self.setup.role.log_view()
     }
 
     fn view(&self) -> NodeView {
-        let snapshot = self.snapshot.lock().expect("snapshot lock");
-        NodeView {
-            epoch: snapshot.epoch,
-            head: snapshot.head,
-        }
+        let (epoch, head) = self.setup.role.epoch_and_head();
+        NodeView { epoch, head }
     }
 }
 
@@ -543,17 +529,16 @@ fn lock<T>(session: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // Backup side
 
 /// Dials the primary while this node is backup, for as long as the process runs.
-pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receiver<()>) {
+pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut last_error = String::new();
     loop {
-        if ctx.stopping.load(Ordering::Acquire) {
+        if ctx.setup.stopping.load(Ordering::Acquire) {
             return;
         }
-        let log_stuck = ctx.snapshot.lock().expect("snapshot lock").log_stuck;
-        if ctx.primary.load(Ordering::Acquire) || log_stuck {
+        if ctx.setup.role.primary() || ctx.setup.role.log_stuck() {
             // Wait for a role change (or check again now and then).
-            let _ = role_changed.recv_timeout(Duration::from_millis(500));
+            ctx.setup.role.wait_changed(Duration::from_millis(500));
             continue;
         }
         match follow(&ctx, peer) {
@@ -569,7 +554,7 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr, role_changed: Receive
                     }
                     last_error = e;
                 }
-                let _ = role_changed.recv_timeout(backoff);
+                ctx.setup.role.wait_changed(backoff);
                 backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
             }
         }
@@ -605,12 +590,12 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     let (link, commands, ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
     log::info!(
         "replication link {link}: following the primary {} in epoch {epoch} over {}",
-        ctx.peer_id,
+        ctx.setup.peer_id,
         ctx.transport()
     );
     let result = backup_session(ctx, link, conn, writer, commands, ack, wake, (epoch, spans));
     ctx.unregister(link);
-    let _ = ctx.inputs.send(Input::LinkDown { link });
+    let _ = ctx.setup.inputs.send(Input::LinkDown { link });
     Ok(result?)
 }
 
@@ -627,8 +612,12 @@ fn backup_session(
     wake: Receiver<()>,
     (epoch, spans): (u64, Vec<(u64, u64)>),
 ) -> Result<(), String> {
-    let (session, input) = BackupSession::start(link, epoch, spans, ctx.beat_interval, ctx.now());
-    ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+    let (session, input) =
+        BackupSession::start(link, epoch, spans, ctx.setup.beat_interval, ctx.now());
+    ctx.setup
+        .inputs
+        .send(input)
+        .map_err(|_| CORE_GONE.to_string())?;
     let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -644,7 +633,7 @@ fn backup_session(
             .map_err(|e| e.to_string())?
     };
     let result = loop {
-        if done.load(Ordering::Acquire) || ctx.stopping.load(Ordering::Acquire) {
+        if done.load(Ordering::Acquire) || ctx.setup.stopping.load(Ordering::Acquire) {
             break Ok(());
         }
         match backup_turn(ctx, &session, &mut writer, &commands, &ack, &wake) {
@@ -696,7 +685,7 @@ fn resubmit_orphans(
     session: &Mutex<BackupSession>,
     writer: &mut LinkWriter,
 ) -> Result<(), String> {
-    let batches = read_orphans(&ctx.data_dir).map_err(|e| format!("reading orphans: {e}"))?;
+    let batches = read_orphans(&ctx.setup.data_dir).map_err(|e| format!("reading orphans: {e}"))?;
     let count: usize = batches.iter().map(Vec::len).sum();
     for frame in lock(session).on_orphans(batches, ctx.now()) {
         send(writer, &frame)?;
@@ -716,7 +705,7 @@ fn backup_reader(
         let frame = conn.recv()?;
         let received = lock(session).on_frame(frame, ctx.now())?;
         if received.orphans_done {
-            let path = ctx.data_dir.join(ORPHANS_FILE);
+            let path = ctx.setup.data_dir.join(ORPHANS_FILE);
             match std::fs::remove_file(&path) {
                 Ok(()) => log::info!(
                     "every message kept aside is re-committed; removed {}",
@@ -726,7 +715,10 @@ fn backup_reader(
             }
         }
         if let Some(input) = received.input {
-            ctx.inputs.send(input).map_err(|_| CORE_GONE.to_string())?;
+            ctx.setup
+                .inputs
+                .send(input)
+                .map_err(|_| CORE_GONE.to_string())?;
         }
     }
 }

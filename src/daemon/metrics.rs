@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::admin::Ops;
+use super::admin::{Ops, PeerInfo, Status, StrictInfo};
+use super::error::DaemonError;
+use super::heartbeat::HeartbeatStats;
 
 /// The request head we read at most; the rest is ignored.
 const REQUEST_MAX_BYTES: u64 = 8 * 1024;
@@ -75,11 +77,10 @@ pub fn serve(
     listen: SocketAddr,
     key: &'static str,
     answer: impl Fn(&str, &str) -> Reply + Send + 'static,
-) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(listen).map_err(|e| format!("{key} {listen}: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("{key} {listen}: {e}"))?;
+) -> Result<SocketAddr, DaemonError> {
+    let fail = |step| DaemonError::listen(key, listen, step);
+    let listener = TcpListener::bind(listen).map_err(fail("bind"))?;
+    let bound = listener.local_addr().map_err(fail("local address"))?;
     super::spawn("metrics", move || {
         for stream in listener.incoming() {
             match stream {
@@ -95,7 +96,7 @@ pub fn serve(
 }
 
 /// The node's `[metrics] listen`.
-pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, String> {
+pub fn spawn(listen: SocketAddr, ops: Arc<Ops>) -> Result<SocketAddr, DaemonError> {
     serve(listen, "metrics.listen", move |method, path| {
         match (method, path) {
             ("GET", "/metrics") => Reply::metrics(render(&ops)),
@@ -212,192 +213,18 @@ pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl 
 }
 
 /// The exposition text.
+/// The exposition text.
 pub fn render(ops: &Ops) -> String {
     let status = ops.current();
     let now_mono_ms = ops.base.elapsed().as_millis() as u64;
     let mut out = String::new();
-    metric(
-        &mut out,
-        "role_primary",
-        "gauge",
-        "1 while this node is the primary, 0 while backup.",
-        u64::from(status.role == "primary"),
-    );
-    metric(&mut out, "epoch", "gauge", "Current epoch.", status.epoch);
-    metric(
-        &mut out,
-        "head_seq",
-        "gauge",
-        "Highest committed seq.",
-        status.head,
-    );
-    metric(
-        &mut out,
-        "last_seq",
-        "gauge",
-        "Highest seq ordered (committed or pending).",
-        status.last_seq,
-    );
-    metric(
-        &mut out,
-        "pending",
-        "gauge",
-        "Messages ordered, not yet committed.",
-        status.pending as u64,
-    );
-    metric(
-        &mut out,
-        "clients",
-        "gauge",
-        "Clients with an open session.",
-        status.clients as u64,
-    );
-    metric(
-        &mut out,
-        "rooms",
-        "gauge",
-        "Rooms with at least one member.",
-        status.rooms as u64,
-    );
-    metric(
-        &mut out,
-        "degraded",
-        "gauge",
-        "1 while a sync-mode primary acknowledges without the backup.",
-        u64::from(status.degraded),
-    );
+    render_node(&mut out, &status);
     if let Some(peer) = &status.peer {
-        metric(
-            &mut out,
-            "peer_reachable",
-            "gauge",
-            "1 while the peer was heard within the detection time.",
-            u64::from(peer.reachable(now_mono_ms)),
-        );
-        if let Some(lag) = peer.lag(status.last_seq) {
-            metric(
-                &mut out,
-                "backup_lag",
-                "gauge",
-                "Entries the connected backup has not acknowledged (primary only).",
-                lag,
-            );
-        }
-        // failover.mode = "strict" only: in available mode there is no lease to report.
-        if let Some(strict) = &peer.strict {
-            metric(&mut out,
-                "witness_lease_remaining_seconds",
-                "gauge",
-                "How much longer this primary's witness lease runs (0: none; it then commits only what a synchronous backup holds).",
-                strict.lease_left_ms(now_mono_ms) as f64 / 1e3,
-            );
-            metric(&mut out,
-                "witness_claims_total",
-                "counter",
-                "Claims sent to the witness: lease renewals (primary) and bids to take over (backup).",
-                strict.counts.claims,
-            );
-            metric(
-                &mut out,
-                "witness_grants_total",
-                "counter",
-                "Claims the witness granted (renewals and take-overs).",
-                strict.counts.grants,
-            );
-            metric(
-                &mut out,
-                "witness_refusals_total",
-                "counter",
-                "Claims the witness refused (another node's lease runs, or a newer epoch).",
-                strict.counts.refusals,
-            );
-            metric(&mut out,
-                "strict_sends_refused_total",
-                "counter",
-                "Sends answered unavailable because this primary held no lease (no witness lease, no synchronous backup).",
-                strict.counts.sends_refused,
-            );
-        }
+        render_peer(&mut out, peer, status.last_seq, now_mono_ms);
     }
-    metric(
-        &mut out,
-        "uptime_seconds",
-        "gauge",
-        "Seconds since the process started.",
-        ops.uptime_ms() / 1000,
-    );
-
-    metric(
-        &mut out,
-        "commits_total",
-        "counter",
-        "Messages committed (acknowledged and published) by this node.",
-        status.commits_total,
-    );
-    metric(
-        &mut out,
-        "failovers_total",
-        "counter",
-        "Promotions of this node to primary (automatic or planned).",
-        status.failovers_total,
-    );
-    metric(
-        &mut out,
-        "rate_limited_total",
-        "counter",
-        "Requests (sends; joins, leaves and history requests) refused by a client's rate limits.",
-        status.rate_limited_total,
-    );
-    metric(
-        &mut out,
-        "slow_consumer_drops_total",
-        "counter",
-        "Clients dropped because they read too slowly.",
-        ops.io.slow_consumer_drops.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "client_bytes_sent_total",
-        "counter",
-        "Bytes written to client sockets.",
-        ops.io.bytes_sent.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "client_frames_sent_total",
-        "counter",
-        "Frames written to client sockets.",
-        ops.io.frames_sent.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "client_writes_total",
-        "counter",
-        "Write system calls to client sockets (frames per write shows how well writes coalesce).",
-        ops.io.writes.load(Ordering::Relaxed),
-    );
-    if let Some(hb) = &ops.heartbeats {
-        metric(
-            &mut out,
-            "heartbeats_sent_total",
-            "counter",
-            "Heartbeats sent to the peer.",
-            hb.sent.load(Ordering::Relaxed),
-        );
-        metric(
-            &mut out,
-            "heartbeats_received_total",
-            "counter",
-            "Valid heartbeats received from the peer.",
-            hb.received.load(Ordering::Relaxed),
-        );
-        metric(
-            &mut out,
-            "heartbeats_rejected_total",
-            "counter",
-            "Heartbeat datagrams rejected (bad MAC, replayed, wrong node, malformed).",
-            hb.rejected.load(Ordering::Relaxed),
-        );
+    render_counters(&mut out, ops, &status);
+    if let Some(heartbeats) = &ops.heartbeats {
+        render_heartbeats(&mut out, heartbeats);
     }
     process_metrics(&mut out, status.started_ms);
     ops.latencies.render(&mut out);
@@ -407,6 +234,207 @@ pub fn render(ops: &Ops) -> String {
         "Committed messages waiting in an I/O worker's queue before it fans them out.",
     );
     out
+}
+
+/// The node's role and log.
+fn render_node(out: &mut String, status: &Status) {
+    metric(
+        out,
+        "role_primary",
+        "gauge",
+        "1 while this node is the primary, 0 while backup.",
+        u64::from(status.role == "primary"),
+    );
+    metric(out, "epoch", "gauge", "Current epoch.", status.epoch);
+    metric(
+        out,
+        "head_seq",
+        "gauge",
+        "Highest committed seq.",
+        status.head,
+    );
+    metric(
+        out,
+        "last_seq",
+        "gauge",
+        "Highest seq ordered (committed or pending).",
+        status.last_seq,
+    );
+    metric(
+        out,
+        "pending",
+        "gauge",
+        "Messages ordered, not yet committed.",
+        status.pending as u64,
+    );
+    metric(
+        out,
+        "clients",
+        "gauge",
+        "Clients with an open session.",
+        status.clients as u64,
+    );
+    metric(
+        out,
+        "rooms",
+        "gauge",
+        "Rooms with at least one member.",
+        status.rooms as u64,
+    );
+    metric(
+        out,
+        "degraded",
+        "gauge",
+        "1 while a sync-mode primary acknowledges without the backup.",
+        u64::from(status.degraded),
+    );
+}
+
+/// The pair, as this node last saw it.
+fn render_peer(out: &mut String, peer: &PeerInfo, last_seq: u64, now_mono_ms: u64) {
+    metric(
+        out,
+        "peer_reachable",
+        "gauge",
+        "1 while the peer was heard within the detection time.",
+        u64::from(peer.reachable(now_mono_ms)),
+    );
+    if let Some(lag) = peer.lag(last_seq) {
+        metric(
+            out,
+            "backup_lag",
+            "gauge",
+            "Entries the connected backup has not acknowledged (primary only).",
+            lag,
+        );
+    }
+    // failover.mode = "strict" only: in available mode there is no lease to report.
+    if let Some(strict) = &peer.strict {
+        render_strict(out, strict, now_mono_ms);
+    }
+}
+
+/// Strict mode's lease and claims.
+fn render_strict(out: &mut String, strict: &StrictInfo, now_mono_ms: u64) {
+    metric(out,
+        "witness_lease_remaining_seconds",
+        "gauge",
+        "How much longer this primary's witness lease runs (0: none; it then commits only what a synchronous backup holds).",
+        strict.lease_left_ms(now_mono_ms) as f64 / 1e3,
+    );
+    metric(
+        out,
+        "witness_claims_total",
+        "counter",
+        "Claims sent to the witness: lease renewals (primary) and bids to take over (backup).",
+        strict.counts.claims,
+    );
+    metric(
+        out,
+        "witness_grants_total",
+        "counter",
+        "Claims the witness granted (renewals and take-overs).",
+        strict.counts.grants,
+    );
+    metric(
+        out,
+        "witness_refusals_total",
+        "counter",
+        "Claims the witness refused (another node's lease runs, or a newer epoch).",
+        strict.counts.refusals,
+    );
+    metric(out,
+        "strict_sends_refused_total",
+        "counter",
+        "Sends answered unavailable because this primary held no lease (no witness lease, no synchronous backup).",
+        strict.counts.sends_refused,
+    );
+}
+
+/// Uptime and the counters since start.
+fn render_counters(out: &mut String, ops: &Ops, status: &Status) {
+    metric(
+        out,
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+        ops.uptime_ms() / 1000,
+    );
+
+    metric(
+        out,
+        "commits_total",
+        "counter",
+        "Messages committed (acknowledged and published) by this node.",
+        status.commits_total,
+    );
+    metric(
+        out,
+        "failovers_total",
+        "counter",
+        "Promotions of this node to primary (automatic or planned).",
+        status.failovers_total,
+    );
+    metric(
+        out,
+        "rate_limited_total",
+        "counter",
+        "Requests (sends; joins, leaves and history requests) refused by a client's rate limits.",
+        status.rate_limited_total,
+    );
+    metric(
+        out,
+        "slow_consumer_drops_total",
+        "counter",
+        "Clients dropped because they read too slowly.",
+        ops.io.slow_consumer_drops.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "client_bytes_sent_total",
+        "counter",
+        "Bytes written to client sockets.",
+        ops.io.bytes_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "client_frames_sent_total",
+        "counter",
+        "Frames written to client sockets.",
+        ops.io.frames_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "client_writes_total",
+        "counter",
+        "Write system calls to client sockets (frames per write shows how well writes coalesce).",
+        ops.io.writes.load(Ordering::Relaxed),
+    );
+}
+
+/// The heartbeat thread's counters.
+fn render_heartbeats(out: &mut String, hb: &HeartbeatStats) {
+    metric(
+        out,
+        "heartbeats_sent_total",
+        "counter",
+        "Heartbeats sent to the peer.",
+        hb.sent.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "heartbeats_received_total",
+        "counter",
+        "Valid heartbeats received from the peer.",
+        hb.received.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "heartbeats_rejected_total",
+        "counter",
+        "Heartbeat datagrams rejected (bad MAC, replayed, wrong node, malformed).",
+        hb.rejected.load(Ordering::Relaxed),
+    );
 }
 
 #[cfg(test)]

@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_worker_queue_takes_worker_commands_max_items_then_refuses() {
-        let max = crate::daemon::WORKER_COMMANDS_MAX;
+        let max = crate::daemon::start::WORKER_COMMANDS_MAX;
         let (tx, rx) = queue(max);
         for i in 0..max {
             tx.try_send(i).unwrap();

@@ -35,34 +35,31 @@ impl Verifier {
         threads: usize,
         queue_max: usize,
         inputs: Sender<Input>,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, super::DaemonError> {
         let (jobs, queue) = bounded::<Job>(queue_max);
         let users = Arc::new(RwLock::new(Arc::new(users)));
         for i in 0..threads {
             let queue = queue.clone();
             let users = users.clone();
             let inputs = inputs.clone();
-            std::thread::Builder::new()
-                .name(format!("verify-{i}"))
-                .spawn(move || {
-                    for job in queue.iter() {
-                        let table = users
-                            .read()
-                            .expect("never poisoned: no panic inside")
-                            .clone();
-                        let ok = table.verify(&job.nick, &job.token);
-                        drop(job.token);
-                        let input = Input::Authenticated {
-                            conn: job.conn,
-                            ok,
-                            now_ms: super::wall_ms(),
-                        };
-                        if inputs.send(input).is_err() {
-                            return;
-                        }
+            super::spawn(&format!("verify-{i}"), move || {
+                for job in queue.iter() {
+                    let table = users
+                        .read()
+                        .expect("never poisoned: no panic inside")
+                        .clone();
+                    let ok = table.verify(&job.nick, &job.token);
+                    drop(job.token);
+                    let input = Input::Authenticated {
+                        conn: job.conn,
+                        ok,
+                        now_ms: super::wall_ms(),
+                    };
+                    if inputs.send(input).is_err() {
+                        return;
                     }
-                })
-                .map_err(|e| format!("cannot start thread verify-{i}: {e}"))?;
+                }
+            })?;
         }
         Ok(Verifier { jobs, users })
     }

@@ -19,6 +19,7 @@ use crate::daemon::notify::Notifier;
 use crate::daemon::witness_metrics::{self, SharedView, WitnessView};
 use crate::secret_file::load_keyring;
 use crate::wire::heartbeat::ReplayGuard;
+use crate::wire::keyring::Keyring;
 use crate::wire::witness::{decode_claim, encode_answer, Answer, WITNESS_DATAGRAM_MAX_BYTES};
 use crate::witness_config::WitnessConfig;
 
@@ -86,29 +87,11 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             config.state_file.display()
         )
     })?;
-    let socket =
-        UdpSocket::bind(config.listen).map_err(|e| format!("listen {}: {e}", config.listen))?;
-    socket
-        .set_read_timeout(Some(STOP_CHECK_INTERVAL))
-        .map_err(|e| format!("listen {}: {e}", config.listen))?;
-    let bound = socket
-        .local_addr()
-        .map_err(|e| format!("listen {}: {e}", config.listen))?;
+    let (socket, bound) = bind(config.listen)?;
     let base = Instant::now();
-    let mono_ms = || base.elapsed().as_millis() as u64;
-    let mut witness = Witness::new(granted.clone(), config.lease_ms, mono_ms());
-    let view: SharedView = Arc::new(Mutex::new(WitnessView {
-        granted: granted.clone(),
-        lease_until: base + Duration::from_millis(config.lease_ms),
-        turned: Instant::now(),
-        granted_total: 0,
-        grant_changes_total: 0,
-        refused_total: 0,
-        rejected_total: 0,
-        started_unix_ms: crate::daemon::wall_ms(),
-    }));
+    let view = new_view(&granted, base, config.lease_ms);
     if let Some(listen) = config.metrics_listen {
-        let bound = witness_metrics::spawn(listen, view.clone())?;
+        let bound = witness_metrics::spawn(listen, view.clone()).map_err(|e| e.to_string())?;
         log::info!("metrics on http://{bound}/metrics (and /healthz)");
     }
     log::info!(
@@ -125,65 +108,168 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
         "granted epoch {} to {:?}; lease {} ms",
         granted.epoch, granted.holder, config.lease_ms
     ));
-    let mut guard = ReplayGuard::new();
-    let mut rejects = Throttle::new(1, Duration::from_secs(10));
+    let mut server = Server {
+        witness: Witness::new(granted, config.lease_ms, 0),
+        config,
+        keys,
+        socket,
+        view,
+        base,
+        guard: ReplayGuard::new(),
+        rejects: Throttle::new(1, Duration::from_secs(10)),
+    };
     let mut buf = [0u8; WITNESS_DATAGRAM_MAX_BYTES + 1];
     while !stop.load(Ordering::Acquire) {
         notifier.poll(Instant::now());
-        publish(&view, |v| v.turned = Instant::now());
-        let (len, from) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // ICMP errors from an earlier answer surface here on some systems: not fatal.
-            Err(e) => {
-                log::debug!("receive: {e}");
-                continue;
-            }
-        };
-        let claim = match decode_claim(&buf[..len], &keys) {
+        publish(&server.view, |v| v.turned = Instant::now());
+        if let Some((len, from)) = receive(&server.socket, &mut buf) {
+            server.on_datagram(&buf[..len], from)?;
+        }
+    }
+    notifier.stopping();
+    log::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The witness's UDP socket on `listen` and the address it got.
+fn bind(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr), String> {
+    let fail = |e: io::Error| format!("listen {listen}: {e}");
+    let socket = UdpSocket::bind(listen).map_err(fail)?;
+    socket
+        .set_read_timeout(Some(STOP_CHECK_INTERVAL))
+        .map_err(fail)?;
+    let bound = socket.local_addr().map_err(fail)?;
+    Ok((socket, bound))
+}
+
+/// What metrics show before the first claim.
+fn new_view(granted: &Granted, base: Instant, lease_ms: u64) -> SharedView {
+    Arc::new(Mutex::new(WitnessView {
+        granted: granted.clone(),
+        lease_until: base + Duration::from_millis(lease_ms),
+        turned: Instant::now(),
+        granted_total: 0,
+        grant_changes_total: 0,
+        refused_total: 0,
+        rejected_total: 0,
+        started_unix_ms: crate::daemon::wall_ms(),
+    }))
+}
+
+/// One datagram and its sender; `None` on a timeout (to look at the stop) or a receive
+/// error, none of them fatal.
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match socket.recv_from(buf) {
+        Ok(got) => Some(got),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            None
+        }
+        // ICMP errors from an earlier answer surface here on some systems: not fatal.
+        Err(e) => {
+            log::debug!("receive: {e}");
+            None
+        }
+    }
+}
+
+/// The witness's loop state: the rules, the socket and what metrics read.
+struct Server {
+    config: WitnessConfig,
+    keys: Keyring,
+    socket: UdpSocket,
+    witness: Witness,
+    view: SharedView,
+    /// The monotonic origin of the rules' clock.
+    base: Instant,
+    guard: ReplayGuard,
+    rejects: Throttle,
+}
+
+impl Server {
+    fn mono_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// One claim: checked, decided, recorded (a new grant is on disk before it is
+    /// answered) and answered. Only a state file that cannot be written is an error.
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), String> {
+        let claim = match decode_claim(datagram, &self.keys) {
             Ok(claim) => claim,
             Err(e) => {
-                reject(&mut rejects, &view, from, &e.to_string());
-                continue;
+                reject(&mut self.rejects, &self.view, from, &e.to_string());
+                return Ok(());
             }
         };
-        if !guard.accept_from(&claim.node_id, claim.boot, claim.counter) {
-            reject(&mut rejects, &view, from, "replayed or stale claim");
-            continue;
+        if !self
+            .guard
+            .accept_from(&claim.node_id, claim.boot, claim.counter)
+        {
+            reject(
+                &mut self.rejects,
+                &self.view,
+                from,
+                "replayed or stale claim",
+            );
+            return Ok(());
         }
-        let (verdict, changed) = witness.on_claim(&claim.node_id, claim.epoch, mono_ms());
+        let now_ms = self.mono_ms();
+        let (verdict, changed) = self.witness.on_claim(&claim.node_id, claim.epoch, now_ms);
         let changed_grant = changed.is_some();
-        if let Some(granted) = changed {
-            if let Err(e) = write_state(&config.state_file, &granted) {
-                return Err(format!(
-                    "state file {}: cannot write the grant of epoch {} to {}: {e}",
-                    config.state_file.display(),
-                    granted.epoch,
-                    granted.holder
-                ));
+        match changed {
+            Some(granted) => self.record_grant(&granted, from)?,
+            None => {
+                if let Verdict::Refused { epoch, wait_ms } = verdict {
+                    log::debug!(
+                        "refused epoch {} to {}: epoch {epoch} is held for {wait_ms} ms more",
+                        claim.epoch,
+                        claim.node_id
+                    );
+                }
             }
-            log::info!(
-                "granted epoch {} to {} (asked from {from})",
+        }
+        self.publish_verdict(&verdict, changed_grant);
+        let answer = Answer {
+            node_id: claim.node_id,
+            boot: claim.boot,
+            counter: claim.counter,
+            verdict,
+        };
+        if let Err(e) = self
+            .socket
+            .send_to(&encode_answer(&answer, &self.keys), from)
+        {
+            log::debug!("answer to {from}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Writes a new grant to the state file before anyone hears of it.
+    fn record_grant(&self, granted: &Granted, from: SocketAddr) -> Result<(), String> {
+        if let Err(e) = write_state(&self.config.state_file, granted) {
+            return Err(format!(
+                "state file {}: cannot write the grant of epoch {} to {}: {e}",
+                self.config.state_file.display(),
                 granted.epoch,
                 granted.holder
-            );
-        } else if let Verdict::Refused { epoch, wait_ms } = verdict {
-            log::debug!(
-                "refused epoch {} to {}: epoch {epoch} is held for {wait_ms} ms more",
-                claim.epoch,
-                claim.node_id
-            );
+            ));
         }
-        let now_ms = mono_ms();
-        publish(&view, |v| {
+        log::info!(
+            "granted epoch {} to {} (asked from {from})",
+            granted.epoch,
+            granted.holder
+        );
+        Ok(())
+    }
+
+    fn publish_verdict(&self, verdict: &Verdict, changed_grant: bool) {
+        let now_ms = self.mono_ms();
+        let (witness, base) = (&self.witness, self.base);
+        publish(&self.view, |v| {
             match verdict {
                 Verdict::Granted { .. } => v.granted_total += 1,
                 Verdict::Refused { .. } => v.refused_total += 1,
@@ -192,19 +278,7 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
             v.granted = witness.granted().clone();
             v.lease_until = base + Duration::from_millis(now_ms + witness.lease_left_ms(now_ms));
         });
-        let answer = Answer {
-            node_id: claim.node_id,
-            boot: claim.boot,
-            counter: claim.counter,
-            verdict,
-        };
-        if let Err(e) = socket.send_to(&encode_answer(&answer, &keys), from) {
-            log::debug!("answer to {from}: {e}");
-        }
     }
-    notifier.stopping();
-    log::info!("stopped cleanly");
-    Ok(())
 }
 
 /// Updates what `/metrics` and `/healthz` read.

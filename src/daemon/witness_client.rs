@@ -7,6 +7,7 @@
 //! counts the lease from the moment it asked, which is no later than the moment the claim
 //! left, so any delay here only shortens the lease.
 
+use super::DaemonError;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -41,19 +42,24 @@ pub fn spawn(
     inputs: Sender<Input>,
     stopping: Arc<AtomicBool>,
     base: Instant,
-) -> Result<Sender<ClaimRequest>, String> {
+) -> Result<Sender<ClaimRequest>, DaemonError> {
     let any: SocketAddr = if witness.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
         "[::]:0".parse().expect("literal")
     };
-    let socket = UdpSocket::bind(any).map_err(|e| format!("witness {witness}: bind: {e}"))?;
+    let fail = |step| {
+        move |source| DaemonError::Witness {
+            address: witness,
+            step,
+            source,
+        }
+    };
+    let socket = UdpSocket::bind(any).map_err(fail("bind"))?;
     socket
         .set_read_timeout(Some(STOP_CHECK_INTERVAL))
-        .map_err(|e| format!("witness {witness}: {e}"))?;
-    let receiving = socket
-        .try_clone()
-        .map_err(|e| format!("witness {witness}: {e}"))?;
+        .map_err(fail("read timeout"))?;
+    let receiving = socket.try_clone().map_err(fail("clone socket"))?;
     let boot = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
@@ -61,23 +67,19 @@ pub fn spawn(
     let (claims_tx, claims_rx) = bounded::<ClaimRequest>(CLAIMS_INFLIGHT_MAX);
     {
         let (keys, waiting, node_id) = (keys.clone(), waiting.clone(), node_id.clone());
-        std::thread::Builder::new()
-            .name("witness-send".into())
-            .spawn(move || send_loop(socket, witness, node_id, boot, keys, waiting, claims_rx))
-            .map_err(|e| format!("cannot start thread witness-send: {e}"))?;
+        super::spawn("witness-send", move || {
+            send_loop(socket, witness, node_id, boot, keys, waiting, claims_rx)
+        })?;
     }
-    std::thread::Builder::new()
-        .name("witness-recv".into())
-        .spawn(move || {
-            let me = Me {
-                node_id,
-                boot,
-                keys,
-                waiting,
-            };
-            receive_loop(receiving, me, inputs, stopping, base)
-        })
-        .map_err(|e| format!("cannot start thread witness-recv: {e}"))?;
+    super::spawn("witness-recv", move || {
+        let me = Me {
+            node_id,
+            boot,
+            keys,
+            waiting,
+        };
+        receive_loop(receiving, me, inputs, stopping, base)
+    })?;
     Ok(claims_tx)
 }
 

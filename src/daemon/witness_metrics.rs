@@ -36,7 +36,7 @@ pub struct WitnessView {
 pub type SharedView = Arc<Mutex<WitnessView>>;
 
 /// Binds `metrics_listen` and serves the view on a thread.
-pub fn spawn(listen: SocketAddr, view: SharedView) -> Result<SocketAddr, String> {
+pub fn spawn(listen: SocketAddr, view: SharedView) -> Result<SocketAddr, super::DaemonError> {
     metrics::serve(listen, "metrics_listen", move |method, path| {
         let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match (method, path) {
