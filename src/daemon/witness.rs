@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use crate::daemon::notify::Notifier;
 use crate::daemon::witness_metrics::{self, SharedView, WitnessView};
 use crate::secret_file::load_keyring;
 use crate::wire::heartbeat::ReplayGuard;
-use crate::wire::keyring::Keyring;
+use crate::wire::keyring::{Keyring, KeyringError};
 use crate::wire::witness::{decode_claim, encode_answer, Answer, WITNESS_DATAGRAM_MAX_BYTES};
 use crate::witness_config::WitnessConfig;
 
@@ -28,17 +28,52 @@ const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// A state file is one short line; anything larger is the wrong file.
 const STATE_FILE_MAX_BYTES: u64 = 4_096;
 
+/// Why the witness stopped or could not start: each kind names the config key or file and
+/// the cause. `pbchat-witness` prints it and exits 1; a restart would fail the same way,
+/// except that a state file that could not be written may be writable again.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("secret_file: {0}")]
+    SecretFile(#[from] KeyringError),
+    /// The state file exists but is not one the witness wrote.
+    #[error("state file {}: {problem}", path.display())]
+    StateFile { path: PathBuf, problem: String },
+    #[error("state file {}: cannot read: {source}", path.display())]
+    StateRead { path: PathBuf, source: io::Error },
+    /// Checked at start, and at every grant: a grant must be on disk before it is answered.
+    #[error("state file {}: cannot write {what}: {source}", path.display())]
+    StateWrite {
+        path: PathBuf,
+        what: String,
+        source: io::Error,
+    },
+    #[error("listen {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Metrics(#[from] super::DaemonError),
+}
+
 /// Reads the state file: `granted EPOCH NODE` (`granted 0` before the first grant); no
 /// file means nothing granted yet.
-pub fn read_state(path: &Path) -> Result<Granted, String> {
-    let fail = |problem: String| format!("state file {}: {problem}", path.display());
+pub fn read_state(path: &Path) -> Result<Granted, WitnessError> {
+    let read_failed = |source| WitnessError::StateRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let fail = |problem: String| WitnessError::StateFile {
+        path: path.to_path_buf(),
+        problem,
+    };
     let text = match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Granted::default()),
-        Err(e) => return Err(fail(format!("cannot read: {e}"))),
+        Err(e) => return Err(read_failed(e)),
         Ok(meta) if meta.len() > STATE_FILE_MAX_BYTES => {
             return Err(fail(format!("larger than {STATE_FILE_MAX_BYTES} bytes")))
         }
-        Ok(_) => std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?,
+        Ok(_) => std::fs::read_to_string(path).map_err(read_failed)?,
     };
     let fields: Vec<&str> = text.split_whitespace().collect();
     match fields.as_slice() {
@@ -77,21 +112,20 @@ pub fn write_state(path: &Path, granted: &Granted) -> io::Result<()> {
 }
 
 /// Runs the witness until `stop` is set.
-pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let keys = load_keyring(&config.secret_file).map_err(|e| format!("secret_file: {e}"))?;
+pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), WitnessError> {
+    let keys = load_keyring(&config.secret_file)?;
     let granted = read_state(&config.state_file)?;
     // Fail now, not at the first grant, when the state file cannot be written.
-    write_state(&config.state_file, &granted).map_err(|e| {
-        format!(
-            "state file {}: cannot write: {e}",
-            config.state_file.display()
-        )
+    write_state(&config.state_file, &granted).map_err(|source| WitnessError::StateWrite {
+        path: config.state_file.clone(),
+        what: "(checked at start)".into(),
+        source,
     })?;
     let (socket, bound) = bind(config.listen)?;
     let base = Instant::now();
     let view = new_view(&granted, base, config.lease_ms);
     if let Some(listen) = config.metrics_listen {
-        let bound = witness_metrics::spawn(listen, view.clone()).map_err(|e| e.to_string())?;
+        let bound = witness_metrics::spawn(listen, view.clone())?;
         log::info!("metrics on http://{bound}/metrics (and /healthz)");
     }
     log::info!(
@@ -132,8 +166,11 @@ pub fn run(config: WitnessConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
 }
 
 /// The witness's UDP socket on `listen` and the address it got.
-fn bind(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr), String> {
-    let fail = |e: io::Error| format!("listen {listen}: {e}");
+fn bind(listen: SocketAddr) -> Result<(UdpSocket, SocketAddr), WitnessError> {
+    let fail = |source| WitnessError::Listen {
+        address: listen,
+        source,
+    };
     let socket = UdpSocket::bind(listen).map_err(fail)?;
     socket
         .set_read_timeout(Some(STOP_CHECK_INTERVAL))
@@ -197,7 +234,7 @@ impl Server {
 
     /// One claim: checked, decided, recorded (a new grant is on disk before it is
     /// answered) and answered. Only a state file that cannot be written is an error.
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), String> {
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), WitnessError> {
         let claim = match decode_claim(datagram, &self.keys) {
             Ok(claim) => claim,
             Err(e) => {
@@ -249,14 +286,13 @@ impl Server {
     }
 
     /// Writes a new grant to the state file before anyone hears of it.
-    fn record_grant(&self, granted: &Granted, from: SocketAddr) -> Result<(), String> {
-        if let Err(e) = write_state(&self.config.state_file, granted) {
-            return Err(format!(
-                "state file {}: cannot write the grant of epoch {} to {}: {e}",
-                self.config.state_file.display(),
-                granted.epoch,
-                granted.holder
-            ));
+    fn record_grant(&self, granted: &Granted, from: SocketAddr) -> Result<(), WitnessError> {
+        if let Err(source) = write_state(&self.config.state_file, granted) {
+            return Err(WitnessError::StateWrite {
+                path: self.config.state_file.clone(),
+                what: format!("the grant of epoch {} to {}", granted.epoch, granted.holder),
+                source,
+            });
         }
         log::info!(
             "granted epoch {} to {} (asked from {from})",
@@ -315,7 +351,52 @@ mod tests {
         write_state(&path, &granted).unwrap();
         assert_eq!(read_state(&path).unwrap(), granted);
         std::fs::write(&path, "granted twelve b\n").unwrap();
-        let e = read_state(&path).unwrap_err();
-        assert!(e.contains("epoch \"twelve\" is not a whole number"), "{e}");
+        let e = read_state(&path).unwrap_err().to_string();
+        let named = format!("state file {}: ", path.display());
+        assert_eq!(e, format!("{named}epoch \"twelve\" is not a whole number"));
+        std::fs::write(&path, "x".repeat(STATE_FILE_MAX_BYTES as usize + 1)).unwrap();
+        let e = read_state(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{named}larger than {STATE_FILE_MAX_BYTES} bytes")
+        );
+        std::fs::write(&path, "granted 3\n").unwrap();
+        let e = read_state(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&named) && e.contains("do not edit this file"),
+            "{e}"
+        );
+    }
+
+    /// The witness fails at start, naming the file, when it could not record a grant later.
+    #[test]
+    fn a_state_file_that_cannot_be_written_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pair.secret");
+        let line = crate::secret_file::generate_secret_line(1);
+        std::fs::write(&secret, format!("{line}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        // A directory where the atomic write's temp file goes (even root cannot create it).
+        let state_file = dir.path().join("state");
+        std::fs::create_dir(state_file.with_extension("tmp")).unwrap();
+        let config = crate::witness_config::parse(
+            &format!(
+                "listen = \"127.0.0.1:0\"\nsecret_file = \"{}\"\nstate_file = \"{}\"\n",
+                secret.display(),
+                state_file.display()
+            ),
+            "w.toml",
+        )
+        .unwrap();
+        let e = run(config, Arc::new(AtomicBool::new(true))).unwrap_err();
+        assert!(matches!(e, WitnessError::StateWrite { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "state file {}: cannot write (checked at start): ",
+                state_file.display()
+            )),
+            "{e}"
+        );
     }
 }
