@@ -1894,6 +1894,22 @@ fn a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote() {
     );
 }
 
+/// The regression test above can fail: with the old standoff rule planted back (own last
+/// seq against the peer's head, the higher rank winning a tie), both nodes promote after
+/// the restart.
+#[test]
+fn the_standoff_regression_test_finds_the_old_standoff_bug() {
+    super::peer::planted::STANDOFF_BY_LAST_SEQ.with(|p| p.set(true));
+    let outcome = std::panic::catch_unwind(
+        a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote,
+    );
+    super::peer::planted::STANDOFF_BY_LAST_SEQ.with(|p| p.set(false));
+    assert!(
+        outcome.is_err(),
+        "the regression test passed with the old standoff rule planted"
+    );
+}
+
 /// Regression: the link resubmitted orphans only right after an ack that changed, so a
 /// new primary with nothing past the common prefix never got them.
 #[test]
