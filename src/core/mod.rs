@@ -1869,6 +1869,8 @@ impl Node {
 #[cfg(test)]
 mod pair_tests;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod strict_tests;
 #[cfg(test)]
 mod tests;
