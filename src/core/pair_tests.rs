@@ -23,8 +23,9 @@ use std::time::Duration;
 use super::link::sim::{pair_keys, LinkEnds, NodeSide, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::sim::{
-    core_config, Clock, Disk, EventQueue, Network, PairKnobs, Rng, CLIENT_ADDRESSES, DETECTION_MS,
-    INTERVAL_MS, NODE_IDS, REAL_TIME_PPM, REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS,
+    core_config, link_work, Clock, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng,
+    CLIENT_ADDRESSES, DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM, REDIAL_MS, ROOM, TICK_MS,
+    TIMING, WALL_BASE_MS,
 };
 use super::ReplicationMode;
 use super::*;
@@ -819,32 +820,64 @@ impl Pair {
         ) {
             self.nodes[i].events.push((now, action.clone()));
         }
+        if let Some(work) = link_work(&action) {
+            self.on_link_work(i, work);
+            return;
+        }
         match action {
-            Action::Send { conn, frame } => {
-                let frame = decode_server_frame(&frame[..frame.len() - 1]).expect("a frame");
-                if frame.kind == "ack" {
-                    let session = self.conns.get(&conn).map(|(_, s)| s.clone());
-                    self.acked.push(Acked {
-                        node: i,
-                        session: session.expect("acks go to open connections"),
-                        id: frame.id.clone().expect("ack names the id"),
-                        seq: frame.seq.expect("ack has a seq"),
-                    });
-                }
-                self.nodes[i].frames.push((conn, frame));
-            }
+            Action::Send { conn, frame } => self.on_send(i, conn, &frame),
             Action::Close { conn } => {
                 self.conns.remove(&conn);
             }
+            Action::Publish { seq, frame, .. } => self.on_publish(i, seq, &frame),
+            Action::Exit => {
+                self.trace(i, "exits");
+                let sim = &mut self.nodes[i];
+                sim.disk.synced_seq = sim.disk.last_seq();
+                sim.process = None;
+                self.process_gone(i);
+            }
+            Action::ResubmitDone { epoch, seq, .. } => {
+                // The primary's own re-commit (`SELF_LINK`): its orphans file goes.
+                let sim = &mut self.nodes[i];
+                let p = sim.process.as_mut().expect("running");
+                if p.own_orphans_waiting == Some((epoch, seq)) {
+                    p.own_orphans_waiting = None;
+                    sim.disk.orphans.clear();
+                }
+            }
+            Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
+            // Log lines, role changes, presence and subscriptions change nothing here.
+            action => self.on_disk_action(i, action),
+        }
+    }
+
+    /// A frame to a client; an ack is noted for the checker.
+    fn on_send(&mut self, i: usize, conn: ConnId, frame: &[u8]) {
+        let frame = decode_server_frame(&frame[..frame.len() - 1]).expect("a frame");
+        if frame.kind == "ack" {
+            let session = self.conns.get(&conn).map(|(_, s)| s.clone());
+            self.acked.push(Acked {
+                node: i,
+                session: session.expect("acks go to open connections"),
+                id: frame.id.clone().expect("ack names the id"),
+                seq: frame.seq.expect("ack has a seq"),
+            });
+        }
+        self.nodes[i].frames.push((conn, frame));
+    }
+
+    /// The log writer's and the epochs file's work, as `daemon::storage` does it.
+    fn on_disk_action(&mut self, i: usize, action: Action) {
+        match action {
             Action::Append(entry) => {
                 let sim = &mut self.nodes[i];
                 let seq = entry.seq;
                 sim.disk.append(NODE_IDS[i], entry);
                 let p = sim.process.as_mut().expect("running");
                 p.fsyncs
-                    .push_back((now + sim.fsync_ms, p.writer_generation, seq));
+                    .push_back((self.now_ms + sim.fsync_ms, p.writer_generation, seq));
             }
-            Action::Publish { seq, frame, .. } => self.on_publish(i, seq, &frame),
             Action::SaveEpochs { spans, seen } => {
                 let disk = &mut self.nodes[i].disk;
                 disk.spans = spans;
@@ -862,58 +895,24 @@ impl Pair {
                 self.nodes[i].disk.restart_log(first_seq);
                 self.rewrite_log(i);
             }
-            Action::Exit => {
-                self.trace(i, "exits");
-                let sim = &mut self.nodes[i];
-                sim.disk.synced_seq = sim.disk.last_seq();
-                sim.process = None;
-                self.process_gone(i);
-            }
-            Action::AcceptBackup {
-                link,
-                truncate_after,
-                restart_at,
-            } => {
-                let accept = LinkCommand::Accept {
-                    truncate_after,
-                    restart_at,
-                };
-                self.command(link, i, accept);
-            }
-            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
+            _ => {}
+        }
+    }
+
+    /// Node `i`'s end of a link carries out what its core asked.
+    fn on_link_work(&mut self, i: usize, work: LinkWork) {
+        match work {
+            LinkWork::Command(link, command) => self.command(link, i, command),
+            LinkWork::Close(link) => {
                 if let Some(link) = self.link_index(link) {
                     self.close_end(link, i);
                 }
             }
-            Action::AckPrimary { link, durable_seq } => {
+            LinkWork::Ack(link, durable_seq) => {
                 if let Some(link) = self.link_index(link) {
                     self.links[link].ends.ack(durable_seq);
                 }
             }
-            Action::Handover { link, epoch } => {
-                self.command(link, i, LinkCommand::Handover { epoch })
-            }
-            Action::TookOver { link, epoch } => {
-                self.command(link, i, LinkCommand::TookOver { epoch })
-            }
-            Action::ResubmitDone {
-                link: SELF_LINK,
-                epoch,
-                seq,
-            } => {
-                let sim = &mut self.nodes[i];
-                let p = sim.process.as_mut().expect("running");
-                if p.own_orphans_waiting == Some((epoch, seq)) {
-                    p.own_orphans_waiting = None;
-                    sim.disk.orphans.clear();
-                }
-            }
-            Action::ResubmitDone { link, epoch, seq } => {
-                self.command(link, i, LinkCommand::ResubmitDone { epoch, seq })
-            }
-            Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
-            // Log lines, role changes, presence and subscriptions change nothing here.
-            _ => {}
         }
     }
 
@@ -1801,6 +1800,17 @@ struct Client {
     unacked: Vec<String>,
 }
 
+impl Client {
+    fn new(session: &str) -> Self {
+        Client {
+            session: session.into(),
+            conn: None,
+            next_id: 1,
+            unacked: Vec::new(),
+        }
+    }
+}
+
 /// Prints the seed of a failing run, and the one command that replays it exactly.
 struct SeedReport(u64);
 
@@ -1826,26 +1836,8 @@ thread_local! {
 fn random_pair_run(seed: u64) {
     let _report = SeedReport(seed);
     let mut rng = Rng::new(seed);
-    let mut pair = Pair::new(0);
-    pair.network.rng = Some(Rng::new(seed ^ 0x5EED));
-    pair.network.latency_max_ms = rng.below(25);
-    // Half the runs have a lossy, duplicating, reordering heartbeat path.
-    if rng.chance(50) {
-        pair.network.loss_percent = rng.below(31);
-        pair.network.duplicate_percent = rng.below(21);
-        pair.network.jitter_ms = rng.below(400);
-    }
-    for i in [A, B] {
-        pair.nodes[i].fsync_ms = rng.below(30);
-    }
-    let mut clients: Vec<Client> = (0..3)
-        .map(|n| Client {
-            session: format!("s{n}"),
-            conn: None,
-            next_id: 1,
-            unacked: Vec::new(),
-        })
-        .collect();
+    let mut pair = random_pair(seed, &mut rng);
+    let mut clients: Vec<Client> = (0..3).map(|n| Client::new(&format!("s{n}"))).collect();
     pair.run_for(500);
     for _slot in 0..120 {
         match rng.below(100) {
@@ -1853,41 +1845,7 @@ fn random_pair_run(seed: u64) {
                 let c = &mut clients[rng.below(3) as usize];
                 random_send(&mut pair, &mut rng, c);
             }
-            45..=47 => {
-                // kill -9 with the disk kept whole, a power cut (what was not fsynced is
-                // gone), or a write torn part-way through what was not fsynced.
-                let i = rng.below(2) as usize;
-                match rng.below(3) {
-                    0 => pair.crash(i, false),
-                    1 => pair.crash(i, true),
-                    _ => {
-                        let disk = &pair.nodes[i].disk;
-                        let unsynced = disk.last_seq().saturating_sub(disk.synced_seq);
-                        let keep = rng.below(unsynced + 1) as usize;
-                        pair.crash_torn(i, keep);
-                    }
-                }
-            }
-            48..=55 => {
-                let i = rng.below(2) as usize;
-                if pair.nodes[i].process.is_none() {
-                    pair.restart(i);
-                }
-            }
-            56..=59 => {
-                let from = rng.below(2) as usize;
-                pair.network.cut[from][1 - from] = true;
-                if rng.chance(50) {
-                    pair.network.cut[1 - from][from] = true;
-                }
-            }
-            60..=65 => pair.heal(),
-            66..=67 => {
-                let i = rng.below(2) as usize;
-                let ms = 200 + rng.below(2_300);
-                pair.stop(i, ms);
-            }
-            _ => {}
+            slot => random_fault(&mut pair, &mut rng, slot),
         }
         pair.run_for(50);
         for c in &mut clients {
@@ -1900,23 +1858,81 @@ fn random_pair_run(seed: u64) {
             });
         }
     }
-    // Heal everything and let the pair settle while a client keeps chatting (a commit
-    // held by a stall waits for the next message: see the ignored stall test).
+    settle_after_heal(&mut pair, &mut rng);
+    check_final_log(&pair);
+}
+
+/// The pair of a seeded run: its network's latency and, in half the runs, a lossy,
+/// duplicating, reordering heartbeat path; its disks' fsync times.
+fn random_pair(seed: u64, rng: &mut Rng) -> Pair {
+    let mut pair = Pair::new(0);
+    pair.network.rng = Some(Rng::new(seed ^ 0x5EED));
+    pair.network.latency_max_ms = rng.below(25);
+    if rng.chance(50) {
+        pair.network.loss_percent = rng.below(31);
+        pair.network.duplicate_percent = rng.below(21);
+        pair.network.jitter_ms = rng.below(400);
+    }
+    for i in [A, B] {
+        pair.nodes[i].fsync_ms = rng.below(30);
+    }
+    pair
+}
+
+/// The fault of schedule slot `slot` (45-99; from 68 on, none).
+fn random_fault(pair: &mut Pair, rng: &mut Rng, slot: u64) {
+    match slot {
+        45..=47 => {
+            // kill -9 with the disk kept whole, a power cut (what was not fsynced is
+            // gone), or a write torn part-way through what was not fsynced.
+            let i = rng.below(2) as usize;
+            match rng.below(3) {
+                0 => pair.crash(i, false),
+                1 => pair.crash(i, true),
+                _ => {
+                    let disk = &pair.nodes[i].disk;
+                    let unsynced = disk.last_seq().saturating_sub(disk.synced_seq);
+                    let keep = rng.below(unsynced + 1) as usize;
+                    pair.crash_torn(i, keep);
+                }
+            }
+        }
+        48..=55 => {
+            let i = rng.below(2) as usize;
+            if pair.nodes[i].process.is_none() {
+                pair.restart(i);
+            }
+        }
+        56..=59 => {
+            let from = rng.below(2) as usize;
+            pair.network.cut[from][1 - from] = true;
+            if rng.chance(50) {
+                pair.network.cut[1 - from][from] = true;
+            }
+        }
+        60..=65 => pair.heal(),
+        66..=67 => {
+            let i = rng.below(2) as usize;
+            let ms = 200 + rng.below(2_300);
+            pair.stop(i, ms);
+        }
+        _ => {}
+    }
+}
+
+/// Heals everything and lets the pair settle while a client keeps chatting (a commit
+/// held by a stall waits for the next message: see the ignored stall test).
+fn settle_after_heal(pair: &mut Pair, rng: &mut Rng) {
     pair.heal();
     for i in [A, B] {
         if pair.nodes[i].process.is_none() {
             pair.restart(i);
         }
     }
-    let mut chatter = Client {
-        session: "chatter".into(),
-        conn: None,
-        next_id: 1,
-        unacked: Vec::new(),
-    };
+    let mut chatter = Client::new("chatter");
     let settled = |p: &Pair| p.in_sync() && p.nodes.iter().all(|n| n.disk.orphans.is_empty());
     for round in 0.. {
-        if settled(&pair) {
+        if settled(pair) {
             break;
         }
         assert!(
@@ -1928,15 +1944,19 @@ fn random_pair_run(seed: u64) {
                 .map(|n| &n.disk.orphans)
                 .collect::<Vec<_>>()
         );
-        random_send(&mut pair, &mut rng, &mut chatter);
+        random_send(pair, rng, &mut chatter);
         pair.run_for(200);
     }
+}
+
+/// (ii) Every acked message is in the final log exactly once; none is there twice; and
+/// whatever was published (committed, acked or not) is there too.
+fn check_final_log(pair: &Pair) {
     let primary = if pair.node(A).role() == Role::Primary {
         A
     } else {
         B
     };
-    // (ii) Every acked message is in the final log exactly once; none is there twice.
     let log = &pair.nodes[primary].disk.log;
     let mut copies: HashMap<(&str, &str), usize> = HashMap::new();
     for e in log {
@@ -1951,7 +1971,6 @@ fn random_pair_run(seed: u64) {
             "{acked:?} is missing from the final log"
         );
     }
-    // Whatever was published (committed, acked or not) is there too.
     for ((epoch, seq), (session, id)) in &pair.published {
         assert!(
             copies.contains_key(&(session.as_str(), id.as_str())),

@@ -16,8 +16,8 @@ use std::time::Duration;
 use super::link::sim::{pair_keys, LinkEnds, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::sim::{
-    side, Clock, Disk, EventQueue, Network, PairKnobs, Rng, DETECTION_MS, INTERVAL_MS, NODE_IDS,
-    REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS, WITNESS as W,
+    link_work, side, Clock, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng, DETECTION_MS,
+    INTERVAL_MS, NODE_IDS, REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS, WITNESS as W,
 };
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
@@ -388,13 +388,15 @@ impl World {
                 return;
             }
             if !self.running(i) {
-                if let Event::Wake(_) = event {
-                    return;
-                }
                 return;
             }
             self.tick_if_due(i);
         }
+        self.on_event(event);
+    }
+
+    /// `event` reaches its process, which is running and ticked.
+    fn on_event(&mut self, event: Event) {
         match event {
             Event::Wake(i) => {
                 self.turn(i);
@@ -428,40 +430,51 @@ impl World {
                 incarnation,
                 request,
                 verdict,
-            } => {
-                if self.nodes[to].process.as_ref().map(|p| p.incarnation) != Some(incarnation) {
-                    return;
-                }
-                let mono_ms = self.mono(to);
-                let (granted, epoch, lease_ms) = match verdict {
-                    Verdict::Granted { epoch, lease_ms } => (true, epoch, lease_ms),
-                    Verdict::Refused { epoch, .. } => (false, epoch, 0),
-                };
-                self.step(
-                    to,
-                    Input::WitnessAnswer {
-                        request,
-                        granted,
-                        epoch,
-                        lease_ms,
-                        mono_ms,
-                    },
-                );
-            }
+            } => self.on_answer(to, incarnation, request, verdict),
             Event::Frame { link, to, frame } => self.on_frame(link, to, frame),
             Event::Fsync {
                 node,
                 generation,
                 seq,
-            } => {
-                let n = &mut self.nodes[node];
-                if n.process.as_ref().expect("running").writer_generation == generation {
-                    n.disk.synced(seq);
-                }
-                let mono_ms = self.mono(node);
-                self.step(node, Input::Clock { mono_ms });
-                self.step(node, Input::Durable { generation, seq });
-            }
+            } => self.on_fsync(node, generation, seq),
+            event => self.on_timer(event),
+        }
+    }
+
+    /// The witness's answer to a claim of incarnation `incarnation` of node `to`.
+    fn on_answer(&mut self, to: usize, incarnation: u64, request: u64, verdict: Verdict) {
+        if self.nodes[to].process.as_ref().map(|p| p.incarnation) != Some(incarnation) {
+            return;
+        }
+        let mono_ms = self.mono(to);
+        let (granted, epoch, lease_ms) = match verdict {
+            Verdict::Granted { epoch, lease_ms } => (true, epoch, lease_ms),
+            Verdict::Refused { epoch, .. } => (false, epoch, 0),
+        };
+        let answer = Input::WitnessAnswer {
+            request,
+            granted,
+            epoch,
+            lease_ms,
+            mono_ms,
+        };
+        self.step(to, answer);
+    }
+
+    /// An fsync completed: the daemon's driver reads the clock before it reports it.
+    fn on_fsync(&mut self, node: usize, generation: u64, seq: u64) {
+        let n = &mut self.nodes[node];
+        if n.process.as_ref().expect("running").writer_generation == generation {
+            n.disk.synced(seq);
+        }
+        let mono_ms = self.mono(node);
+        self.step(node, Input::Clock { mono_ms });
+        self.step(node, Input::Durable { generation, seq });
+    }
+
+    /// The schedule's own events: chat, faults, restarts.
+    fn on_timer(&mut self, event: Event) {
+        match event {
             Event::Client => {
                 self.client();
                 let delay = 10 + self.rng.below(40);
@@ -484,6 +497,7 @@ impl World {
                     self.start_witness();
                 }
             }
+            _ => unreachable!("on_event handles the rest"),
         }
     }
 
@@ -740,6 +754,10 @@ impl World {
     }
 
     fn route(&mut self, i: usize, action: Action) {
+        if let Some(work) = link_work(&action) {
+            self.on_link_work(i, work);
+            return;
+        }
         match action {
             Action::Append(entry) => {
                 let n = &mut self.nodes[i];
@@ -765,36 +783,6 @@ impl World {
                 n.disk.truncate(after_seq);
                 n.process.as_mut().expect("running").writer_generation += 1;
             }
-            Action::AcceptBackup {
-                link,
-                truncate_after,
-                restart_at,
-            } => {
-                let accept = LinkCommand::Accept {
-                    truncate_after,
-                    restart_at,
-                };
-                self.command(link as usize - 1, i, accept);
-            }
-            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
-                self.close_end(link as usize - 1, i)
-            }
-            Action::AckPrimary { link, durable_seq } => {
-                let link = link as usize - 1;
-                self.links[link].ends.ack(durable_seq);
-                self.pump(link, i);
-            }
-            Action::Handover { link, epoch } => {
-                self.command(link as usize - 1, i, LinkCommand::Handover { epoch })
-            }
-            Action::TookOver { link, epoch } => {
-                self.command(link as usize - 1, i, LinkCommand::TookOver { epoch })
-            }
-            Action::ResubmitDone { link, epoch, seq } if link != SELF_LINK => self.command(
-                link as usize - 1,
-                i,
-                LinkCommand::ResubmitDone { epoch, seq },
-            ),
             Action::Claim { request, epoch } => {
                 let incarnation = self.nodes[i].process.as_ref().expect("running").incarnation;
                 let claim = Event::Claim {
@@ -830,6 +818,20 @@ impl World {
                 eprintln!("{:>6} ms: {}: {message}", self.now_ms, NODE_IDS[i]);
             }
             _ => {}
+        }
+    }
+
+    /// Node `i`'s end of a link carries out what its core asked; link `id` is at index
+    /// `id - 1` (links are never forgotten here).
+    fn on_link_work(&mut self, i: usize, work: LinkWork) {
+        match work {
+            LinkWork::Command(link, command) => self.command(link as usize - 1, i, command),
+            LinkWork::Close(link) => self.close_end(link as usize - 1, i),
+            LinkWork::Ack(link, durable_seq) => {
+                let link = link as usize - 1;
+                self.links[link].ends.ack(durable_seq);
+                self.pump(link, i);
+            }
         }
     }
 

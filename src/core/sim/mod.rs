@@ -28,7 +28,8 @@ pub use disk::Disk;
 pub use network::{Network, WITNESS};
 
 use super::link::sim::{node_side, LinkTiming, NodeSide};
-use super::{CoreConfig, Node, PairConfig, ReplicationMode, Role};
+use super::link::LinkCommand;
+use super::{Action, CoreConfig, LinkId, Node, PairConfig, ReplicationMode, Role, SELF_LINK};
 use crate::wire::keyring::Keyring;
 
 pub const NODE_IDS: [&str; 2] = ["a", "b"];
@@ -89,6 +90,48 @@ pub fn core_config(index: usize, knobs: PairKnobs) -> CoreConfig {
 /// Node `i` as its end of a handshake sees itself: its core and its disk.
 pub fn side<'a>(keys: &'a Keyring, i: usize, node: &Node, disk: &Disk) -> NodeSide<'a> {
     node_side(keys, NODE_IDS, (i, node), disk.first_seq.max(1))
+}
+
+/// What an action asks of the node's end of a link, as `daemon::Driver::route` passes it on.
+#[derive(Debug)]
+pub enum LinkWork {
+    /// A command to the end's session, which may send frames.
+    Command(LinkId, LinkCommand),
+    /// The end closes (its FIN follows what it sent).
+    Close(LinkId),
+    /// The backup end's core asked to ack this durable seq.
+    Ack(LinkId, u64),
+}
+
+/// The link work in `action`, if any. A re-commit the primary did on its own
+/// ([`SELF_LINK`]) is no link's business.
+pub fn link_work(action: &Action) -> Option<LinkWork> {
+    let work = match *action {
+        Action::AcceptBackup {
+            link,
+            truncate_after,
+            restart_at,
+        } => {
+            let accept = LinkCommand::Accept {
+                truncate_after,
+                restart_at,
+            };
+            LinkWork::Command(link, accept)
+        }
+        Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => LinkWork::Close(link),
+        Action::AckPrimary { link, durable_seq } => LinkWork::Ack(link, durable_seq),
+        Action::Handover { link, epoch } => {
+            LinkWork::Command(link, LinkCommand::Handover { epoch })
+        }
+        Action::TookOver { link, epoch } => {
+            LinkWork::Command(link, LinkCommand::TookOver { epoch })
+        }
+        Action::ResubmitDone { link, epoch, seq } if link != SELF_LINK => {
+            LinkWork::Command(link, LinkCommand::ResubmitDone { epoch, seq })
+        }
+        _ => return None,
+    };
+    Some(work)
 }
 
 /// xorshift64*: a tiny deterministic generator, so a seed replays a run exactly.
