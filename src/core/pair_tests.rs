@@ -23,9 +23,9 @@ use std::time::Duration;
 use super::link::sim::{pair_keys, LinkEnds, NodeSide, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::sim::{
-    core_config, link_work, Clock, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng,
-    CLIENT_ADDRESSES, DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM, REDIAL_MS, ROOM, TICK_MS,
-    TIMING, WALL_BASE_MS,
+    core_config, link_work, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng, CLIENT_ADDRESSES,
+    DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM, REDIAL_MS, ROOM, TICK_MS, TIMING,
+    WALL_BASE_MS,
 };
 use super::ReplicationMode;
 use super::*;
@@ -48,24 +48,16 @@ fn knobs(cooldown_ms: u64) -> PairKnobs {
     }
 }
 
-/// A running pbchatd.
-struct Process {
-    node: Node,
-    /// Its monotonic clock, at real time.
-    clock: Clock,
-    next_tick_ms: u64,
-    next_beat_ms: u64,
-    /// The log writer's generation, bumped by each cut (the daemon's writer keeps its own).
-    writer_generation: u64,
+/// What the pair simulation keeps in a running pbchatd besides its core and timers.
+#[derive(Debug, Default)]
+struct PairProcess {
     /// Fsyncs in flight: (due, generation, seq).
     fsyncs: VecDeque<(u64, u64, u64)>,
-    /// SIGSTOP: nothing in the process runs before this time.
-    stopped_until: Option<u64>,
     /// Emulated fix: the orig of the last own orphan resubmitted while primary, if any.
     own_orphans_waiting: Option<(u64, u64)>,
-    /// The dialer's next attempt.
-    redial_at_ms: u64,
 }
+
+type Process = super::sim::Process<PairProcess>;
 
 struct SimNode {
     disk: Disk,
@@ -222,17 +214,8 @@ impl Pair {
     fn start(&mut self, i: usize, mut node: Node) {
         node.set_log_start(self.nodes[i].disk.first_seq);
         self.nodes[i].disk.save_epochs(&node);
-        self.nodes[i].process = Some(Process {
-            node,
-            clock: Clock::start(self.now_ms, REAL_TIME_PPM),
-            next_tick_ms: self.now_ms,
-            next_beat_ms: self.now_ms,
-            writer_generation: 0,
-            fsyncs: VecDeque::new(),
-            stopped_until: None,
-            own_orphans_waiting: None,
-            redial_at_ms: self.now_ms,
-        });
+        let process = Process::start(node, self.now_ms, REAL_TIME_PPM, PairProcess::default());
+        self.nodes[i].process = Some(process);
     }
 
     /// Restarts a stopped node from its disk: a paired node with state starts as backup.
@@ -384,19 +367,13 @@ impl Pair {
             if p.stopped_until.is_some_and(|until| until <= now) {
                 p.stopped_until = None;
             }
-            if p.stopped_until.is_some() || p.next_tick_ms > now {
+            if p.stopped_until.is_some() {
                 continue;
             }
-            p.next_tick_ms = now + TICK_MS;
-            let mono_ms = self.mono(i);
-            self.step(
-                i,
-                Input::Tick {
-                    now_ms: WALL_BASE_MS + now,
-                    mono_ms,
-                },
-            );
-            progressed = true;
+            if let Some(tick) = p.tick_due(now) {
+                self.step(i, tick);
+                progressed = true;
+            }
         }
         progressed
     }
@@ -426,8 +403,8 @@ impl Pair {
             let sim = &mut self.nodes[i];
             let p = sim.process.as_mut().expect("running");
             let mut done = Vec::new();
-            while p.fsyncs.front().is_some_and(|&(due, _, _)| due <= now) {
-                let (_, generation, seq) = p.fsyncs.pop_front().expect("front");
+            while p.own.fsyncs.front().is_some_and(|&(due, _, _)| due <= now) {
+                let (_, generation, seq) = p.own.fsyncs.pop_front().expect("front");
                 if generation == p.writer_generation {
                     sim.disk.synced(seq);
                 }
@@ -726,15 +703,15 @@ impl Pair {
             let sim = &mut self.nodes[i];
             let p = sim.process.as_mut().expect("running");
             if p.node.role() != Role::Primary {
-                p.own_orphans_waiting = None;
+                p.own.own_orphans_waiting = None;
                 continue;
             }
-            if p.own_orphans_waiting.is_some() || sim.disk.orphans.is_empty() {
+            if p.own.own_orphans_waiting.is_some() || sim.disk.orphans.is_empty() {
                 continue;
             }
             let batches = sim.disk.orphans.clone();
             let last = batches.last().and_then(|b| b.last()).expect("not empty");
-            p.own_orphans_waiting = Some(last.orig.unwrap_or((last.epoch, last.seq)));
+            p.own.own_orphans_waiting = Some(last.orig.unwrap_or((last.epoch, last.seq)));
             for entries in batches {
                 self.step(
                     i,
@@ -841,8 +818,8 @@ impl Pair {
                 // The primary's own re-commit (`SELF_LINK`): its orphans file goes.
                 let sim = &mut self.nodes[i];
                 let p = sim.process.as_mut().expect("running");
-                if p.own_orphans_waiting == Some((epoch, seq)) {
-                    p.own_orphans_waiting = None;
+                if p.own.own_orphans_waiting == Some((epoch, seq)) {
+                    p.own.own_orphans_waiting = None;
                     sim.disk.orphans.clear();
                 }
             }
@@ -875,7 +852,8 @@ impl Pair {
                 let seq = entry.seq;
                 sim.disk.append(NODE_IDS[i], entry);
                 let p = sim.process.as_mut().expect("running");
-                p.fsyncs
+                p.own
+                    .fsyncs
                     .push_back((self.now_ms + sim.fsync_ms, p.writer_generation, seq));
             }
             Action::SaveEpochs { spans, seen } => {
@@ -934,9 +912,9 @@ impl Pair {
         let last = sim.disk.last_seq();
         sim.disk.synced_seq = last;
         let p = sim.process.as_mut().expect("running");
-        p.fsyncs.clear();
+        p.own.fsyncs.clear();
         p.writer_generation += 1;
-        p.fsyncs.push_back((now, p.writer_generation, last));
+        p.own.fsyncs.push_back((now, p.writer_generation, last));
     }
 
     fn on_publish(&mut self, i: usize, seq: u64, frame: &[u8]) {

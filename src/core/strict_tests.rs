@@ -117,18 +117,16 @@ enum Event {
     RestartWitness,
 }
 
-struct Process {
-    node: Node,
+/// What the strict simulation keeps in a running pbchatd besides its core and timers.
+#[derive(Debug)]
+struct StrictProcess {
+    /// Which start of a node this is: a witness answer to an earlier one is dropped.
     incarnation: u64,
-    clock: Clock,
-    next_tick_ms: u64,
-    next_beat_ms: u64,
-    redial_at_ms: u64,
-    writer_generation: u64,
-    stopped_until: Option<u64>,
     /// The client connection on this node, if open.
     conn: Option<ConnId>,
 }
+
+type Process = super::sim::Process<StrictProcess>;
 
 struct SimNode {
     /// Orphans are left out here: a truncation's cut entries are dropped.
@@ -287,17 +285,11 @@ impl World {
             });
         }
         self.incarnations += 1;
-        n.process = Some(Process {
-            node,
+        let own = StrictProcess {
             incarnation: self.incarnations,
-            clock: Clock::start(self.now_ms, n.rate_ppm),
-            next_tick_ms: self.now_ms,
-            next_beat_ms: self.now_ms,
-            redial_at_ms: self.now_ms,
-            writer_generation: 0,
-            stopped_until: None,
             conn: None,
-        });
+        };
+        n.process = Some(Process::start(node, self.now_ms, n.rate_ppm, own));
         self.schedule(0, Event::Wake(i));
     }
 
@@ -443,7 +435,7 @@ impl World {
 
     /// The witness's answer to a claim of incarnation `incarnation` of node `to`.
     fn on_answer(&mut self, to: usize, incarnation: u64, request: u64, verdict: Verdict) {
-        if self.nodes[to].process.as_ref().map(|p| p.incarnation) != Some(incarnation) {
+        if self.nodes[to].process.as_ref().map(|p| p.own.incarnation) != Some(incarnation) {
             return;
         }
         let mono_ms = self.mono(to);
@@ -503,18 +495,9 @@ impl World {
 
     fn tick_if_due(&mut self, i: usize) {
         let p = self.nodes[i].process.as_mut().expect("running");
-        if self.now_ms < p.next_tick_ms {
-            return;
+        if let Some(tick) = p.tick_due(self.now_ms) {
+            self.step(i, tick);
         }
-        p.next_tick_ms = self.now_ms + TICK_MS;
-        let mono_ms = self.mono(i);
-        self.step(
-            i,
-            Input::Tick {
-                now_ms: WALL_BASE_MS + self.now_ms,
-                mono_ms,
-            },
-        );
     }
 
     /// One turn of a node's loop besides the tick: heartbeats, beats, dialing, streaming.
@@ -784,7 +767,12 @@ impl World {
                 n.process.as_mut().expect("running").writer_generation += 1;
             }
             Action::Claim { request, epoch } => {
-                let incarnation = self.nodes[i].process.as_ref().expect("running").incarnation;
+                let incarnation = self.nodes[i]
+                    .process
+                    .as_ref()
+                    .expect("running")
+                    .own
+                    .incarnation;
                 let claim = Event::Claim {
                     from: i,
                     incarnation,
@@ -801,8 +789,8 @@ impl World {
             }
             Action::Close { conn } => {
                 let p = self.nodes[i].process.as_mut().expect("running");
-                if p.conn == Some(conn) {
-                    p.conn = None;
+                if p.own.conn == Some(conn) {
+                    p.own.conn = None;
                 }
             }
             Action::Exit => {
@@ -855,14 +843,14 @@ impl World {
             return;
         }
         self.tick_if_due(i);
-        let conn = match self.nodes[i].process.as_ref().expect("running").conn {
+        let conn = match self.nodes[i].process.as_ref().expect("running").own.conn {
             Some(conn) => conn,
             None => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
                 let now_ms = WALL_BASE_MS + self.now_ms;
                 // Set first: a backup's redirect closes it again (`Action::Close`).
-                self.nodes[i].process.as_mut().expect("running").conn = Some(conn);
+                self.nodes[i].process.as_mut().expect("running").own.conn = Some(conn);
                 self.step(
                     i,
                     Input::Connected {

@@ -29,7 +29,9 @@ pub use network::{Network, WITNESS};
 
 use super::link::sim::{node_side, LinkTiming, NodeSide};
 use super::link::LinkCommand;
-use super::{Action, CoreConfig, LinkId, Node, PairConfig, ReplicationMode, Role, SELF_LINK};
+use super::{
+    Action, CoreConfig, Input, LinkId, Node, PairConfig, ReplicationMode, Role, SELF_LINK,
+};
 use crate::wire::keyring::Keyring;
 
 pub const NODE_IDS: [&str; 2] = ["a", "b"];
@@ -176,6 +178,50 @@ impl Clock {
     /// What the process reads at sim time `now_ms`.
     pub fn mono_ms(&self, now_ms: u64) -> u64 {
         (now_ms - self.started_ms) * self.rate_ppm / REAL_TIME_PPM
+    }
+}
+
+/// A running pbchatd around a real [`Node`]: its clock and the timers of its loop, as
+/// `daemon::run` keeps them. `X`: what one simulation keeps besides.
+pub struct Process<X> {
+    pub node: Node,
+    pub clock: Clock,
+    /// The core's next tick, heartbeat and (as a backup without a link) dial.
+    pub next_tick_ms: u64,
+    pub next_beat_ms: u64,
+    pub redial_at_ms: u64,
+    /// The log writer's generation, bumped by each cut (the daemon's writer keeps its own).
+    pub writer_generation: u64,
+    /// SIGSTOP: nothing in the process runs before this time.
+    pub stopped_until: Option<u64>,
+    pub own: X,
+}
+
+impl<X> Process<X> {
+    /// Starts at `now_ms` with a clock at `rate_ppm`: everything is due at once.
+    pub fn start(node: Node, now_ms: u64, rate_ppm: u64, own: X) -> Self {
+        Process {
+            node,
+            clock: Clock::start(now_ms, rate_ppm),
+            next_tick_ms: now_ms,
+            next_beat_ms: now_ms,
+            redial_at_ms: now_ms,
+            writer_generation: 0,
+            stopped_until: None,
+            own,
+        }
+    }
+
+    /// The core's tick (`TICK_MS`), if one is due at `now_ms`.
+    pub fn tick_due(&mut self, now_ms: u64) -> Option<Input> {
+        if now_ms < self.next_tick_ms {
+            return None;
+        }
+        self.next_tick_ms = now_ms + TICK_MS;
+        Some(Input::Tick {
+            now_ms: WALL_BASE_MS + now_ms,
+            mono_ms: self.clock.mono_ms(now_ms),
+        })
     }
 }
 
