@@ -23,9 +23,9 @@ use std::time::Duration;
 use super::link::sim::{pair_keys, LinkEnds, NodeSide, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::sim::{
-    core_config, link_work, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng, CLIENT_ADDRESSES,
-    DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM, REDIAL_MS, ROOM, TICK_MS, TIMING,
-    WALL_BASE_MS,
+    core_config, env_u64, link_work, replay_command, Disk, EventQueue, LinkWork, Network,
+    PairKnobs, Rng, CLIENT_ADDRESSES, DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM,
+    REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS,
 };
 use super::ReplicationMode;
 use super::*;
@@ -1795,9 +1795,9 @@ struct SeedReport(u64);
 impl Drop for SeedReport {
     fn drop(&mut self) {
         if std::thread::panicking() && !QUIET_SEED_REPORT.with(std::cell::Cell::get) {
+            let replay = replay_command("PAIR", self.0, "random_pair");
             eprintln!(
-                "pair simulation failed with seed {0}; replay it (every step printed): \
-                 PAIR_SEED={0} PAIR_TRACE=1 cargo test --lib random_pair -- --nocapture",
+                "pair simulation failed with seed {}; replay it (every step printed): {replay}",
                 self.0
             );
         }
@@ -2001,15 +2001,12 @@ fn run_seeds(count: u64) {
 
 #[test]
 fn random_pair_histories_keep_every_acked_message_once() {
-    if let Some(seed) = std::env::var("PAIR_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = env_u64("PAIR_SEED") {
         random_pair_run(seed);
         return;
     }
     // PAIR_SEEDS=N runs more (or fewer).
-    let seeds = std::env::var("PAIR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+    let seeds = env_u64("PAIR_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let started = std::time::Instant::now();
     run_seeds(seeds);
     eprintln!(

@@ -8,16 +8,17 @@
 //! overdue tick first, `Input::Clock` before `Durable`; the real link frames between the
 //! real link sessions (`core::link`), in order and held while the network is cut, as TCP
 //! does; datagrams lost while it is cut) and leaves out what does not (log retention,
-//! orphans, authentication). `STRICT_SEEDS=N` runs more
-//! seeds; `STRICT_TRACE=1` prints each fault.
+//! orphans, authentication). `STRICT_SEEDS=N` runs more seeds; a failure prints the command
+//! that replays its seed (`STRICT_SEED=N STRICT_TRACE=1`, every fault and log line printed).
 
 use std::time::Duration;
 
 use super::link::sim::{pair_keys, LinkEnds, Segment};
 use super::link::{LinkCommand, Next, NodeView};
 use super::sim::{
-    link_work, side, Clock, Disk, EventQueue, LinkWork, Network, PairKnobs, Rng, DETECTION_MS,
-    INTERVAL_MS, NODE_IDS, REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS, WITNESS as W,
+    env_u64, link_work, replay_command, side, Clock, Disk, EventQueue, LinkWork, Network,
+    PairKnobs, Rng, DETECTION_MS, INTERVAL_MS, NODE_IDS, REDIAL_MS, ROOM, TICK_MS, TIMING,
+    WALL_BASE_MS, WITNESS as W,
 };
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
@@ -943,16 +944,27 @@ impl World {
     }
 }
 
+/// Seeds a plain `cargo test` runs of the main test (a third of them for its variants).
+const DEFAULT_SEEDS: u64 = 200;
+
 fn seeds() -> u64 {
-    std::env::var("STRICT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200)
+    env_u64("STRICT_SEEDS").unwrap_or(DEFAULT_SEEDS)
+}
+
+/// Seeds `1..=seeds`, or only `STRICT_SEED` when it is set (a replay).
+fn seed_range(seeds: u64) -> std::ops::RangeInclusive<u64> {
+    env_u64("STRICT_SEED").map_or(1..=seeds, |seed| seed..=seed)
+}
+
+/// The message of a violation by `seed`, with the command that replays it in `test`.
+fn violated(seed: u64, violation: &str, test: &str) -> String {
+    let replay = replay_command("STRICT", seed, test);
+    format!("seed {seed}: {violation}; replay it (faults and log lines printed): {replay}")
 }
 
 /// Runs `seeds` runs; returns the first violation with its seed.
 fn first_violation(setup: Setup, seeds: u64) -> Option<(u64, String)> {
-    (1..=seeds).find_map(|seed| {
+    seed_range(seeds).find_map(|seed| {
         let mut world = World::new(seed, setup);
         world.run();
         world.violation.map(|v| (seed, v))
@@ -961,31 +973,30 @@ fn first_violation(setup: Setup, seeds: u64) -> Option<(u64, String)> {
 
 #[test]
 fn strict_mode_never_lets_two_nodes_commit_in_overlapping_time() {
-    let seeds = seeds();
     let (mut commits, mut promotions) = (0, 0);
-    // `STRICT_SEED=N` replays one run.
-    let only: Option<u64> = std::env::var("STRICT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let range = only.map_or(1..=seeds, |seed| seed..=seed);
-    let seeds = if only.is_some() { 0 } else { seeds };
-    for seed in range {
+    // A replay of one seed checks the promise only, not the totals below.
+    let runs = if env_u64("STRICT_SEED").is_some() {
+        0
+    } else {
+        seeds()
+    };
+    for seed in seed_range(seeds()) {
         let mut world = World::new(seed, Setup::strict());
         world.run();
         if let Some(v) = world.violation {
-            panic!("seed {seed}: {v} (replay: STRICT_SEED={seed} STRICT_TRACE=1)");
+            panic!("{}", violated(seed, &v, "strict_mode_never"));
         }
         commits += world.commits;
         promotions += world.promotions;
     }
     // The faults must really move the primary around, and chat must really flow.
     assert!(
-        promotions > seeds,
-        "only {promotions} promotions in {seeds} runs"
+        promotions > runs,
+        "only {promotions} promotions in {runs} runs"
     );
     assert!(
-        commits > seeds * 100,
-        "only {commits} commits in {seeds} runs"
+        commits > runs * 100,
+        "only {commits} commits in {runs} runs"
     );
 }
 
@@ -996,7 +1007,7 @@ fn strict_mode_with_async_replication_keeps_the_promise_too() {
         ..Setup::strict()
     };
     if let Some((seed, v)) = first_violation(setup, seeds() / 3) {
-        panic!("seed {seed}: {v}");
+        panic!("{}", violated(seed, &v, "strict_mode_with_async"));
     }
 }
 
@@ -1035,7 +1046,10 @@ fn strict_mode_keeps_the_promise_with_fast_and_slow_clocks_and_a_lease_longer_th
         ..Setup::strict()
     };
     if let Some((seed, v)) = first_violation(setup, seeds() / 3) {
-        panic!("seed {seed}: {v}");
+        panic!(
+            "{}",
+            violated(seed, &v, "strict_mode_keeps_the_promise_with_fast")
+        );
     }
 }
 

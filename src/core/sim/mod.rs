@@ -136,6 +136,18 @@ pub fn link_work(action: &Action) -> Option<LinkWork> {
     Some(work)
 }
 
+/// A number from the environment variable `name` (`PAIR_SEEDS`, `STRICT_SEED`, ...), if it
+/// is set to one.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// The one command that replays `seed` of the simulation whose variables start with
+/// `prefix` (`PAIR`, `STRICT`) in the tests named by `filter`, every step printed.
+pub fn replay_command(prefix: &str, seed: u64, filter: &str) -> String {
+    format!("{prefix}_SEED={seed} {prefix}_TRACE=1 cargo test --lib {filter} -- --nocapture")
+}
+
 /// xorshift64*: a tiny deterministic generator, so a seed replays a run exactly.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
