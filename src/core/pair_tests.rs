@@ -1,6 +1,9 @@
 //! Two-node scenario tests of the pair: two real [`Node`]s, one logical clock, and a router
 //! that turns each node's actions into the other's inputs the way the daemon does
-//! (`daemon::route`, `daemon::link`, `daemon::heartbeat`, `daemon::storage`).
+//! (`daemon::route`, `daemon::link`, `daemon::heartbeat`, `daemon::storage`), on the
+//! simulation harness (`core::sim`: processes, clocks, disks, network, event queue) that
+//! the strict simulation runs on too. This file owns the pair's driver (every process
+//! steps each simulated millisecond), its fault schedule and its checker.
 //!
 //! No sockets, threads or sleeps: a test is a sequence of inputs, so it replays exactly.
 //! The emulation keeps what matters for failover and leaves the rest out:
@@ -8,11 +11,11 @@
 //! - heartbeats are datagrams: a cut network drops them, a stopped process finds them in
 //!   its socket when it wakes and stamps them with the time it reads them;
 //! - the replication link is a TCP stream of the real frames (`wire::replication::PeerFrame`)
-//!   between the real handshake and sessions (`core::link`, through `core::link::sim`, which
-//!   the strict simulation shares): a dial to a dead or cut-off peer fails at once, one to a
-//!   peer that is not primary is refused in the handshake; frames arrive in order, a cut
-//!   network holds them until it heals, and a closed end sends a FIN after what it sent;
-//!   each session's invariants are checked after each of its steps;
+//!   between the real handshake and sessions (`core::link`, through `core::link::sim`): a
+//!   dial to a dead or cut-off peer fails at once, one to a peer that is not primary is
+//!   refused in the handshake; frames arrive in order, a cut network holds them until it
+//!   heals, and a closed end sends a FIN after what it sent; each session's invariants are
+//!   checked after each of its steps;
 //! - the disk keeps what was fsynced (and, for a process crash, what was written), the
 //!   epochs file and the orphans side file that a log cut fills.
 

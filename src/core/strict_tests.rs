@@ -1,5 +1,6 @@
-//! Strict mode under a seeded simulation: two real [`Node`]s and a real [`Witness`], one
-//! event queue, a network that delays, drops and partitions, processes that crash, restart
+//! Strict mode under a seeded simulation: two real [`Node`]s and a real [`Witness`] on the
+//! simulation harness (`core::sim`) and its event queue, a network that delays, drops and
+//! partitions, processes that crash, restart
 //! and stop (SIGSTOP), and clocks that run at slightly different rates. After every step
 //! it checks the strict-mode promise: **at most one node commits at any moment**, in the
 //! form "once a node committed in epoch E, no node ever commits in an older epoch".
