@@ -1627,19 +1627,7 @@ fn cooldown_limits_automatic_promotions() {
 fn two_backups_standoff_is_broken_by_the_better_log() {
     let mut pair = Pair::empty(0);
     // Both restart with state: a has seq 1..=5 of epoch 1, b only 1..=3.
-    let entries: Vec<Entry> = (1..=5)
-        .map(|seq| Entry {
-            epoch: 1,
-            seq,
-            ts_ms: 0,
-            room: ROOM.into(),
-            from: "alice".into(),
-            session: "alice".into(),
-            id: format!("m-{seq}"),
-            body: format!("alice/m-{seq}"),
-            orig: None,
-        })
-        .collect();
+    let entries: Vec<Entry> = (1..=5).map(|seq| super::sim::entry(1, seq)).collect();
     for (i, last) in [(A, 5), (B, 3)] {
         let disk = &mut pair.nodes[i].disk;
         disk.log = entries[..last].to_vec();

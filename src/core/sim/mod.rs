@@ -32,6 +32,7 @@ use super::link::LinkCommand;
 use super::{
     Action, CoreConfig, Input, LinkId, Node, PairConfig, ReplicationMode, Role, SELF_LINK,
 };
+use crate::entry::Entry;
 use crate::wire::keyring::Keyring;
 
 pub const NODE_IDS: [&str; 2] = ["a", "b"];
@@ -134,6 +135,21 @@ pub fn link_work(action: &Action) -> Option<LinkWork> {
         _ => return None,
     };
     Some(work)
+}
+
+/// Message `m-{seq}` of session `alice` in room [`ROOM`], as committed at (`epoch`, `seq`).
+pub fn entry(epoch: u64, seq: u64) -> Entry {
+    Entry {
+        epoch,
+        seq,
+        ts_ms: 0,
+        room: ROOM.into(),
+        from: "alice".into(),
+        session: "alice".into(),
+        id: format!("m-{seq}"),
+        body: format!("alice/m-{seq}"),
+        orig: None,
+    }
 }
 
 /// A number from the environment variable `name` (`PAIR_SEEDS`, `STRICT_SEED`, ...), if it
@@ -277,3 +293,5 @@ impl<E> EventQueue<E> {
         Some((at, event))
     }
 }
+
+mod tests;
