@@ -18,8 +18,8 @@ pub const HANDOVER_TIMEOUT_MS: u64 = 2_000;
 /// heartbeat from a newer epoch instead of stepping down. While `STANDOFF_BY_LAST_SEQ` is set
 /// (`pair_tests::the_standoff_regression_test_finds_the_old_standoff_bug`), the standoff
 /// compares the node's own last seq with the peer's head and the higher rank wins a tie, the
-/// rule 1ea472b replaced. Compiled
-/// only into the unit tests, so neither can exist in a real binary.
+/// rule 1ea472b replaced. Compiled only into the unit tests, so neither can exist in a real
+/// binary.
 #[cfg(test)]
 pub(super) mod planted {
     use std::cell::Cell;
