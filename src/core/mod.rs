@@ -1877,6 +1877,8 @@ impl Node {
 #[allow(clippy::too_many_lines)]
 mod pair_tests;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 #[allow(clippy::too_many_lines)]
 mod strict_tests;
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Two-node scenario tests of the pair: two real [`Node`]s, one logical clock, and a router
 //! that turns each node's actions into the other's inputs the way the daemon does
-//! (`daemon::route`, `daemon::link`, `daemon::heartbeat`, `daemon::storage`).
+//! (`daemon::route`, `daemon::link`, `daemon::heartbeat`, `daemon::storage`), on the
+//! simulation harness (`core::sim`: processes, clocks, disks, network, event queue) that
+//! the strict simulation runs on too. This file owns the pair's driver (every process
+//! steps each simulated millisecond), its fault schedule and its checker.
 //!
 //! No sockets, threads or sleeps: a test is a sequence of inputs, so it replays exactly.
 //! The emulation keeps what matters for failover and leaves the rest out:
@@ -8,11 +11,11 @@
 //! - heartbeats are datagrams: a cut network drops them, a stopped process finds them in
 //!   its socket when it wakes and stamps them with the time it reads them;
 //! - the replication link is a TCP stream of the real frames (`wire::replication::PeerFrame`)
-//!   between the real handshake and sessions (`core::link`, through `core::link::sim`, which
-//!   the strict simulation shares): a dial to a dead or cut-off peer fails at once, one to a
-//!   peer that is not primary is refused in the handshake; frames arrive in order, a cut
-//!   network holds them until it heals, and a closed end sends a FIN after what it sent;
-//!   each session's invariants are checked after each of its steps;
+//!   between the real handshake and sessions (`core::link`, through `core::link::sim`): a
+//!   dial to a dead or cut-off peer fails at once, one to a peer that is not primary is
+//!   refused in the handshake; frames arrive in order, a cut network holds them until it
+//!   heals, and a closed end sends a FIN after what it sent; each session's invariants are
+//!   checked after each of its steps;
 //! - the disk keeps what was fsynced (and, for a process crash, what was written), the
 //!   epochs file and the orphans side file that a log cut fills.
 
@@ -20,8 +23,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::time::Duration;
 
-use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::sim::{pair_keys, LinkEnds, NodeSide, Segment};
 use super::link::{LinkCommand, Next, NodeView};
+use super::sim::{
+    core_config, env_u64, link_work, replay_command, Disk, EventQueue, LinkWork, Network,
+    PairKnobs, Rng, CLIENT_ADDRESSES, DETECTION_MS, INTERVAL_MS, NODE_IDS, REAL_TIME_PPM,
+    REDIAL_MS, ROOM, TICK_MS, TIMING, WALL_BASE_MS,
+};
 use super::ReplicationMode;
 use super::*;
 use crate::wire::client::{decode_request, decode_server_frame, ServerFrame};
@@ -30,119 +38,29 @@ use crate::wire::replication::PeerFrame;
 
 const A: usize = 0;
 const B: usize = 1;
-const NODE_IDS: [&str; 2] = ["a", "b"];
-/// Each node's client address; a node announces the other's in `goodbye` and `redirect`.
-const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
-const INTERVAL_MS: u64 = 200;
-const DETECTION_MS: u64 = 1_000;
 const ACK_TIMEOUT_MS: u64 = 1_000;
-/// The daemon's core tick.
-const TICK_MS: u64 = 50;
-/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
-const TIMING: LinkTiming = LinkTiming {
-    window: 8_192,
-    beat_interval: Duration::from_millis(INTERVAL_MS),
-};
-/// A backup dials again this long after a dial failed or its link ended.
-const REDIAL_MS: u64 = 50;
-/// Wall-clock milliseconds at sim time 0, so timestamps look like real ones.
-const WALL_BASE_MS: u64 = 1_700_000_000_000;
-const ROOM: &str = "r";
 /// The link id a primary's own resubmission of its orphans goes under (never a real link).
 use super::SELF_LINK;
 
-fn core_config(index: usize, cooldown_ms: u64) -> CoreConfig {
-    CoreConfig {
-        node_id: NODE_IDS[index].into(),
-        // Where a node starts is `Node::new`'s role argument; this field is not read here.
-        role: Role::Backup,
-        peer_client_address: Some(CLIENT_ADDRESSES[1 - index].into()),
-        hello_timeout_ms: 60_000,
-        rate_per_sec: 10_000,
-        rate_burst: 10_000,
-        max_errors: 3,
-        max_rooms_per_client: 4,
-        max_pending: 10_000,
-        pair: Some(PairConfig {
-            rank: index as u64,
-            peer_client_address: CLIENT_ADDRESSES[1 - index].into(),
-            interval_ms: INTERVAL_MS,
-            detection_ms: DETECTION_MS,
-            mode: ReplicationMode::Sync,
-            ack_timeout_ms: ACK_TIMEOUT_MS,
-            promotion_cooldown_ms: cooldown_ms,
-            check_address: false,
-        }),
-        access: Default::default(),
+/// The pair settings with a promotion cooldown of `cooldown_ms`.
+fn knobs(cooldown_ms: u64) -> PairKnobs {
+    PairKnobs {
+        mode: ReplicationMode::Sync,
+        ack_timeout_ms: ACK_TIMEOUT_MS,
+        cooldown_ms,
     }
 }
 
-/// xorshift64*: a tiny deterministic generator, so a seed replays a run exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-/// What survives the process: the log file, the epochs file and the orphans side file.
-#[derive(Clone, Debug)]
-struct Disk {
-    /// Entries written to the log, consecutive by seq, durable or not.
-    log: Vec<Entry>,
-    /// The seq the log starts at (1 unless the primary made it restart).
-    first_seq: u64,
-    /// Everything up to here is fsynced: it survives even a power cut.
-    synced_seq: u64,
-    spans: Vec<(u64, u64)>,
-    seen: u64,
-    /// Batches cut from the log, kept to re-commit through the primary (`storage::ORPHANS_FILE`).
-    orphans: Vec<Vec<Entry>>,
-}
-
-impl Disk {
-    fn last_seq(&self) -> u64 {
-        self.log.last().map_or(self.first_seq - 1, |e| e.seq)
-    }
-    fn ids(&self) -> Vec<(u64, u64, String)> {
-        self.log
-            .iter()
-            .map(|e| (e.epoch, e.seq, format!("{}/{}", e.session, e.id)))
-            .collect()
-    }
-}
-
-/// A running pbchatd.
-struct Process {
-    node: Node,
-    /// Sim time the process started; its monotonic clock reads `now - started_ms`.
-    started_ms: u64,
-    next_tick_ms: u64,
-    next_beat_ms: u64,
-    /// The log writer's generation, bumped by each cut (the daemon's writer keeps its own).
-    writer_generation: u64,
+/// What the pair simulation keeps in a running pbchatd besides its core and timers.
+#[derive(Debug, Default)]
+struct PairProcess {
     /// Fsyncs in flight: (due, generation, seq).
     fsyncs: VecDeque<(u64, u64, u64)>,
-    /// SIGSTOP: nothing in the process runs before this time.
-    stopped_until: Option<u64>,
     /// Emulated fix: the orig of the last own orphan resubmitted while primary, if any.
     own_orphans_waiting: Option<(u64, u64)>,
-    /// The dialer's next attempt.
-    redial_at_ms: u64,
 }
+
+type Process = super::sim::Process<PairProcess>;
 
 struct SimNode {
     disk: Disk,
@@ -183,8 +101,8 @@ struct SimLink {
     ends: LinkEnds,
 }
 
+#[derive(Clone, Debug)]
 struct Datagram {
-    due_ms: u64,
     to: usize,
     primary: bool,
     epoch: u64,
@@ -206,12 +124,14 @@ struct Pair {
     keys: Keyring,
     nodes: [SimNode; 2],
     cooldown_ms: u64,
-    /// cut[from][to]: datagrams from `from` to `to` are lost, link frames wait.
-    cut: [[bool; 2]; 2],
+    /// Cuts, latency and the heartbeat path's faults; no randomness (no latency, no random
+    /// loss) unless a seeded run gives it some.
+    network: Network,
     /// (link id, from): frames `from` sends on that link wait even without a cut, as TCP's
     /// retransmission timeout holds a connection's data after a long cut has healed.
     stuck: Option<(LinkId, usize)>,
-    datagrams: Vec<Datagram>,
+    /// Heartbeats on their way.
+    datagrams: EventQueue<Datagram>,
     links: Vec<SimLink>,
     /// Inputs a node gives itself (link down after its own close, probe results).
     inbox: VecDeque<(usize, Input)>,
@@ -219,16 +139,8 @@ struct Pair {
     next_conn: ConnId,
     /// Open client connections: conn -> (node, session).
     conns: HashMap<ConnId, (usize, String)>,
-    /// Network latency, random up to `latency_max_ms` in the seeded test, else zero.
-    rng: Option<Rng>,
-    latency_max_ms: u64,
-    /// Heartbeat datagrams lost at random (%), sent twice (%), and delayed by up to this
-    /// much more than the latency, each on its own: past the interval, that reorders them.
-    /// The daemon's replay guard would drop the copies and the stale ones; the core gets
-    /// them all here, which is harsher.
-    datagram_loss_percent: u64,
-    datagram_duplicate_percent: u64,
-    datagram_jitter_ms: u64,
+    /// The core gets every heartbeat that arrives, copies and stale ones too (the daemon's
+    /// replay guard would drop them): harsher.
     /// The node that published in each epoch (invariant iv: one node commits per epoch).
     epoch_publisher: BTreeMap<u64, usize>,
     /// Every (epoch, seq) ever published, with the (session, id) it named (invariant i).
@@ -247,7 +159,7 @@ impl Pair {
     fn new(cooldown_ms: u64) -> Self {
         let mut pair = Pair::empty(cooldown_ms);
         let mut a = Node::new(
-            core_config(A, cooldown_ms),
+            core_config(A, knobs(cooldown_ms)),
             Role::Backup,
             EpochHistory::default(),
             0,
@@ -256,7 +168,7 @@ impl Pair {
         a.begin_first_epoch(A as u64);
         pair.start(A, a);
         let b = Node::new(
-            core_config(B, cooldown_ms),
+            core_config(B, knobs(cooldown_ms)),
             Role::Backup,
             EpochHistory::default(),
             0,
@@ -267,14 +179,7 @@ impl Pair {
 
     fn empty(cooldown_ms: u64) -> Self {
         let node = || SimNode {
-            disk: Disk {
-                log: Vec::new(),
-                first_seq: 1,
-                synced_seq: 0,
-                spans: Vec::new(),
-                seen: 0,
-                orphans: Vec::new(),
-            },
+            disk: Disk::default(),
             process: None,
             fsync_ms: 0,
             hold_fsyncs: false,
@@ -292,19 +197,14 @@ impl Pair {
             keys: pair_keys(),
             nodes: [node(), node()],
             cooldown_ms,
-            cut: [[false; 2]; 2],
+            network: Network::calm(),
             stuck: None,
-            datagrams: Vec::new(),
+            datagrams: EventQueue::default(),
             links: Vec::new(),
             inbox: VecDeque::new(),
             next_link: 1,
             next_conn: 1,
             conns: HashMap::new(),
-            rng: None,
-            latency_max_ms: 0,
-            datagram_loss_percent: 0,
-            datagram_duplicate_percent: 0,
-            datagram_jitter_ms: 0,
             epoch_publisher: BTreeMap::new(),
             published: BTreeMap::new(),
             acked: Vec::new(),
@@ -316,38 +216,15 @@ impl Pair {
     /// Starts a process around `node`, as `daemon::run` does after recovery.
     fn start(&mut self, i: usize, mut node: Node) {
         node.set_log_start(self.nodes[i].disk.first_seq);
-        let disk = &mut self.nodes[i].disk;
-        // The daemon saves the epochs file at start-up.
-        disk.spans = node.epochs().spans().to_vec();
-        disk.seen = node.seen_epoch();
-        self.nodes[i].process = Some(Process {
-            node,
-            started_ms: self.now_ms,
-            next_tick_ms: self.now_ms,
-            next_beat_ms: self.now_ms,
-            writer_generation: 0,
-            fsyncs: VecDeque::new(),
-            stopped_until: None,
-            own_orphans_waiting: None,
-            redial_at_ms: self.now_ms,
-        });
+        self.nodes[i].disk.save_epochs(&node);
+        let process = Process::start(node, self.now_ms, REAL_TIME_PPM, PairProcess::default());
+        self.nodes[i].process = Some(process);
     }
 
     /// Restarts a stopped node from its disk: a paired node with state starts as backup.
     fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].process.is_none(), "node {i} is running");
-        let disk = &mut self.nodes[i].disk;
-        let mut node = Node::new(
-            core_config(i, self.cooldown_ms),
-            Role::Backup,
-            EpochHistory::from_spans(disk.spans.clone()),
-            disk.seen,
-        );
-        for entry in &disk.log {
-            node.recover(entry);
-        }
-        node.finish_recovery();
-        disk.synced_seq = disk.last_seq();
+        let mut node = self.nodes[i].disk.recover(i, knobs(self.cooldown_ms));
         node.begin_first_epoch(i as u64);
         self.trace(i, "restarted");
         self.start(i, node);
@@ -360,10 +237,8 @@ impl Pair {
             return;
         }
         self.trace(i, "crashed");
-        let disk = &mut self.nodes[i].disk;
         if power_cut {
-            let synced = disk.synced_seq;
-            disk.log.retain(|e| e.seq <= synced);
+            self.nodes[i].disk.power_cut();
         }
         self.process_gone(i);
     }
@@ -389,16 +264,7 @@ impl Pair {
             i,
             &format!("crashed, log torn after {keep} unsynced entries"),
         );
-        let disk = &mut self.nodes[i].disk;
-        let synced = disk.synced_seq;
-        let mut unsynced = 0;
-        disk.log.retain(|e| {
-            if e.seq <= synced {
-                return true;
-            }
-            unsynced += 1;
-            unsynced <= keep
-        });
+        self.nodes[i].disk.tear(keep);
         self.process_gone(i);
     }
 
@@ -410,11 +276,11 @@ impl Pair {
     }
 
     fn partition(&mut self) {
-        self.cut = [[false, true], [true, false]];
+        self.network.set_cut(A, B, true);
     }
 
     fn heal(&mut self) {
-        self.cut = [[false; 2]; 2];
+        self.network.heal();
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -433,22 +299,16 @@ impl Pair {
     }
 
     fn mono(&self, i: usize) -> u64 {
-        self.now_ms - self.nodes[i].process.as_ref().map_or(0, |p| p.started_ms)
+        let now = self.now_ms;
+        self.nodes[i]
+            .process
+            .as_ref()
+            .map_or(now, |p| p.clock.mono_ms(now))
     }
 
     /// Node `i`'s monotonic clock as its link sessions read it.
     fn mono_time(&self, i: usize) -> Duration {
         Duration::from_millis(self.mono(i))
-    }
-
-    fn latency(&mut self) -> u64 {
-        let max = self.latency_max_ms;
-        self.rng.as_mut().map_or(0, |rng| rng.below(max + 1))
-    }
-
-    /// True `percent` % of the time in a seeded run; never otherwise.
-    fn network_chance(&mut self, percent: u64) -> bool {
-        percent > 0 && self.rng.as_mut().is_some_and(|rng| rng.chance(percent))
     }
 
     fn trace(&self, i: usize, what: &str) {
@@ -510,19 +370,13 @@ impl Pair {
             if p.stopped_until.is_some_and(|until| until <= now) {
                 p.stopped_until = None;
             }
-            if p.stopped_until.is_some() || p.next_tick_ms > now {
+            if p.stopped_until.is_some() {
                 continue;
             }
-            p.next_tick_ms = now + TICK_MS;
-            let mono_ms = self.mono(i);
-            self.step(
-                i,
-                Input::Tick {
-                    now_ms: WALL_BASE_MS + now,
-                    mono_ms,
-                },
-            );
-            progressed = true;
+            if let Some(tick) = p.tick_due(now) {
+                self.step(i, tick);
+                progressed = true;
+            }
         }
         progressed
     }
@@ -552,10 +406,10 @@ impl Pair {
             let sim = &mut self.nodes[i];
             let p = sim.process.as_mut().expect("running");
             let mut done = Vec::new();
-            while p.fsyncs.front().is_some_and(|&(due, _, _)| due <= now) {
-                let (_, generation, seq) = p.fsyncs.pop_front().expect("front");
+            while p.own.fsyncs.front().is_some_and(|&(due, _, _)| due <= now) {
+                let (_, generation, seq) = p.own.fsyncs.pop_front().expect("front");
                 if generation == p.writer_generation {
-                    sim.disk.synced_seq = sim.disk.synced_seq.max(seq);
+                    sim.disk.synced(seq);
                 }
                 done.push(Input::Durable { generation, seq });
             }
@@ -570,31 +424,26 @@ impl Pair {
     fn deliver_datagrams(&mut self) -> bool {
         let now = self.now_ms;
         let mut progressed = false;
-        let mut at = 0;
-        while at < self.datagrams.len() {
-            let d = &self.datagrams[at];
-            if d.due_ms > now || (self.nodes[d.to].process.is_some() && !self.running(d.to)) {
-                // Not yet, or waiting in a stopped process's socket.
-                at += 1;
+        while let Some((_, d)) = self.datagrams.pop_due(now) {
+            let Some(p) = &self.nodes[d.to].process else {
                 continue;
-            }
-            let d = self.datagrams.remove(at);
-            if self.nodes[d.to].process.is_none() {
+            };
+            if let Some(until) = p.stopped_until {
+                // It waits in the stopped process's socket.
+                self.datagrams.schedule_at(until, d);
                 continue;
             }
             let sim = &mut self.nodes[d.to];
             sim.heartbeat_epoch = sim.heartbeat_epoch.max(d.epoch);
             sim.last_heard_ms = now;
             let mono_ms = self.mono(d.to);
-            self.step(
-                d.to,
-                Input::Heartbeat {
-                    primary: d.primary,
-                    epoch: d.epoch,
-                    head: d.head,
-                    mono_ms,
-                },
-            );
+            let heartbeat = Input::Heartbeat {
+                primary: d.primary,
+                epoch: d.epoch,
+                head: d.head,
+                mono_ms,
+            };
+            self.step(d.to, heartbeat);
             progressed = true;
         }
         progressed
@@ -612,32 +461,14 @@ impl Pair {
                 continue;
             }
             p.next_beat_ms = now + INTERVAL_MS;
-            let (primary, epoch, head) = (
-                p.node.role() == Role::Primary,
-                p.node.epoch(),
-                p.node.head(),
-            );
-            if !self.cut[i][1 - i] {
-                let copies = if self.network_chance(self.datagram_duplicate_percent) {
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    if self.network_chance(self.datagram_loss_percent) {
-                        continue;
-                    }
-                    let jitter_max = self.datagram_jitter_ms;
-                    let jitter = self.rng.as_mut().map_or(0, |r| r.below(jitter_max + 1));
-                    let due_ms = now + self.latency() + jitter;
-                    self.datagrams.push(Datagram {
-                        due_ms,
-                        to: 1 - i,
-                        primary,
-                        epoch,
-                        head,
-                    });
-                }
+            let heartbeat = Datagram {
+                to: 1 - i,
+                primary: p.node.role() == Role::Primary,
+                epoch: p.node.epoch(),
+                head: p.node.head(),
+            };
+            for delay in self.network.datagram(i, 1 - i) {
+                self.datagrams.schedule_at(now + delay, heartbeat.clone());
             }
             progressed = true;
         }
@@ -663,7 +494,8 @@ impl Pair {
             }
             // A cut or a dead peer refuses the connection; a peer that is not primary
             // refuses in the handshake.
-            let reachable = self.running(j) && !self.cut[i][j] && !self.cut[j][i];
+            let reachable =
+                self.running(j) && !self.network.is_cut(i, j) && !self.network.is_cut(j, i);
             if !reachable {
                 self.nodes[i]
                     .process
@@ -674,7 +506,7 @@ impl Pair {
             }
             let id = self.next_link;
             self.next_link += 1;
-            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let ends = LinkEnds::dial(id, i, TIMING, &node_side(&self.keys, &self.nodes, i));
             let hello = ends.hello();
             self.links.push(SimLink {
                 id,
@@ -702,18 +534,15 @@ impl Pair {
     }
 
     fn send_segment(&mut self, link: usize, from: usize, segment: Segment) {
-        let latency = self.latency();
-        let l = &mut self.links[link];
-        if !l.open[from] {
-            return;
-        }
         let to = 1 - from;
-        // TCP keeps order: a frame never overtakes the one before it.
-        let due = l.inflight[to]
+        let last_due = self.links[link].inflight[to]
             .back()
-            .map_or(0, |&(due, _)| due)
-            .max(self.now_ms + latency);
-        l.inflight[to].push_back((due, segment));
+            .map_or(0, |&(due, _)| due);
+        let due = self.network.stream_due(self.now_ms, last_due);
+        let l = &mut self.links[link];
+        if l.open[from] {
+            l.inflight[to].push_back((due, segment));
+        }
     }
 
     /// One end closes (the core's `CloseLink`, an error, or the process ended).
@@ -749,7 +578,10 @@ impl Pair {
                     let unread = !l.ends.reading(to);
                     let stuck = self.stuck == Some((l.id, 1 - to)) || unread;
                     if !gone
-                        && (due > self.now_ms || self.cut[1 - to][to] || stuck || !self.running(to))
+                        && (due > self.now_ms
+                            || self.network.is_cut(1 - to, to)
+                            || stuck
+                            || !self.running(to))
                     {
                         break;
                     }
@@ -776,7 +608,7 @@ impl Pair {
             return;
         };
         let now = self.mono_time(to);
-        let side = side(&self.keys, &self.nodes, to);
+        let side = node_side(&self.keys, &self.nodes, to);
         let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
         for reply in arrived.replies {
             self.send_frame(link, to, reply);
@@ -874,15 +706,15 @@ impl Pair {
             let sim = &mut self.nodes[i];
             let p = sim.process.as_mut().expect("running");
             if p.node.role() != Role::Primary {
-                p.own_orphans_waiting = None;
+                p.own.own_orphans_waiting = None;
                 continue;
             }
-            if p.own_orphans_waiting.is_some() || sim.disk.orphans.is_empty() {
+            if p.own.own_orphans_waiting.is_some() || sim.disk.orphans.is_empty() {
                 continue;
             }
             let batches = sim.disk.orphans.clone();
             let last = batches.last().and_then(|b| b.last()).expect("not empty");
-            p.own_orphans_waiting = Some(last.orig.unwrap_or((last.epoch, last.seq)));
+            p.own.own_orphans_waiting = Some(last.orig.unwrap_or((last.epoch, last.seq)));
             for entries in batches {
                 self.step(
                     i,
@@ -968,65 +800,16 @@ impl Pair {
         ) {
             self.nodes[i].events.push((now, action.clone()));
         }
+        if let Some(work) = link_work(&action) {
+            self.on_link_work(i, work);
+            return;
+        }
         match action {
-            Action::Send { conn, frame } => {
-                let frame = decode_server_frame(&frame[..frame.len() - 1]).expect("a frame");
-                if frame.kind == "ack" {
-                    let session = self.conns.get(&conn).map(|(_, s)| s.clone());
-                    self.acked.push(Acked {
-                        node: i,
-                        session: session.expect("acks go to open connections"),
-                        id: frame.id.clone().expect("ack names the id"),
-                        seq: frame.seq.expect("ack has a seq"),
-                    });
-                }
-                self.nodes[i].frames.push((conn, frame));
-            }
+            Action::Send { conn, frame } => self.on_send(i, conn, &frame),
             Action::Close { conn } => {
                 self.conns.remove(&conn);
             }
-            Action::Append(entry) => {
-                let sim = &mut self.nodes[i];
-                assert_eq!(
-                    entry.seq,
-                    sim.disk.last_seq() + 1,
-                    "node {} appends seq {} after {}: the log would refuse the gap",
-                    NODE_IDS[i],
-                    entry.seq,
-                    sim.disk.last_seq()
-                );
-                let seq = entry.seq;
-                sim.disk.log.push(entry);
-                let p = sim.process.as_mut().expect("running");
-                p.fsyncs
-                    .push_back((now + sim.fsync_ms, p.writer_generation, seq));
-            }
             Action::Publish { seq, frame, .. } => self.on_publish(i, seq, &frame),
-            Action::SaveEpochs { spans, seen } => {
-                let disk = &mut self.nodes[i].disk;
-                disk.spans = spans;
-                disk.seen = seen;
-            }
-            Action::Truncate { after_seq } => {
-                let sim = &mut self.nodes[i];
-                let keep = sim
-                    .disk
-                    .log
-                    .iter()
-                    .take_while(|e| e.seq <= after_seq)
-                    .count();
-                let cut = sim.disk.log.split_off(keep);
-                if !cut.is_empty() {
-                    sim.disk.orphans.push(cut);
-                }
-                self.rewrite_log(i);
-            }
-            Action::RestartLog { first_seq } => {
-                let disk = &mut self.nodes[i].disk;
-                disk.log.clear();
-                disk.first_seq = first_seq;
-                self.rewrite_log(i);
-            }
             Action::Exit => {
                 self.trace(i, "exits");
                 let sim = &mut self.nodes[i];
@@ -1034,51 +817,83 @@ impl Pair {
                 sim.process = None;
                 self.process_gone(i);
             }
-            Action::AcceptBackup {
-                link,
-                truncate_after,
-                restart_at,
-            } => {
-                let accept = LinkCommand::Accept {
-                    truncate_after,
-                    restart_at,
-                };
-                self.command(link, i, accept);
+            Action::ResubmitDone { epoch, seq, .. } => {
+                // The primary's own re-commit (`SELF_LINK`): its orphans file goes.
+                let sim = &mut self.nodes[i];
+                let p = sim.process.as_mut().expect("running");
+                if p.own.own_orphans_waiting == Some((epoch, seq)) {
+                    p.own.own_orphans_waiting = None;
+                    sim.disk.orphans.clear();
+                }
             }
-            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
+            Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
+            // Log lines, role changes, presence and subscriptions change nothing here.
+            action => self.on_disk_action(i, action),
+        }
+    }
+
+    /// A frame to a client; an ack is noted for the checker.
+    fn on_send(&mut self, i: usize, conn: ConnId, frame: &[u8]) {
+        let frame = decode_server_frame(&frame[..frame.len() - 1]).expect("a frame");
+        if frame.kind == "ack" {
+            let session = self.conns.get(&conn).map(|(_, s)| s.clone());
+            self.acked.push(Acked {
+                node: i,
+                session: session.expect("acks go to open connections"),
+                id: frame.id.clone().expect("ack names the id"),
+                seq: frame.seq.expect("ack has a seq"),
+            });
+        }
+        self.nodes[i].frames.push((conn, frame));
+    }
+
+    /// The log writer's and the epochs file's work, as `daemon::storage` does it.
+    fn on_disk_action(&mut self, i: usize, action: Action) {
+        match action {
+            Action::Append(entry) => {
+                let sim = &mut self.nodes[i];
+                let seq = entry.seq;
+                sim.disk.append(NODE_IDS[i], entry);
+                let p = sim.process.as_mut().expect("running");
+                p.own
+                    .fsyncs
+                    .push_back((self.now_ms + sim.fsync_ms, p.writer_generation, seq));
+            }
+            Action::SaveEpochs { spans, seen } => {
+                let disk = &mut self.nodes[i].disk;
+                disk.spans = spans;
+                disk.seen = seen;
+            }
+            Action::Truncate { after_seq } => {
+                let disk = &mut self.nodes[i].disk;
+                let cut = disk.truncate(after_seq);
+                if !cut.is_empty() {
+                    disk.orphans.push(cut);
+                }
+                self.rewrite_log(i);
+            }
+            Action::RestartLog { first_seq } => {
+                self.nodes[i].disk.restart_log(first_seq);
+                self.rewrite_log(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Node `i`'s end of a link carries out what its core asked.
+    fn on_link_work(&mut self, i: usize, work: LinkWork) {
+        match work {
+            LinkWork::Command(link, command) => self.command(link, i, command),
+            LinkWork::Close(link) => {
                 if let Some(link) = self.link_index(link) {
                     self.close_end(link, i);
                 }
             }
-            Action::AckPrimary { link, durable_seq } => {
+            LinkWork::Ack(link, durable_seq) => {
                 if let Some(link) = self.link_index(link) {
                     self.links[link].ends.ack(durable_seq);
                 }
             }
-            Action::Handover { link, epoch } => {
-                self.command(link, i, LinkCommand::Handover { epoch })
-            }
-            Action::TookOver { link, epoch } => {
-                self.command(link, i, LinkCommand::TookOver { epoch })
-            }
-            Action::ResubmitDone {
-                link: SELF_LINK,
-                epoch,
-                seq,
-            } => {
-                let sim = &mut self.nodes[i];
-                let p = sim.process.as_mut().expect("running");
-                if p.own_orphans_waiting == Some((epoch, seq)) {
-                    p.own_orphans_waiting = None;
-                    sim.disk.orphans.clear();
-                }
-            }
-            Action::ResubmitDone { link, epoch, seq } => {
-                self.command(link, i, LinkCommand::ResubmitDone { epoch, seq })
-            }
-            Action::Probe => self.inbox.push_back((i, Input::ProbeResult { ok: true })),
-            // Log lines, role changes, presence and subscriptions change nothing here.
-            _ => {}
         }
     }
 
@@ -1100,9 +915,9 @@ impl Pair {
         let last = sim.disk.last_seq();
         sim.disk.synced_seq = last;
         let p = sim.process.as_mut().expect("running");
-        p.fsyncs.clear();
+        p.own.fsyncs.clear();
         p.writer_generation += 1;
-        p.fsyncs.push_back((now, p.writer_generation, last));
+        p.own.fsyncs.push_back((now, p.writer_generation, last));
     }
 
     fn on_publish(&mut self, i: usize, seq: u64, frame: &[u8]) {
@@ -1259,9 +1074,9 @@ impl Pair {
 
 /// The pair after start-up: `b` follows `a`, and `a` commits synchronously.
 /// Node `i` as its end of a handshake sees itself.
-fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+fn node_side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
     let node = &nodes[i].process.as_ref().expect("running").node;
-    node_side(keys, NODE_IDS, (i, node), nodes[i].disk.first_seq.max(1))
+    super::sim::side(keys, i, node, &nodes[i].disk)
 }
 
 fn linked_pair(cooldown_ms: u64) -> Pair {
@@ -1812,19 +1627,7 @@ fn cooldown_limits_automatic_promotions() {
 fn two_backups_standoff_is_broken_by_the_better_log() {
     let mut pair = Pair::empty(0);
     // Both restart with state: a has seq 1..=5 of epoch 1, b only 1..=3.
-    let entries: Vec<Entry> = (1..=5)
-        .map(|seq| Entry {
-            epoch: 1,
-            seq,
-            ts_ms: 0,
-            room: ROOM.into(),
-            from: "alice".into(),
-            session: "alice".into(),
-            id: format!("m-{seq}"),
-            body: format!("alice/m-{seq}"),
-            orig: None,
-        })
-        .collect();
+    let entries: Vec<Entry> = (1..=5).map(|seq| super::sim::entry(1, seq)).collect();
     for (i, last) in [(A, 5), (B, 3)] {
         let disk = &mut pair.nodes[i].disk;
         disk.log = entries[..last].to_vec();
@@ -1894,6 +1697,22 @@ fn a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote() {
     );
 }
 
+/// The regression test above can fail: with the old standoff rule planted back (own last
+/// seq against the peer's head, the higher rank winning a tie), both nodes promote after
+/// the restart.
+#[test]
+fn the_standoff_regression_test_finds_the_old_standoff_bug() {
+    super::peer::planted::STANDOFF_BY_LAST_SEQ.with(|p| p.set(true));
+    let outcome = std::panic::catch_unwind(
+        a_primary_restarted_at_once_and_its_lagging_backup_do_not_both_promote,
+    );
+    super::peer::planted::STANDOFF_BY_LAST_SEQ.with(|p| p.set(false));
+    assert!(
+        outcome.is_err(),
+        "the regression test passed with the old standoff rule planted"
+    );
+}
+
 /// Regression: the link resubmitted orphans only right after an ack that changed, so a
 /// new primary with nothing past the common prefix never got them.
 #[test]
@@ -1926,7 +1745,7 @@ fn a_demoted_primarys_uncommitted_message_is_recommitted_when_the_new_primary_is
 fn a_backup_whose_epoch_history_runs_past_its_log_can_still_promote() {
     let mut pair = Pair::empty(0);
     let b = Node::new(
-        core_config(B, 0),
+        core_config(B, knobs(0)),
         Role::Backup,
         EpochHistory::from_spans(vec![(1, 1), (3, 15)]),
         3,
@@ -1950,15 +1769,26 @@ struct Client {
     unacked: Vec<String>,
 }
 
+impl Client {
+    fn new(session: &str) -> Self {
+        Client {
+            session: session.into(),
+            conn: None,
+            next_id: 1,
+            unacked: Vec::new(),
+        }
+    }
+}
+
 /// Prints the seed of a failing run, and the one command that replays it exactly.
 struct SeedReport(u64);
 
 impl Drop for SeedReport {
     fn drop(&mut self) {
         if std::thread::panicking() && !QUIET_SEED_REPORT.with(std::cell::Cell::get) {
+            let replay = replay_command("PAIR", self.0, "random_pair");
             eprintln!(
-                "pair simulation failed with seed {0}; replay it (every step printed): \
-                 PAIR_SEED={0} PAIR_TRACE=1 cargo test --lib random_pair -- --nocapture",
+                "pair simulation failed with seed {}; replay it (every step printed): {replay}",
                 self.0
             );
         }
@@ -1975,26 +1805,8 @@ thread_local! {
 fn random_pair_run(seed: u64) {
     let _report = SeedReport(seed);
     let mut rng = Rng::new(seed);
-    let mut pair = Pair::new(0);
-    pair.rng = Some(Rng::new(seed ^ 0x5EED));
-    pair.latency_max_ms = rng.below(25);
-    // Half the runs have a lossy, duplicating, reordering heartbeat path.
-    if rng.chance(50) {
-        pair.datagram_loss_percent = rng.below(31);
-        pair.datagram_duplicate_percent = rng.below(21);
-        pair.datagram_jitter_ms = rng.below(400);
-    }
-    for i in [A, B] {
-        pair.nodes[i].fsync_ms = rng.below(30);
-    }
-    let mut clients: Vec<Client> = (0..3)
-        .map(|n| Client {
-            session: format!("s{n}"),
-            conn: None,
-            next_id: 1,
-            unacked: Vec::new(),
-        })
-        .collect();
+    let mut pair = random_pair(seed, &mut rng);
+    let mut clients: Vec<Client> = (0..3).map(|n| Client::new(&format!("s{n}"))).collect();
     pair.run_for(500);
     for _slot in 0..120 {
         match rng.below(100) {
@@ -2002,41 +1814,7 @@ fn random_pair_run(seed: u64) {
                 let c = &mut clients[rng.below(3) as usize];
                 random_send(&mut pair, &mut rng, c);
             }
-            45..=47 => {
-                // kill -9 with the disk kept whole, a power cut (what was not fsynced is
-                // gone), or a write torn part-way through what was not fsynced.
-                let i = rng.below(2) as usize;
-                match rng.below(3) {
-                    0 => pair.crash(i, false),
-                    1 => pair.crash(i, true),
-                    _ => {
-                        let disk = &pair.nodes[i].disk;
-                        let unsynced = disk.last_seq().saturating_sub(disk.synced_seq);
-                        let keep = rng.below(unsynced + 1) as usize;
-                        pair.crash_torn(i, keep);
-                    }
-                }
-            }
-            48..=55 => {
-                let i = rng.below(2) as usize;
-                if pair.nodes[i].process.is_none() {
-                    pair.restart(i);
-                }
-            }
-            56..=59 => {
-                let from = rng.below(2) as usize;
-                pair.cut[from][1 - from] = true;
-                if rng.chance(50) {
-                    pair.cut[1 - from][from] = true;
-                }
-            }
-            60..=65 => pair.heal(),
-            66..=67 => {
-                let i = rng.below(2) as usize;
-                let ms = 200 + rng.below(2_300);
-                pair.stop(i, ms);
-            }
-            _ => {}
+            slot => random_fault(&mut pair, &mut rng, slot),
         }
         pair.run_for(50);
         for c in &mut clients {
@@ -2049,23 +1827,81 @@ fn random_pair_run(seed: u64) {
             });
         }
     }
-    // Heal everything and let the pair settle while a client keeps chatting (a commit
-    // held by a stall waits for the next message: see the ignored stall test).
+    settle_after_heal(&mut pair, &mut rng);
+    check_final_log(&pair);
+}
+
+/// The pair of a seeded run: its network's latency and, in half the runs, a lossy,
+/// duplicating, reordering heartbeat path; its disks' fsync times.
+fn random_pair(seed: u64, rng: &mut Rng) -> Pair {
+    let mut pair = Pair::new(0);
+    pair.network.rng = Some(Rng::new(seed ^ 0x5EED));
+    pair.network.latency_max_ms = rng.below(25);
+    if rng.chance(50) {
+        pair.network.loss_percent = rng.below(31);
+        pair.network.duplicate_percent = rng.below(21);
+        pair.network.jitter_ms = rng.below(400);
+    }
+    for i in [A, B] {
+        pair.nodes[i].fsync_ms = rng.below(30);
+    }
+    pair
+}
+
+/// The fault of schedule slot `slot` (45-99; from 68 on, none).
+fn random_fault(pair: &mut Pair, rng: &mut Rng, slot: u64) {
+    match slot {
+        45..=47 => {
+            // kill -9 with the disk kept whole, a power cut (what was not fsynced is
+            // gone), or a write torn part-way through what was not fsynced.
+            let i = rng.below(2) as usize;
+            match rng.below(3) {
+                0 => pair.crash(i, false),
+                1 => pair.crash(i, true),
+                _ => {
+                    let disk = &pair.nodes[i].disk;
+                    let unsynced = disk.last_seq().saturating_sub(disk.synced_seq);
+                    let keep = rng.below(unsynced + 1) as usize;
+                    pair.crash_torn(i, keep);
+                }
+            }
+        }
+        48..=55 => {
+            let i = rng.below(2) as usize;
+            if pair.nodes[i].process.is_none() {
+                pair.restart(i);
+            }
+        }
+        56..=59 => {
+            let from = rng.below(2) as usize;
+            pair.network.cut[from][1 - from] = true;
+            if rng.chance(50) {
+                pair.network.cut[1 - from][from] = true;
+            }
+        }
+        60..=65 => pair.heal(),
+        66..=67 => {
+            let i = rng.below(2) as usize;
+            let ms = 200 + rng.below(2_300);
+            pair.stop(i, ms);
+        }
+        _ => {}
+    }
+}
+
+/// Heals everything and lets the pair settle while a client keeps chatting (a commit
+/// held by a stall waits for the next message: see the ignored stall test).
+fn settle_after_heal(pair: &mut Pair, rng: &mut Rng) {
     pair.heal();
     for i in [A, B] {
         if pair.nodes[i].process.is_none() {
             pair.restart(i);
         }
     }
-    let mut chatter = Client {
-        session: "chatter".into(),
-        conn: None,
-        next_id: 1,
-        unacked: Vec::new(),
-    };
+    let mut chatter = Client::new("chatter");
     let settled = |p: &Pair| p.in_sync() && p.nodes.iter().all(|n| n.disk.orphans.is_empty());
     for round in 0.. {
-        if settled(&pair) {
+        if settled(pair) {
             break;
         }
         assert!(
@@ -2077,15 +1913,19 @@ fn random_pair_run(seed: u64) {
                 .map(|n| &n.disk.orphans)
                 .collect::<Vec<_>>()
         );
-        random_send(&mut pair, &mut rng, &mut chatter);
+        random_send(pair, rng, &mut chatter);
         pair.run_for(200);
     }
+}
+
+/// (ii) Every acked message is in the final log exactly once; none is there twice; and
+/// whatever was published (committed, acked or not) is there too.
+fn check_final_log(pair: &Pair) {
     let primary = if pair.node(A).role() == Role::Primary {
         A
     } else {
         B
     };
-    // (ii) Every acked message is in the final log exactly once; none is there twice.
     let log = &pair.nodes[primary].disk.log;
     let mut copies: HashMap<(&str, &str), usize> = HashMap::new();
     for e in log {
@@ -2100,7 +1940,6 @@ fn random_pair_run(seed: u64) {
             "{acked:?} is missing from the final log"
         );
     }
-    // Whatever was published (committed, acked or not) is there too.
     for ((epoch, seq), (session, id)) in &pair.published {
         assert!(
             copies.contains_key(&(session.as_str(), id.as_str())),
@@ -2153,15 +1992,12 @@ fn run_seeds(count: u64) {
 
 #[test]
 fn random_pair_histories_keep_every_acked_message_once() {
-    if let Some(seed) = std::env::var("PAIR_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = env_u64("PAIR_SEED") {
         random_pair_run(seed);
         return;
     }
     // PAIR_SEEDS=N runs more (or fewer).
-    let seeds = std::env::var("PAIR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+    let seeds = env_u64("PAIR_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let started = std::time::Instant::now();
     run_seeds(seeds);
     eprintln!(
@@ -2340,7 +2176,7 @@ fn a_primary_aborts_a_link_that_stays_stuck_after_a_one_way_cut_heals() {
     };
     assert!(!aborted(&pair));
     // b's packets to a are lost for a while: a hears nothing from b, b still hears a.
-    pair.cut[B][A] = true;
+    pair.network.cut[B][A] = true;
     pair.run_for(3 * DETECTION_MS);
     assert!(!is_primary(B)(&pair), "b promoted while it heard a");
     assert!(
@@ -2351,7 +2187,7 @@ fn a_primary_aborts_a_link_that_stays_stuck_after_a_one_way_cut_heals() {
     // retransmission timer): heartbeats arrive again, link frames do not.
     let stuck_id = pair.links.last().expect("a link").id;
     pair.stuck = Some((stuck_id, B));
-    pair.cut[B][A] = false;
+    pair.network.cut[B][A] = false;
     let healed = pair.now_ms;
     assert!(
         pair.run_until(2 * INTERVAL_MS + 2 * TICK_MS, aborted),

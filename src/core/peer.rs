@@ -12,26 +12,39 @@ use crate::wire::client::{encode_reply, Reply};
 /// backup then takes over by failure detection instead.
 pub const HANDOVER_TIMEOUT_MS: u64 = 2_000;
 
-/// A bug planted on purpose, for the simulator's test that it can find one
-/// (`pair_tests::the_simulator_finds_a_planted_bug`): while set on a thread, a primary on
-/// that thread ignores a heartbeat from a newer epoch instead of stepping down. Compiled only
-/// into the unit tests, so it cannot exist in a real binary.
+/// Bugs planted on purpose, for the simulator's tests that it can find them. While
+/// `SKIP_HEARTBEAT_EPOCH_CHECK` is set on a thread
+/// (`pair_tests::the_simulator_finds_a_planted_bug`), a primary on that thread ignores a
+/// heartbeat from a newer epoch instead of stepping down. While `STANDOFF_BY_LAST_SEQ` is set
+/// (`pair_tests::the_standoff_regression_test_finds_the_old_standoff_bug`), the standoff
+/// compares the node's own last seq with the peer's head and the higher rank wins a tie, the
+/// rule 1ea472b replaced. Compiled only into the unit tests, so neither can exist in a real
+/// binary.
 #[cfg(test)]
 pub(super) mod planted {
     use std::cell::Cell;
 
     thread_local! {
         pub static SKIP_HEARTBEAT_EPOCH_CHECK: Cell<bool> = const { Cell::new(false) };
+        pub static STANDOFF_BY_LAST_SEQ: Cell<bool> = const { Cell::new(false) };
     }
 
     pub fn skips_heartbeat_epoch_check() -> bool {
         SKIP_HEARTBEAT_EPOCH_CHECK.with(Cell::get)
+    }
+
+    pub fn standoff_by_last_seq() -> bool {
+        STANDOFF_BY_LAST_SEQ.with(Cell::get)
     }
 }
 
 #[cfg(not(test))]
 mod planted {
     pub const fn skips_heartbeat_epoch_check() -> bool {
+        false
+    }
+
+    pub const fn standoff_by_last_seq() -> bool {
         false
     }
 }
@@ -335,6 +348,17 @@ impl Node {
         self.review_held(actions);
     }
 
+    /// Whether this node, of rank `rank`, wins a standoff: both sides compare the same
+    /// quantities (epoch, committed head as heartbeats report it), and the lower rank
+    /// breaks a tie, so exactly one of them wins.
+    fn wins_standoff(&self, rank: u64) -> bool {
+        if planted::standoff_by_last_seq() {
+            return (self.epoch(), self.last_seq(), rank)
+                > (self.peer.epoch, self.peer.head, 1 - rank);
+        }
+        (self.epoch(), self.head, 1 - rank) > (self.peer.epoch, self.peer.head, rank)
+    }
+
     pub(super) fn on_pair_tick(&mut self, actions: &mut Vec<Action>) {
         let Some(pair) = self.pair().cloned() else {
             return;
@@ -360,14 +384,11 @@ impl Node {
             self.start_as_primary = false;
         }
         let configured_start = self.start_as_primary && heard && !self.peer.primary;
-        // Both nodes backup and alive: the one with the better log takes over. Both
-        // sides compare the same quantities (epoch, committed head), and the lower
-        // rank breaks a tie, so exactly one of them wins.
+        // Both nodes backup and alive: the one with the better log takes over.
         let standoff = heard
             && !self.peer.primary
             && no_primary_ms >= pair.detection_ms
-            && (self.epoch(), self.head, 1 - pair.rank)
-                > (self.peer.epoch, self.peer.head, pair.rank);
+            && self.wins_standoff(pair.rank);
         // A node whose log is stuck cannot commit: it takes nothing over.
         if self.log_stuck() || (!silent && !standoff && !configured_start) {
             self.probe_ok_ms = None;

@@ -1,5 +1,6 @@
-//! Strict mode under a seeded simulation: two real [`Node`]s and a real [`Witness`], one
-//! event queue, a network that delays, drops and partitions, processes that crash, restart
+//! Strict mode under a seeded simulation: two real [`Node`]s and a real [`Witness`] on the
+//! simulation harness (`core::sim`) and its event queue, a network that delays, drops and
+//! partitions, processes that crash, restart
 //! and stop (SIGSTOP), and clocks that run at slightly different rates. After every step
 //! it checks the strict-mode promise: **at most one node commits at any moment**, in the
 //! form "once a node committed in epoch E, no node ever commits in an older epoch".
@@ -8,16 +9,18 @@
 //! overdue tick first, `Input::Clock` before `Durable`; the real link frames between the
 //! real link sessions (`core::link`), in order and held while the network is cut, as TCP
 //! does; datagrams lost while it is cut) and leaves out what does not (log retention,
-//! orphans, authentication). `STRICT_SEEDS=N` runs more
-//! seeds; `STRICT_TRACE=1` prints each fault.
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+//! orphans, authentication). `STRICT_SEEDS=N` runs more seeds; a failure prints the command
+//! that replays its seed (`STRICT_SEED=N STRICT_TRACE=1`, every fault and log line printed).
 
 use std::time::Duration;
 
-use super::link::sim::{node_side, pair_keys, LinkEnds, LinkTiming, NodeSide, Segment};
+use super::link::sim::{pair_keys, LinkEnds, Segment};
 use super::link::{LinkCommand, Next, NodeView};
+use super::sim::{
+    env_u64, link_work, replay_command, side, Clock, Disk, EventQueue, LinkWork, Network,
+    PairKnobs, Rng, DETECTION_MS, INTERVAL_MS, NODE_IDS, REDIAL_MS, ROOM, TICK_MS, TIMING,
+    WALL_BASE_MS, WITNESS as W,
+};
 use super::strict::StrictConfig;
 use super::witness::{Granted, Verdict, Witness};
 use super::ReplicationMode;
@@ -26,70 +29,25 @@ use crate::wire::client::decode_request;
 use crate::wire::keyring::Keyring;
 use crate::wire::replication::PeerFrame;
 
-const NODE_IDS: [&str; 2] = ["a", "b"];
-const CLIENT_ADDRESSES: [&str; 2] = ["10.0.0.1:7400", "10.0.0.2:7400"];
-/// Index of the witness in the network's cut matrix.
-const W: usize = 2;
-const INTERVAL_MS: u64 = 200;
-const DETECTION_MS: u64 = 1_000;
 const LEASE_MS: u64 = 600;
 /// What the nodes allow for; the simulated clocks stay within half of it.
 const DRIFT_PPM: u64 = 10_000;
 const CLOCK_SPREAD_PPM: u64 = 5_000;
-const TICK_MS: u64 = 50;
-const REDIAL_MS: u64 = 50;
-const WALL_BASE_MS: u64 = 1_700_000_000_000;
-const ROOM: &str = "r";
 const RUN_MS: u64 = 30_000;
-/// The link's pace: `replication.window`'s default, and a beat every heartbeat interval.
-const TIMING: LinkTiming = LinkTiming {
-    window: 8_192,
-    beat_interval: Duration::from_millis(INTERVAL_MS),
-};
+/// Datagrams (heartbeats, claims, witness answers) each take 1-20 ms.
+const LATENCY_MIN_MS: u64 = 1;
+const LATENCY_MAX_MS: u64 = 20;
+/// Datagrams lost at random in the fault runs. The calm runs lose none: two renewals lost
+/// in a row let a lease lapse by design, and a scenario that asserts a primary keeps its
+/// lease must not depend on where random losses fall.
+const FAULT_LOSS_PERCENT: u64 = 5;
 
-fn core_config(index: usize, mode: ReplicationMode) -> CoreConfig {
-    CoreConfig {
-        node_id: NODE_IDS[index].into(),
-        role: Role::Backup,
-        peer_client_address: Some(CLIENT_ADDRESSES[1 - index].into()),
-        hello_timeout_ms: 60_000,
-        rate_per_sec: 10_000,
-        rate_burst: 10_000,
-        max_errors: 3,
-        max_rooms_per_client: 4,
-        max_pending: 10_000,
-        pair: Some(PairConfig {
-            rank: index as u64,
-            peer_client_address: CLIENT_ADDRESSES[1 - index].into(),
-            interval_ms: INTERVAL_MS,
-            detection_ms: DETECTION_MS,
-            mode,
-            ack_timeout_ms: 1_000,
-            promotion_cooldown_ms: 0,
-            check_address: false,
-        }),
-        access: Default::default(),
-    }
-}
-
-/// xorshift64*: a seed replays a run exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
+/// The pair settings of a run in `mode`.
+fn knobs(mode: ReplicationMode) -> PairKnobs {
+    PairKnobs {
+        mode,
+        ack_timeout_ms: 1_000,
+        cooldown_ms: 0,
     }
 }
 
@@ -161,23 +119,20 @@ enum Event {
     RestartWitness,
 }
 
-struct Process {
-    node: Node,
+/// What the strict simulation keeps in a running pbchatd besides its core and timers.
+#[derive(Debug)]
+struct StrictProcess {
+    /// Which start of a node this is: a witness answer to an earlier one is dropped.
     incarnation: u64,
-    started_ms: u64,
-    next_tick_ms: u64,
-    next_beat_ms: u64,
-    redial_at_ms: u64,
-    writer_generation: u64,
-    stopped_until: Option<u64>,
     /// The client connection on this node, if open.
     conn: Option<ConnId>,
 }
 
+type Process = super::sim::Process<StrictProcess>;
+
 struct SimNode {
-    log: Vec<Entry>,
-    spans: Vec<(u64, u64)>,
-    seen: u64,
+    /// Orphans are left out here: a truncation's cut entries are dropped.
+    disk: Disk,
     process: Option<Process>,
     /// Clock rate, in millionths of real time.
     rate_ppm: u64,
@@ -194,8 +149,7 @@ struct SimLink {
 struct SimWitness {
     granted: Granted,
     state: Option<Witness>,
-    started_ms: u64,
-    rate_ppm: u64,
+    clock: Clock,
 }
 
 struct World {
@@ -204,13 +158,11 @@ struct World {
     keys: Keyring,
     rng: Rng,
     now_ms: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Event>>,
-    next_event: u64,
+    queue: EventQueue<Event>,
     nodes: [SimNode; 2],
     witness: SimWitness,
-    /// cut[x][y]: x cannot reach y (A=0, B=1, W=2).
-    cut: [[bool; 3]; 3],
+    /// Between a (0), b (1) and the witness (W).
+    network: Network,
     links: Vec<SimLink>,
     next_conn: ConnId,
     next_message: u64,
@@ -236,9 +188,7 @@ impl World {
         let mut rate = || 1_000_000 - spread + rng.below(2 * spread + 1);
         let rates = [rate(), rate(), rate()];
         let node = |rate_ppm| SimNode {
-            log: Vec::new(),
-            spans: Vec::new(),
-            seen: 0,
+            disk: Disk::default(),
             process: None,
             rate_ppm,
         };
@@ -247,17 +197,20 @@ impl World {
             keys: pair_keys(),
             rng,
             now_ms: 0,
-            queue: BinaryHeap::new(),
-            events: Vec::new(),
-            next_event: 0,
+            queue: EventQueue::default(),
             nodes: [node(rates[0]), node(rates[1])],
             witness: SimWitness {
                 granted: Granted::default(),
                 state: None,
-                started_ms: 0,
-                rate_ppm: rates[2],
+                clock: Clock::start(0, rates[2]),
             },
-            cut: [[false; 3]; 3],
+            network: Network {
+                rng: Some(Rng::new(seed ^ 0x5EED)),
+                latency_min_ms: LATENCY_MIN_MS,
+                latency_max_ms: LATENCY_MAX_MS,
+                loss_percent: if setup.faults { FAULT_LOSS_PERCENT } else { 0 },
+                ..Network::calm()
+            },
             links: Vec::new(),
             next_conn: 1,
             next_message: 1,
@@ -287,14 +240,14 @@ impl World {
     }
 
     fn schedule_at(&mut self, at_ms: u64, event: Event) {
-        let slot = self.events.len();
-        self.events.push(Some(event));
-        self.queue.push(Reverse((at_ms, self.next_event, slot)));
-        self.next_event += 1;
+        self.queue.schedule_at(at_ms, event);
     }
 
-    fn latency(&mut self) -> u64 {
-        1 + self.rng.below(20)
+    /// A datagram from `from` to `to`: each copy that arrives is scheduled.
+    fn send_datagram(&mut self, from: usize, to: usize, event: Event) {
+        for delay in self.network.datagram(from, to) {
+            self.schedule(delay, event.clone());
+        }
     }
 
     fn note(&self, what: &str) {
@@ -305,15 +258,15 @@ impl World {
 
     fn mono(&self, i: usize) -> u64 {
         let p = self.nodes[i].process.as_ref().expect("running");
-        (self.now_ms - p.started_ms) * self.nodes[i].rate_ppm / 1_000_000
+        p.clock.mono_ms(self.now_ms)
     }
 
     fn witness_mono(&self) -> u64 {
-        (self.now_ms - self.witness.started_ms) * self.witness.rate_ppm / 1_000_000
+        self.witness.clock.mono_ms(self.now_ms)
     }
 
     fn start_witness(&mut self) {
-        self.witness.started_ms = self.now_ms;
+        self.witness.clock = Clock::start(self.now_ms, self.witness.clock.rate_ppm);
         self.witness.state = Some(Witness::new(
             self.witness.granted.clone(),
             self.setup.lease_ms,
@@ -323,16 +276,7 @@ impl World {
 
     fn start(&mut self, i: usize, configured_primary: bool) {
         let n = &mut self.nodes[i];
-        let mut node = Node::new(
-            core_config(i, self.setup.mode),
-            Role::Backup,
-            EpochHistory::from_spans(n.spans.clone()),
-            n.seen,
-        );
-        for entry in &n.log {
-            node.recover(entry);
-        }
-        node.finish_recovery();
+        let mut node = n.disk.recover(i, knobs(self.setup.mode));
         if configured_primary {
             node.start_as_primary();
         }
@@ -343,17 +287,11 @@ impl World {
             });
         }
         self.incarnations += 1;
-        n.process = Some(Process {
-            node,
+        let own = StrictProcess {
             incarnation: self.incarnations,
-            started_ms: self.now_ms,
-            next_tick_ms: self.now_ms,
-            next_beat_ms: self.now_ms,
-            redial_at_ms: self.now_ms,
-            writer_generation: 0,
-            stopped_until: None,
             conn: None,
-        });
+        };
+        n.process = Some(Process::start(node, self.now_ms, n.rate_ppm, own));
         self.schedule(0, Event::Wake(i));
     }
 
@@ -390,13 +328,11 @@ impl World {
 
     /// Runs every event due up to `until_ms` (or until the promise is broken).
     fn run_until(&mut self, until_ms: u64) {
-        while let Some(&Reverse((at, _, slot))) = self.queue.peek() {
-            if at > until_ms || self.violation.is_some() {
+        while self.violation.is_none() {
+            let Some((at, event)) = self.queue.pop_due(until_ms) else {
                 break;
-            }
-            self.queue.pop();
+            };
             self.now_ms = at;
-            let event = self.events[slot].take().expect("each event runs once");
             self.handle(event);
         }
         self.now_ms = self.now_ms.max(until_ms);
@@ -429,8 +365,7 @@ impl World {
 
     /// Cuts (or heals) both directions between `x` and `y`.
     fn set_cut(&mut self, x: usize, y: usize, cut: bool) {
-        self.cut[x][y] = cut;
-        self.cut[y][x] = cut;
+        self.network.set_cut(x, y, cut);
     }
 
     fn handle(&mut self, event: Event) {
@@ -447,13 +382,15 @@ impl World {
                 return;
             }
             if !self.running(i) {
-                if let Event::Wake(_) = event {
-                    return;
-                }
                 return;
             }
             self.tick_if_due(i);
         }
+        self.on_event(event);
+    }
+
+    /// `event` reaches its process, which is running and ticked.
+    fn on_event(&mut self, event: Event) {
         match event {
             Event::Wake(i) => {
                 self.turn(i);
@@ -487,36 +424,51 @@ impl World {
                 incarnation,
                 request,
                 verdict,
-            } => {
-                if self.nodes[to].process.as_ref().map(|p| p.incarnation) != Some(incarnation) {
-                    return;
-                }
-                let mono_ms = self.mono(to);
-                let (granted, epoch, lease_ms) = match verdict {
-                    Verdict::Granted { epoch, lease_ms } => (true, epoch, lease_ms),
-                    Verdict::Refused { epoch, .. } => (false, epoch, 0),
-                };
-                self.step(
-                    to,
-                    Input::WitnessAnswer {
-                        request,
-                        granted,
-                        epoch,
-                        lease_ms,
-                        mono_ms,
-                    },
-                );
-            }
+            } => self.on_answer(to, incarnation, request, verdict),
             Event::Frame { link, to, frame } => self.on_frame(link, to, frame),
             Event::Fsync {
                 node,
                 generation,
                 seq,
-            } => {
-                let mono_ms = self.mono(node);
-                self.step(node, Input::Clock { mono_ms });
-                self.step(node, Input::Durable { generation, seq });
-            }
+            } => self.on_fsync(node, generation, seq),
+            event => self.on_timer(event),
+        }
+    }
+
+    /// The witness's answer to a claim of incarnation `incarnation` of node `to`.
+    fn on_answer(&mut self, to: usize, incarnation: u64, request: u64, verdict: Verdict) {
+        if self.nodes[to].process.as_ref().map(|p| p.own.incarnation) != Some(incarnation) {
+            return;
+        }
+        let mono_ms = self.mono(to);
+        let (granted, epoch, lease_ms) = match verdict {
+            Verdict::Granted { epoch, lease_ms } => (true, epoch, lease_ms),
+            Verdict::Refused { epoch, .. } => (false, epoch, 0),
+        };
+        let answer = Input::WitnessAnswer {
+            request,
+            granted,
+            epoch,
+            lease_ms,
+            mono_ms,
+        };
+        self.step(to, answer);
+    }
+
+    /// An fsync completed: the daemon's driver reads the clock before it reports it.
+    fn on_fsync(&mut self, node: usize, generation: u64, seq: u64) {
+        let n = &mut self.nodes[node];
+        if n.process.as_ref().expect("running").writer_generation == generation {
+            n.disk.synced(seq);
+        }
+        let mono_ms = self.mono(node);
+        self.step(node, Input::Clock { mono_ms });
+        self.step(node, Input::Durable { generation, seq });
+    }
+
+    /// The schedule's own events: chat, faults, restarts.
+    fn on_timer(&mut self, event: Event) {
+        match event {
             Event::Client => {
                 self.client();
                 let delay = 10 + self.rng.below(40);
@@ -539,23 +491,15 @@ impl World {
                     self.start_witness();
                 }
             }
+            _ => unreachable!("on_event handles the rest"),
         }
     }
 
     fn tick_if_due(&mut self, i: usize) {
         let p = self.nodes[i].process.as_mut().expect("running");
-        if self.now_ms < p.next_tick_ms {
-            return;
+        if let Some(tick) = p.tick_due(self.now_ms) {
+            self.step(i, tick);
         }
-        p.next_tick_ms = self.now_ms + TICK_MS;
-        let mono_ms = self.mono(i);
-        self.step(
-            i,
-            Input::Tick {
-                now_ms: WALL_BASE_MS + self.now_ms,
-                mono_ms,
-            },
-        );
     }
 
     /// One turn of a node's loop besides the tick: heartbeats, beats, dialing, streaming.
@@ -569,18 +513,13 @@ impl World {
                 p.node.epoch(),
                 p.node.head(),
             );
-            if !self.cut[i][1 - i] && !self.rng.chance(5) {
-                let delay = self.latency();
-                self.schedule(
-                    delay,
-                    Event::Heartbeat {
-                        to: 1 - i,
-                        primary,
-                        epoch,
-                        head,
-                    },
-                );
-            }
+            let heartbeat = Event::Heartbeat {
+                to: 1 - i,
+                primary,
+                epoch,
+                head,
+            };
+            self.send_datagram(i, 1 - i, heartbeat);
         }
         let p = self.nodes[i].process.as_mut().expect("running");
         let dialing = p.node.role() == Role::Backup
@@ -589,7 +528,7 @@ impl World {
         if dialing {
             p.redial_at_ms = now + REDIAL_MS;
             let id = self.links.len() as LinkId + 1;
-            let ends = LinkEnds::dial(id, i, TIMING, &side(&self.keys, &self.nodes, i));
+            let ends = LinkEnds::dial(id, i, TIMING, &node_side(&self.keys, &self.nodes, i));
             let hello = ends.hello();
             self.links.push(SimLink {
                 open: [true, true],
@@ -611,7 +550,7 @@ impl World {
 
     /// A dial to a dead process: refused, the dialer learns at once.
     fn send_frame_from_closed(&mut self, link: usize, to: usize) {
-        let delay = self.latency();
+        let delay = self.network.latency();
         self.schedule(
             delay,
             Event::Frame {
@@ -628,7 +567,9 @@ impl World {
 
     fn send_segment(&mut self, link: usize, from: usize, frame: Segment) {
         let to = 1 - from;
-        let due = (self.now_ms + self.latency()).max(self.links[link].last_due[to]);
+        let due = self
+            .network
+            .stream_due(self.now_ms, self.links[link].last_due[to]);
         self.links[link].last_due[to] = due;
         self.schedule_at(due, Event::Frame { link, to, frame });
     }
@@ -647,7 +588,7 @@ impl World {
         // TCP holds what it could not deliver until the path heals; the primary end's
         // reader starts once its core accepted the backup.
         let l = &self.links[link];
-        if self.cut[from][to] || (l.open[to] && !l.ends.reading(to)) {
+        if self.network.is_cut(from, to) || (l.open[to] && !l.ends.reading(to)) {
             let due = self.now_ms + 10;
             self.links[link].last_due[to] = self.links[link].last_due[to].max(due);
             self.schedule_at(due, Event::Frame { link, to, frame });
@@ -666,7 +607,7 @@ impl World {
             );
             return;
         };
-        let (now, side) = (self.mono_time(to), side(&self.keys, &self.nodes, to));
+        let (now, side) = (self.mono_time(to), node_side(&self.keys, &self.nodes, to));
         let arrived = self.links[link].ends.on_frame(to, frame, now, &side);
         for reply in arrived.replies {
             self.send_frame(link, to, reply);
@@ -702,8 +643,8 @@ impl World {
     fn pump(&mut self, link: usize, i: usize) {
         while self.running(i) && self.links[link].open[i] {
             let (now, view) = (self.mono_time(i), self.view(i));
-            let log = &self.nodes[i].log;
-            let appended = log.last().map_or(0, |e| e.seq);
+            let log = &self.nodes[i].disk.log;
+            let appended = self.nodes[i].disk.last_seq();
             let ends = &mut self.links[link].ends;
             let frame = match ends.next(i, now, appended, view) {
                 Some(Next::Send(frame)) => Ok(frame),
@@ -748,19 +689,13 @@ impl World {
             },
             refused => refused,
         };
-        if self.cut[W][from] || self.rng.chance(5) {
-            return;
-        }
-        let delay = self.latency();
-        self.schedule(
-            delay,
-            Event::Answer {
-                to: from,
-                incarnation,
-                request,
-                verdict,
-            },
-        );
+        let answer = Event::Answer {
+            to: from,
+            incarnation,
+            request,
+            verdict,
+        };
+        self.send_datagram(W, from, answer);
     }
 
     /// Steps node `i` and carries out its actions; checks the promise after it.
@@ -804,15 +739,15 @@ impl World {
     }
 
     fn route(&mut self, i: usize, action: Action) {
+        if let Some(work) = link_work(&action) {
+            self.on_link_work(i, work);
+            return;
+        }
         match action {
             Action::Append(entry) => {
                 let n = &mut self.nodes[i];
-                assert_eq!(
-                    entry.seq,
-                    n.log.last().map_or(1, |e| e.seq + 1),
-                    "appends are consecutive"
-                );
-                n.log.push(entry.clone());
+                let seq = entry.seq;
+                n.disk.append(NODE_IDS[i], entry);
                 let generation = n.process.as_ref().expect("running").writer_generation;
                 let delay = self.rng.below(5);
                 self.schedule(
@@ -820,67 +755,33 @@ impl World {
                     Event::Fsync {
                         node: i,
                         generation,
-                        seq: entry.seq,
+                        seq,
                     },
                 );
             }
             Action::SaveEpochs { spans, seen } => {
-                self.nodes[i].spans = spans;
-                self.nodes[i].seen = seen;
+                self.nodes[i].disk.spans = spans;
+                self.nodes[i].disk.seen = seen;
             }
             Action::Truncate { after_seq } => {
                 let n = &mut self.nodes[i];
-                n.log.retain(|e| e.seq <= after_seq);
+                n.disk.truncate(after_seq);
                 n.process.as_mut().expect("running").writer_generation += 1;
             }
-            Action::AcceptBackup {
-                link,
-                truncate_after,
-                restart_at,
-            } => {
-                let accept = LinkCommand::Accept {
-                    truncate_after,
-                    restart_at,
-                };
-                self.command(link as usize - 1, i, accept);
-            }
-            Action::CloseLink { link, .. } | Action::AbortLink { link, .. } => {
-                self.close_end(link as usize - 1, i)
-            }
-            Action::AckPrimary { link, durable_seq } => {
-                let link = link as usize - 1;
-                self.links[link].ends.ack(durable_seq);
-                self.pump(link, i);
-            }
-            Action::Handover { link, epoch } => {
-                self.command(link as usize - 1, i, LinkCommand::Handover { epoch })
-            }
-            Action::TookOver { link, epoch } => {
-                self.command(link as usize - 1, i, LinkCommand::TookOver { epoch })
-            }
-            Action::ResubmitDone { link, epoch, seq } if link != SELF_LINK => self.command(
-                link as usize - 1,
-                i,
-                LinkCommand::ResubmitDone { epoch, seq },
-            ),
             Action::Claim { request, epoch } => {
-                // A random 5 % of claims is lost in the fault runs only: two renewals lost
-                // in a row let a lease lapse by design, and a scenario that asserts a
-                // primary keeps its lease must not depend on where the random losses fall.
-                if self.cut[i][W] || (self.setup.faults && self.rng.chance(5)) {
-                    return;
-                }
-                let incarnation = self.nodes[i].process.as_ref().expect("running").incarnation;
-                let delay = self.latency();
-                self.schedule(
-                    delay,
-                    Event::Claim {
-                        from: i,
-                        incarnation,
-                        request,
-                        epoch,
-                    },
-                );
+                let incarnation = self.nodes[i]
+                    .process
+                    .as_ref()
+                    .expect("running")
+                    .own
+                    .incarnation;
+                let claim = Event::Claim {
+                    from: i,
+                    incarnation,
+                    request,
+                    epoch,
+                };
+                self.send_datagram(i, W, claim);
             }
             Action::Send { frame, .. }
                 if std::str::from_utf8(&frame)
@@ -890,8 +791,8 @@ impl World {
             }
             Action::Close { conn } => {
                 let p = self.nodes[i].process.as_mut().expect("running");
-                if p.conn == Some(conn) {
-                    p.conn = None;
+                if p.own.conn == Some(conn) {
+                    p.own.conn = None;
                 }
             }
             Action::Exit => {
@@ -907,6 +808,20 @@ impl World {
                 eprintln!("{:>6} ms: {}: {message}", self.now_ms, NODE_IDS[i]);
             }
             _ => {}
+        }
+    }
+
+    /// Node `i`'s end of a link carries out what its core asked; link `id` is at index
+    /// `id - 1` (links are never forgotten here).
+    fn on_link_work(&mut self, i: usize, work: LinkWork) {
+        match work {
+            LinkWork::Command(link, command) => self.command(link as usize - 1, i, command),
+            LinkWork::Close(link) => self.close_end(link as usize - 1, i),
+            LinkWork::Ack(link, durable_seq) => {
+                let link = link as usize - 1;
+                self.links[link].ends.ack(durable_seq);
+                self.pump(link, i);
+            }
         }
     }
 
@@ -930,14 +845,14 @@ impl World {
             return;
         }
         self.tick_if_due(i);
-        let conn = match self.nodes[i].process.as_ref().expect("running").conn {
+        let conn = match self.nodes[i].process.as_ref().expect("running").own.conn {
             Some(conn) => conn,
             None => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
                 let now_ms = WALL_BASE_MS + self.now_ms;
                 // Set first: a backup's redirect closes it again (`Action::Close`).
-                self.nodes[i].process.as_mut().expect("running").conn = Some(conn);
+                self.nodes[i].process.as_mut().expect("running").own.conn = Some(conn);
                 self.step(
                     i,
                     Input::Connected {
@@ -971,27 +886,25 @@ impl World {
     }
 
     fn fault(&mut self) {
-        let heal = |w: &mut World| w.cut = [[false; 3]; 3];
+        let heal = |w: &mut World| w.network.heal();
         match self.rng.below(10) {
             0 => {
                 heal(self);
                 self.note("heal");
             }
             1 => {
-                self.cut[0][1] = true;
-                self.cut[1][0] = true;
+                self.network.set_cut(0, 1, true);
                 self.note("partition a | b");
             }
             2 => {
                 let i = self.rng.below(2) as usize;
-                self.cut[i][W] = true;
-                self.cut[W][i] = true;
+                self.network.set_cut(i, W, true);
                 self.note(&format!("partition {} | witness", NODE_IDS[i]));
             }
             3 => {
                 // One way only: a hears nothing from b.
                 let i = self.rng.below(2) as usize;
-                self.cut[1 - i][i] = true;
+                self.network.cut[1 - i][i] = true;
                 self.note(&format!(
                     "{} no longer hears {}",
                     NODE_IDS[i],
@@ -1032,16 +945,27 @@ impl World {
     }
 }
 
+/// Seeds a plain `cargo test` runs of the main test (a third of them for its variants).
+const DEFAULT_SEEDS: u64 = 200;
+
 fn seeds() -> u64 {
-    std::env::var("STRICT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200)
+    env_u64("STRICT_SEEDS").unwrap_or(DEFAULT_SEEDS)
+}
+
+/// Seeds `1..=seeds`, or only `STRICT_SEED` when it is set (a replay).
+fn seed_range(seeds: u64) -> std::ops::RangeInclusive<u64> {
+    env_u64("STRICT_SEED").map_or(1..=seeds, |seed| seed..=seed)
+}
+
+/// The message of a violation by `seed`, with the command that replays it in `test`.
+fn violated(seed: u64, violation: &str, test: &str) -> String {
+    let replay = replay_command("STRICT", seed, test);
+    format!("seed {seed}: {violation}; replay it (faults and log lines printed): {replay}")
 }
 
 /// Runs `seeds` runs; returns the first violation with its seed.
 fn first_violation(setup: Setup, seeds: u64) -> Option<(u64, String)> {
-    (1..=seeds).find_map(|seed| {
+    seed_range(seeds).find_map(|seed| {
         let mut world = World::new(seed, setup);
         world.run();
         world.violation.map(|v| (seed, v))
@@ -1050,31 +974,30 @@ fn first_violation(setup: Setup, seeds: u64) -> Option<(u64, String)> {
 
 #[test]
 fn strict_mode_never_lets_two_nodes_commit_in_overlapping_time() {
-    let seeds = seeds();
     let (mut commits, mut promotions) = (0, 0);
-    // `STRICT_SEED=N` replays one run.
-    let only: Option<u64> = std::env::var("STRICT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let range = only.map_or(1..=seeds, |seed| seed..=seed);
-    let seeds = if only.is_some() { 0 } else { seeds };
-    for seed in range {
+    // A replay of one seed checks the promise only, not the totals below.
+    let runs = if env_u64("STRICT_SEED").is_some() {
+        0
+    } else {
+        seeds()
+    };
+    for seed in seed_range(seeds()) {
         let mut world = World::new(seed, Setup::strict());
         world.run();
         if let Some(v) = world.violation {
-            panic!("seed {seed}: {v} (replay: STRICT_SEED={seed} STRICT_TRACE=1)");
+            panic!("{}", violated(seed, &v, "strict_mode_never"));
         }
         commits += world.commits;
         promotions += world.promotions;
     }
     // The faults must really move the primary around, and chat must really flow.
     assert!(
-        promotions > seeds,
-        "only {promotions} promotions in {seeds} runs"
+        promotions > runs,
+        "only {promotions} promotions in {runs} runs"
     );
     assert!(
-        commits > seeds * 100,
-        "only {commits} commits in {seeds} runs"
+        commits > runs * 100,
+        "only {commits} commits in {runs} runs"
     );
 }
 
@@ -1085,7 +1008,7 @@ fn strict_mode_with_async_replication_keeps_the_promise_too() {
         ..Setup::strict()
     };
     if let Some((seed, v)) = first_violation(setup, seeds() / 3) {
-        panic!("seed {seed}: {v}");
+        panic!("{}", violated(seed, &v, "strict_mode_with_async"));
     }
 }
 
@@ -1124,7 +1047,10 @@ fn strict_mode_keeps_the_promise_with_fast_and_slow_clocks_and_a_lease_longer_th
         ..Setup::strict()
     };
     if let Some((seed, v)) = first_violation(setup, seeds() / 3) {
-        panic!("seed {seed}: {v}");
+        panic!(
+            "{}",
+            violated(seed, &v, "strict_mode_keeps_the_promise_with_fast")
+        );
     }
 }
 
@@ -1146,14 +1072,13 @@ fn the_checker_catches_a_node_that_allows_no_margin_for_clock_drift() {
 const CALM_SEED: u64 = 7;
 
 /// Node `i` as its end of a handshake sees itself.
-fn side<'a>(keys: &'a Keyring, nodes: &[SimNode; 2], i: usize) -> NodeSide<'a> {
+fn node_side<'a>(
+    keys: &'a Keyring,
+    nodes: &[SimNode; 2],
+    i: usize,
+) -> super::link::sim::NodeSide<'a> {
     let node = &nodes[i].process.as_ref().expect("running").node;
-    node_side(
-        keys,
-        NODE_IDS,
-        (i, node),
-        nodes[i].log.first().map_or(1, |e| e.seq),
-    )
+    side(keys, i, node, &nodes[i].disk)
 }
 
 /// A calm pair, `a` primary and chat flowing, at 3 s.
