@@ -14,13 +14,14 @@
 //! - `node_tls`: the node's TLS configs from its `Config`, errors by config key.
 //! - `certs`: `pbchatd --gen-cert`, a private CA and node certificates as files.
 //! - `daemon`: the only code with threads, sockets, clocks and signals.
-//! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/it/fuzz_corpus.rs`); test code.
+//! - `fuzzing`: the fuzz targets' invariant checks (`fuzz/`, `tests/it/fuzz_corpus.rs`); test
+//!   code, compiled only with the `fuzzing` feature, so no shipped build carries it.
 //! - `completions`: shell completions of the binaries (clap_complete), for the package.
-//! - `bench`: the `pbchat-bench` harness: load generators and process control; a client of
-//!   the daemon over TCP, never a part of it.
+//!
+//! The `pbchat-bench` harness is not here: it is the workspace member `bench/`, a client of
+//! the daemon over TCP that uses this library, never a part of it.
 
 pub mod auth;
-pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod completions;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod entry;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod log;
 pub mod node_tls;

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use pbchat::wire::client::{decode_server_frame, ServerFrame};
 use serde_json::{json, Value};
 
+mod ports;
+pub use ports::free_port;
+
 /// How long any single expected event may take on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -359,11 +362,6 @@ pub mod state {
                 && s["peer"]["acked"] == s["last_seq"]
         }
     }
-}
-
-/// A free port on 127.0.0.1, from below the ephemeral range (see the library's doc for why).
-pub fn free_port(udp: bool) -> u16 {
-    pbchat::bench::procs::free_port(udp)
 }
 
 /// Two nodes' configs naming each other, a shared secret, and their data dirs, in one temp

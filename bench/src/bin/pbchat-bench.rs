@@ -1,7 +1,7 @@
 //! `pbchat-bench`: the benchmarks of issue #6 against real `pbchatd` processes (and Redis
-//! as the peer). Thin: parses arguments, pins itself, runs one command from
-//! `pbchat::bench`, prints a table or JSON lines, and exits non-zero when a run lost or
-//! reordered a message or failed.
+//! as the peer). Thin: parses arguments, pins itself, runs one command from the
+//! `pbchat_bench` library (bench/src/lib.rs), prints a table or JSON lines, and exits
+//! non-zero when a run lost or reordered a message or failed.
 //!
 //! See docs/benchmarks.md for what each command measures and the figures on record.
 
@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use pbchat::bench::gap::GapClient;
-use pbchat::bench::idle::IdleClients;
-use pbchat::bench::load::{self, LoadResult, LoadSpec, Protocol};
-use pbchat::bench::procs::{
+use pbchat_bench::gap::GapClient;
+use pbchat_bench::idle::IdleClients;
+use pbchat_bench::load::{self, LoadResult, LoadSpec, Protocol};
+use pbchat_bench::procs::{
     cpu_ticks, peer_binary, status_kib, Nats, NodeOptions, Pair, Redis, Single, TempDir, IN_SYNC,
     PROMOTED, START_DEADLINE, TICKS_PER_SEC,
 };
-use pbchat::bench::report::{median, percentile, round_ratios, Report};
-use pbchat::bench::ws::Transport;
-use pbchat::bench::{cores, ms, pin_self, raise_nofile};
+use pbchat_bench::report::{median, percentile, round_ratios, Report};
+use pbchat_bench::ws::Transport;
+use pbchat_bench::{cores, ms, pin_self, raise_nofile};
 
 #[derive(Parser)]
 #[command(
@@ -1012,7 +1012,7 @@ fn recovery(common: &Common, args: &RecoveryArgs, report: &mut Report) -> Result
     };
     let options = node_options(common, 1000)?;
     let dir = TempDir::new("recovery")?;
-    let files = pbchat::bench::procs::single_files(&dir.path, &options)?;
+    let files = pbchat_bench::procs::single_files(&dir.path, &options)?;
     let log_options = LogOptions {
         dir: files.data_dir.join("log"),
         segment_bytes: 64 << 20,

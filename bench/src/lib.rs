@@ -1,5 +1,9 @@
 //! The benchmark harness behind `pbchat-bench`: load generators, process control and reports.
 //!
+//! A crate of its own (the workspace member `bench/`), so that the `pbchat` library and
+//! `pbchatd` link none of it; it uses `pbchat` only for the client's reconnect back-off, and
+//! the log format for the recovery run.
+//!
 //! It is a client of pbchatd (and of Redis, the peer it is compared with) like any other:
 //! it speaks the wire protocol over TCP (or WebSocket), starts real `pbchatd` processes
 //! from generated configs, and reads their logs and `/proc` entries. It must not reach into daemon state;

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use super::frames::leading_u64;
 use super::load::find;
-use crate::client::reconnect::backoff_delay;
+use pbchat::client::reconnect::backoff_delay;
 
 /// Connection attempts in flight at once: a thundering herd of SYNs overflows the accept
 /// queue and costs a one-second SYN retransmission, which would measure the herd, not the
