@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use rand::RngCore;
 
+pub use super::link_error::LinkError;
 use super::link_stream::{establish, LinkReader, LinkWriter};
 use super::role_view::RoleView;
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
@@ -54,8 +55,6 @@ const HANDSHAKE_FAILURE_WINDOW: Duration = Duration::from_secs(10);
 const NOT_PRIMARY_LINES: u32 = 3;
 const NOT_PRIMARY_WINDOW: Duration = Duration::from_secs(10);
 /// Why a link thread ends when the driver is gone (the process is stopping).
-const CORE_GONE: &str = "core gone";
-
 use crate::core::link::handshake::{self, Ends, LinkEnd, LogView, NOT_PRIMARY};
 pub use crate::core::link::LinkCommand;
 
@@ -231,26 +230,27 @@ impl Conn {
         }
     }
 
-    fn recv(&mut self) -> Result<PeerFrame, String> {
+    fn recv(&mut self) -> Result<PeerFrame, LinkError> {
         loop {
-            match self.reader.next_frame() {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad frame: {e}")),
+            if let Some(frame) = self.reader.next_frame()? {
+                return Ok(frame);
             }
-            let n = self.stream.read(&mut self.buf).map_err(|e| e.to_string())?;
+            let n = self
+                .stream
+                .read(&mut self.buf)
+                .map_err(LinkError::io("read"))?;
             if n == 0 {
-                return Err("closed by the peer".into());
+                return Err(LinkError::Closed);
             }
             self.reader.push(&self.buf[..n]);
         }
     }
 }
 
-fn send(stream: &mut LinkWriter, frame: &PeerFrame) -> Result<(), String> {
+fn send(stream: &mut LinkWriter, frame: &PeerFrame) -> Result<(), LinkError> {
     let mut bytes = Vec::new();
     encode(frame, &mut bytes);
-    stream.write_all(&bytes).map_err(|e| e.to_string())
+    stream.write_all(&bytes).map_err(LinkError::io("write"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,21 +284,18 @@ pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
                 let Err(end) = serve_backup(&ctx, stream) else {
                     return;
                 };
-                let throttle = match end {
-                    LinkEnd::NotPrimary => &not_primary,
-                    LinkEnd::Failed(_) => &failures,
-                };
+                let refused = matches!(end, LinkError::End(LinkEnd::NotPrimary));
+                let throttle = if refused { &not_primary } else { &failures };
                 let allowed = throttle
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .allow(Instant::now());
                 let Some(suppressed) = allowed else { return };
                 let note = suppressed_note(suppressed);
-                match end {
-                    LinkEnd::NotPrimary => log::debug!(
-                        "replication link from {peer}: refused, {NOT_PRIMARY} (yet){note}"
-                    ),
-                    LinkEnd::Failed(e) => log::info!("replication link from {peer}: {e}{note}"),
+                if refused {
+                    log::debug!("replication link from {peer}: refused, {NOT_PRIMARY} (yet){note}");
+                } else {
+                    log::info!("replication link from {peer}: {end}{note}");
                 }
             });
         if let Err(e) = spawned {
@@ -307,15 +304,17 @@ pub fn run_listener(ctx: Arc<LinkContext>, listener: TcpListener) {
     }
 }
 
-fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkError> {
+    stream
+        .set_nodelay(true)
+        .map_err(LinkError::io("set_nodelay"))?;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(LinkError::io("set_read_timeout"))?;
     let tls = match &ctx.tls() {
         Some(tls) => Some(
             rustls::ServerConnection::new(tls.server.clone())
-                .map_err(|e| format!("TLS: {e}"))?
+                .map_err(|e| LinkError::Tls(e.to_string()))?
                 .into(),
         ),
         None => None,
@@ -330,7 +329,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
             if let Some(answer) = refusal.answer() {
                 let _ = send(&mut writer, &answer);
             }
-            return Err(refusal.end);
+            return Err(refusal.end.into());
         }
     };
     send(&mut writer, &welcome)?;
@@ -338,8 +337,10 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let backup = handshake::authenticated(&ctx.ends(), &hello, &welcome, &auth)?;
     conn.stream
         .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
-    let (link, commands, _ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
+        .map_err(LinkError::io("set_read_timeout"))?;
+    let (link, commands, _ack, wake) = ctx
+        .register(writer.socket())
+        .map_err(LinkError::io("register"))?;
     log::info!(
         "replication link {link}: backup {} connected (epoch {}, last seq {}) over {}",
         ctx.setup.peer_id,
@@ -350,7 +351,7 @@ fn serve_backup(ctx: &Arc<LinkContext>, stream: TcpStream) -> Result<(), LinkEnd
     let result = primary_session(ctx, link, conn, writer, commands, wake, backup);
     ctx.unregister(link);
     let _ = ctx.setup.inputs.send(Input::LinkDown { link });
-    Ok(result?)
+    result
 }
 
 /// Drives a [`PrimarySession`]: this thread writes (entries read from the log within the
@@ -364,7 +365,7 @@ fn primary_session(
     commands: Receiver<LinkCommand>,
     wake: Receiver<()>,
     hello: BackupHello,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let (session, input) = PrimarySession::start(
         link,
         hello,
@@ -375,7 +376,7 @@ fn primary_session(
     ctx.setup
         .inputs
         .send(input)
-        .map_err(|_| CORE_GONE.to_string())?;
+        .map_err(|_| LinkError::CoreGone)?;
     let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
     let mut conn = Some(conn);
@@ -410,7 +411,7 @@ fn spawn_primary_reader(
     mut conn: Conn,
     session: &Arc<Mutex<PrimarySession>>,
     done: &Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+) -> Result<std::thread::JoinHandle<Result<(), LinkError>>, LinkError> {
     let (ctx, session, done) = (ctx.clone(), session.clone(), done.clone());
     std::thread::Builder::new()
         .name("repl-primary-rx".into())
@@ -420,7 +421,7 @@ fn spawn_primary_reader(
             ctx.close(link, "reader ended");
             result
         })
-        .map_err(|e| e.to_string())
+        .map_err(LinkError::io("spawn a thread"))
 }
 
 /// One move of the primary's writer: what the session asks, carried out.
@@ -430,7 +431,7 @@ fn primary_turn(
     writer: &mut LinkWriter,
     commands: &Receiver<LinkCommand>,
     wake: &Receiver<()>,
-) -> Result<ControlFlow<()>, String> {
+) -> Result<ControlFlow<()>, LinkError> {
     let appended = ctx.setup.progress.appended_seq.load(Ordering::Acquire);
     let next = lock(session).next(ctx.now(), appended, ctx.view());
     match next {
@@ -440,7 +441,7 @@ fn primary_turn(
                 .setup
                 .reader
                 .range(from, upto, ENTRIES_PER_FRAME)
-                .map_err(|e| format!("reading the log at {from}: {e}"))?;
+                .map_err(|source| LinkError::Log { from, source })?;
             let frame = lock(session).on_read(entries, ctx.view(), ctx.now())?;
             send(writer, &frame)?;
         }
@@ -457,7 +458,7 @@ fn primary_turn(
                 default(ctx.until(at)) => {}
             }
         }
-        Next::End(reason) => return Err(reason),
+        Next::End(reason) => return Err(LinkError::Session(reason)),
         Next::ReadOrphans => unreachable!("a primary session reads no orphans"),
     }
     Ok(ControlFlow::Continue(()))
@@ -468,7 +469,7 @@ fn primary_reader(
     link: LinkId,
     conn: &mut Conn,
     session: &Mutex<PrimarySession>,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     loop {
         let frame = conn.recv()?;
         let received = lock(session).on_frame(frame, ctx.now())?;
@@ -486,7 +487,7 @@ fn primary_reader(
             ctx.setup
                 .inputs
                 .send(input)
-                .map_err(|_| CORE_GONE.to_string())?;
+                .map_err(|_| LinkError::CoreGone)?;
         }
     }
 }
@@ -546,11 +547,12 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr) {
             Err(end) => {
                 let e = end.to_string();
                 if e != last_error {
-                    match end {
-                        LinkEnd::NotPrimary => log::debug!(
+                    if matches!(end, LinkError::End(LinkEnd::NotPrimary)) {
+                        log::debug!(
                             "replication link to {peer}: refused, the peer is not primary (yet)"
-                        ),
-                        LinkEnd::Failed(_) => log::info!("replication link to {peer}: {e}"),
+                        );
+                    } else {
+                        log::info!("replication link to {peer}: {e}");
                     }
                     last_error = e;
                 }
@@ -561,17 +563,19 @@ pub fn run_dialer(ctx: Arc<LinkContext>, peer: SocketAddr) {
     }
 }
 
-fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
-    let stream = TcpStream::connect_timeout(&peer, HANDSHAKE_TIMEOUT)
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkError> {
+    let stream =
+        TcpStream::connect_timeout(&peer, HANDSHAKE_TIMEOUT).map_err(LinkError::io("connect"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(LinkError::io("set_nodelay"))?;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(LinkError::io("set_read_timeout"))?;
     let tls = match &ctx.tls() {
         Some(tls) => Some(
             rustls::ClientConnection::new(tls.client.clone(), tls.peer_name.clone())
-                .map_err(|e| format!("TLS: {e}"))?
+                .map_err(|e| LinkError::Tls(e.to_string()))?
                 .into(),
         ),
         None => None,
@@ -586,8 +590,10 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     let (epoch, spans) = (welcomed.epoch, welcomed.spans);
     conn.stream
         .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
-    let (link, commands, ack, wake) = ctx.register(writer.socket()).map_err(|e| e.to_string())?;
+        .map_err(LinkError::io("set_read_timeout"))?;
+    let (link, commands, ack, wake) = ctx
+        .register(writer.socket())
+        .map_err(LinkError::io("register"))?;
     log::info!(
         "replication link {link}: following the primary {} in epoch {epoch} over {}",
         ctx.setup.peer_id,
@@ -596,7 +602,7 @@ fn follow(ctx: &Arc<LinkContext>, peer: SocketAddr) -> Result<(), LinkEnd> {
     let result = backup_session(ctx, link, conn, writer, commands, ack, wake, (epoch, spans));
     ctx.unregister(link);
     let _ = ctx.setup.inputs.send(Input::LinkDown { link });
-    Ok(result?)
+    result
 }
 
 /// Drives a [`BackupSession`]: this thread writes (acks, orphans, beats, the core's
@@ -611,13 +617,13 @@ fn backup_session(
     ack: Arc<AtomicU64>,
     wake: Receiver<()>,
     (epoch, spans): (u64, Vec<(u64, u64)>),
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let (session, input) =
         BackupSession::start(link, epoch, spans, ctx.setup.beat_interval, ctx.now());
     ctx.setup
         .inputs
         .send(input)
-        .map_err(|_| CORE_GONE.to_string())?;
+        .map_err(|_| LinkError::CoreGone)?;
     let session = Arc::new(Mutex::new(session));
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -630,7 +636,7 @@ fn backup_session(
                 ctx.close(link, "reader ended");
                 result
             })
-            .map_err(|e| e.to_string())?
+            .map_err(LinkError::io("spawn a thread"))?
     };
     let result = loop {
         if done.load(Ordering::Acquire) || ctx.setup.stopping.load(Ordering::Acquire) {
@@ -655,7 +661,7 @@ fn backup_turn(
     commands: &Receiver<LinkCommand>,
     ack: &AtomicU64,
     wake: &Receiver<()>,
-) -> Result<ControlFlow<()>, String> {
+) -> Result<ControlFlow<()>, LinkError> {
     let durable_seq = ack.load(Ordering::Acquire);
     let next = lock(session).next(ctx.now(), durable_seq, ctx.view());
     match next {
@@ -673,7 +679,7 @@ fn backup_turn(
                 default(ctx.until(at)) => {}
             }
         }
-        Next::End(reason) => return Err(reason),
+        Next::End(reason) => return Err(LinkError::Session(reason)),
         Next::ReadLog { .. } => unreachable!("a backup session reads no log"),
     }
     Ok(ControlFlow::Continue(()))
@@ -684,8 +690,8 @@ fn resubmit_orphans(
     ctx: &LinkContext,
     session: &Mutex<BackupSession>,
     writer: &mut LinkWriter,
-) -> Result<(), String> {
-    let batches = read_orphans(&ctx.setup.data_dir).map_err(|e| format!("reading orphans: {e}"))?;
+) -> Result<(), LinkError> {
+    let batches = read_orphans(&ctx.setup.data_dir).map_err(LinkError::Orphans)?;
     let count: usize = batches.iter().map(Vec::len).sum();
     for frame in lock(session).on_orphans(batches, ctx.now()) {
         send(writer, &frame)?;
@@ -700,7 +706,7 @@ fn backup_reader(
     ctx: &LinkContext,
     conn: &mut Conn,
     session: &Mutex<BackupSession>,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     loop {
         let frame = conn.recv()?;
         let received = lock(session).on_frame(frame, ctx.now())?;
@@ -718,7 +724,7 @@ fn backup_reader(
             ctx.setup
                 .inputs
                 .send(input)
-                .map_err(|_| CORE_GONE.to_string())?;
+                .map_err(|_| LinkError::CoreGone)?;
         }
     }
 }

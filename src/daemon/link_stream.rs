@@ -13,6 +13,8 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::link_error::LinkError;
+
 /// Bytes read from the socket per `read`.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -29,8 +31,8 @@ fn lock(tls: &Shared) -> std::sync::MutexGuard<'_, rustls::Connection> {
 pub fn establish(
     socket: TcpStream,
     tls: Option<rustls::Connection>,
-) -> Result<(LinkReader, LinkWriter), String> {
-    let writer_socket = socket.try_clone().map_err(|e| e.to_string())?;
+) -> Result<(LinkReader, LinkWriter), LinkError> {
+    let writer_socket = socket.try_clone().map_err(LinkError::io("try_clone"))?;
     let shared = match tls {
         None => None,
         Some(mut tls) => {
@@ -38,7 +40,7 @@ pub fn establish(
             while tls.is_handshaking() {
                 // Alerts for a failed handshake are sent inside `complete_io` before it fails.
                 tls.complete_io(&mut io)
-                    .map_err(|e| format!("TLS: {}", crate::tls::explain_io(&e)))?;
+                    .map_err(|e| LinkError::Tls(crate::tls::explain_io(&e)))?;
             }
             Some(Arc::new(Mutex::new(tls)))
         }

@@ -39,6 +39,7 @@ pub mod histogram;
 pub mod hooks;
 pub mod io;
 pub mod link;
+mod link_error;
 mod link_stream;
 pub mod logging;
 pub mod metrics;
