@@ -34,10 +34,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use crate::common::{wait_until, DEADLINE};
 use crate::history::{self, History, Kind, Report};
 
-/// How long any single expected event may take on a loaded 2-core machine.
-pub const DEADLINE: Duration = Duration::from_secs(20);
 pub const ROOM: &str = "general";
 /// Ports every node uses inside its own host (each host has its own address).
 pub const CLIENT_PORT: u16 = 7400;
@@ -807,14 +806,6 @@ pub fn hold(span: Duration) {
     let until = Instant::now() + span;
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
