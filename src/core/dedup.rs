@@ -1,7 +1,11 @@
 //! The (session, id) index that makes a resend commit at most once.
 //!
-//! Bounded by log retention: an entry lives while its message is retained, so the index
-//! holds at most `log.retain_messages` keys plus the pending ones.
+//! Bounded by log retention: a key answers while its message is retained. Keys whose
+//! messages retention dropped are not removed one by one (that took a seq-ordered list of
+//! every key, as large again as the table): they stay, unanswered, until the table fills,
+//! and then one sweep frees them all before the table would grow. So the table holds at most
+//! the retained and pending keys plus what fills it up to its load limit, and grows only when
+//! the retained keys alone would fill it.
 //!
 //! The index is a small open-addressing table of its own rather than a `HashMap`: start-up
 //! recovery inserts every retained key at a random place in a table far larger than the
@@ -11,7 +15,6 @@
 //! batches whose home slots are prefetched first, so the misses of a batch overlap instead of
 //! following one another.
 
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 
 /// Recovered keys handed to the table at once. Each key's home slot is prefetched before the
@@ -27,6 +30,11 @@ const LOAD_MAX_PERCENT: usize = 75;
 
 /// The smallest table once a key arrives, so a handful of keys do not double it repeatedly.
 const SLOTS_MIN: usize = 16;
+
+/// A full table's sweep of forgotten keys must free at least 1/this of its capacity, or the
+/// table grows: a sweep reads every slot, so it must buy room for many inserts (here at least
+/// capacity / 8, so a sweep costs under 11 slot reads per insert).
+const SWEEP_FREES_MIN_DIVISOR: usize = 8;
 
 /// A 128-bit hash of (session, id), kept instead of the strings to keep the index small. Two
 /// independent 64-bit SipHashes make an accidental collision among a million keys about
@@ -65,7 +73,7 @@ impl Key {
     }
 }
 
-/// One key and the seq of its message: a table slot, and an entry of the seq-ordered list.
+/// One key and the seq of its message.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     key: Key,
@@ -79,8 +87,8 @@ const EMPTY_SLOT: Slot = Slot {
     seq: 0,
 };
 
-/// Linear probing over a power-of-two number of slots, without tombstones: a removal shifts
-/// the run after it back (`remove`).
+/// Linear probing over a power-of-two number of slots, without tombstones: removals happen
+/// only in a sweep, which puts every key left back in place (`retain`).
 ///
 /// Invariant: every key sits in the run of occupied slots that starts at its home slot (no
 /// free slot lies between the two, going up and wrapping), and at least a quarter of the
@@ -200,33 +208,43 @@ impl Table {
         }
     }
 
-    /// Removes `key` if it maps to `seq` (a later insert of the same key keeps it).
-    fn remove(&mut self, key: Key, seq: u64) {
-        let Some(mut hole) = self.find(key) else {
+    /// True when the next new key would have to grow the table.
+    fn is_full(&self) -> bool {
+        self.len >= self.capacity()
+    }
+
+    /// Keeps the keys whose seq `keep` accepts, in place: no second table, so a sweep never
+    /// doubles the index's memory.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        // A slot free before the removals: no run crosses it (some exists, as a quarter of
+        // the slots are free).
+        let Some(start) = self.slots.iter().position(|s| s.key.is_empty()) else {
             return;
         };
-        if self.slots[hole].seq != seq {
-            return;
-        }
-        self.len -= 1;
-        // Backward shift: a later key of the run moves into the hole unless its home lies
-        // after the hole (it would then sit before its home); the run ends at a free slot.
-        let mut index = hole;
-        loop {
-            index = self.next(index);
-            let key = self.slots[index].key;
-            if key.is_empty() {
-                break;
-            }
-            let mask = self.slots.len() - 1;
-            let from_home = index.wrapping_sub(self.home(key)) & mask;
-            let from_hole = index.wrapping_sub(hole) & mask;
-            if from_home >= from_hole {
-                self.slots[hole] = self.slots[index];
-                hole = index;
+        for slot in &mut self.slots {
+            if !slot.key.is_empty() && !keep(slot.seq) {
+                *slot = EMPTY_SLOT;
+                self.len -= 1;
             }
         }
-        self.slots[hole] = EMPTY_SLOT;
+        // The removals left holes inside runs. Walking once around from `start`, each key is
+        // taken out and put back at the first free slot from its home: its home lies after
+        // `start` and at or before where it was, so it lands there or earlier, and the keys
+        // placed before it keep their runs whole.
+        let mask = self.slots.len() - 1;
+        for step in 1..=self.slots.len() {
+            let index = (start + step) & mask;
+            let slot = self.slots[index];
+            if slot.key.is_empty() {
+                continue;
+            }
+            self.slots[index] = EMPTY_SLOT;
+            let mut at = self.home(slot.key);
+            while !self.slots[at].key.is_empty() {
+                at = self.next(at);
+            }
+            self.slots[at] = slot;
+        }
     }
 }
 
@@ -256,10 +274,16 @@ pub struct Dedup {
     /// Random SipHash keys, chosen once per index (`RandomState::default`), for `Key::of`.
     keys: RandomState,
     table: Table,
-    /// Keys in seq order, for forgetting the oldest when retention moves on.
-    order: VecDeque<Slot>,
+    /// Keys below this seq are forgotten (retention dropped their messages): `get` passes
+    /// over them and the next sweep frees their slots.
+    floor: u64,
+    /// No key in the table is below this seq, so while `floor` is not above it a sweep
+    /// would free nothing.
+    oldest: u64,
+    /// The highest seq inserted and not cut (seqs arrive in increasing order).
+    last: u64,
     /// Recovered keys the table has not taken yet, at most `RECOVERY_BATCH`, in seq order
-    /// after `order`. Empty outside start-up recovery: `finish_recovery` empties it, and every
+    /// after `last`. Empty outside start-up recovery: `finish_recovery` empties it, and every
     /// other method asserts that it is empty, so a forgotten call stops the node at once
     /// rather than letting a resend commit twice.
     recovered: Vec<Slot>,
@@ -270,7 +294,6 @@ impl Dedup {
     /// table a score of times on the way.
     pub fn reserve(&mut self, keys: usize) {
         self.table.reserve(keys);
-        self.order.reserve(keys);
     }
 
     pub fn get(&self, session: &str, id: &str) -> Option<u64> {
@@ -302,30 +325,27 @@ impl Dedup {
     /// Forgets every key whose message is below `first_seq` (dropped by retention).
     pub fn forget_below(&mut self, first_seq: u64) {
         self.assert_recovered();
-        while let Some(&Slot { key, seq }) = self.order.front() {
-            if seq >= first_seq {
-                break;
-            }
-            self.order.pop_front();
-            self.table.remove(key, seq);
-        }
+        self.floor = self.floor.max(first_seq);
     }
 
-    /// Forgets every key at `seq` or above (their messages were cut from the log).
+    /// Forgets every key at `seq` or above (their messages were cut from the log). Reads every
+    /// slot: a cut is rare (a merge after two primaries, a re-sync).
     pub fn forget_from(&mut self, seq: u64) {
         self.assert_recovered();
-        while let Some(&Slot { key, seq: last }) = self.order.back() {
-            if last < seq {
-                break;
-            }
-            self.order.pop_back();
-            self.table.remove(key, last);
-        }
+        let floor = self.floor;
+        self.table.retain(|kept| kept >= floor && kept < seq);
+        self.oldest = floor;
+        self.last = self.last.min(seq.saturating_sub(1));
     }
 
+    /// Keys that answer (not forgotten). Reads every slot: for checks and tests.
     pub fn len(&self) -> usize {
         self.assert_recovered();
-        self.table.len
+        self.table
+            .slots
+            .iter()
+            .filter(|slot| !slot.key.is_empty() && slot.seq >= self.floor)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -334,22 +354,34 @@ impl Dedup {
 
     fn get_key(&self, key: Key) -> Option<u64> {
         self.assert_recovered();
-        self.table.get(key)
+        self.table.get(key).filter(|&seq| seq >= self.floor)
     }
 
     fn insert_key(&mut self, key: Key, seq: u64) {
         self.assert_recovered();
-        debug_assert!(self.order.back().is_none_or(|last| last.seq < seq));
+        debug_assert!(self.last < seq, "seq {seq} inserted after {}", self.last);
+        if self.table.is_full() {
+            self.make_room();
+        }
         self.table.insert(key, seq);
-        self.order.push_back(Slot { key, seq });
+        self.last = seq;
+    }
+
+    /// Frees the forgotten keys' slots of a full table, and grows it when that frees too few.
+    fn make_room(&mut self) {
+        if self.floor > self.oldest {
+            let floor = self.floor;
+            self.table.retain(|seq| seq >= floor);
+            self.oldest = floor;
+        }
+        let wanted = self.table.capacity() / SWEEP_FREES_MIN_DIVISOR;
+        if self.table.len + wanted > self.table.capacity() {
+            self.table.reserve(wanted);
+        }
     }
 
     fn recover_key(&mut self, key: Key, seq: u64) {
-        debug_assert!(self
-            .recovered
-            .last()
-            .or(self.order.back())
-            .is_none_or(|last| last.seq < seq));
+        debug_assert!(self.recovered.last().map_or(self.last, |last| last.seq) < seq);
         if self.recovered.capacity() == 0 {
             self.recovered.reserve_exact(RECOVERY_BATCH);
         }
@@ -361,7 +393,10 @@ impl Dedup {
 
     fn flush_recovered(&mut self) {
         self.table.insert_batch(&self.recovered);
-        self.order.extend(self.recovered.drain(..));
+        if let Some(last) = self.recovered.last() {
+            self.last = last.seq;
+        }
+        self.recovered.clear();
     }
 
     fn assert_recovered(&self) {
@@ -472,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removal_at_the_end_of_the_slots_shifts_back_across_the_wrap() {
+    fn a_sweep_at_the_end_of_the_slots_moves_keys_back_across_the_wrap() {
         let mut table = Table::default();
         table.reserve(1);
         let last = table.slots.len() as u64 - 1;
@@ -482,11 +517,42 @@ mod tests {
             table.insert(key, seq as u64);
         }
         assert_eq!(table.find(keys[2]), Some(1));
-        table.remove(keys[0], 0);
+        table.retain(|seq| seq != 0);
         assert_eq!(table.find(keys[1]), Some(last as usize));
         assert_eq!(table.find(keys[2]), Some(0));
         assert!(table.slots[1].key.is_empty());
         assert_eq!(table.len, 2);
+    }
+
+    #[test]
+    fn a_full_table_frees_forgotten_keys_before_it_grows() {
+        let mut dedup = Dedup::default();
+        let mut newest = 0;
+        let mut insert = |dedup: &mut Dedup| {
+            newest += 1;
+            dedup.insert("s", &format!("m-{newest}"), newest);
+            newest
+        };
+        while dedup.table.slots.len() < 1024 || !dedup.table.is_full() {
+            insert(&mut dedup);
+        }
+        let slots = dedup.table.slots.len();
+        // Retention keeps the newest half: the rest is freed, not doubled for.
+        let mut newest = dedup.last;
+        for _ in 0..10 * slots {
+            dedup.forget_below(newest + 1 - slots as u64 / 2);
+            newest = insert(&mut dedup);
+        }
+        assert_eq!(dedup.table.slots.len(), slots);
+        // The newest half before the last insert, and that insert.
+        assert_eq!(dedup.len(), slots / 2 + 1);
+        check_table(&dedup.table);
+        // Retention that keeps more than the table holds makes it grow.
+        for _ in 0..slots / 2 {
+            insert(&mut dedup);
+        }
+        assert_eq!(dedup.table.slots.len(), 2 * slots);
+        check_table(&dedup.table);
     }
 
     /// Checks the table's invariant: its count, and every key reachable from its home.
