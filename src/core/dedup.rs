@@ -1,19 +1,18 @@
 //! The (session, id) index that makes a resend commit at most once.
 //!
-//! Bounded by log retention: a key answers while its message is retained. Keys whose
-//! messages retention dropped are not removed one by one (that took a seq-ordered list of
-//! every key, as large again as the table): they stay, unanswered, until the table fills,
-//! and then one sweep frees them all before the table would grow. So the table holds at most
-//! the retained and pending keys plus what fills it up to its load limit, and grows only when
-//! the retained keys alone would fill it.
+//! Bounded by log retention: a key answers while its message is retained (and among the last
+//! [`SPAN_MAX`] seqs). Keys whose messages retention dropped are not removed one by one (that
+//! took a seq-ordered list of every key, as large again as the table): they stay, unanswered,
+//! until the table fills, and then one sweep frees them all before the table would grow. So
+//! the table holds the retained and pending keys plus what fills it up to its load limit,
+//! and grows only when the retained keys alone would fill it.
 //!
 //! The index is a small open-addressing table of its own rather than a `HashMap`: start-up
 //! recovery inserts every retained key at a random place in a table far larger than the
 //! caches, and with hashbrown each insert missed twice (its control bytes, then its 32-byte
-//! bucket, as a `u128` key pads the tuple), about 37 % of the daemon's start-up (issue 6).
-//! Here a slot is 24 bytes and holds all that a probe reads, and recovery hands keys over in
-//! batches whose home slots are prefetched first, so the misses of a batch overlap instead of
-//! following one another.
+//! bucket), about 37 % of the daemon's start-up (issue 6). Here a slot is 16 bytes and holds
+//! all that a probe reads, and recovery hands keys over in batches whose home slots are
+//! prefetched first, so the misses of a batch overlap instead of following one another.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -22,13 +21,16 @@ use std::hash::{BuildHasher, RandomState};
 /// line-fill buffers can track (10-24 on current x86); beyond that the prefetches only queue.
 pub const RECOVERY_BATCH: usize = 16;
 
-/// The table grows (doubles) before it is fuller than this. Linear probing stays short below
-/// it (at most about 2.5 probes for a hit and 8.5 for a miss, most in the same cache line),
-/// and 1M keys take 2M slots all the same: 48 MB of 24-byte slots, where hashbrown's 2M
-/// 32-byte buckets and control bytes took 66 MB.
+/// The table grows before it is fuller than this. Linear probing stays short below it (at
+/// most about 2.5 probes for a hit and 8.5 for a miss, most in the same cache line).
 const LOAD_MAX_PERCENT: usize = 75;
 
-/// The smallest table once a key arrives, so a handful of keys do not double it repeatedly.
+/// A table grows to this share of its size (or to what it must hold, if more). Not doubling:
+/// a table between sizes is fuller (1M keys take 1.33-1.67M slots, 21-27 MB), and while it
+/// grows the old and new slots live at once, 2.25 times the old table rather than 3 times.
+const GROWTH_PERCENT: usize = 125;
+
+/// The smallest table once a key arrives, so a handful of keys do not grow it repeatedly.
 const SLOTS_MIN: usize = 16;
 
 /// A full table's sweep of forgotten keys must free at least 1/this of its capacity, or the
@@ -36,26 +38,31 @@ const SLOTS_MIN: usize = 16;
 /// capacity / 8, so a sweep costs under 11 slot reads per insert).
 const SWEEP_FREES_MIN_DIVISOR: usize = 8;
 
-/// A 128-bit hash of (session, id), kept instead of the strings to keep the index small. Two
-/// independent 64-bit SipHashes make an accidental collision among a million keys about
-/// 1 in 10^26. Two `u64`s rather than a `u128`, whose 16-byte alignment would pad a slot to
-/// 32 bytes.
+/// How far back de-duplication reaches at most, in seqs: a slot keeps its seq as a 32-bit
+/// offset from the table's base. Only a `log.retain_messages` above it (4.29 billion) meets
+/// this bound; the keys older than the newest seq minus this are then forgotten.
+pub const SPAN_MAX: u64 = u32::MAX as u64;
+
+/// A 96-bit keyed hash of (session, id), kept instead of the strings to keep the index small.
+/// The chance that a new key matches one of a million held ones by accident is 2^-76 per
+/// send: about 1 in 10^11 over a year of a million sends a second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
-    high: u64,
-    low: u64,
+    /// Also places the key: its home slot is `hash * slots / 2^64`.
+    hash: u64,
+    tag: u32,
 }
 
 impl Key {
     /// Marks a free slot. The one real key equal to it is stored as `(0, 1)` instead (see
-    /// `Key::new`): a chance of 2^-128 to merge two keys, next to 2^-87 for any collision.
-    const EMPTY: Key = Key { high: 0, low: 0 };
+    /// `Key::new`): a chance of 2^-96 to merge two keys, next to 2^-76 for any collision.
+    const EMPTY: Key = Key { hash: 0, tag: 0 };
 
-    fn new(high: u64, low: u64) -> Key {
-        if high == 0 && low == 0 {
-            Key { high: 0, low: 1 }
+    fn new(hash: u64, tag: u32) -> Key {
+        if hash == 0 && tag == 0 {
+            Key { hash: 0, tag: 1 }
         } else {
-            Key { high, low }
+            Key { hash, tag }
         }
     }
 
@@ -65,7 +72,7 @@ impl Key {
     /// the process: the index is rebuilt from the log at every start.
     fn of(keys: &RandomState, session: &str, id: &str) -> Key {
         let half = |salt: u8| keys.hash_one((salt, session, id));
-        Key::new(half(1), half(2))
+        Key::new(half(1), half(2) as u32)
     }
 
     fn is_empty(self) -> bool {
@@ -73,43 +80,83 @@ impl Key {
     }
 }
 
-/// One key and the seq of its message.
+/// One key and where its seq lies from the table's base. The key's fields stand here rather
+/// than a `Key`, whose 12 bytes would pad to 16 and the slot to 24.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    key: Key,
-    seq: u64,
+    hash: u64,
+    tag: u32,
+    offset: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 
 const EMPTY_SLOT: Slot = Slot {
-    key: Key::EMPTY,
-    seq: 0,
+    hash: 0,
+    tag: 0,
+    offset: 0,
 };
 
-/// Linear probing over a power-of-two number of slots, without tombstones: removals happen
-/// only in a sweep, which puts every key left back in place (`retain`).
+impl Slot {
+    fn key(self) -> Key {
+        Key {
+            hash: self.hash,
+            tag: self.tag,
+        }
+    }
+
+    fn is_empty(self) -> bool {
+        self.key().is_empty()
+    }
+}
+
+/// Linear probing, without tombstones: removals happen only in a sweep, which puts every key
+/// left back in place (`retain`).
 ///
-/// Invariant: every key sits in the run of occupied slots that starts at its home slot (no
-/// free slot lies between the two, going up and wrapping), and at least a quarter of the
-/// slots are free, so every probe ends.
+/// Invariants: every key sits in the run of occupied slots that starts at its home slot (no
+/// free slot lies between the two, going up and wrapping); at least a quarter of the slots
+/// are free, so every probe ends; every seq lies in `base ..= base + SPAN_MAX`.
 #[derive(Debug, Default)]
 struct Table {
-    /// Empty, or a power of two long; a slot holding `Key::EMPTY` is free.
+    /// A slot holding `Key::EMPTY` is free.
     slots: Vec<Slot>,
     /// Occupied slots.
     len: usize,
+    /// The seq that offset 0 stands for.
+    base: u64,
 }
 
 impl Table {
-    /// Where a key's probe starts. A key is a keyed SipHash already, so its low bits are as
-    /// good an index as hashing it again, and as hard to aim at one slot.
+    /// Where a key's probe starts: the hash scaled to the slots (any table size, no modulo).
+    /// The hash is a keyed SipHash already, so it is as hard to aim at one slot.
     fn home(&self, key: Key) -> usize {
-        key.low as usize & (self.slots.len() - 1)
+        ((u128::from(key.hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     fn next(&self, index: usize) -> usize {
-        (index + 1) & (self.slots.len() - 1)
+        if index + 1 == self.slots.len() {
+            0
+        } else {
+            index + 1
+        }
+    }
+
+    fn seq(&self, slot: Slot) -> u64 {
+        self.base + u64::from(slot.offset)
+    }
+
+    /// True if `seq` can be stored as an offset from `base`.
+    fn fits(&self, seq: u64) -> bool {
+        seq >= self.base && seq - self.base <= SPAN_MAX
+    }
+
+    fn slot(&self, key: Key, seq: u64) -> Slot {
+        debug_assert!(self.fits(seq));
+        Slot {
+            hash: key.hash,
+            tag: key.tag,
+            offset: (seq - self.base) as u32,
+        }
     }
 
     /// Keys the current slots hold without going over `LOAD_MAX_PERCENT`.
@@ -117,8 +164,13 @@ impl Table {
         self.slots.len() / 100 * LOAD_MAX_PERCENT + self.slots.len() % 100 * LOAD_MAX_PERCENT / 100
     }
 
-    /// Makes room for `additional` more keys, growing to the smallest power of two that holds
-    /// them (at least double, as the current size does not).
+    /// True when the next new key would have to grow the table.
+    fn is_full(&self) -> bool {
+        self.len >= self.capacity()
+    }
+
+    /// Makes room for `additional` more keys, growing to what holds them or by
+    /// `GROWTH_PERCENT`, whichever is more.
     fn reserve(&mut self, additional: usize) {
         let keys = self.len.saturating_add(additional);
         if keys <= self.capacity() {
@@ -128,24 +180,26 @@ impl Table {
             .saturating_mul(100)
             .div_ceil(LOAD_MAX_PERCENT)
             .max(SLOTS_MIN);
-        let slots = needed
-            .checked_next_power_of_two()
-            .expect("dedup index: slot count overflows usize");
-        self.resize(slots);
+        let grown = self.slots.len() / 100 * GROWTH_PERCENT;
+        self.resize(needed.max(grown));
     }
 
     fn resize(&mut self, slots: usize) {
-        debug_assert!(slots.is_power_of_two());
         let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; slots]);
         for slot in old {
-            if !slot.key.is_empty() {
-                let mut index = self.home(slot.key);
-                while !self.slots[index].key.is_empty() {
-                    index = self.next(index);
-                }
+            if !slot.is_empty() {
+                let index = self.free_from(self.home(slot.key()));
                 self.slots[index] = slot;
             }
         }
+    }
+
+    /// The first free slot at or after `index`.
+    fn free_from(&self, mut index: usize) -> usize {
+        while !self.slots[index].is_empty() {
+            index = self.next(index);
+        }
+        index
     }
 
     /// The index of `key`'s slot, if present.
@@ -155,11 +209,11 @@ impl Table {
         }
         let mut index = self.home(key);
         loop {
-            let slot = &self.slots[index];
-            if slot.key == key {
+            let slot = self.slots[index];
+            if slot.key() == key {
                 return Some(index);
             }
-            if slot.key.is_empty() {
+            if slot.is_empty() {
                 return None;
             }
             index = self.next(index);
@@ -167,7 +221,7 @@ impl Table {
     }
 
     fn get(&self, key: Key) -> Option<u64> {
-        self.find(key).map(|index| self.slots[index].seq)
+        self.find(key).map(|index| self.seq(self.slots[index]))
     }
 
     /// Sets `key` to `seq`, over any earlier seq.
@@ -179,15 +233,16 @@ impl Table {
     /// `insert` once `reserve` has made room.
     fn insert_reserved(&mut self, key: Key, seq: u64) {
         debug_assert!(!key.is_empty() && self.len < self.capacity());
+        let new = self.slot(key, seq);
         let mut index = self.home(key);
         loop {
             let slot = &mut self.slots[index];
-            if slot.key == key {
-                slot.seq = seq;
+            if slot.key() == key {
+                *slot = new;
                 return;
             }
-            if slot.key.is_empty() {
-                *slot = Slot { key, seq };
+            if slot.is_empty() {
+                *slot = new;
                 self.len += 1;
                 return;
             }
@@ -197,71 +252,73 @@ impl Table {
 
     /// Inserts keys in order, like `insert` on each, with every home slot prefetched first so
     /// that the cache misses of the batch overlap.
-    fn insert_batch(&mut self, batch: &[Slot]) {
+    fn insert_batch(&mut self, batch: &[(Key, u64)]) {
         // Grow first: growing moves every slot, and would waste the prefetches.
         self.reserve(batch.len());
-        for slot in batch {
-            prefetch(&self.slots[self.home(slot.key)]);
+        for &(key, _) in batch {
+            prefetch(&self.slots[self.home(key)]);
         }
-        for slot in batch {
-            self.insert_reserved(slot.key, slot.seq);
+        for &(key, seq) in batch {
+            self.insert_reserved(key, seq);
         }
     }
 
-    /// True when the next new key would have to grow the table.
-    fn is_full(&self) -> bool {
-        self.len >= self.capacity()
-    }
-
-    /// Keeps the keys whose seq `keep` accepts, in place: no second table, so a sweep never
-    /// doubles the index's memory.
-    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+    /// Keeps the keys whose seq `keep` accepts and counts offsets from `base` (at most the
+    /// lowest seq kept), in place: no second table, so a sweep never doubles the index's
+    /// memory.
+    fn retain(&mut self, base: u64, keep: impl Fn(u64) -> bool) {
         // A slot free before the removals: no run crosses it (some exists, as a quarter of
         // the slots are free).
-        let Some(start) = self.slots.iter().position(|s| s.key.is_empty()) else {
+        let Some(start) = self.slots.iter().position(|s| s.is_empty()) else {
+            self.base = base;
             return;
         };
-        for slot in &mut self.slots {
-            if !slot.key.is_empty() && !keep(slot.seq) {
-                *slot = EMPTY_SLOT;
+        for index in 0..self.slots.len() {
+            let slot = self.slots[index];
+            if slot.is_empty() {
+                continue;
+            }
+            let seq = self.seq(slot);
+            if keep(seq) {
+                debug_assert!(seq >= base);
+                self.slots[index].offset = (seq - base) as u32;
+            } else {
+                self.slots[index] = EMPTY_SLOT;
                 self.len -= 1;
             }
         }
+        self.base = base;
         // The removals left holes inside runs. Walking once around from `start`, each key is
         // taken out and put back at the first free slot from its home: its home lies after
         // `start` and at or before where it was, so it lands there or earlier, and the keys
         // placed before it keep their runs whole.
-        let mask = self.slots.len() - 1;
-        for step in 1..=self.slots.len() {
-            let index = (start + step) & mask;
+        let mut index = start;
+        for _ in 0..self.slots.len() {
+            index = self.next(index);
             let slot = self.slots[index];
-            if slot.key.is_empty() {
+            if slot.is_empty() {
                 continue;
             }
             self.slots[index] = EMPTY_SLOT;
-            let mut at = self.home(slot.key);
-            while !self.slots[at].key.is_empty() {
-                at = self.next(at);
-            }
+            let at = self.free_from(self.home(slot.key()));
             self.slots[at] = slot;
         }
     }
 }
 
-/// Asks the CPU to start loading `slot`'s cache lines (a slot can straddle two) without
-/// waiting for them. Only a hint: it reads nothing and changes nothing the program sees.
+/// Asks the CPU to start loading `slot`'s cache line without waiting for it. Only a hint: it
+/// reads nothing and changes nothing the program sees.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[inline(always)]
 fn prefetch(slot: &Slot) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // A 16-byte slot in a 16-byte-aligned position never straddles two lines.
     let first: *const i8 = (slot as *const Slot).cast();
-    let last = first.wrapping_add(std::mem::size_of::<Slot>() - 1);
     // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a prefetch never faults
-    // and has no effect the program can observe, and both addresses lie inside `slot`.
+    // and has no effect the program can observe, and the address lies inside `slot`.
     unsafe {
         _mm_prefetch::<_MM_HINT_T0>(first);
-        _mm_prefetch::<_MM_HINT_T0>(last);
     }
 }
 
@@ -274,8 +331,8 @@ pub struct Dedup {
     /// Random SipHash keys, chosen once per index (`RandomState::default`), for `Key::of`.
     keys: RandomState,
     table: Table,
-    /// Keys below this seq are forgotten (retention dropped their messages): `get` passes
-    /// over them and the next sweep frees their slots.
+    /// Keys below this seq are forgotten (retention dropped their messages, or they fell out
+    /// of `SPAN_MAX`): `get` passes over them and the next sweep frees their slots.
     floor: u64,
     /// No key in the table is below this seq, so while `floor` is not above it a sweep
     /// would free nothing.
@@ -286,11 +343,11 @@ pub struct Dedup {
     /// after `last`. Empty outside start-up recovery: `finish_recovery` empties it, and every
     /// other method asserts that it is empty, so a forgotten call stops the node at once
     /// rather than letting a resend commit twice.
-    recovered: Vec<Slot>,
+    recovered: Vec<(Key, u64)>,
 }
 
 impl Dedup {
-    /// Room for `keys` more keys, so start-up recovery of a long log does not double the
+    /// Room for `keys` more keys, so start-up recovery of a long log does not grow the
     /// table a score of times on the way.
     pub fn reserve(&mut self, keys: usize) {
         self.table.reserve(keys);
@@ -332,19 +389,18 @@ impl Dedup {
     /// slot: a cut is rare (a merge after two primaries, a re-sync).
     pub fn forget_from(&mut self, seq: u64) {
         self.assert_recovered();
-        let floor = self.floor;
-        self.table.retain(|kept| kept >= floor && kept < seq);
-        self.oldest = floor;
+        self.sweep(|kept| kept < seq);
         self.last = self.last.min(seq.saturating_sub(1));
     }
 
     /// Keys that answer (not forgotten). Reads every slot: for checks and tests.
     pub fn len(&self) -> usize {
         self.assert_recovered();
-        self.table
+        let table = &self.table;
+        table
             .slots
             .iter()
-            .filter(|slot| !slot.key.is_empty() && slot.seq >= self.floor)
+            .filter(|&&slot| !slot.is_empty() && table.seq(slot) >= self.floor)
             .count()
     }
 
@@ -360,19 +416,24 @@ impl Dedup {
     fn insert_key(&mut self, key: Key, seq: u64) {
         self.assert_recovered();
         debug_assert!(self.last < seq, "seq {seq} inserted after {}", self.last);
-        if self.table.is_full() {
-            self.make_room();
-        }
+        self.make_room(seq);
         self.table.insert(key, seq);
         self.last = seq;
     }
 
-    /// Frees the forgotten keys' slots of a full table, and grows it when that frees too few.
-    fn make_room(&mut self) {
+    /// Gets the table ready for a new key at `seq`: forgets what lies out of `SPAN_MAX` of it
+    /// and counts from a base it fits, and frees the forgotten keys' slots of a full table,
+    /// growing it when that frees too few.
+    fn make_room(&mut self, seq: u64) {
+        if !self.table.fits(seq) {
+            self.floor = self.floor.max(seq.saturating_sub(SPAN_MAX));
+            self.sweep(|_| true);
+        }
+        if !self.table.is_full() {
+            return;
+        }
         if self.floor > self.oldest {
-            let floor = self.floor;
-            self.table.retain(|seq| seq >= floor);
-            self.oldest = floor;
+            self.sweep(|_| true);
         }
         let wanted = self.table.capacity() / SWEEP_FREES_MIN_DIVISOR;
         if self.table.len + wanted > self.table.capacity() {
@@ -380,22 +441,36 @@ impl Dedup {
         }
     }
 
+    /// Frees every forgotten key's slot and those `keep` refuses, and counts from `floor`.
+    fn sweep(&mut self, keep: impl Fn(u64) -> bool) {
+        let floor = self.floor;
+        self.table.retain(floor, |seq| seq >= floor && keep(seq));
+        self.oldest = floor;
+    }
+
     fn recover_key(&mut self, key: Key, seq: u64) {
-        debug_assert!(self.recovered.last().map_or(self.last, |last| last.seq) < seq);
+        debug_assert!(self.recovered.last().map_or(self.last, |&(_, last)| last) < seq);
         if self.recovered.capacity() == 0 {
             self.recovered.reserve_exact(RECOVERY_BATCH);
         }
-        self.recovered.push(Slot { key, seq });
+        self.recovered.push((key, seq));
         if self.recovered.len() == RECOVERY_BATCH {
             self.flush_recovered();
         }
     }
 
     fn flush_recovered(&mut self) {
-        self.table.insert_batch(&self.recovered);
-        if let Some(last) = self.recovered.last() {
-            self.last = last.seq;
+        let Some(&(_, last)) = self.recovered.last() else {
+            return;
+        };
+        if !self.table.fits(last) {
+            self.floor = self.floor.max(last.saturating_sub(SPAN_MAX));
+            self.sweep(|_| true);
+            let floor = self.floor;
+            self.recovered.retain(|&(_, seq)| seq >= floor);
         }
+        self.table.insert_batch(&self.recovered);
+        self.last = last;
         self.recovered.clear();
     }
 
@@ -510,17 +585,17 @@ mod tests {
     fn a_sweep_at_the_end_of_the_slots_moves_keys_back_across_the_wrap() {
         let mut table = Table::default();
         table.reserve(1);
-        let last = table.slots.len() as u64 - 1;
+        let last = table.slots.len() - 1;
         // Three keys homed on the last slot fill it and wrap to slots 0 and 1.
-        let keys: Vec<Key> = (1..=3).map(|high| Key::new(high, last)).collect();
+        let keys: Vec<Key> = (1..=3).map(|tag| Key::new(u64::MAX, tag)).collect();
         for (seq, &key) in keys.iter().enumerate() {
             table.insert(key, seq as u64);
         }
         assert_eq!(table.find(keys[2]), Some(1));
-        table.retain(|seq| seq != 0);
-        assert_eq!(table.find(keys[1]), Some(last as usize));
+        table.retain(0, |seq| seq != 0);
+        assert_eq!(table.find(keys[1]), Some(last));
         assert_eq!(table.find(keys[2]), Some(0));
-        assert!(table.slots[1].key.is_empty());
+        assert!(table.slots[1].is_empty());
         assert_eq!(table.len, 2);
     }
 
@@ -551,18 +626,38 @@ mod tests {
         for _ in 0..slots / 2 {
             insert(&mut dedup);
         }
-        assert_eq!(dedup.table.slots.len(), 2 * slots);
+        assert!(dedup.table.slots.len() > slots);
+        check_table(&dedup.table);
+    }
+
+    #[test]
+    fn seqs_past_32_bits_come_back_whole_and_the_reach_stops_at_the_span() {
+        let mut dedup = Dedup::default();
+        let start = 5 * SPAN_MAX;
+        dedup.insert("s", "old", 1);
+        for n in 0..100 {
+            dedup.insert("s", &format!("m-{n}"), start + n);
+        }
+        // Out of the span of the newest seq: forgotten, though no retention dropped it.
+        assert_eq!(dedup.get("s", "old"), None);
+        assert_eq!(dedup.get("s", "m-7"), Some(start + 7));
+        let far = start + SPAN_MAX + 50;
+        dedup.insert("s", "far", far);
+        assert_eq!(dedup.get("s", "far"), Some(far));
+        assert_eq!(dedup.get("s", "m-49"), None);
+        assert_eq!(dedup.get("s", "m-50"), Some(start + 50));
+        assert_eq!(dedup.len(), 51);
         check_table(&dedup.table);
     }
 
     /// Checks the table's invariant: its count, and every key reachable from its home.
     fn check_table(table: &Table) {
-        let occupied = table.slots.iter().filter(|s| !s.key.is_empty()).count();
+        let occupied = table.slots.iter().filter(|s| !s.is_empty()).count();
         assert_eq!(occupied, table.len);
         assert!(table.len <= table.capacity());
         for (index, slot) in table.slots.iter().enumerate() {
-            if !slot.key.is_empty() {
-                assert_eq!(table.find(slot.key), Some(index), "{slot:?} unreachable");
+            if !slot.is_empty() {
+                assert_eq!(table.find(slot.key()), Some(index), "{slot:?} unreachable");
             }
         }
     }
@@ -595,14 +690,14 @@ mod tests {
             })
     }
 
-    /// Key number `n` of a test: only `spread` distinct low halves (homes), so keys collide
-    /// on purpose and long runs form; home 0's low half is all ones, the last slot at every
-    /// size, so runs wrap too.
+    /// Key number `n` of a test: only `spread` distinct hashes (homes), so keys collide on
+    /// purpose and long runs form; home 0's hash is all ones, the last slot at every size, so
+    /// runs wrap too.
     fn test_key(n: u8, spread: u8) -> Key {
-        let low = u64::from(n % spread)
+        let hash = u64::from(n % spread)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_sub(1);
-        Key::new(u64::from(n) + 1, low)
+        Key::new(hash, u32::from(n) + 1)
     }
 
     proptest! {
