@@ -47,7 +47,7 @@ pub const SPAN_MAX: u64 = u32::MAX as u64;
 /// The chance that a new key matches one of a million held ones by accident is 2^-76 per
 /// send: about 1 in 10^11 over a year of a million sends a second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
+pub struct Key {
     /// Also places the key: its home slot is `hash * slots / 2^64`.
     hash: u64,
     tag: u32,
@@ -354,7 +354,12 @@ impl Dedup {
     }
 
     pub fn get(&self, session: &str, id: &str) -> Option<u64> {
-        self.get_key(Key::of(&self.keys, session, id))
+        self.get_key(self.key(session, id))
+    }
+
+    /// The key of (session, id), for a `get_key` and then an `insert_key` that hash once.
+    pub fn key(&self, session: &str, id: &str) -> Key {
+        Key::of(&self.keys, session, id)
     }
 
     /// Records (session, id) at `seq`; seqs arrive in increasing order.
@@ -408,12 +413,13 @@ impl Dedup {
         self.len() == 0
     }
 
-    fn get_key(&self, key: Key) -> Option<u64> {
+    pub fn get_key(&self, key: Key) -> Option<u64> {
         self.assert_recovered();
         self.table.get(key).filter(|&seq| seq >= self.floor)
     }
 
-    fn insert_key(&mut self, key: Key, seq: u64) {
+    /// `insert` of a key from `key`.
+    pub fn insert_key(&mut self, key: Key, seq: u64) {
         self.assert_recovered();
         debug_assert!(self.last < seq, "seq {seq} inserted after {}", self.last);
         self.make_room(seq);

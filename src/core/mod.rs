@@ -1727,7 +1727,8 @@ impl Node {
             self.error(conn, ErrorCode::NotJoined, &message, Some(&id), actions);
             return;
         }
-        if let Some(seq) = self.dedup.get(&session, &id) {
+        let key = self.dedup.key(&session, &id);
+        if let Some(seq) = self.dedup.get_key(key) {
             // Already ordered: a committed one is acked again with its seq; a pending one
             // will be acked to the session's connection when it commits.
             if seq <= self.head {
@@ -1763,7 +1764,7 @@ impl Node {
             body,
             orig: None,
         };
-        self.dedup.insert(&entry.session, &entry.id, entry.seq);
+        self.dedup.insert_key(key, entry.seq);
         actions.push(Action::Append(entry.clone()));
         self.pending.push_back(Pending {
             entry,
