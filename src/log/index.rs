@@ -50,6 +50,20 @@ pub(crate) struct Index {
     pub rewrites: u64,
 }
 
+/// The fewest slots a per-record list grows by at once.
+const GROWTH_MIN: usize = 16;
+
+/// Appends to a per-record list (one entry per retained record), growing it by a quarter
+/// rather than doubling it: a full list grown by doubling holds up to twice the records, and
+/// both copies live while it moves (three times the list), which is what sets a busy node's
+/// peak RSS; by a quarter, 1.25 and 2.25 times, for a few more (cheap, 8-byte) copies.
+fn push_growing_by_a_quarter<T>(list: &mut VecDeque<T>, item: T) {
+    if list.len() == list.capacity() {
+        list.reserve_exact((list.len() / 4).max(GROWTH_MIN));
+    }
+    list.push_back(item);
+}
+
 /// What `Index::truncate_after` took out, for the writer to carry out on disk.
 pub(crate) struct Cut {
     /// Segments wholly past the cut, to delete.
@@ -146,12 +160,12 @@ impl Index {
         assert_eq!(u64::from(loc.offset), current.bytes, "records are adjacent");
         current.bytes += u64::from(loc.len);
         self.total_bytes += u64::from(loc.len);
-        self.locs.push_back(loc);
+        push_growing_by_a_quarter(&mut self.locs, loc);
         if self.epochs.back().map(|&(_, e)| e) != Some(epoch) {
             self.epochs.push_back((seq, epoch));
         }
         match self.rooms.get_mut(room) {
-            Some(seqs) => seqs.push_back(seq),
+            Some(seqs) => push_growing_by_a_quarter(seqs, seq),
             None => {
                 self.rooms.insert(Arc::from(room), VecDeque::from([seq]));
             }
