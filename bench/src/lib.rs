@@ -20,6 +20,8 @@
 //! - `gap`: one sender that rides over fail-overs and hand-overs and records each
 //!   client-visible gap.
 //! - `report`: percentiles, the table for people and JSON lines for scripts.
+//! - `window`: what frees a slot of a sender's window (`--window-on acks|deliveries`) and
+//!   the per-sender ring that counts each send's deliveries to the members.
 //! - `ws`: the WebSocket side of a pbchat member (`--transport ws`): upgrade, masked text
 //!   messages out, the server's frames unwrapped in place into lines.
 
@@ -29,6 +31,7 @@ pub mod idle;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod window;
 pub mod ws;
 
 use std::time::Duration;

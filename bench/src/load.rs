@@ -1,8 +1,9 @@
 //! The fan-out load generator: one room, N members, P senders, on one thread and one mio
 //! poll (the issue gives the load generator one core).
 //!
-//! Each sender keeps at most `window` sends unacknowledged (or sends at a fixed total rate,
-//! still bounded by the window). The body carries the sender's index, a per-sender counter
+//! Each sender keeps at most `window` sends in flight (or sends at a fixed total rate,
+//! still bounded by the window); a send is in flight until its ack, or with
+//! [`WindowOn::Deliveries`] until its ack and its delivery to every member. The body carries the sender's index, a per-sender counter
 //! and the send time in nanoseconds since the run began on this process's monotonic clock,
 //! so every delivery yields its latency and lets each member check, per sender, that nothing
 //! is missing or out of order. pbchat senders are members too (the protocol delivers a
@@ -23,6 +24,8 @@ use super::frames::{parse_body, BodyFields, Frame, Wire, NATS_PONG, NATS_SID};
 pub use super::frames::{Protocol, BODY_BYTES_MIN};
 use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns};
 use super::report::Histogram;
+use super::window::DeliveryRing;
+pub use super::window::WindowOn;
 use super::ws::{self, Transport};
 
 /// Errors kept verbatim per run; past it they are only counted.
@@ -41,8 +44,10 @@ pub struct LoadSpec {
     pub addr: SocketAddr,
     pub members: usize,
     pub senders: usize,
-    /// Unacknowledged sends per sender, at most.
+    /// Sends in flight per sender, at most.
     pub window: usize,
+    /// What ends a send's flight: its ack, or its ack and its delivery to every member.
+    pub window_on: WindowOn,
     pub body_bytes: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -125,7 +130,18 @@ struct Conn {
 struct Sender {
     conn: usize,
     next_counter: u64,
+    /// Sends not yet acknowledged.
     in_flight: usize,
+}
+
+/// Whether sender `s` may send once more: fewer than `window` sends unacknowledged and,
+/// with [`WindowOn::Deliveries`] (`rings` holds one per sender), fewer than `window` not
+/// yet received by every member.
+fn window_open(window: usize, s: usize, sender: &Sender, rings: &[DeliveryRing]) -> bool {
+    let undelivered = rings
+        .get(s)
+        .map_or(0, |ring| sender.next_counter - ring.delivered());
+    sender.in_flight < window && undelivered < window as u64
 }
 
 /// Reads from `stream` until one of the `done` markers has been seen (pbchat: a `joined`
@@ -424,6 +440,9 @@ struct Tally {
     senders: usize,
     /// Connections that receive the room's messages.
     subscribers: usize,
+    /// With [`WindowOn::Deliveries`], one per sender: its sends not yet received by every
+    /// member. Empty with acks.
+    rings: Vec<DeliveryRing>,
     result: LoadResult,
 }
 
@@ -445,11 +464,21 @@ impl Tally {
         }
         self.result.delivered += 1;
         let slot = &mut self.expected[member * self.senders + fields.sender];
-        if fields.counter != *slot {
+        let in_order = fields.counter == *slot;
+        if !in_order {
             self.result.out_of_order += 1;
         }
         if fields.counter >= *slot {
             *slot = fields.counter + 1;
+        }
+        // Only the expected send counts towards full delivery, so a member counts each send
+        // once; one it skipped (lost) never completes and holds its sender's window.
+        if let (true, Some(ring)) = (in_order, self.rings.get_mut(fields.sender)) {
+            if let Err(e) = ring.on_delivery(fields.counter) {
+                let sender = fields.sender;
+                self.result
+                    .error(format!("member {member}: sender {sender}: {e}"));
+            }
         }
         if self.in_window(now_ns) {
             self.result.deliveries_in_window += 1;
@@ -625,6 +654,12 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
         expected: vec![0; conns.len() * senders.len()],
         senders: senders.len(),
         subscribers: spec.members,
+        rings: match spec.window_on {
+            WindowOn::Acks => Vec::new(),
+            WindowOn::Deliveries => (0..senders.len())
+                .map(|_| DeliveryRing::new(spec.window, spec.members))
+                .collect(),
+        },
         result: LoadResult::default(),
     };
     // At the window's start: the servers' CPU ticks, the generator's CPU and wait.
@@ -705,7 +740,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                         if conn.closed {
                             continue;
                         }
-                        while sender.in_flight < spec.window
+                        while window_open(spec.window, s, sender, &tally.rings)
                             && spec.total_sends.is_none_or(|total| issued < total)
                         {
                             queue_send(spec, &wire, s, sender, &mut conn.out, t_ns);
@@ -724,7 +759,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                         next_sender = (next_sender + 1) % senders.len();
                         let sender = &mut senders[s];
                         let conn = &mut conns[sender.conn];
-                        if conn.closed || sender.in_flight >= spec.window {
+                        if conn.closed || !window_open(spec.window, s, sender, &tally.rings) {
                             stuck += 1;
                             continue;
                         }
@@ -834,4 +869,76 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     drop(conns);
     let _ = poll.registry();
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::write_body;
+
+    /// A tally of `members` members and `senders` senders whose windows count deliveries.
+    fn tally(members: usize, senders: usize, window: usize) -> Tally {
+        Tally {
+            started: Instant::now(),
+            window_start_ns: 0,
+            window_end_ns: u64::MAX,
+            expected: vec![0; members * senders],
+            senders,
+            subscribers: members,
+            rings: (0..senders)
+                .map(|_| DeliveryRing::new(window, members))
+                .collect(),
+            result: LoadResult::default(),
+        }
+    }
+
+    fn deliver(tally: &mut Tally, member: usize, sender: usize, counter: u64) {
+        let mut body = Vec::new();
+        let fields = BodyFields {
+            sender,
+            counter,
+            sent_ns: 0,
+        };
+        write_body(&mut body, fields, BODY_BYTES_MIN);
+        tally.on_delivery(member, &body, 1);
+    }
+
+    fn delivered(tally: &Tally) -> Vec<u64> {
+        tally.rings.iter().map(DeliveryRing::delivered).collect()
+    }
+
+    #[test]
+    fn deliveries_interleaved_across_senders_free_each_senders_window_alone() {
+        let mut tally = tally(2, 2, 4);
+        // Member 0 reads sender 1 before sender 0; member 1 the other way round.
+        for (member, sender, counter) in [(0, 1, 0), (0, 1, 1), (1, 0, 0), (0, 0, 0)] {
+            deliver(&mut tally, member, sender, counter);
+        }
+        assert_eq!(delivered(&tally), [1, 0]);
+        deliver(&mut tally, 1, 1, 0);
+        deliver(&mut tally, 1, 1, 1);
+        assert_eq!(delivered(&tally), [1, 2]);
+        assert_eq!(tally.result.out_of_order, 0);
+        assert_eq!(tally.result.error_count, 0);
+    }
+
+    #[test]
+    fn a_send_a_member_skipped_holds_its_senders_window() {
+        let mut tally = tally(2, 1, 4);
+        deliver(&mut tally, 0, 0, 0);
+        deliver(&mut tally, 1, 0, 1); // member 1 never got send 0
+        deliver(&mut tally, 0, 0, 1);
+        assert_eq!(delivered(&tally), [0]);
+        assert_eq!(tally.result.out_of_order, 1);
+        let sender = Sender {
+            conn: 0,
+            next_counter: 4,
+            in_flight: 0,
+        };
+        assert!(
+            !window_open(4, 0, &sender, &tally.rings),
+            "four sends not fully delivered fill a window of 4"
+        );
+        assert!(window_open(4, 0, &sender, &[]), "acks alone: open");
+    }
 }

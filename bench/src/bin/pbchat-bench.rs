@@ -15,7 +15,7 @@ use serde_json::json;
 
 use pbchat_bench::gap::GapClient;
 use pbchat_bench::idle::IdleClients;
-use pbchat_bench::load::{self, LoadResult, LoadSpec, Protocol};
+use pbchat_bench::load::{self, LoadResult, LoadSpec, Protocol, WindowOn};
 use pbchat_bench::procs::{
     cpu_ticks, peer_binary, status_kib, Nats, NodeOptions, Pair, Redis, Single, TempDir, IN_SYNC,
     PROMOTED, START_DEADLINE, TICKS_PER_SEC,
@@ -89,9 +89,14 @@ struct LoadArgs {
     /// Senders: a number or `n/10` (a tenth of the members, at least 1); a comma list.
     #[arg(long, default_value = "1", value_delimiter = ',')]
     senders: Vec<String>,
-    /// Unacknowledged sends per sender.
+    /// Sends in flight per sender.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// What ends a send's flight: acks (the server's ack), or deliveries (the ack and the
+    /// send's delivery to every member, so no member falls behind by more than senders ×
+    /// window messages). latency applies it to its saturation run only.
+    #[arg(long, default_value = "acks", value_parser = WindowOn::parse)]
+    window_on: WindowOn,
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
     #[arg(long, default_value_t = 2000)]
@@ -452,6 +457,20 @@ impl Running {
     }
 }
 
+/// How one run paces its sends.
+#[derive(Clone, Copy)]
+struct Pacing {
+    /// Sends in flight per sender, at most.
+    window: usize,
+    window_on: WindowOn,
+    /// Total sends per second; `None`: as fast as the windows allow.
+    rate: Option<f64>,
+}
+
+/// The window of latency's paced run: large enough that only the rate sets the load; it
+/// bounds a stall.
+const PACED_WINDOW: usize = 4096;
+
 struct RunFigures {
     result: LoadResult,
     peak_rss_kib: Vec<u64>,
@@ -464,8 +483,7 @@ fn one_load(
     args: &LoadArgs,
     members: usize,
     senders: usize,
-    window: usize,
-    rate: Option<f64>,
+    pacing: Pacing,
 ) -> Result<RunFigures, String> {
     let mut server = Running::start(lane.target, common, args)?;
     let spec = LoadSpec {
@@ -474,11 +492,12 @@ fn one_load(
         addr: server.addr(lane.transport),
         members,
         senders,
-        window,
+        window: pacing.window,
+        window_on: pacing.window_on,
         body_bytes: args.body_bytes,
         warmup: ms(args.warmup_ms),
         measure: ms(args.measure_ms),
-        rate,
+        rate: pacing.rate,
         total_sends: None,
         room: "bench".into(),
         tag: tag(),
@@ -504,6 +523,7 @@ fn summarize(
     lane: Lane,
     members: usize,
     senders: usize,
+    pacing: Pacing,
     runs: &[RunFigures],
     verdict: &mut Verdict,
 ) -> serde_json::Value {
@@ -537,6 +557,8 @@ fn summarize(
         "transport": lane.transport.name(),
         "members": members,
         "senders": senders,
+        "window": pacing.window,
+        "window_on": pacing.window_on.name(),
         "rounds": runs.len(),
         "deliveries_per_sec": deliveries,
         "sends_per_sec": sends,
@@ -606,6 +628,11 @@ fn fanout(
             // runs[l][k]: lane l in round k. A round runs every lane once, so the
             // ratios within it compare servers (or transports) under the same machine load.
             let mut runs: Vec<Vec<RunFigures>> = lanes.iter().map(|_| Vec::new()).collect();
+            let pacing = Pacing {
+                window: args.window,
+                window_on: args.window_on,
+                rate: None,
+            };
             for round in 0..args.rounds {
                 for (l, &lane) in lanes.iter().enumerate() {
                     eprintln!(
@@ -614,19 +641,11 @@ fn fanout(
                         round + 1,
                         args.rounds
                     );
-                    runs[l].push(one_load(
-                        lane,
-                        common,
-                        &args,
-                        members,
-                        senders,
-                        args.window,
-                        None,
-                    )?);
+                    runs[l].push(one_load(lane, common, &args, members, senders, pacing)?);
                 }
             }
             for (l, &lane) in lanes.iter().enumerate() {
-                let mut row = summarize(lane, members, senders, &runs[l], verdict);
+                let mut row = summarize(lane, members, senders, pacing, &runs[l], verdict);
                 for (base, key) in [(Target::Redis, "vs_redis"), (Target::Nats, "vs_nats")] {
                     if let Some(b) = lanes.iter().position(|x| x.target == base && *x != lane) {
                         add_ratio(&mut row, key, &runs[l], &runs[b], &deliveries_per_sec);
@@ -649,6 +668,7 @@ fn fanout(
         "transport",
         "members",
         "senders",
+        "window_on",
         "rounds",
         "deliveries_per_sec",
         "vs_redis",
@@ -711,6 +731,22 @@ fn latency(
         load.members = vec![100];
     }
     let load = shrink(common, &load);
+    if args.rate.is_some() && load.window_on == WindowOn::Deliveries {
+        // A paced run is open loop: a window freed by deliveries would hold sends back
+        // whenever members lag, lowering the rate asked for and hiding that queueing from
+        // the latency. So only the saturation run takes the option, and --rate skips it.
+        return Err(
+            "latency: --window-on deliveries applies to the saturation run, which \
+             --rate skips (the paced run's window counts acks so that the rate alone sets \
+             the load): drop one of the two"
+                .into(),
+        );
+    }
+    let saturated = Pacing {
+        window: load.window,
+        window_on: load.window_on,
+        rate: None,
+    };
     for lane in lanes(&load)? {
         for &members in &load.members {
             let senders = senders_for(&load.senders[0], members)?;
@@ -718,18 +754,23 @@ fn latency(
                 Some(rate) => (rate, None),
                 None => {
                     eprintln!("latency: measuring saturation first ({})", lane.name());
-                    let sat = one_load(lane, common, &load, members, senders, load.window, None)?;
+                    let sat = one_load(lane, common, &load, members, senders, saturated)?;
                     let sends = sat.result.acks_in_window as f64 / sat.result.measured_secs;
                     (sends / 2.0, Some(sends))
                 }
             };
             eprintln!("latency: {} N={members} at {rate:.0} sends/s", lane.name());
-            // The window only bounds a stall here; the rate sets the load.
-            let fig = one_load(lane, common, &load, members, senders, 4096, Some(rate))?;
-            let mut row = summarize(lane, members, senders, &[fig], verdict);
+            let paced = Pacing {
+                window: PACED_WINDOW,
+                window_on: WindowOn::Acks,
+                rate: Some(rate),
+            };
+            let fig = one_load(lane, common, &load, members, senders, paced)?;
+            let mut row = summarize(lane, members, senders, paced, &[fig], verdict);
             row["bench"] = json!("latency");
             row["rate_per_sec"] = json!(rate);
             row["saturation_sends_per_sec"] = json!(saturation);
+            row["saturation_window_on"] = json!(saturation.map(|_| load.window_on.name()));
             report.push(row);
         }
     }
@@ -738,6 +779,7 @@ fn latency(
         "transport",
         "members",
         "senders",
+        "saturation_window_on",
         "saturation_sends_per_sec",
         "rate_per_sec",
         "sends_per_sec",
@@ -1126,6 +1168,7 @@ fn catchup(
         members: 4,
         senders: 4,
         window: 64,
+        window_on: WindowOn::Acks,
         body_bytes: 64,
         warmup: Duration::ZERO,
         measure: Duration::from_secs(3600),
