@@ -21,7 +21,7 @@ use super::heartbeat::Received;
 use super::io::Command;
 use super::link::{LinkCommand, LinkContext};
 use super::per_ip::PerIp;
-use super::queue::QueueSender;
+use super::queue::{QueueReceiver, QueueSender};
 use super::role_view::RoleView;
 use super::signals::Signal;
 use super::start::{Inbox, Running, Shared, Wiring};
@@ -65,7 +65,7 @@ pub(super) struct Driver {
     /// What the heartbeat and link threads read; `publish` refreshes it after each turn.
     role: Arc<RoleView>,
     pub(super) links: Option<Arc<LinkContext>>,
-    inputs: Sender<Input>,
+    inputs: QueueSender<Input>,
     base: Instant,
     last_role: Option<(Role, u64)>,
     /// Own kept-aside messages being re-committed: the last one's orig, and the bytes of the
@@ -242,8 +242,8 @@ impl Driver {
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             select! {
-                recv(inputs) -> input => {
-                    let Ok(input) = input else { return };
+                recv(inputs.channel()) -> input => {
+                    let Some(input) = inputs.selected(input) else { return };
                     // An overdue tick goes first: after a stall the node must learn it
                     // stalled before it acts on what piled up meanwhile.
                     self.tick_if_due(&mut next_tick);
@@ -282,12 +282,12 @@ impl Driver {
     }
 
     /// Steps `first` and up to `CORE_BATCH_MAX` more single inputs waiting.
-    fn on_inputs(&mut self, first: Input, inputs: &Receiver<Input>) {
+    fn on_inputs(&mut self, first: Input, inputs: &QueueReceiver<Input>) {
         self.node.step(first, &mut self.actions);
         for _ in 1..CORE_BATCH_MAX {
             match inputs.try_recv() {
-                Ok(input) => self.node.step(input, &mut self.actions),
-                Err(_) => break,
+                Some(input) => self.node.step(input, &mut self.actions),
+                None => break,
             }
         }
     }

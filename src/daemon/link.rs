@@ -26,6 +26,7 @@ use rand::RngCore;
 
 pub use super::link_error::LinkError;
 use super::link_stream::{establish, LinkReader, LinkWriter};
+use super::queue::QueueSender;
 use super::role_view::RoleView;
 use super::storage::{read_orphans, Progress, ORPHANS_FILE};
 use crate::core::link::{
@@ -78,7 +79,7 @@ pub struct LinkSetup {
     pub progress: Arc<Progress>,
     /// Pokes from the log writer: `appended_seq` moved.
     pub appended_wake: Receiver<()>,
-    pub inputs: Sender<Input>,
+    pub inputs: QueueSender<Input>,
     /// The node's role and log as the driver last published them.
     pub role: Arc<RoleView>,
     pub stopping: Arc<AtomicBool>,

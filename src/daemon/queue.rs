@@ -1,20 +1,26 @@
 //! A bounded queue whose memory follows its depth: the I/O workers' and the log writer's
-//! command queues.
+//! command queues, and the core's single inputs.
 //!
 //! `crossbeam_channel::bounded` allocates and touches every slot when it is made, so a
-//! worker's 65 536-slot command queue was 11.5 MiB resident on an idle node, and the log
-//! writer's (`log.max_pending` + 1 024 slots) 2.5 MiB. This queue
-//! keeps the same bound but stores items in crossbeam's unbounded (linked-block) channel,
-//! which allocates a block of 31 slots as it fills and frees it once read; a depth counter
-//! enforces the bound. The hot path is one lock-free channel operation plus one atomic
-//! read-modify-write on each side; the mutex and condvar are touched only while the queue is
-//! full (a sender waits there, as on a full bounded channel).
+//! worker's 65 536-slot command queue would be 11.5 MiB resident on an idle node, the log
+//! writer's (`log.max_pending` + 1 024 slots) 2.5 MiB and the core's 4 096 single inputs
+//! 416 KiB. This queue keeps the same bound but stores items in crossbeam's unbounded
+//! (linked-block) channel, which allocates a block of 31 slots as it fills and frees it once
+//! read; a depth counter enforces the bound. The hot path is one lock-free channel operation
+//! plus one atomic read-modify-write on each side; the mutex and condvar are touched only
+//! while the queue is full (a sender waits there, as on a full bounded channel).
+//!
+//! A receiver that waits on other channels too (the driver's `select!`) selects on
+//! [`QueueReceiver::channel`]; what that yields is a [`Queued`] item that only
+//! [`QueueReceiver::selected`] opens, which gives its unit of depth back.
 //!
 //! Invariant: items in the channel ≤ `depth` ≤ `max`: a sender reserves a unit of depth
 //! before it sends, the receiver gives it back after it takes the item.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+
+use crossbeam_channel::RecvError;
 
 /// State both ends share.
 struct Shared {
@@ -70,13 +76,19 @@ pub enum TrySendError<T> {
     Disconnected(T),
 }
 
+/// An item as it sits in the channel. Its field is private: the value comes out only
+/// through its queue's receiver, which gives the item's unit of depth back, so an item taken
+/// by a `select!` cannot be used without being accounted for.
+#[must_use = "a queued item holds a unit of its queue's depth until `selected` opens it"]
+pub struct Queued<T>(T);
+
 pub struct QueueSender<T> {
-    items: crossbeam_channel::Sender<T>,
+    items: crossbeam_channel::Sender<Queued<T>>,
     shared: Arc<Shared>,
 }
 
 pub struct QueueReceiver<T> {
-    items: crossbeam_channel::Receiver<T>,
+    items: crossbeam_channel::Receiver<Queued<T>>,
     shared: Arc<Shared>,
 }
 
@@ -120,9 +132,9 @@ impl<T> QueueSender<T> {
 
     /// Sends on a reserved unit of depth, giving it back if the receiver is gone.
     fn push(&self, item: T) -> Result<(), T> {
-        self.items.send(item).map_err(|e| {
+        self.items.send(Queued(item)).map_err(|e| {
             self.shared.depth.fetch_sub(1, Ordering::AcqRel);
-            e.into_inner()
+            e.into_inner().0
         })
     }
 }
@@ -139,14 +151,27 @@ impl<T> Clone for QueueSender<T> {
 impl<T> QueueReceiver<T> {
     /// The oldest item, if any; never blocks.
     pub fn try_recv(&self) -> Option<T> {
-        let item = self.items.try_recv().ok()?;
-        self.taken();
-        Some(item)
+        self.selected(self.items.try_recv().map_err(|_| RecvError))
     }
 
     /// The oldest item, waiting for one; `None` once every sender is gone and it is empty.
     pub fn recv(&self) -> Option<T> {
-        let item = self.items.recv().ok()?;
+        self.selected(self.items.recv())
+    }
+
+    /// The channel to name in a `crossbeam_channel::select!` arm, for a receiver that waits
+    /// on other channels too: `recv(queue.channel()) -> item => queue.selected(item)`.
+    /// Pass every item the arm takes to `selected` on this same receiver: until then the
+    /// item holds a unit of depth, and a queue whose units are all held stops its senders.
+    pub fn channel(&self) -> &crossbeam_channel::Receiver<Queued<T>> {
+        &self.items
+    }
+
+    /// Opens what a `select!` arm on [`channel`](Self::channel) received and gives the
+    /// item's unit of depth back (waking a sender waiting on a full queue); `None` once
+    /// every sender is gone and the queue is empty.
+    pub fn selected(&self, received: Result<Queued<T>, RecvError>) -> Option<T> {
+        let Queued(item) = received.ok()?;
         self.taken();
         Some(item)
     }
@@ -205,6 +230,46 @@ mod tests {
         blocked.join().unwrap().unwrap();
         assert_eq!(rx.try_recv(), Some(1));
         assert_eq!(rx.try_recv(), None);
+    }
+
+    /// Takes one item the way the driver does: a `select!` over the queue and another
+    /// channel, with a deadline so that a lost item fails the test instead of hanging it.
+    fn select_one<T>(rx: &QueueReceiver<T>) -> Option<T> {
+        let other = crossbeam_channel::never::<()>();
+        crossbeam_channel::select! {
+            recv(rx.channel()) -> item => rx.selected(item),
+            recv(other) -> _ => unreachable!("never() yields nothing"),
+            default(std::time::Duration::from_secs(60)) => panic!("nothing to select"),
+        }
+    }
+
+    #[test]
+    fn an_item_taken_by_select_releases_a_sender_blocked_on_a_full_queue() {
+        let (tx, rx) = queue(2);
+        tx.send(0u32).unwrap();
+        tx.send(1).unwrap();
+        let blocked = std::thread::spawn({
+            let tx = tx.clone();
+            move || tx.send(2)
+        });
+        assert_eq!(select_one(&rx), Some(0));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !blocked.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sender stayed blocked"
+            );
+            std::thread::yield_now();
+        }
+        blocked.join().unwrap().unwrap();
+        // The select gave back exactly one unit: the queue is full again.
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        assert_eq!(select_one(&rx), Some(1));
+        tx.try_send(3).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| rx.try_recv()).collect();
+        assert_eq!(got, vec![2, 3]);
+        drop(tx);
+        assert_eq!(select_one(&rx), None, "no senders left");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::histogram::Latencies;
 use super::io::{IoStats, Worker, WorkerLimits};
 use super::link::{self, LinkContext, LinkSetup};
 use super::per_ip::PerIp;
-use super::queue::{self, QueueSender};
+use super::queue::{self, QueueReceiver, QueueSender};
 use super::role_view::RoleView;
 use super::signals::{self, Signal};
 use super::storage::{self, LogCommand, Progress, Writer};
@@ -35,10 +35,10 @@ use crate::log::{Log, LogOptions, LogReader};
 use crate::node_tls::LinkTls;
 use crate::wire::keyring::Keyring;
 
-/// Single inputs waiting for the core (from the link, heartbeat, witness and token
-/// threads; the I/O workers send batches, `WORKER_BATCHES_MAX`). A bounded channel allocates and touches all its slots
-/// at start (an `Input` slot is about 260 bytes: 1 MiB here), so the bound is resident
-/// memory whether or not it is used.
+/// Single inputs waiting for the core (from the link, witness, token-verifier and probe
+/// threads; the I/O workers send batches, `WORKER_BATCHES_MAX`, and heartbeats have their
+/// own channel). A sender waits while it is full. Memory follows the depth (`queue`; an
+/// `Input` is about 100 bytes: a full queue holds about 400 KiB, an idle one a block at most).
 const CORE_INPUTS_MAX: usize = 4_096;
 /// Commands waiting for one I/O worker; the core blocks when it is full, which workers
 /// never do, so it drains. Memory follows the depth (`queue`; a `bounded` channel's
@@ -306,8 +306,8 @@ impl Shared {
 
 /// The driver's receiving ends, one per kind of event.
 pub(super) struct Inbox {
-    /// Single inputs: the link, heartbeat, witness, token and probe threads.
-    pub inputs: Receiver<Input>,
+    /// Single inputs: the link, witness, token-verifier and probe threads.
+    pub inputs: QueueReceiver<Input>,
     /// The I/O workers' batches.
     pub batches: Receiver<Vec<Input>>,
     /// The log writer's "durable moved" wake-up (the seq is in `Progress`).
@@ -326,7 +326,7 @@ pub(super) struct Wiring {
     pub client_tls: Option<TlsSlot>,
     pub verifier: Option<verifier::Verifier>,
     pub links: Option<Arc<LinkContext>>,
-    pub inputs: Sender<Input>,
+    pub inputs: QueueSender<Input>,
     pub ops: Arc<admin::Ops>,
     pub notifier: notify::Notifier,
     pub claims: Option<Sender<witness_client::ClaimRequest>>,
@@ -365,7 +365,7 @@ pub(super) fn start(
     let (client_listener, client_address) = bind("client.listen", config.client.listen)?;
     let shared = Shared::new(base, &config, &node, &log);
     let reader = log.reader();
-    let (inputs, inputs_rx) = bounded::<Input>(CORE_INPUTS_MAX);
+    let (inputs, inputs_rx) = queue::queue::<Input>(CORE_INPUTS_MAX);
     let (batches, batches_rx) = bounded::<Vec<Input>>(WORKER_BATCHES_MAX);
     let (log_writer, writer, durable, appended) = spawn_log_writer(&config, log, &shared)?;
     let verifier = spawn_verifier(&config, secrets.users, &inputs)?;
@@ -509,7 +509,7 @@ fn spawn_log_writer(
 fn spawn_verifier(
     config: &Config,
     users: Option<Users>,
-    inputs: &Sender<Input>,
+    inputs: &QueueSender<Input>,
 ) -> Result<Option<verifier::Verifier>, DaemonError> {
     let (Some(users), Some(path)) = (users, &config.auth.users_file) else {
         return Ok(None);
@@ -639,7 +639,7 @@ fn spawn_pair(
     keys: Arc<Keyring>,
     link_tls: Option<LinkTls>,
     shared: &Shared,
-    inputs: &Sender<Input>,
+    inputs: &QueueSender<Input>,
     reader: LogReader,
     appended: Receiver<()>,
 ) -> Result<Pair, DaemonError> {

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
+use super::queue::QueueSender;
 use crate::auth::Users;
 use crate::core::{ConnId, Input};
 
@@ -34,7 +35,7 @@ impl Verifier {
         users: Users,
         threads: usize,
         queue_max: usize,
-        inputs: Sender<Input>,
+        inputs: QueueSender<Input>,
     ) -> Result<Verifier, super::DaemonError> {
         let (jobs, queue) = bounded::<Job>(queue_max);
         let users = Arc::new(RwLock::new(Arc::new(users)));

@@ -7,6 +7,7 @@
 //! counts the lease from the moment it asked, which is no later than the moment the claim
 //! left, so any delay here only shortens the lease.
 
+use super::queue::QueueSender;
 use super::DaemonError;
 use std::collections::VecDeque;
 use std::io;
@@ -39,7 +40,7 @@ pub fn spawn(
     node_id: String,
     witness: SocketAddr,
     keys: Arc<Keyring>,
-    inputs: Sender<Input>,
+    inputs: QueueSender<Input>,
     stopping: Arc<AtomicBool>,
     base: Instant,
 ) -> Result<Sender<ClaimRequest>, DaemonError> {
@@ -132,7 +133,7 @@ struct Me {
 fn receive_loop(
     socket: UdpSocket,
     me: Me,
-    inputs: Sender<Input>,
+    inputs: QueueSender<Input>,
     stopping: Arc<AtomicBool>,
     base: Instant,
 ) {
