@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # Measures pbchatd RSS per idle client: N connections say hello and join, then sit idle.
 # Usage: start pbchatd -c config/primary.toml, then: scripts/idle_rss.py 10000 [tcp|ws]
+#   (0 clients: the idle node's RSS alone)
 #   tcp (default): clients on [client] listen (127.0.0.1:7400, or $PBCHAT_TCP_PORT)
 #   ws: WebSocket clients on [web] listen (127.0.0.1:7480, or $PBCHAT_WEB_PORT), one frame
 #       per text message
@@ -51,4 +52,5 @@ for s in socks:
     except BlockingIOError: pass
 time.sleep(1)
 after = rss()
-print(f"{n} idle {transport} clients: RSS {before} KiB -> {after} KiB, {(after-before)*1024/n:.0f} bytes per connection")
+per = f", {(after-before)*1024/n:.0f} bytes per connection" if n else " (the node alone)"
+print(f"{n} idle {transport} clients: RSS {before} KiB -> {after} KiB{per}")
