@@ -431,10 +431,7 @@ impl Dedup {
     /// and counts from a base it fits, and frees the forgotten keys' slots of a full table,
     /// growing it when that frees too few.
     fn make_room(&mut self, seq: u64) {
-        if !self.table.fits(seq) {
-            self.floor = self.floor.max(seq.saturating_sub(SPAN_MAX));
-            self.sweep(|_| true);
-        }
+        self.reach_to(seq);
         if !self.table.is_full() {
             return;
         }
@@ -444,6 +441,15 @@ impl Dedup {
         let wanted = self.table.capacity() / SWEEP_FREES_MIN_DIVISOR;
         if self.table.len + wanted > self.table.capacity() {
             self.table.reserve(wanted);
+        }
+    }
+
+    /// Makes `seq` fit the table's offsets: forgets what lies more than `SPAN_MAX` below it
+    /// and counts from the new floor.
+    fn reach_to(&mut self, seq: u64) {
+        if !self.table.fits(seq) {
+            self.floor = self.floor.max(seq.saturating_sub(SPAN_MAX));
+            self.sweep(|_| true);
         }
     }
 
@@ -469,12 +475,9 @@ impl Dedup {
         let Some(&(_, last)) = self.recovered.last() else {
             return;
         };
-        if !self.table.fits(last) {
-            self.floor = self.floor.max(last.saturating_sub(SPAN_MAX));
-            self.sweep(|_| true);
-            let floor = self.floor;
-            self.recovered.retain(|&(_, seq)| seq >= floor);
-        }
+        self.reach_to(last);
+        let floor = self.floor;
+        self.recovered.retain(|&(_, seq)| seq >= floor);
         self.table.insert_batch(&self.recovered);
         self.last = last;
         self.recovered.clear();
