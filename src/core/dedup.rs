@@ -250,6 +250,14 @@ impl Table {
         }
     }
 
+    /// Starts loading `key`'s home slot, so a `get` or `insert` soon after does not wait for
+    /// memory.
+    fn prefetch_home(&self, key: Key) {
+        if let Some(slot) = self.slots.get(self.home(key)) {
+            prefetch(slot);
+        }
+    }
+
     /// Inserts keys in order, like `insert` on each, with every home slot prefetched first so
     /// that the cache misses of the batch overlap.
     fn insert_batch(&mut self, batch: &[(Key, u64)]) {
@@ -411,6 +419,12 @@ impl Dedup {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A hint that `key` is about to be looked up: its slot starts loading now, so the cache
+    /// misses of a batch of sends overlap instead of stalling one after another.
+    pub fn prefetch_key(&self, key: Key) {
+        self.table.prefetch_home(key);
     }
 
     pub fn get_key(&self, key: Key) -> Option<u64> {
@@ -606,6 +620,20 @@ mod tests {
         assert_eq!(table.find(keys[2]), Some(0));
         assert!(table.slots[1].is_empty());
         assert_eq!(table.len, 2);
+    }
+
+    #[test]
+    fn a_prefetch_needs_no_slot_and_changes_nothing() {
+        let mut dedup = Dedup::default();
+        let key = dedup.key("s1", "m-1");
+        // The table has no slots yet: there is nothing to load.
+        dedup.prefetch_key(key);
+        assert_eq!(dedup.get_key(key), None);
+        dedup.insert_key(key, 7);
+        dedup.prefetch_key(key);
+        dedup.prefetch_key(dedup.key("s1", "m-2"));
+        assert_eq!(dedup.get_key(key), Some(7));
+        assert_eq!(dedup.get_key(dedup.key("s1", "m-2")), None);
     }
 
     #[test]

@@ -832,6 +832,22 @@ impl Node {
         self.logs.push(Action::Log { level, message });
     }
 
+    /// A hint before `step(input)`: a send's de-duplication slot starts loading, so a batch's
+    /// cache misses overlap (the index is far larger than the cache). Changes nothing.
+    pub fn prefetch(&self, input: &Input) {
+        let Input::Request {
+            conn,
+            request: Request::Send { id, .. },
+            ..
+        } = input
+        else {
+            return;
+        };
+        if let Some(session) = self.conns.get(conn).and_then(|c| c.session.as_deref()) {
+            self.dedup.prefetch_key(self.dedup.key(session, id));
+        }
+    }
+
     /// Processes one input, appending what to do to `actions`.
     // Long because it is the one dispatch over every `Input` kind, one short arm each: the
     // whole table of what the node reacts to, read at once.

@@ -742,6 +742,8 @@ impl Pair {
             eprintln!("{now:>6} {} <- {input:?}", NODE_IDS[i]);
         }
         let mut actions = Vec::new();
+        // As the daemon's driver does before each batch.
+        p.node.prefetch(&input);
         p.node.step(input, &mut actions);
         let after = (p.node.role(), p.node.epoch());
         if before.0 != Role::Primary && after.0 == Role::Primary {

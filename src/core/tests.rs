@@ -47,6 +47,8 @@ impl Harness {
 
     fn step(&mut self, input: Input) -> Vec<Action> {
         self.actions.clear();
+        // As the daemon's driver does before each batch.
+        self.node.prefetch(&input);
         self.node.step(input, &mut self.actions);
         std::mem::take(&mut self.actions)
     }

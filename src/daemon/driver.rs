@@ -299,6 +299,9 @@ impl Driver {
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             taken += batch.len();
+            for input in &batch {
+                self.node.prefetch(input);
+            }
             for input in batch {
                 self.node.step(input, &mut self.actions);
             }
