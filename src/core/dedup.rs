@@ -14,6 +14,7 @@
 //! all that a probe reads, and recovery hands keys over in batches whose home slots are
 //! prefetched first, so the misses of a batch overlap instead of following one another.
 
+use crate::entry::Entry;
 use std::hash::{BuildHasher, RandomState};
 
 /// Recovered keys handed to the table at once. Each key's home slot is prefetched before the
@@ -375,6 +376,22 @@ impl Dedup {
         self.insert_key(Key::of(&self.keys, session, id), seq)
     }
 
+    /// `insert` of each entry's (session, id) at its seq, in order, with every key's slot
+    /// prefetched first so that the batch's cache misses overlap (a backup's replicated
+    /// batch).
+    pub fn insert_entries(&mut self, entries: &[Entry]) {
+        let keys: Vec<Key> = entries
+            .iter()
+            .map(|entry| self.key(&entry.session, &entry.id))
+            .collect();
+        for &key in &keys {
+            self.prefetch_key(key);
+        }
+        for (key, entry) in keys.into_iter().zip(entries) {
+            self.insert_key(key, entry.seq);
+        }
+    }
+
     /// Records a recovered (session, id) at `seq` during start-up, in seq order after any
     /// `insert`. It may wait in a batch: call `finish_recovery` after the last one, before
     /// anything else.
@@ -634,6 +651,38 @@ mod tests {
         dedup.prefetch_key(dedup.key("s1", "m-2"));
         assert_eq!(dedup.get_key(key), Some(7));
         assert_eq!(dedup.get_key(dedup.key("s1", "m-2")), None);
+    }
+
+    #[test]
+    fn a_batch_of_entries_is_recorded_as_one_by_one_inserts_are_through_growth() {
+        let entry = |seq: u64| Entry {
+            epoch: 1,
+            seq,
+            ts_ms: 0,
+            room: "r".into(),
+            from: "n".into(),
+            session: format!("s{}", seq % 7),
+            id: format!("m-{seq}"),
+            body: String::new(),
+            orig: None,
+        };
+        let entries: Vec<Entry> = (1..=1_000).map(entry).collect();
+        let (mut batched, mut single) = (Dedup::default(), Dedup::default());
+        // Batches of 37 cross the table's growths at different points.
+        for batch in entries.chunks(37) {
+            batched.insert_entries(batch);
+        }
+        for e in &entries {
+            single.insert(&e.session, &e.id, e.seq);
+        }
+        for e in &entries {
+            assert_eq!(batched.get(&e.session, &e.id), Some(e.seq));
+            assert_eq!(single.get(&e.session, &e.id), Some(e.seq));
+        }
+        assert_eq!(batched.get("s1", "m-2"), None);
+        assert_eq!(batched.len(), 1_000);
+        batched.insert_entries(&[]);
+        assert_eq!(batched.len(), 1_000);
     }
 
     #[test]

@@ -875,9 +875,9 @@ impl Node {
                 return;
             }
         }
-        for entry in &entries {
-            self.dedup.insert(&entry.session, &entry.id, entry.seq);
-            self.last_seq = entry.seq;
+        self.dedup.insert_entries(&entries);
+        if let Some(last) = entries.last() {
+            self.last_seq = last.seq;
         }
         self.head = self.head.max(commit_seq.min(self.last_seq));
         for entry in entries {
