@@ -6,7 +6,7 @@
 //! See docs/benchmarks.md for what each command measures and the figures on record.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,12 @@ struct LoadArgs {
 struct FanoutArgs {
     #[command(flatten)]
     load: LoadArgs,
+    /// A second pbchatd binary (an A/B run): every pbchat lane also runs with it, right
+    /// after the same lane with `--pbchatd`, in every round; its rows carry build "b" and
+    /// its ratios to build "a" in the same round (vs_a: deliveries/s, cpu_vs_a: server CPU
+    /// per delivery), so a change is judged under the load the machine had at that moment.
+    #[arg(long)]
+    pbchatd_b: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -342,18 +348,30 @@ fn targets(args: &LoadArgs) -> Result<Vec<Target>, String> {
     Ok(out)
 }
 
-/// One kind of run: a server, and for pbchat the transport its members use.
+/// Which pbchatd binary a pbchat lane runs: `--pbchatd` (a) or `--pbchatd-b` (b).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    A,
+    B,
+}
+
+/// One kind of run: a server, and for pbchat the transport its members use and the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Lane {
     target: Target,
     transport: Transport,
+    build: Build,
 }
 
 impl Lane {
     fn name(self) -> String {
-        match (self.target.protocol(), self.transport) {
+        let name = match (self.target.protocol(), self.transport) {
             (Protocol::Pbchat, Transport::Ws) => format!("{} ws", self.target.name()),
             _ => self.target.name().to_string(),
+        };
+        match self.build {
+            Build::A => name,
+            Build::B => format!("{name} (b)"),
         }
     }
 }
@@ -371,17 +389,37 @@ fn lanes(args: &LoadArgs) -> Result<Vec<Lane>, String> {
             out.push(Lane {
                 target,
                 transport: Transport::Tcp,
+                build: Build::A,
             });
             continue;
         }
         for &transport in &transports {
-            let lane = Lane { target, transport };
+            let lane = Lane {
+                target,
+                transport,
+                build: Build::A,
+            };
             if !out.contains(&lane) {
                 out.push(lane);
             }
         }
     }
     Ok(out)
+}
+
+/// `lanes` with each pbchat lane followed by the same lane on build b.
+fn with_build_b(lanes: Vec<Lane>) -> Vec<Lane> {
+    let mut out = Vec::with_capacity(lanes.len() * 2);
+    for lane in lanes {
+        out.push(lane);
+        if lane.target.protocol() == Protocol::Pbchat {
+            out.push(Lane {
+                build: Build::B,
+                ..lane
+            });
+        }
+    }
+    out
 }
 
 fn senders_for(spec: &str, members: usize) -> Result<usize, String> {
@@ -402,7 +440,13 @@ enum Running {
 }
 
 impl Running {
-    fn start(target: Target, common: &Common, args: &LoadArgs) -> Result<Running, String> {
+    /// Starts `target`'s server; a pbchat one runs `pbchatd` if given, else `--pbchatd`.
+    fn start(
+        target: Target,
+        common: &Common,
+        args: &LoadArgs,
+        pbchatd: Option<&Path>,
+    ) -> Result<Running, String> {
         let core = (!common.no_pin && cores() >= 2).then_some(common.server_core);
         if let Some((_, Some(addr))) = target.peer(args) {
             return Ok(Running::External(addr));
@@ -413,12 +457,17 @@ impl Running {
             _ if args.pbchat_addr.is_some() => {
                 Ok(Running::External(args.pbchat_addr.expect("checked")))
             }
-            Target::Single => Ok(Running::Single(Single::start(&node_options(
-                common, 20_000,
-            )?)?)),
-            Target::Pair => Ok(Running::Pair(Box::new(Pair::start(&node_options(
-                common, 20_000,
-            )?)?))),
+            Target::Single | Target::Pair => {
+                let mut options = node_options(common, 20_000)?;
+                if let Some(path) = pbchatd {
+                    options.pbchatd = path.to_path_buf();
+                }
+                if target == Target::Single {
+                    Ok(Running::Single(Single::start(&options)?))
+                } else {
+                    Ok(Running::Pair(Box::new(Pair::start(&options)?)))
+                }
+            }
         }
     }
 
@@ -477,15 +526,22 @@ struct RunFigures {
     degraded: bool,
 }
 
+/// The figures of one run of `lane`; `pbchatd_b` is the binary of build b's lanes.
+#[allow(clippy::too_many_arguments)]
 fn one_load(
     lane: Lane,
     common: &Common,
     args: &LoadArgs,
+    pbchatd_b: Option<&Path>,
     members: usize,
     senders: usize,
     pacing: Pacing,
 ) -> Result<RunFigures, String> {
-    let mut server = Running::start(lane.target, common, args)?;
+    let pbchatd = match lane.build {
+        Build::A => None,
+        Build::B => pbchatd_b,
+    };
+    let mut server = Running::start(lane.target, common, args, pbchatd)?;
     let spec = LoadSpec {
         protocol: lane.target.protocol(),
         transport: lane.transport,
@@ -555,6 +611,11 @@ fn summarize(
         "bench": "fanout",
         "target": lane.target.name(),
         "transport": lane.transport.name(),
+        "build": match (lane.target.protocol(), lane.build) {
+            (Protocol::Pbchat, Build::A) => "a",
+            (Protocol::Pbchat, Build::B) => "b",
+            _ => "-",
+        },
         "members": members,
         "senders": senders,
         "window": pacing.window,
@@ -610,8 +671,17 @@ fn fanout(
     report: &mut Report,
     verdict: &mut Verdict,
 ) -> Result<(), String> {
+    let pbchatd_b = args.pbchatd_b.as_deref();
+    if let Some(path) = pbchatd_b {
+        if !path.is_file() {
+            return Err(format!("--pbchatd-b: {}: no such file", path.display()));
+        }
+    }
     let args = shrink(common, &args.load);
     let mut lanes = lanes(&args)?;
+    if pbchatd_b.is_some() {
+        lanes = with_build_b(lanes);
+    }
     lanes.retain(|lane| match lane.target.peer(&args) {
         Some((binary, None)) if peer_binary(binary).is_none() => {
             eprintln!(
@@ -634,14 +704,17 @@ fn fanout(
                 rate: None,
             };
             for round in 0..args.rounds {
-                for (l, &lane) in lanes.iter().enumerate() {
+                for l in round_order(lanes.len(), round) {
+                    let lane = lanes[l];
                     eprintln!(
                         "fanout: {} N={members} P={senders} round {}/{}",
                         lane.name(),
                         round + 1,
                         args.rounds
                     );
-                    runs[l].push(one_load(lane, common, &args, members, senders, pacing)?);
+                    let figures =
+                        one_load(lane, common, &args, pbchatd_b, members, senders, pacing)?;
+                    runs[l].push(figures);
                 }
             }
             for (l, &lane) in lanes.iter().enumerate() {
@@ -655,15 +728,23 @@ fn fanout(
                     transport: Transport::Tcp,
                     ..lane
                 };
+                let cpu = |r: &RunFigures| server_cpu_ns_per_delivery(r, 0);
                 if let Some(b) = lanes.iter().position(|&x| x == tcp && x != lane) {
-                    let cpu = |r: &RunFigures| server_cpu_ns_per_delivery(r, 0);
                     add_ratio(&mut row, "cpu_vs_tcp", &runs[l], &runs[b], &cpu);
+                }
+                let build_a = Lane {
+                    build: Build::A,
+                    ..lane
+                };
+                if let Some(a) = lanes.iter().position(|&x| x == build_a && x != lane) {
+                    add_ratio(&mut row, "vs_a", &runs[l], &runs[a], &deliveries_per_sec);
+                    add_ratio(&mut row, "cpu_vs_a", &runs[l], &runs[a], &cpu);
                 }
                 report.push(row);
             }
         }
     }
-    report.table(&[
+    let mut columns = vec![
         "target",
         "transport",
         "members",
@@ -688,8 +769,26 @@ fn fanout(
         "peak_rss_kib",
         "lost",
         "out_of_order",
-    ]);
+    ];
+    if pbchatd_b.is_some() {
+        columns.splice(
+            1..1,
+            ["build", "vs_a", "vs_a_range", "cpu_vs_a", "cpu_vs_a_range"],
+        );
+    }
+    report.table(&columns);
     Ok(())
+}
+
+/// The lanes' order in round `round`: as given, then reversed, and so on, so that no lane
+/// always runs right after the same other one (a run leaves the disk writing back its log
+/// and the page cache full, which the next run pays for).
+fn round_order(lanes: usize, round: usize) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..lanes).collect()
+    } else {
+        (0..lanes).rev().collect()
+    }
 }
 
 fn deliveries_per_sec(run: &RunFigures) -> f64 {
@@ -754,7 +853,7 @@ fn latency(
                 Some(rate) => (rate, None),
                 None => {
                     eprintln!("latency: measuring saturation first ({})", lane.name());
-                    let sat = one_load(lane, common, &load, members, senders, saturated)?;
+                    let sat = one_load(lane, common, &load, None, members, senders, saturated)?;
                     let sends = sat.result.acks_in_window as f64 / sat.result.measured_secs;
                     (sends / 2.0, Some(sends))
                 }
@@ -765,7 +864,7 @@ fn latency(
                 window_on: WindowOn::Acks,
                 rate: Some(rate),
             };
-            let fig = one_load(lane, common, &load, members, senders, paced)?;
+            let fig = one_load(lane, common, &load, None, members, senders, paced)?;
             let mut row = summarize(lane, members, senders, paced, &[fig], verdict);
             row["bench"] = json!("latency");
             row["rate_per_sec"] = json!(rate);
@@ -1227,4 +1326,56 @@ fn catchup(
         "backup_cpu_s",
     ]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn fanout_args(argv: &[&str]) -> FanoutArgs {
+        let argv = ["pbchat-bench", "fanout"].iter().chain(argv);
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Cmd::Fanout(args) => args,
+            _ => unreachable!("parsed as fanout"),
+        }
+    }
+
+    #[test]
+    fn build_b_follows_each_pbchat_lane_and_no_peer() {
+        let args = fanout_args(&["--target", "redis,single,pair", "--transport", "tcp,ws"]);
+        let names: Vec<String> = with_build_b(lanes(&args.load).unwrap())
+            .iter()
+            .map(|lane| lane.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "redis",
+                "pbchat",
+                "pbchat (b)",
+                "pbchat ws",
+                "pbchat ws (b)",
+                "pbchat-pair",
+                "pbchat-pair (b)",
+                "pbchat-pair ws",
+                "pbchat-pair ws (b)",
+            ]
+        );
+    }
+
+    #[test]
+    fn rounds_alternate_the_lanes_order() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [2, 1, 0]);
+        assert_eq!(round_order(3, 2), [0, 1, 2]);
+        assert!(round_order(0, 1).is_empty());
+    }
+
+    #[test]
+    fn pbchatd_b_is_a_fanout_option() {
+        let args = fanout_args(&["--pbchatd-b", "/tmp/other/pbchatd"]);
+        assert_eq!(args.pbchatd_b, Some(PathBuf::from("/tmp/other/pbchatd")));
+        assert!(Cli::try_parse_from(["pbchat-bench", "latency", "--pbchatd-b", "x"]).is_err());
+    }
 }
