@@ -3,10 +3,10 @@
 //!
 //! Each sender keeps at most `window` sends in flight (or sends at a fixed total rate,
 //! still bounded by the window); a send is in flight until its ack, or with
-//! [`WindowOn::Deliveries`] until its ack and its delivery to every member. The body carries the sender's index, a per-sender counter
-//! and the send time in nanoseconds since the run began on this process's monotonic clock,
-//! so every delivery yields its latency and lets each member check, per sender, that nothing
-//! is missing or out of order. pbchat senders are members too (the protocol delivers a
+//! [`WindowOn::Deliveries`] until its ack and its delivery to every member. The body
+//! carries the sender's index, a per-sender counter and the send time in nanoseconds since
+//! the run began on this process's monotonic clock, so every delivery yields its latency and
+//! lets each member check, per sender, that nothing is missing or out of order. pbchat senders are members too (the protocol delivers a
 //! message to its sender); Redis publishers are separate connections (a subscribed Redis
 //! connection cannot publish), so both deliver each message to exactly N connections.
 //!

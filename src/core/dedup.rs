@@ -265,7 +265,7 @@ impl Table {
         // Grow first: growing moves every slot, and would waste the prefetches.
         self.reserve(batch.len());
         for &(key, _) in batch {
-            prefetch(&self.slots[self.home(key)]);
+            self.prefetch_home(key);
         }
         for &(key, seq) in batch {
             self.insert_reserved(key, seq);
@@ -373,7 +373,7 @@ impl Dedup {
 
     /// Records (session, id) at `seq`; seqs arrive in increasing order.
     pub fn insert(&mut self, session: &str, id: &str, seq: u64) {
-        self.insert_key(Key::of(&self.keys, session, id), seq)
+        self.insert_key(self.key(session, id), seq)
     }
 
     /// `insert` of each entry's (session, id) at its seq, in order, with every key's slot
@@ -396,7 +396,7 @@ impl Dedup {
     /// `insert`. It may wait in a batch: call `finish_recovery` after the last one, before
     /// anything else.
     pub fn recover(&mut self, session: &str, id: &str, seq: u64) {
-        self.recover_key(Key::of(&self.keys, session, id), seq)
+        self.recover_key(self.key(session, id), seq)
     }
 
     /// Hands the last recovered keys to the table.

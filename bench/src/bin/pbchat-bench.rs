@@ -276,6 +276,15 @@ fn node_options(common: &Common, max_clients: usize) -> Result<NodeOptions, Stri
     })
 }
 
+/// The options of a node under fan-out or latency load, running `pbchatd` if given.
+fn load_node_options(common: &Common, pbchatd: Option<&Path>) -> Result<NodeOptions, String> {
+    let mut options = node_options(common, 20_000)?;
+    if let Some(path) = pbchatd {
+        options.pbchatd = path.to_path_buf();
+    }
+    Ok(options)
+}
+
 /// A unique tag for nicks and sessions.
 fn tag() -> String {
     let nanos = std::time::SystemTime::now()
@@ -457,17 +466,12 @@ impl Running {
             _ if args.pbchat_addr.is_some() => {
                 Ok(Running::External(args.pbchat_addr.expect("checked")))
             }
-            Target::Single | Target::Pair => {
-                let mut options = node_options(common, 20_000)?;
-                if let Some(path) = pbchatd {
-                    options.pbchatd = path.to_path_buf();
-                }
-                if target == Target::Single {
-                    Ok(Running::Single(Single::start(&options)?))
-                } else {
-                    Ok(Running::Pair(Box::new(Pair::start(&options)?)))
-                }
-            }
+            Target::Single => Ok(Running::Single(Single::start(&load_node_options(
+                common, pbchatd,
+            )?)?)),
+            Target::Pair => Ok(Running::Pair(Box::new(Pair::start(&load_node_options(
+                common, pbchatd,
+            )?)?))),
         }
     }
 
@@ -719,27 +723,7 @@ fn fanout(
             }
             for (l, &lane) in lanes.iter().enumerate() {
                 let mut row = summarize(lane, members, senders, pacing, &runs[l], verdict);
-                for (base, key) in [(Target::Redis, "vs_redis"), (Target::Nats, "vs_nats")] {
-                    if let Some(b) = lanes.iter().position(|x| x.target == base && *x != lane) {
-                        add_ratio(&mut row, key, &runs[l], &runs[b], &deliveries_per_sec);
-                    }
-                }
-                let tcp = Lane {
-                    transport: Transport::Tcp,
-                    ..lane
-                };
-                let cpu = |r: &RunFigures| server_cpu_ns_per_delivery(r, 0);
-                if let Some(b) = lanes.iter().position(|&x| x == tcp && x != lane) {
-                    add_ratio(&mut row, "cpu_vs_tcp", &runs[l], &runs[b], &cpu);
-                }
-                let build_a = Lane {
-                    build: Build::A,
-                    ..lane
-                };
-                if let Some(a) = lanes.iter().position(|&x| x == build_a && x != lane) {
-                    add_ratio(&mut row, "vs_a", &runs[l], &runs[a], &deliveries_per_sec);
-                    add_ratio(&mut row, "cpu_vs_a", &runs[l], &runs[a], &cpu);
-                }
+                add_lane_ratios(&mut row, l, &lanes, &runs);
                 report.push(row);
             }
         }
@@ -778,6 +762,40 @@ fn fanout(
     }
     report.table(&columns);
     Ok(())
+}
+
+/// Adds lane `l`'s per-round ratios to the lanes it is compared with, where they ran:
+/// deliveries/s to Redis's and NATS's, a WebSocket lane's CPU per delivery to the TCP
+/// lane's, and build b's deliveries/s and CPU per delivery to build a's.
+fn add_lane_ratios(
+    row: &mut serde_json::Value,
+    l: usize,
+    lanes: &[Lane],
+    runs: &[Vec<RunFigures>],
+) {
+    let lane = lanes[l];
+    let other = |want: &dyn Fn(&Lane) -> bool| lanes.iter().position(|x| *x != lane && want(x));
+    for (base, key) in [(Target::Redis, "vs_redis"), (Target::Nats, "vs_nats")] {
+        if let Some(b) = other(&|x| x.target == base) {
+            add_ratio(row, key, &runs[l], &runs[b], &deliveries_per_sec);
+        }
+    }
+    let cpu = |r: &RunFigures| server_cpu_ns_per_delivery(r, 0);
+    let tcp = Lane {
+        transport: Transport::Tcp,
+        ..lane
+    };
+    if let Some(b) = other(&|x| *x == tcp) {
+        add_ratio(row, "cpu_vs_tcp", &runs[l], &runs[b], &cpu);
+    }
+    let build_a = Lane {
+        build: Build::A,
+        ..lane
+    };
+    if let Some(a) = other(&|x| *x == build_a) {
+        add_ratio(row, "vs_a", &runs[l], &runs[a], &deliveries_per_sec);
+        add_ratio(row, "cpu_vs_a", &runs[l], &runs[a], &cpu);
+    }
 }
 
 /// The lanes' order in round `round`: as given, then reversed, and so on, so that no lane
