@@ -7,7 +7,8 @@
 //! the table holds the retained and pending keys plus what fills it up to its load limit,
 //! and grows only when the retained keys alone would fill it.
 //!
-//! The index is a small open-addressing table of its own rather than a `HashMap`: start-up
+//! The index is small open-addressing tables of its own (`SHARDS` of them, so that one
+//! growing never holds the whole index twice) rather than a `HashMap`: start-up
 //! recovery inserts every retained key at a random place in a table far larger than the
 //! caches, and with hashbrown each insert missed twice (its control bytes, then its 32-byte
 //! bucket), about 37 % of the daemon's start-up (issue 6). Here a slot is 16 bytes and holds
@@ -28,8 +29,16 @@ const LOAD_MAX_PERCENT: usize = 75;
 
 /// A table grows to this share of its size (or to what it must hold, if more). Not doubling:
 /// a table between sizes is fuller (1M keys take 1.33-1.67M slots, 21-27 MB), and while it
-/// grows the old and new slots live at once, 2.25 times the old table rather than 3 times.
+/// grows its old and new slots live at once, 2.25 times the old table rather than 3 times.
 const GROWTH_PERCENT: usize = 125;
+
+/// The index is this many tables, a key's `tag` choosing its table, each growing and being
+/// swept on its own. One table growing holds its old and new slots at once, so the index's
+/// peak is 1 + 1.25 / SHARDS times its size rather than 2.25 times (a busy node's peak RSS,
+/// docs/benchmarks.md "Memory"), and a growth or a sweep stops the core for 1 / SHARDS of
+/// the time a single table's would: inserting a million keys one by one, the longest insert
+/// (a growth) took 20.6 ms with one table and 1.2 ms with 16, on the benchmark machine.
+const SHARDS: usize = 16;
 
 /// The smallest table once a key arrives, so a handful of keys do not grow it repeatedly.
 const SLOTS_MIN: usize = 16;
@@ -79,6 +88,12 @@ impl Key {
     fn is_empty(self) -> bool {
         self == Key::EMPTY
     }
+
+    /// The table a key lives in. From the tag, not the hash: the hash's top bits place the
+    /// key inside its table, so a table chosen by them would use a sixteenth of its slots.
+    fn shard(self) -> usize {
+        self.tag as usize % SHARDS
+    }
 }
 
 /// One key and where its seq lies from the table's base. The key's fields stand here rather
@@ -125,6 +140,9 @@ struct Table {
     len: usize,
     /// The seq that offset 0 stands for.
     base: u64,
+    /// No key here is below this seq, so while `Dedup::floor` is not above it a sweep would
+    /// free nothing.
+    oldest: u64,
 }
 
 impl Table {
@@ -259,19 +277,6 @@ impl Table {
         }
     }
 
-    /// Inserts keys in order, like `insert` on each, with every home slot prefetched first so
-    /// that the cache misses of the batch overlap.
-    fn insert_batch(&mut self, batch: &[(Key, u64)]) {
-        // Grow first: growing moves every slot, and would waste the prefetches.
-        self.reserve(batch.len());
-        for &(key, _) in batch {
-            self.prefetch_home(key);
-        }
-        for &(key, seq) in batch {
-            self.insert_reserved(key, seq);
-        }
-    }
-
     /// Keeps the keys whose seq `keep` accepts and counts offsets from `base` (at most the
     /// lowest seq kept), in place: no second table, so a sweep never doubles the index's
     /// memory.
@@ -339,13 +344,12 @@ fn prefetch(_slot: &Slot) {}
 pub struct Dedup {
     /// Random SipHash keys, chosen once per index (`RandomState::default`), for `Key::of`.
     keys: RandomState,
-    table: Table,
+    /// Key `k` lives in `tables[k.shard()]`.
+    tables: [Table; SHARDS],
     /// Keys below this seq are forgotten (retention dropped their messages, or they fell out
-    /// of `SPAN_MAX`): `get` passes over them and the next sweep frees their slots.
+    /// of `SPAN_MAX`): `get` passes over them and the next sweep of their table frees their
+    /// slots.
     floor: u64,
-    /// No key in the table is below this seq, so while `floor` is not above it a sweep
-    /// would free nothing.
-    oldest: u64,
     /// The highest seq inserted and not cut (seqs arrive in increasing order).
     last: u64,
     /// Recovered keys the table has not taken yet, at most `RECOVERY_BATCH`, in seq order
@@ -359,7 +363,12 @@ impl Dedup {
     /// Room for `keys` more keys, so start-up recovery of a long log does not grow the
     /// table a score of times on the way.
     pub fn reserve(&mut self, keys: usize) {
-        self.table.reserve(keys);
+        // Keys spread over the tables binomially: at a million keys one table's share is
+        // 62 500 +- 250, well inside the 3 % added here; a table given more just grows.
+        let share = keys.div_ceil(SHARDS);
+        for table in &mut self.tables {
+            table.reserve(share + share / 32);
+        }
     }
 
     pub fn get(&self, session: &str, id: &str) -> Option<u64> {
@@ -419,19 +428,21 @@ impl Dedup {
     /// slot: a cut is rare (a merge after two primaries, a re-sync).
     pub fn forget_from(&mut self, seq: u64) {
         self.assert_recovered();
-        self.sweep(|kept| kept < seq);
+        for shard in 0..SHARDS {
+            self.sweep(shard, |kept| kept < seq);
+        }
         self.last = self.last.min(seq.saturating_sub(1));
     }
 
     /// Keys that answer (not forgotten). Reads every slot: for checks and tests.
     pub fn len(&self) -> usize {
         self.assert_recovered();
-        let table = &self.table;
-        table
-            .slots
-            .iter()
-            .filter(|&&slot| !slot.is_empty() && table.seq(slot) >= self.floor)
-            .count()
+        let answers = |table: &Table| {
+            let floor = self.floor;
+            let answering = |slot: &&Slot| !slot.is_empty() && table.seq(**slot) >= floor;
+            table.slots.iter().filter(answering).count()
+        };
+        self.tables.iter().map(answers).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -441,54 +452,58 @@ impl Dedup {
     /// A hint that `key` is about to be looked up: its slot starts loading now, so the cache
     /// misses of a batch of sends overlap instead of stalling one after another.
     pub fn prefetch_key(&self, key: Key) {
-        self.table.prefetch_home(key);
+        self.tables[key.shard()].prefetch_home(key);
     }
 
     pub fn get_key(&self, key: Key) -> Option<u64> {
         self.assert_recovered();
-        self.table.get(key).filter(|&seq| seq >= self.floor)
+        let seq = self.tables[key.shard()].get(key);
+        seq.filter(|&seq| seq >= self.floor)
     }
 
     /// `insert` of a key from `key`.
     pub fn insert_key(&mut self, key: Key, seq: u64) {
         self.assert_recovered();
         debug_assert!(self.last < seq, "seq {seq} inserted after {}", self.last);
-        self.make_room(seq);
-        self.table.insert(key, seq);
+        self.make_room(key.shard(), seq);
+        self.tables[key.shard()].insert(key, seq);
         self.last = seq;
     }
 
-    /// Gets the table ready for a new key at `seq`: forgets what lies out of `SPAN_MAX` of it
-    /// and counts from a base it fits, and frees the forgotten keys' slots of a full table,
-    /// growing it when that frees too few.
-    fn make_room(&mut self, seq: u64) {
-        self.reach_to(seq);
-        if !self.table.is_full() {
+    /// Gets table `shard` ready for a new key at `seq`: forgets what lies out of `SPAN_MAX`
+    /// of it and counts from a base it fits, and frees the forgotten keys' slots of a full
+    /// table, growing it when that frees too few.
+    fn make_room(&mut self, shard: usize, seq: u64) {
+        self.reach_to(shard, seq);
+        if !self.tables[shard].is_full() {
             return;
         }
-        if self.floor > self.oldest {
-            self.sweep(|_| true);
+        if self.floor > self.tables[shard].oldest {
+            self.sweep(shard, |_| true);
         }
-        let wanted = self.table.capacity() / SWEEP_FREES_MIN_DIVISOR;
-        if self.table.len + wanted > self.table.capacity() {
-            self.table.reserve(wanted);
+        let table = &mut self.tables[shard];
+        let wanted = table.capacity() / SWEEP_FREES_MIN_DIVISOR;
+        if table.len + wanted > table.capacity() {
+            table.reserve(wanted);
         }
     }
 
-    /// Makes `seq` fit the table's offsets: forgets what lies more than `SPAN_MAX` below it
-    /// and counts from the new floor.
-    fn reach_to(&mut self, seq: u64) {
-        if !self.table.fits(seq) {
+    /// Makes `seq` fit table `shard`'s offsets: forgets what lies more than `SPAN_MAX` below
+    /// it and counts from the new floor.
+    fn reach_to(&mut self, shard: usize, seq: u64) {
+        if !self.tables[shard].fits(seq) {
             self.floor = self.floor.max(seq.saturating_sub(SPAN_MAX));
-            self.sweep(|_| true);
+            self.sweep(shard, |_| true);
         }
     }
 
-    /// Frees every forgotten key's slot and those `keep` refuses, and counts from `floor`.
-    fn sweep(&mut self, keep: impl Fn(u64) -> bool) {
+    /// Frees table `shard`'s forgotten keys' slots and those `keep` refuses, and counts from
+    /// `floor`.
+    fn sweep(&mut self, shard: usize, keep: impl Fn(u64) -> bool) {
         let floor = self.floor;
-        self.table.retain(floor, |seq| seq >= floor && keep(seq));
-        self.oldest = floor;
+        let table = &mut self.tables[shard];
+        table.retain(floor, |seq| seq >= floor && keep(seq));
+        table.oldest = floor;
     }
 
     fn recover_key(&mut self, key: Key, seq: u64) {
@@ -506,12 +521,34 @@ impl Dedup {
         let Some(&(_, last)) = self.recovered.last() else {
             return;
         };
-        self.reach_to(last);
+        let touched = (self.recovered.iter()).fold(0u32, |set, (key, _)| set | 1 << key.shard());
+        for shard in (0..SHARDS).filter(|shard| touched & 1 << shard != 0) {
+            self.reach_to(shard, last);
+        }
         let floor = self.floor;
         self.recovered.retain(|&(_, seq)| seq >= floor);
-        self.table.insert_batch(&self.recovered);
+        self.insert_batch();
         self.last = last;
         self.recovered.clear();
+    }
+
+    /// Inserts the recovered keys in order, like `insert_key` on each, with every home slot
+    /// prefetched first so that the cache misses of the batch overlap.
+    fn insert_batch(&mut self) {
+        // Grow first: growing moves every slot of a table, and would waste the prefetches.
+        let mut per_table = [0; SHARDS];
+        for &(key, _) in &self.recovered {
+            per_table[key.shard()] += 1;
+        }
+        for (table, &keys) in self.tables.iter_mut().zip(&per_table) {
+            table.reserve(keys);
+        }
+        for &(key, _) in &self.recovered {
+            self.tables[key.shard()].prefetch_home(key);
+        }
+        for &(key, seq) in &self.recovered {
+            self.tables[key.shard()].insert_reserved(key, seq);
+        }
     }
 
     fn assert_recovered(&self) {
@@ -694,26 +731,50 @@ mod tests {
             dedup.insert("s", &format!("m-{newest}"), newest);
             newest
         };
-        while dedup.table.slots.len() < 1024 || !dedup.table.is_full() {
+        while dedup.tables.iter().any(|table| table.slots.len() < 1024) {
             insert(&mut dedup);
         }
-        let slots = dedup.table.slots.len();
-        // Retention keeps the newest half: the rest is freed, not doubled for.
+        let slots = total_slots(&dedup);
+        // Retention keeps the newest half: the rest is freed, not grown for.
         let mut newest = dedup.last;
         for _ in 0..10 * slots {
             dedup.forget_below(newest + 1 - slots as u64 / 2);
             newest = insert(&mut dedup);
         }
-        assert_eq!(dedup.table.slots.len(), slots);
+        assert_eq!(total_slots(&dedup), slots);
         // The newest half before the last insert, and that insert.
         assert_eq!(dedup.len(), slots / 2 + 1);
-        check_table(&dedup.table);
-        // Retention that keeps more than the table holds makes it grow.
+        check_tables(&dedup);
+        // Retention that keeps more than the tables hold makes them grow.
         for _ in 0..slots / 2 {
             insert(&mut dedup);
         }
-        assert!(dedup.table.slots.len() > slots);
-        check_table(&dedup.table);
+        assert!(total_slots(&dedup) > slots);
+        check_tables(&dedup);
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_the_tables_and_over_each_tables_slots() {
+        let mut dedup = Dedup::default();
+        let keys = 64_000;
+        for seq in 1..=keys {
+            dedup.insert(&format!("s{}", seq % 7), &format!("m-{seq}"), seq);
+        }
+        let share = keys as usize / SHARDS;
+        for table in &dedup.tables {
+            // Binomial: a share of 4 000 +- 61; 10 % off is 6.5 standard deviations.
+            assert!(table.len.abs_diff(share) < share / 10, "{} keys", table.len);
+            // Each table's keys fill both halves of its slots: the key's tag chose the
+            // table, so its hash still places it anywhere in it.
+            let half = table.slots.len() / 2;
+            let low = table.slots[..half].iter().filter(|s| !s.is_empty()).count();
+            assert!(
+                low.abs_diff(table.len / 2) < table.len / 10,
+                "{low} of {}",
+                table.len
+            );
+        }
+        check_tables(&dedup);
     }
 
     #[test]
@@ -733,17 +794,25 @@ mod tests {
         assert_eq!(dedup.get("s", "m-49"), None);
         assert_eq!(dedup.get("s", "m-50"), Some(start + 50));
         assert_eq!(dedup.len(), 51);
-        check_table(&dedup.table);
+        check_tables(&dedup);
     }
 
-    /// Checks the table's invariant: its count, and every key reachable from its home.
-    fn check_table(table: &Table) {
-        let occupied = table.slots.iter().filter(|s| !s.is_empty()).count();
-        assert_eq!(occupied, table.len);
-        assert!(table.len <= table.capacity());
-        for (index, slot) in table.slots.iter().enumerate() {
-            if !slot.is_empty() {
-                assert_eq!(table.find(slot.key()), Some(index), "{slot:?} unreachable");
+    fn total_slots(dedup: &Dedup) -> usize {
+        dedup.tables.iter().map(|table| table.slots.len()).sum()
+    }
+
+    /// Checks each table's invariant: its count, every key reachable from its home and in
+    /// the table its tag names.
+    fn check_tables(dedup: &Dedup) {
+        for (shard, table) in dedup.tables.iter().enumerate() {
+            let occupied = table.slots.iter().filter(|s| !s.is_empty()).count();
+            assert_eq!(occupied, table.len);
+            assert!(table.len <= table.capacity());
+            for (index, slot) in table.slots.iter().enumerate() {
+                if !slot.is_empty() {
+                    assert_eq!(slot.key().shard(), shard, "{slot:?} in table {shard}");
+                    assert_eq!(table.find(slot.key()), Some(index), "{slot:?} unreachable");
+                }
             }
         }
     }
@@ -837,7 +906,7 @@ mod tests {
                         });
                     }
                 }
-                check_table(&dedup.table);
+                check_tables(&dedup);
                 prop_assert_eq!(dedup.len(), model.len());
                 for n in 0..=u8::MAX {
                     let key = test_key(n, spread);
