@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::frames::{parse_body, BodyFields, Frame, Wire, NATS_PONG, NATS_SID};
 pub use super::frames::{Protocol, BODY_BYTES_MIN};
-use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns};
+use super::procs::{cpu_ticks, own_runnable_wait_ns, runnable_wait_ns, CoreTimes};
 use super::report::Histogram;
 use super::window::DeliveryRing;
 pub use super::window::WindowOn;
@@ -61,6 +61,9 @@ pub struct LoadSpec {
     pub tag: String,
     /// Processes whose CPU time is read at the start and end of the measured window.
     pub sample_pids: Vec<u32>,
+    /// The core the server is pinned to, if it is: how much of the window it spent idle and
+    /// waiting on the disk is read too.
+    pub server_core: Option<usize>,
     /// After the window, how long to wait for outstanding acks and deliveries.
     pub drain: Duration,
 }
@@ -93,6 +96,8 @@ pub struct LoadResult {
     pub loadgen_cpu_ns: u64,
     /// Nanoseconds the generator's thread waited, runnable, for its core within the window.
     pub loadgen_wait_ns: u64,
+    /// Where the server's core's time went within the window (`LoadSpec::server_core`).
+    pub server_core: Option<CoreTimes>,
     /// Rate mode: times a due send waited because its sender's window was full.
     pub window_full: u64,
 }
@@ -664,6 +669,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
     };
     // At the window's start: the servers' CPU ticks, the generator's CPU and wait.
     let mut ticks_start: Option<(Vec<u64>, u64, u64)> = None;
+    let mut core_start: Option<CoreTimes> = None;
     let mut wait_start: Vec<u64> = Vec::new();
     let mut sending = true;
     let mut drain_until: Option<Instant> = None;
@@ -688,6 +694,7 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                 thread_cpu_ns(),
                 own_runnable_wait_ns(),
             ));
+            core_start = spec.server_core.and_then(CoreTimes::read);
         }
         let fill_done = spec.total_sends.is_some_and(|total| issued >= total);
         if sending && (now_ns >= tally.window_end_ns || fill_done) {
@@ -714,6 +721,9 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult, String> {
                         .collect();
                     tally.result.loadgen_cpu_ns = thread_cpu_ns().saturating_sub(*own);
                     tally.result.loadgen_wait_ns = own_runnable_wait_ns().saturating_sub(*own_wait);
+                    tally.result.server_core = core_start
+                        .zip(spec.server_core.and_then(CoreTimes::read))
+                        .map(|(start, end)| end.since(start));
                 }
             }
             drain_until = Some(now + spec.drain);

@@ -56,6 +56,57 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(user + system)
 }
 
+/// Where one core's time went, in clock ticks, from its `cpuN` line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreTimes {
+    /// Every column: user, nice, system, idle, iowait, irq, softirq, steal.
+    pub total: u64,
+    pub idle: u64,
+    /// Idle with a disk request outstanding: a server that waits on its fsync shows here.
+    pub iowait: u64,
+}
+
+impl CoreTimes {
+    pub fn read(core: usize) -> Option<CoreTimes> {
+        parse_core_times(&std::fs::read_to_string("/proc/stat").ok()?, core)
+    }
+
+    /// What went by from `earlier` to `self`.
+    pub fn since(self, earlier: CoreTimes) -> CoreTimes {
+        CoreTimes {
+            total: self.total.saturating_sub(earlier.total),
+            idle: self.idle.saturating_sub(earlier.idle),
+            iowait: self.iowait.saturating_sub(earlier.iowait),
+        }
+    }
+
+    /// `part`'s share of the whole, in percent.
+    pub fn percent(self, part: u64) -> f64 {
+        part as f64 * 100.0 / self.total.max(1) as f64
+    }
+}
+
+fn parse_core_times(stat: &str, core: usize) -> Option<CoreTimes> {
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))?;
+    let columns: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|column| column.parse().ok())
+        .collect::<Option<_>>()?;
+    let [_, _, _, idle, iowait, _, _, _] = columns[..] else {
+        return None;
+    };
+    Some(CoreTimes {
+        total: columns.iter().sum(),
+        idle,
+        iowait,
+    })
+}
+
 /// Nanoseconds the threads of a process spent runnable but waiting for a CPU (the second
 /// field of each `/proc/<pid>/task/*/schedstat`): a pinned server that waits a lot shares
 /// its core with something else, and its figures are contended.
@@ -583,5 +634,38 @@ impl Nats {
             server: start_peer("nats", "nats-server", &args, "Server is ready", core, echo)?,
             addr: loopback(port),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cores_times_come_from_its_own_line_of_proc_stat() {
+        let stat = "cpu  30 0 60 900 10 0 5 0 0 0\n\
+                    cpu1 10 0 20 300 5 0 1 0 0 0\n\
+                    cpu10 1 0 1 1 1 0 1 0 0 0\n\
+                    intr 12345\n";
+        let one = parse_core_times(stat, 1).expect("cpu1 is there");
+        assert_eq!(
+            one,
+            CoreTimes {
+                total: 336,
+                idle: 300,
+                iowait: 5
+            }
+        );
+        assert_eq!(parse_core_times(stat, 10).map(|t| t.total), Some(5));
+        assert_eq!(parse_core_times(stat, 2), None);
+        assert_eq!(parse_core_times("cpu0 1 2 3\n", 0), None, "too few columns");
+        let later = CoreTimes {
+            total: 436,
+            idle: 350,
+            iowait: 15,
+        };
+        let window = later.since(one);
+        assert_eq!((window.total, window.idle, window.iowait), (100, 50, 10));
+        assert_eq!(window.percent(window.iowait), 10.0);
     }
 }

@@ -65,6 +65,13 @@ struct Common {
     fsync: String,
 }
 
+impl Common {
+    /// The server's core when servers are pinned (not with `--no-pin`, nor on one core).
+    fn pinned_server_core(&self) -> Option<usize> {
+        (!self.no_pin && cores() >= 2).then_some(self.server_core)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Saturated fan-out: N members, P senders, windowed sends; deliveries/s, latency, CPU.
@@ -260,7 +267,7 @@ fn node_options(common: &Common, max_clients: usize) -> Result<NodeOptions, Stri
             pbchatd.display()
         ));
     }
-    let pin = !common.no_pin && cores() >= 2;
+    let pin = common.pinned_server_core().is_some();
     Ok(NodeOptions {
         pbchatd,
         fsync: common.fsync.clone(),
@@ -456,7 +463,7 @@ impl Running {
         args: &LoadArgs,
         pbchatd: Option<&Path>,
     ) -> Result<Running, String> {
-        let core = (!common.no_pin && cores() >= 2).then_some(common.server_core);
+        let core = common.pinned_server_core();
         if let Some((_, Some(addr))) = target.peer(args) {
             return Ok(Running::External(addr));
         }
@@ -562,6 +569,10 @@ fn one_load(
         room: "bench".into(),
         tag: tag(),
         sample_pids: server.pids(),
+        server_core: match server {
+            Running::External(_) => None,
+            _ => common.pinned_server_core(),
+        },
         drain: Duration::from_secs(10),
     };
     let result = load::run(&spec)?;
@@ -648,6 +659,11 @@ fn summarize(
         "measured_s": measured,
         "degraded": degraded,
     });
+    if runs.iter().all(|r| r.result.server_core.is_some()) {
+        let core = |r: &RunFigures| r.result.server_core.unwrap_or_default();
+        row["server_core_idle_pct"] = json!(per_run(&|r| core(r).percent(core(r).idle)));
+        row["server_core_iowait_pct"] = json!(per_run(&|r| core(r).percent(core(r).iowait)));
+    }
     if lane.target == Target::Pair {
         row["backup_cpu_ns_per_delivery"] = json!(cpu_ns(1));
         row["backup_peak_rss_kib"] = json!(per_run(
@@ -750,6 +766,8 @@ fn fanout(
         "loadgen_cpu_pct",
         "loadgen_runnable_wait_pct",
         "server_runnable_wait_pct",
+        "server_core_idle_pct",
+        "server_core_iowait_pct",
         "peak_rss_kib",
         "lost",
         "out_of_order",
@@ -907,6 +925,8 @@ fn latency(
         "lost",
         "out_of_order",
         "server_cpu_pct",
+        "server_core_idle_pct",
+        "server_core_iowait_pct",
     ]);
     Ok(())
 }
@@ -1294,6 +1314,7 @@ fn catchup(
         room: "fill".into(),
         tag: tag(),
         sample_pids: Vec::new(),
+        server_core: None,
         drain: Duration::from_secs(30),
     };
     let filled = Instant::now();
