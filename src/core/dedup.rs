@@ -521,8 +521,11 @@ impl Dedup {
         let Some(&(_, last)) = self.recovered.last() else {
             return;
         };
-        let touched = (self.recovered.iter()).fold(0u32, |set, (key, _)| set | 1 << key.shard());
-        for shard in (0..SHARDS).filter(|shard| touched & 1 << shard != 0) {
+        let mut touched = [false; SHARDS];
+        for &(key, _) in &self.recovered {
+            touched[key.shard()] = true;
+        }
+        for (shard, _) in touched.iter().enumerate().filter(|&(_, &touched)| touched) {
             self.reach_to(shard, last);
         }
         let floor = self.floor;
