@@ -10,8 +10,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::segment::{SegmentFile, MAGIC_BYTES};
 
-/// Where one record lives inside its segment. The segment itself is not stored: it is found
-/// by seq among the few segments, which keeps this at 8 bytes per retained record.
+/// Where one record lives inside its segment. Only the offset is stored (4 bytes per
+/// retained record): the segment is found by seq among the few segments, and the length is
+/// where the next record starts, or the segment's end for its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
     pub offset: u32,
@@ -30,8 +31,9 @@ pub(crate) struct Index {
     /// Seq of `locs[0]`; when `locs` is empty, the seq the next record will get.
     /// Invariant: equals `segments[0].file.base_seq`.
     pub first_seq: u64,
-    /// Location of seq `first_seq + i` is `locs[i]`: seqs are dense, so no key is stored.
-    pub locs: VecDeque<Loc>,
+    /// Seq `first_seq + i` starts at `offsets[i]` in its segment: seqs are dense, so no key
+    /// is stored; records are adjacent, so no length (`loc`).
+    pub offsets: VecDeque<u32>,
     /// Retained segments, oldest first; the last is the one being written. Invariants: never
     /// empty; each segment's base is the previous base plus the previous record count; every
     /// segment but the last holds at least one record.
@@ -56,7 +58,7 @@ const GROWTH_MIN: usize = 16;
 /// Appends to a per-record list (one entry per retained record), growing it by a quarter
 /// rather than doubling it: a full list grown by doubling holds up to twice the records, and
 /// both copies live while it moves (three times the list), which is what sets a busy node's
-/// peak RSS; by a quarter, 1.25 and 2.25 times, for a few more (cheap, 8-byte) copies.
+/// peak RSS; by a quarter, 1.25 and 2.25 times, for a few more (cheap, 4- and 8-byte) copies.
 fn push_growing_by_a_quarter<T>(list: &mut VecDeque<T>, item: T) {
     if list.len() == list.capacity() {
         list.reserve_exact((list.len() / 4).max(GROWTH_MIN));
@@ -103,7 +105,7 @@ impl Index {
     pub fn new(segment: Arc<SegmentFile>) -> Index {
         Index {
             first_seq: segment.base_seq,
-            locs: VecDeque::new(),
+            offsets: VecDeque::new(),
             segments: VecDeque::from([IndexedSegment {
                 file: segment,
                 bytes: MAGIC_BYTES,
@@ -116,7 +118,12 @@ impl Index {
     }
 
     pub fn next_seq(&self) -> u64 {
-        self.first_seq + self.locs.len() as u64
+        self.first_seq + self.records() as u64
+    }
+
+    /// Retained records.
+    pub fn records(&self) -> usize {
+        self.offsets.len()
     }
 
     /// 0 when nothing was ever appended (first_seq 1).
@@ -160,7 +167,7 @@ impl Index {
         assert_eq!(u64::from(loc.offset), current.bytes, "records are adjacent");
         current.bytes += u64::from(loc.len);
         self.total_bytes += u64::from(loc.len);
-        push_growing_by_a_quarter(&mut self.locs, loc);
+        push_growing_by_a_quarter(&mut self.offsets, loc.offset);
         if self.epochs.back().map(|&(_, e)| e) != Some(epoch) {
             self.epochs.push_back((seq, epoch));
         }
@@ -185,7 +192,21 @@ impl Index {
         if !self.is_retained(seq) {
             return None;
         }
-        Some(self.locs[(seq - self.first_seq) as usize])
+        let at = (seq - self.first_seq) as usize;
+        let offset = self.offsets[at];
+        // The next record starts where this one ends, unless it opens the next segment: then
+        // it starts at that segment's magic header, which is never past this offset.
+        let end = match self.offsets.get(at + 1) {
+            Some(&next) if next > offset => next,
+            _ => {
+                let bytes = self.segments[self.segment_of(seq)].bytes;
+                u32::try_from(bytes).expect("segments end below MAX_SEGMENT_END")
+            }
+        };
+        Some(Loc {
+            offset,
+            len: end - offset,
+        })
     }
 
     pub fn epoch_of(&self, seq: u64) -> Option<u64> {
@@ -206,7 +227,7 @@ impl Index {
         let dropped = self.segments.pop_front().expect("checked above");
         let next_first = self.segments[0].file.base_seq;
         let count = (next_first - self.first_seq) as usize;
-        self.locs.drain(..count);
+        self.offsets.drain(..count);
         self.first_seq = next_first;
         self.total_bytes -= dropped.bytes;
         while self.epochs.len() > 1 && self.epochs[1].0 <= next_first {
@@ -240,7 +261,7 @@ impl Index {
         self.total_bytes -= segment.bytes - u64::from(loc.offset);
         segment.bytes = u64::from(loc.offset);
         let segment_file = Arc::clone(&segment.file);
-        self.locs.truncate((cut_seq - self.first_seq) as usize);
+        self.offsets.truncate((cut_seq - self.first_seq) as usize);
         while self.epochs.back().is_some_and(|&(start, _)| start > seq) {
             self.epochs.pop_back();
         }
@@ -305,7 +326,7 @@ impl Index {
             .iter()
             .zip(self.epochs.iter().skip(1))
             .all(|(a, b)| a.0 < b.0 && a.1 != b.1));
-        if !self.locs.is_empty() {
+        if !self.offsets.is_empty() {
             assert!(self.epochs[0].0 <= self.first_seq);
             assert!(self.epochs.back().unwrap().0 <= self.last_seq());
         }

@@ -242,7 +242,7 @@ impl Log {
 
         let current = Arc::clone(&index.current().file);
         let recovery = Recovery {
-            records: index.locs.len() as u64,
+            records: index.records() as u64,
             first_seq: index.first_seq,
             last_seq: index.last_seq(),
             truncated_bytes,
@@ -488,7 +488,7 @@ impl Log {
         loop {
             let segment = {
                 let mut index = index::write(&self.index);
-                let over = index.locs.len() as u64 > self.options.retain_messages
+                let over = index.records() as u64 > self.options.retain_messages
                     || index.total_bytes > self.options.retain_bytes;
                 if !over || index.segments.len() < 2 {
                     break;

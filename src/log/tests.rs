@@ -201,6 +201,29 @@ fn segments_roll_once_they_reach_segment_bytes() {
 }
 
 #[test]
+fn a_record_alone_in_its_segment_reads_back_whole() {
+    // Each record outgrows the smallest segment, so every segment holds one record and all
+    // of them start at the same offset: a record's length cannot come from where the next
+    // record starts, only from its segment's end.
+    let dir = TempDir::new().unwrap();
+    let options = LogOptions {
+        segment_bytes: MIN_SEGMENT_BYTES,
+        ..options(dir.path())
+    };
+    let (mut log, _, _) = open(&options);
+    log.append(&entries(1, 5)).unwrap();
+    log.append(&entries(6, 6)).unwrap();
+    log.check();
+    assert_eq!(segment_files(dir.path()).len(), 6);
+    assert_eq!(all(&log.reader()), entries(1, 6));
+    assert_eq!(log.reader().range(3, 4, 10).unwrap(), entries(3, 4));
+    drop(log);
+    let (log, _, seen) = open(&options);
+    assert_eq!(seen, entries(1, 6));
+    assert_eq!(all(&log.reader()), entries(1, 6));
+}
+
+#[test]
 fn retention_by_count_drops_oldest_whole_segments() {
     let dir = TempDir::new().unwrap();
     let options = LogOptions {
