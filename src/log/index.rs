@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::room_seqs::RoomSeqs;
 use super::segment::{SegmentFile, MAGIC_BYTES};
 
 /// Where one record lives inside its segment. Only the offset is stored (4 bytes per
@@ -43,7 +44,7 @@ pub(crate) struct Index {
     pub epochs: VecDeque<(u64, u64)>,
     /// Seqs of each room's retained records, ascending. A room whose last record goes is
     /// removed, so the keys are exactly the rooms with retained messages.
-    pub rooms: HashMap<Arc<str>, VecDeque<u64>>,
+    pub rooms: HashMap<Arc<str>, RoomSeqs>,
     /// Sum of `segments[..].bytes`, compared against `retain_bytes`.
     pub total_bytes: u64,
     /// Bumped whenever records are removed from the end (`truncate_after`, `restart_at`), after
@@ -58,7 +59,7 @@ const GROWTH_MIN: usize = 16;
 /// Appends to a per-record list (one entry per retained record), growing it by a quarter
 /// rather than doubling it: a full list grown by doubling holds up to twice the records, and
 /// both copies live while it moves (three times the list), which is what sets a busy node's
-/// peak RSS; by a quarter, 1.25 and 2.25 times, for a few more (cheap, 4- and 8-byte) copies.
+/// peak RSS; by a quarter, 1.25 and 2.25 times, for a few more (cheap, 4-byte) copies.
 fn push_growing_by_a_quarter<T>(list: &mut VecDeque<T>, item: T) {
     if list.len() == list.capacity() {
         list.reserve_exact((list.len() / 4).max(GROWTH_MIN));
@@ -172,9 +173,11 @@ impl Index {
             self.epochs.push_back((seq, epoch));
         }
         match self.rooms.get_mut(room) {
-            Some(seqs) => push_growing_by_a_quarter(seqs, seq),
+            Some(seqs) => seqs.push(seq),
             None => {
-                self.rooms.insert(Arc::from(room), VecDeque::from([seq]));
+                let mut seqs = RoomSeqs::default();
+                seqs.push(seq);
+                self.rooms.insert(Arc::from(room), seqs);
             }
         }
     }
@@ -234,8 +237,7 @@ impl Index {
             self.epochs.pop_front();
         }
         self.rooms.retain(|_, seqs| {
-            let keep_from = seqs.partition_point(|&s| s < next_first);
-            seqs.drain(..keep_from);
+            seqs.forget_below(next_first);
             !seqs.is_empty()
         });
         dropped.file
@@ -266,8 +268,7 @@ impl Index {
             self.epochs.pop_back();
         }
         self.rooms.retain(|_, seqs| {
-            let keep = seqs.partition_point(|&s| s <= seq);
-            seqs.truncate(keep);
+            seqs.forget_above(seq);
             !seqs.is_empty()
         });
         self.rewrites += 1;
@@ -319,7 +320,7 @@ impl Index {
         for (room, seqs) in &self.rooms {
             assert!(!seqs.is_empty(), "room {room} kept without messages");
             assert!(seqs.iter().zip(seqs.iter().skip(1)).all(|(a, b)| a < b));
-            assert!(seqs.iter().all(|&s| self.is_retained(s)), "room {room}");
+            assert!(seqs.iter().all(|s| self.is_retained(s)), "room {room}");
         }
         assert!(self
             .epochs

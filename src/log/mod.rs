@@ -23,6 +23,7 @@
 mod index;
 mod reader;
 mod record;
+mod room_seqs;
 mod segment;
 #[cfg(test)]
 mod tests;

@@ -86,12 +86,8 @@ impl LogReader {
             let Some(seqs) = index.rooms.get(room) else {
                 return Plan::new(index.rewrites, 0);
             };
-            let start = seqs.partition_point(|&s| s <= after);
-            let end = seqs
-                .partition_point(|&s| s <= upto)
-                .max(start)
-                .min(start.saturating_add(max));
-            plan_seqs(index, seqs.range(start..end).copied(), end - start)
+            let seqs = seqs.between(after, upto, max);
+            plan_seqs(index, seqs.iter().copied(), seqs.len())
         })
     }
 
@@ -106,9 +102,8 @@ impl LogReader {
             let Some(seqs) = index.rooms.get(room) else {
                 return Plan::new(index.rewrites, 0);
             };
-            let end = seqs.partition_point(|&s| s < before);
-            let start = end.saturating_sub(limit);
-            plan_seqs(index, seqs.range(start..end).copied(), end - start)
+            let seqs = seqs.newest_below(before, limit);
+            plan_seqs(index, seqs.iter().copied(), seqs.len())
         })
     }
 
