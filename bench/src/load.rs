@@ -6,9 +6,10 @@
 //! [`WindowOn::Deliveries`] until its ack and its delivery to every member. The body
 //! carries the sender's index, a per-sender counter and the send time in nanoseconds since
 //! the run began on this process's monotonic clock, so every delivery yields its latency and
-//! lets each member check, per sender, that nothing is missing or out of order. pbchat senders are members too (the protocol delivers a
-//! message to its sender); Redis publishers are separate connections (a subscribed Redis
-//! connection cannot publish), so both deliver each message to exactly N connections.
+//! lets each member check, per sender, that nothing is missing or out of order. pbchat
+//! senders are members too (the protocol delivers a message to its sender); Redis
+//! publishers are separate connections (a subscribed Redis connection cannot publish), so
+//! both deliver each message to exactly N connections.
 //!
 //! Parsing is by fixed prefixes (`{"type":"msg"`), not a JSON library: the generator must
 //! cost less per delivery than the server it measures, or it measures itself.

@@ -35,6 +35,12 @@ impl Chunk {
             .partition_point(|&o| self.base + u64::from(o) <= seq)
     }
 
+    /// How many of this chunk's seqs are below `seq`.
+    fn count_below(&self, seq: u64) -> usize {
+        self.offsets
+            .partition_point(|&o| self.base + u64::from(o) < seq)
+    }
+
     fn seqs(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + '_ {
         self.offsets.iter().map(|&o| self.base + u64::from(o))
     }
@@ -56,10 +62,12 @@ impl RoomSeqs {
     pub fn push(&mut self, seq: u64) {
         if let Some(last) = self.chunks.back_mut() {
             debug_assert!(last.last() < seq, "room seqs ascend");
-            let offset = u32::try_from(seq - last.base);
-            if let (true, Ok(offset)) = (last.offsets.len() < CHUNK_SEQS, offset) {
-                last.offsets.push(offset);
-                return;
+            match u32::try_from(seq - last.base) {
+                Ok(offset) if last.offsets.len() < CHUNK_SEQS => {
+                    last.offsets.push(offset);
+                    return;
+                }
+                _ => {}
             }
         }
         // Most rooms of a busy node hold a few messages: one chunk, sized as it fills.
@@ -78,10 +86,8 @@ impl RoomSeqs {
             self.chunks.pop_front();
         }
         if let Some(front) = self.chunks.front_mut() {
-            let below = front.count_upto(first.saturating_sub(1));
-            if first > 0 && below > 0 {
-                front.offsets.drain(..below);
-            }
+            let below = front.count_below(first);
+            front.offsets.drain(..below);
         }
     }
 
@@ -123,7 +129,7 @@ impl RoomSeqs {
         let end = self.chunks.partition_point(|c| c.base < before);
         let mut out = Vec::new();
         for chunk in self.chunks.range(..end).rev() {
-            let below = chunk.count_upto(before - 1);
+            let below = chunk.count_below(before);
             let wanted = limit - out.len();
             out.extend(chunk.seqs().take(below).rev().take(wanted));
             if out.len() == limit {
