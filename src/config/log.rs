@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::check::range;
 use super::ConfigError;
-use crate::log::FsyncMode;
+use crate::log::{FsyncMode, MAX_SEGMENT_BYTES};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,7 +42,7 @@ impl RawLog {
         let l = self;
         let log = LogConfig {
             fsync: l.fsync,
-            segment_bytes: range!(file, "log", l.segment_bytes, 64 << 10, 1 << 32),
+            segment_bytes: range!(file, "log", l.segment_bytes, 64 << 10, MAX_SEGMENT_BYTES),
             retain_messages: range!(file, "log", l.retain_messages, 1_000, 1 << 40),
             retain_bytes: range!(file, "log", l.retain_bytes, 1 << 20, 1 << 50),
             max_pending: range!(file, "log", l.max_pending, 16, 1 << 22),

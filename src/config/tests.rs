@@ -58,6 +58,17 @@ fn errors_name_file_key_and_problem() {
         err.contains("client.max_clients: 0 is out of range"),
         "{err}"
     );
+    // The log's own limit (1 GiB) is the config's: a bigger segment is refused here, by key,
+    // not by the log at start-up.
+    let err = check(&format!(
+        "{MINIMAL}[log]\nsegment_bytes = 2147483648\nretain_bytes = 8589934592\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("t.toml: log.segment_bytes: 2147483648 is out of range"),
+        "{err}"
+    );
     let err = check(&format!("{MINIMAL}[client]\nlisten_port = 1\n"))
         .unwrap_err()
         .to_string();

@@ -144,7 +144,9 @@ pub(super) fn recover(config: &Config) -> Result<(Node, Log), DaemonError> {
     let dir = config.data_dir.join("log");
     let mut node = new_node(config, &dir)?;
     let started = Instant::now();
-    node.expect_recovered((dir_bytes(&dir) / RECORD_BYTES_TYPICAL).min(config.log.retain_messages));
+    node.expect_recovered(
+        (crate::log::bytes_estimate(&dir) / RECORD_BYTES_TYPICAL).min(config.log.retain_messages),
+    );
     let options = LogOptions {
         dir: dir.clone(),
         segment_bytes: config.log.segment_bytes,
@@ -157,6 +159,10 @@ pub(super) fn recover(config: &Config) -> Result<(Node, Log), DaemonError> {
     };
     let (mut log, recovery) =
         Log::open(options, |entry| node.recover(entry)).map_err(log_error(""))?;
+    if config.log.fsync != crate::log::FsyncMode::Never {
+        // Every append is flushed: into zeroed blocks, a flush skips the journal.
+        log.preallocate();
+    }
     node.finish_recovery();
     // A primary without an epoch yet (new, or standalone after serving as backup) begins one.
     node.begin_first_epoch(pair_config(config).map_or(0, |p| p.rank));
@@ -215,19 +221,6 @@ fn has_log(dir: &Path) -> bool {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
     })
-}
-
-/// Bytes in the files directly inside `dir` (0 when it cannot be read: nothing is reserved).
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A TCP listener on `address`, which the config key `key` set; returns it with the

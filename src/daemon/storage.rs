@@ -161,6 +161,9 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        if let Some(why) = self.log.take_warning() {
+            log::warn!("log: zeroing the next segment failed ({why}); appends grow files until the next segment tries again");
+        }
         match self.mode {
             FsyncMode::Always => {
                 for entry in batch.iter() {

@@ -10,6 +10,8 @@
 //! - `segment`: one segment file: name, magic header, creation, cutting, the recovery scan.
 //! - `index`: the in-memory indexes, shared by the writer and readers behind one `RwLock`.
 //! - `reader`: [`LogReader`], concurrent positional reads with crc checks.
+//! - `spare`: the next segment's file, zeroed ahead by a helper thread once
+//!   [`Log::preallocate`] asks for it, so appends do not grow files.
 //!
 //! Concurrency: one [`Log`] is owned by the single writer thread. It does its file I/O first
 //! and then updates the index under a short write lock, so a reader either does not see a
@@ -17,14 +19,17 @@
 //!
 //! On disk, segments hold consecutive seqs with no gaps; every segment but the last holds at
 //! least one record; a segment's name is the seq of its first record (or, for an empty last
-//! segment, the seq the next record will get). Startup and crash recovery are one code path:
-//! [`Log::open`] keeps the longest valid prefix and cuts everything after the first damage.
+//! segment, the seq the next record will get). A segment's file may run on past its last
+//! record in zeros (a zeroed spare's unused end); only the index knows where records end.
+//! Startup and crash recovery are one code path: [`Log::open`] keeps the longest valid
+//! prefix and cuts everything after the first damage.
 
 mod index;
 mod reader;
 mod record;
 mod room_seqs;
 mod segment;
+mod spare;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +48,7 @@ use index::{Index, Loc};
 pub use reader::LogReader;
 pub use record::{Damage, MAX_RECORD_BYTES};
 use segment::{io_error, SegmentFile, MAGIC_BYTES, MAX_SEGMENT_END};
+use spare::Spare;
 
 /// Smallest `segment_bytes`: below a few records per segment, every append creates a file.
 /// Low enough that tests can roll segments every few records.
@@ -144,8 +150,13 @@ pub struct Log {
     index: Arc<RwLock<Index>>,
     /// The segment appends go to; always the index's last segment.
     current: Arc<SegmentFile>,
-    /// Valid bytes of `current` (its length on disk after every successful append).
+    /// Valid bytes of `current`: where the next record goes.
     current_bytes: u64,
+    /// Length of `current`'s file: past `current_bytes` when it was a zeroed spare. An
+    /// append beyond it grows the file (a slower fsync, see `spare`).
+    current_file_bytes: u64,
+    /// Zeroes the next segment ahead, once `preallocate` asked for it.
+    spare: Option<Spare>,
     current_records: u64,
     /// Older segments written since the last `sync`, which it must flush too.
     unsynced: Vec<Arc<SegmentFile>>,
@@ -179,6 +190,7 @@ impl Log {
         let dir_path = options.dir.clone();
         fs::create_dir_all(&dir_path).map_err(io_error(&dir_path, "create directory"))?;
         let dir = File::open(&dir_path).map_err(io_error(&dir_path, "open directory"))?;
+        remove_stale_spare(&dir_path)?;
         let mut notes = Vec::new();
         let listing = list_segments(&dir_path, &mut notes)?;
 
@@ -251,6 +263,8 @@ impl Log {
         };
         let mut log = Log {
             current_bytes: index.current().bytes,
+            current_file_bytes: current.len()?,
+            spare: None,
             current_records: index.next_seq() - current.base_seq,
             current,
             index: Arc::new(RwLock::new(index)),
@@ -268,6 +282,21 @@ impl Log {
             log.sync()?;
         }
         Ok((log, recovery))
+    }
+
+    /// From now on, zero the next segment's file ahead on a helper thread and append into
+    /// it (`spare`): for fsync modes that flush every append. The segment being written when
+    /// this is called is left as soon as a zeroed one is ready.
+    pub fn preallocate(&mut self) {
+        if self.spare.is_none() {
+            self.spare = Some(Spare::start(&self.options.dir, self.options.segment_bytes));
+        }
+    }
+
+    /// Why zeroing a spare failed, once (the log then appends to growing files until the
+    /// next roll tries again); for the caller to report.
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.spare.as_mut().and_then(Spare::take_failure)
     }
 
     /// Appends `entries`, whose seqs must be `last_seq() + 1, + 2, ...` (else `Gap`, and
@@ -309,11 +338,15 @@ impl Log {
             }
         }
 
+        if let Some(zeroed) = self.zeroed_to_leave_for(self.buf.len() as u64) {
+            self.roll(entries[0].seq, Some(zeroed))?;
+        }
         let mut first = 0;
         let mut buf_start = 0;
         while first < entries.len() {
             if self.current_records > 0 && self.current_bytes >= self.options.segment_bytes {
-                self.roll(entries[first].seq)?;
+                let zeroed = self.spare.as_mut().and_then(Spare::take);
+                self.roll(entries[first].seq, zeroed)?;
             }
             // Take records while the segment is below segment_bytes; an empty segment takes
             // at least one, so every segment but the last holds records.
@@ -332,6 +365,15 @@ impl Log {
         }
         self.enforce_retention()?;
         Ok(())
+    }
+
+    /// The zeroed spare to roll into before `bytes` more would grow the current file, if
+    /// one is ready and the current segment holds records (every segment but the last must).
+    fn zeroed_to_leave_for(&mut self, bytes: u64) -> Option<File> {
+        if self.current_records == 0 || self.current_bytes + bytes <= self.current_file_bytes {
+            return None;
+        }
+        self.spare.as_mut()?.take()
     }
 
     /// Writes the already-encoded `records` of `entries` (at `bytes` in `buf`) to the current
@@ -353,6 +395,7 @@ impl Log {
             // Best effort: drop a partial write so the file ends at the last whole record.
             // If this fails too, recovery cuts the torn tail on the next start.
             let _ = self.current.file.set_len(offset);
+            self.current_file_bytes = offset;
             return Err(LogError::Io {
                 path: self.current.path.clone(),
                 action: "append",
@@ -376,13 +419,23 @@ impl Log {
         }
         drop(index);
         self.current_bytes += written_len;
+        self.current_file_bytes = self.current_file_bytes.max(self.current_bytes);
         self.current_records += count;
         Ok(())
     }
 
-    /// Starts a new empty segment for records from `base_seq` on.
-    fn roll(&mut self, base_seq: u64) -> Result<(), LogError> {
-        let segment = Arc::new(SegmentFile::create(&self.options.dir, base_seq)?);
+    /// Starts a new empty segment for records from `base_seq` on: the `zeroed` spare when
+    /// one was ready, else a new file that appends grow.
+    fn roll(&mut self, base_seq: u64, zeroed: Option<File>) -> Result<(), LogError> {
+        let dir = &self.options.dir;
+        let segment = Arc::new(match zeroed {
+            Some(file) => SegmentFile::adopt(file, &dir.join(spare::SPARE_NAME), dir, base_seq)?,
+            None => SegmentFile::create(dir, base_seq)?,
+        });
+        if let Some(spare) = &mut self.spare {
+            spare.refill();
+        }
+        let file_bytes = segment.len()?;
         self.dir_dirty = true;
         index::write(&self.index).push_segment(Arc::clone(&segment));
         let previous = std::mem::replace(&mut self.current, segment);
@@ -392,6 +445,7 @@ impl Log {
         // The new file's header is unsynced data too.
         self.current_dirty = true;
         self.current_bytes = MAGIC_BYTES;
+        self.current_file_bytes = file_bytes;
         self.current_records = 0;
         Ok(())
     }
@@ -446,6 +500,7 @@ impl Log {
         delete_files(&cut.removed)?;
         self.current = cut.segment;
         self.current_bytes = cut.bytes;
+        self.current_file_bytes = self.current.len()?;
         self.current_records = seq + 1 - self.current.base_seq;
         self.sync()?;
         Ok(removed)
@@ -475,6 +530,7 @@ impl Log {
         self.unsynced.clear();
         self.current = segment;
         self.current_bytes = MAGIC_BYTES;
+        self.current_file_bytes = MAGIC_BYTES;
         self.current_records = 0;
         self.current_dirty = true;
         self.dir_dirty = true;
@@ -575,4 +631,26 @@ fn delete_files(segments: &[Arc<SegmentFile>]) -> Result<(), LogError> {
         }
     }
     Ok(())
+}
+
+/// About how many bytes of records the log in `dir` holds, read before [`Log::open`] to
+/// size what recovery fills (0 when nothing can be read). Each segment counts up to its
+/// zeroed end, found by halving over 4 KiB pages: a page of zeros amid records would be
+/// taken for the end, so this is an estimate, never used for anything but sizing.
+pub fn bytes_estimate(dir: &Path) -> u64 {
+    let mut notes = Vec::new();
+    let segments = list_segments(dir, &mut notes).unwrap_or_default();
+    segments
+        .iter()
+        .filter_map(|(_, path)| segment::used_bytes_estimate(path).ok())
+        .sum()
+}
+
+/// Deletes a spare an earlier run left (it may be half zeroed; `preallocate` starts anew).
+fn remove_stale_spare(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(spare::SPARE_NAME);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path, "remove spare")(e)),
+        _ => Ok(()),
+    }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Damage, Parsed};
-use super::LogError;
+use super::{spare, LogError};
 use crate::entry::Entry;
 
 pub(crate) use super::record::MAGIC;
@@ -97,6 +97,29 @@ impl SegmentFile {
         })
     }
 
+    /// Makes the zeroed `spare` file (at `spare_path`) the segment for records from
+    /// `base_seq` on. The header is flushed before the file takes a segment's name, so a
+    /// segment never starts with zeros; a file already there with that name is a crash's
+    /// leftover, as in `create`, and is replaced.
+    pub fn adopt(
+        spare: File,
+        spare_path: &Path,
+        dir: &Path,
+        base_seq: u64,
+    ) -> Result<SegmentFile, LogError> {
+        let path = dir.join(file_name(base_seq));
+        spare
+            .write_all_at(MAGIC, 0)
+            .and_then(|()| spare.sync_data())
+            .map_err(io_error(spare_path, "write segment header"))?;
+        std::fs::rename(spare_path, &path).map_err(io_error(&path, "rename spare segment"))?;
+        Ok(SegmentFile {
+            base_seq,
+            path,
+            file: spare,
+        })
+    }
+
     /// Opens an existing segment for reading and writing (an older segment becomes the one
     /// being written again after `truncate_after`).
     pub fn open(path: PathBuf, base_seq: u64) -> Result<SegmentFile, LogError> {
@@ -148,6 +171,30 @@ impl SegmentFile {
     }
 }
 
+/// Bytes of `path` before its zeroed end, about: the first 4 KiB page from which every
+/// page is zeros, found by halving (so a page of zeros amid records ends it early).
+pub(crate) fn used_bytes_estimate(path: &Path) -> io::Result<u64> {
+    const PAGE: u64 = 4096;
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut page = [0u8; PAGE as usize];
+    let mut zero_at = |at: u64| -> io::Result<bool> {
+        let n = file.read_at(&mut page, at)?;
+        Ok(spare::all_zero(&page[..n]))
+    };
+    // Invariant: the data ends after page `lo` starts and at or before page `hi` starts.
+    let (mut lo, mut hi) = (0, len.div_ceil(PAGE));
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if zero_at(mid * PAGE)? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok((hi * PAGE).min(len))
+}
+
 /// What a recovery scan found in one segment.
 #[derive(Debug)]
 pub(crate) struct ScanOutcome {
@@ -168,9 +215,52 @@ pub(crate) struct Found {
 
 /// Validates every record of `segment` in order: length bound, crc, seq continuity from the
 /// segment's base, payload decoding. Calls `on_record` for each valid record and stops at the
-/// first damage. Reads `RECOVERY_READ_BYTES` at a time into `buf` (reused across segments).
+/// first damage, unless only zeros follow the last valid record (the unused end of a zeroed
+/// segment). Reads `RECOVERY_READ_BYTES` at a time into `buf` (reused across segments).
 /// Never panics on any file contents.
 pub(crate) fn scan(
+    segment: &SegmentFile,
+    buf: &mut Vec<u8>,
+    on_record: impl FnMut(Entry, Found),
+) -> Result<ScanOutcome, LogError> {
+    let mut outcome = scan_records(segment, buf, on_record)?;
+    if outcome.damage.is_some()
+        && outcome.valid_end >= MAGIC_BYTES
+        && zeros_between(segment, buf, outcome.valid_end, outcome.file_bytes)?
+    {
+        // A zeroed segment's unused end (`spare`): nothing was ever written there. Anything
+        // else after the last record is damage, even zeros followed by bytes: a record
+        // written into the zeros and lost before its fsync was never acknowledged.
+        outcome.damage = None;
+    }
+    Ok(outcome)
+}
+
+/// Whether the file holds only zeros from `from` to `to`.
+fn zeros_between(
+    segment: &SegmentFile,
+    buf: &mut [u8],
+    from: u64,
+    to: u64,
+) -> Result<bool, LogError> {
+    let mut at = from;
+    while at < to {
+        let want = usize::try_from(to - at).map_or(buf.len(), |rest| rest.min(buf.len()));
+        let got = segment.read_up_to(&mut buf[..want], at)?;
+        if got == 0 {
+            // The file shrank under us: what is left of it was checked.
+            return Ok(true);
+        }
+        if !spare::all_zero(&buf[..got]) {
+            return Ok(false);
+        }
+        at += got as u64;
+    }
+    Ok(true)
+}
+
+/// `scan` up to the first record that does not check out.
+fn scan_records(
     segment: &SegmentFile,
     buf: &mut Vec<u8>,
     mut on_record: impl FnMut(Entry, Found),

@@ -19,6 +19,11 @@ pub use ports::free_port;
 /// How long any single expected event may take on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// `log.segment_bytes` of test nodes: with fsync on, every node zeroes its next segment
+/// ahead, and at the default 64 MiB a suite of a few hundred node starts would write
+/// gigabytes of zeros; 1 MiB also makes the tests' logs roll.
+pub const TEST_SEGMENT_BYTES: u64 = 1 << 20;
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: PathBuf,
@@ -36,7 +41,7 @@ pub fn write_config(dir: &Path, role: &str, client_extra: &str, log_extra: &str)
     let text = format!(
         "[node]\nid = \"a\"\nrole = \"{role}\"\ndata_dir = \"{}\"\n\n\
          [client]\nlisten = \"127.0.0.1:0\"\n{client_extra}\n\n\
-         [log]\n{log_extra}\n\n\
+         [log]\nsegment_bytes = {TEST_SEGMENT_BYTES}\n{log_extra}\n\n\
          [logging]\nlevel = \"debug\"\n",
         dir.join("data").display()
     );
@@ -412,7 +417,7 @@ impl PairFiles {
             let text = format!(
                 "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{data}\"\n\
                  [client]\nlisten = \"127.0.0.1:{c}\"\nrate_per_sec = 100000\nrate_burst = 100000\n\
-                 [log]\n{log_extra}\n\
+                 [log]\nsegment_bytes = {TEST_SEGMENT_BYTES}\n{log_extra}\n\
                  [peer]\nid = \"{peer}\"\nclient_address = \"127.0.0.1:{pc}\"\n\
                  heartbeat_address = \"127.0.0.1:{ph}\"\nreplication_address = \"127.0.0.1:{pr}\"\n\
                  [heartbeat]\nlisten = \"127.0.0.1:{h}\"\nsecret_file = \"{secret}\"\n{heartbeat_extra}\n\
