@@ -18,9 +18,10 @@
 //!
 //! Invariants beyond "no panic": recovery succeeds whatever the bytes; what it keeps is a
 //! prefix of what was there (each surviving file a prefix of its original, later files
-//! deleted after a cut), holding consecutive seqs; those bytes are exactly the encoding of
-//! the entries it reported (appending them to an empty log writes the same records); and a
-//! second recovery finds nothing to cut and the same entries.
+//! deleted after a cut), holding consecutive seqs; each kept file is exactly the records of
+//! the entries reported from it (appending them to an empty log writes the same bytes), then
+//! at most zeros (a zeroed segment's unused end); and a second recovery finds nothing to cut
+//! and the same entries.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -111,7 +112,7 @@ pub fn check(data: &[u8], dir: &Path, fresh: &Path) {
 
     // What survives is a prefix of what was written: files in order, each a prefix of its
     // original (or a bare header where a cut fell inside the header), none after a gap.
-    let mut kept = Vec::new();
+    let mut survivors = Vec::new();
     let mut gone = false;
     for (base, bytes) in &written {
         let path: PathBuf = dir.join(file_name(*base));
@@ -126,38 +127,34 @@ pub fn check(data: &[u8], dir: &Path, fresh: &Path) {
                 if now.len() < bytes.len() {
                     gone = true;
                 }
-                kept.extend_from_slice(now.get(MAGIC.len()..).unwrap_or(&[]));
+                survivors.push((*base, now));
             }
             Err(_) => gone = true,
         }
     }
     drop(log);
 
-    // The kept bytes are exactly the records of the entries reported.
-    let (mut rewritten, none, _) = open(fresh);
-    assert!(none.is_empty());
-    if let Some(first) = entries.first() {
-        rewritten.restart_at(first.seq).expect("restart");
-        rewritten
-            .append(&entries)
-            .expect("re-append the recovered entries");
+    // Each surviving file holds exactly the records of the entries reported from it (seqs
+    // from its name up to the next file's), then nothing but zeros: a zeroed segment's
+    // unused end.
+    for (i, (base, now)) in survivors.iter().enumerate() {
+        let next = survivors.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
+        let own: Vec<Entry> = entries
+            .iter()
+            .filter(|e| (*base..next).contains(&e.seq))
+            .cloned()
+            .collect();
+        let records = encoded(&own, fresh);
+        let body = now.get(MAGIC.len()..).unwrap_or(&[]);
+        assert!(
+            body.starts_with(&records) && body[records.len()..].iter().all(|&b| b == 0),
+            "segment {base}: {} bytes after the header are not the {} bytes of its {} \
+             entries' records and zeros",
+            body.len(),
+            records.len(),
+            own.len()
+        );
     }
-    drop(rewritten);
-    let mut again = Vec::new();
-    let mut names: Vec<_> = fs::read_dir(fresh)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    for name in names {
-        again.extend_from_slice(&fs::read(name).unwrap()[MAGIC.len()..]);
-    }
-    assert!(
-        again == kept,
-        "kept {} record bytes, but the entries encode to {}",
-        kept.len(),
-        again.len()
-    );
 
     // Recovery is idempotent: nothing more to cut the second time.
     let (_, entries_again, second) = open(dir);
@@ -167,6 +164,25 @@ pub fn check(data: &[u8], dir: &Path, fresh: &Path) {
         "second recovery cut: {:?}",
         second.notes
     );
+}
+
+/// The records `entries` (consecutive seqs) encode to, as a log in the empty-or-scratch
+/// directory `dir` writes them.
+fn encoded(entries: &[Entry], dir: &Path) -> Vec<u8> {
+    for file in fs::read_dir(dir).expect("list scratch dir") {
+        fs::remove_file(file.expect("scratch entry").path()).expect("clear scratch dir");
+    }
+    let Some(first) = entries.first() else {
+        return Vec::new();
+    };
+    let (mut log, none, _) = open(dir);
+    assert!(none.is_empty());
+    log.restart_at(first.seq).expect("restart");
+    log.append(entries)
+        .expect("re-append the recovered entries");
+    drop(log);
+    let bytes = fs::read(dir.join(file_name(first.seq))).expect("the one segment");
+    bytes[MAGIC.len()..].to_vec()
 }
 
 /// Entries a damage recipe writes at most.

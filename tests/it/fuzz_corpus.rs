@@ -363,5 +363,12 @@ fn log_recovery_seeds() -> Vec<Vec<u8>> {
     }
     seeds.push(b"PBLOG00".to_vec());
     seeds.push(b"NOTALOG!\x10\x00\x00\x00".to_vec());
+    // A zeroed segment's unused end after the records (kept, nothing cut), and bytes after
+    // such zeros (cut: they were never acknowledged). The first seed is a whole log.
+    let mut zeroed = seeds[0].clone();
+    zeroed.resize(zeroed.len() + 300, 0);
+    seeds.push(zeroed.clone());
+    zeroed.extend_from_slice(b"\x2a\x00\x00\x00late");
+    seeds.push(zeroed);
     seeds
 }
