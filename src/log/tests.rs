@@ -713,6 +713,42 @@ fn appends_go_into_a_zeroed_segment_that_reopens_cleanly() {
     assert_eq!(fs::metadata(&files[1].1).unwrap().len(), 64 << 10);
 }
 
+/// A spare that cannot be zeroed (here its name is taken by a directory; in life, a full
+/// disk) is reported once per attempt, one attempt a roll, and the log goes on appending to
+/// files that grow.
+#[test]
+fn a_failed_zeroing_is_reported_and_appends_go_on() {
+    let dir = TempDir::new().unwrap();
+    let options = LogOptions {
+        segment_bytes: 300,
+        ..options(dir.path())
+    };
+    let (mut log, _, _) = open(&options);
+    fs::create_dir(dir.path().join(spare::SPARE_NAME)).unwrap();
+    log.preallocate();
+    log.append(&entries(1, 1)).unwrap();
+    log.wait_for_spare();
+    log.append(&entries(2, 2)).unwrap();
+    let warning = log.take_warning().expect("the failure is reported");
+    assert!(warning.contains(spare::SPARE_NAME), "{warning}");
+    assert_eq!(log.take_warning(), None, "once");
+    // Each roll tries once more; none of them stops the appends.
+    let mut warnings = 0;
+    for seq in 3..=40 {
+        log.append(&entries(seq, seq)).unwrap();
+        warnings += usize::from(log.take_warning().is_some());
+    }
+    let rolls = segment_files(dir.path()).len();
+    assert!(rolls > 5, "{rolls} segments");
+    assert!(warnings < rolls, "{warnings} warnings for {rolls} segments");
+    log.check();
+    drop(log);
+    fs::remove_dir(dir.path().join(spare::SPARE_NAME)).unwrap();
+    let (_, recovery, seen) = open(&options);
+    assert!(recovery.notes.is_empty(), "{:?}", recovery.notes);
+    assert_eq!(seen, entries(1, 40));
+}
+
 /// Zeros after the last record are a zeroed segment's unused end, but bytes after zeros
 /// are damage: a record written into the zeros and lost before its fsync, never
 /// acknowledged, must not come back behind newer records.
