@@ -2,15 +2,15 @@
 //!
 //! An append that grows a file makes every fdatasync commit the file system's journal too
 //! (the new size and blocks); an append into blocks already written and flushed makes it
-//! flush data only. On this project's ext4 test machine that is ~0.19 against ~0.28 ms and
-//! 75 against 120 µs of CPU per 10 KiB append + fdatasync (docs/benchmarks.md). So the
+//! flush data only: on this project's ext4 test machine, about two thirds of the time and
+//! of the CPU per 10 KiB append + fdatasync (docs/benchmarks.md). So the
 //! writer appends into a file of zeros: this module writes one, `segment_bytes` long, off
 //! the writer's thread, and hands it over at the next roll.
 //!
 //! Owns the spare file (`SPARE_NAME` in the log directory) until it is handed over. It must
 //! not touch segments: the writer renames the spare into one (`SegmentFile::adopt`).
-//! Recovery reads the zeros after a segment's last record as its unused end, never as damage
-//! (`segment::scan`).
+//! Recovery reads zeros from a segment's last record to its end as unused space, not as
+//! damage (`segment::scan`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -25,8 +25,10 @@ use std::thread::JoinHandle;
 pub(crate) const SPARE_NAME: &str = "next-segment.zero";
 
 /// Zeros written, then flushed, at a time: the log's own fsync never queues behind more
-/// than this much of the spare's write-back (about a millisecond on the test machine).
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// than this much of the spare's write-back. On the test machine, while a spare was zeroed
+/// the log's 10 KiB appends + fdatasync had a p99 of 0.7–1.0 ms in chunks of 256 KiB, 1.6–3.3
+/// in chunks of 1 MiB (0.3 without a zeroing; docs/benchmarks.md, "Zeroed segments").
+const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
 /// At most one spare exists or is being written at a time.
 #[derive(Debug)]
