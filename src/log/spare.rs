@@ -25,9 +25,8 @@ use std::thread::JoinHandle;
 pub(crate) const SPARE_NAME: &str = "next-segment.zero";
 
 /// Zeros written, then flushed, at a time: the log's own fsync never queues behind more
-/// than this much of the spare's write-back. On the test machine, while a spare was zeroed
-/// the log's 10 KiB appends + fdatasync had a p99 of 0.7–1.0 ms in chunks of 256 KiB, 1.6–3.3
-/// in chunks of 1 MiB (0.3 without a zeroing; docs/benchmarks.md, "Zeroed segments").
+/// than this much of the spare's write-back (1 MiB chunks tripled the log's fsync p99
+/// beside a zeroing; docs/benchmarks.md, "Zeroed segments").
 const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
 /// At most one spare exists or is being written at a time.
