@@ -7,6 +7,11 @@
 //! writer appends into a file of zeros: this module writes one, `segment_bytes` long, off
 //! the writer's thread, and hands it over at the next roll.
 //!
+//! The spare never takes a file system's last room: it is written only while a segment's
+//! worth stays free beside it (`check_room`), and a zeroing that stops (that rule, a full
+//! disk, an I/O error) deletes its file, so on a filling disk the log's own appends keep
+//! every byte the spare would have held.
+//!
 //! Owns the spare file (`SPARE_NAME` in the log directory) until it is handed over. It must
 //! not touch segments: the writer renames the spare into one (`SegmentFile::adopt`).
 //! Recovery reads zeros from a segment's last record to its end as unused space, not as
@@ -115,7 +120,10 @@ impl Drop for Spare {
     }
 }
 
-/// Writes `bytes` zeros to a new file at `path`, flushing each chunk as it goes.
+/// Writes `bytes` zeros to a new file at `path`, flushing each chunk as it goes. A zeroing
+/// that fails deletes its file: a half-written spare on a full disk would keep its room
+/// from the log. A cancelled one is left alone: the next `start` may already have made a
+/// new file under this name.
 fn zero_file(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -123,18 +131,58 @@ fn zero_file(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<File> {
         .create(true)
         .truncate(true)
         .open(path)?;
+    match fill_zeros(&file, bytes, cancel) {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            if !cancel.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn fill_zeros(file: &File, bytes: u64, cancel: &AtomicBool) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = 0u64;
     while at < bytes {
         if cancel.load(Ordering::Relaxed) {
             return Err(io::Error::new(ErrorKind::Interrupted, "cancelled"));
         }
+        let stat = rustix::fs::fstatvfs(file)?;
+        check_room(
+            stat.f_bavail.saturating_mul(stat.f_frsize),
+            bytes - at,
+            bytes,
+        )?;
         let n = (bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
         file.sync_data()?;
         at += n as u64;
     }
-    Ok(file)
+    Ok(())
+}
+
+/// Whether the file system, with `free` bytes free to this process, may take the `left`
+/// bytes of zeros still to write and keep one segment (`segment_bytes`) free beside them:
+/// the room the current segment needs to grow if no spare is ready when it fills.
+fn check_room(free: u64, left: u64, segment_bytes: u64) -> io::Result<()> {
+    if left
+        .checked_add(segment_bytes)
+        .is_some_and(|need| free >= need)
+    {
+        return Ok(());
+    }
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    Err(io::Error::new(
+        ErrorKind::StorageFull,
+        format!(
+            "the file system has {:.1} MiB free: {:.1} MiB more of zeros would leave less than a segment ({:.1} MiB) for the log",
+            mib(free),
+            mib(left),
+            mib(segment_bytes)
+        ),
+    ))
 }
 
 /// Whether `bytes` holds only zeros (a spare's unused end).
@@ -144,4 +192,40 @@ pub(crate) fn all_zero(bytes: &[u8]) -> bool {
     bytes
         .chunks(4096)
         .all(|page| page.iter().fold(0, |acc, &b| acc | b) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spare_keeps_a_segment_free_beside_it() {
+        let segment = 64 << 20;
+        assert!(check_room(2 * segment, segment, segment).is_ok());
+        let short = check_room(2 * segment - 1, segment, segment).unwrap_err();
+        assert_eq!(short.kind(), ErrorKind::StorageFull);
+        assert!(short.to_string().contains("128.0 MiB free"), "{short}");
+        // Halfway through, only the rest of the zeros counts.
+        assert!(check_room(segment + segment / 2, segment / 2, segment).is_ok());
+        assert!(check_room(u64::MAX, u64::MAX, segment).is_err());
+    }
+
+    /// No file system has an exabyte free: the zeroing stops before its first chunk,
+    /// deletes the file it made, and says why once.
+    #[test]
+    fn a_zeroing_without_room_leaves_no_file_and_says_why() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut spare = Spare::start(dir.path(), 1 << 60);
+        while !spare.ready() {
+            std::thread::yield_now();
+        }
+        assert!(spare.take().is_none());
+        let why = spare.take_failure().expect("a failure");
+        assert!(
+            why.contains(SPARE_NAME) && why.contains("MiB free"),
+            "{why}"
+        );
+        assert_eq!(spare.take_failure(), None);
+        assert!(!dir.path().join(SPARE_NAME).exists());
+    }
 }

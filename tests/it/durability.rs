@@ -193,6 +193,58 @@ fn segment_lengths(node: &Daemon) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// On a disk with less than two segments free, the node zeroes no spare: the spare and a
+/// segment beside it would not fit, and a spare holding the last room would make the log's
+/// own appends fail first. It says why, leaves no file, and sends are acknowledged into a
+/// growing segment; once room is back, the next roll zeroes a spare and appends move into
+/// it. Nothing acknowledged is lost across a kill -9.
+#[test]
+fn a_nearly_full_disk_gets_no_spare_and_appends_go_on() {
+    if !common::disk::root_or_skip("the full-disk test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap().keep();
+    let disk = common::disk::LoopMount::new(&dir.join("data"));
+    let filler = disk.at.join("filler");
+    let full = common::TEST_SEGMENT_BYTES;
+    disk.fill(&filler, disk.free_bytes() - full * 3 / 2);
+    let config = common::write_config(&dir, "primary", "", "fsync = \"batch\"");
+    let mut node = Daemon::start_with(dir, config);
+    let mut c = node.hello("alice", "s");
+    c.join("r");
+    let body = "x".repeat(4000);
+    let mut sent = 0;
+    let mut send = |c: &mut common::Client, what: &str| {
+        sent += 1;
+        assert_eq!(
+            c.send_acked("r", &format!("m-{sent}"), &body),
+            sent,
+            "{what}"
+        );
+    };
+    common::wait_until("the spare's refusal in the log", || {
+        send(&mut c, "beside the refusal");
+        node.log_contains("zeroing the next segment failed")
+    });
+    assert!(node.log_contains("MiB free"), "the log names the free room");
+    let spare = node.dir.join("data/log/next-segment.zero");
+    assert!(!spare.exists(), "the refused spare left its file");
+
+    std::fs::remove_file(&filler).unwrap();
+    common::wait_until("a zeroed segment after the room came back", || {
+        send(&mut c, "until a roll zeroes a spare");
+        segment_lengths(&node).values().any(|&len| len == full)
+    });
+    for _ in 0..10 {
+        send(&mut c, "in the zeros");
+    }
+    drop(c);
+    node.restart();
+    assert_eq!(stored(&node).len() as u64, sent);
+    drop(node);
+    drop(disk);
+}
+
 /// With fsync on, the node appends into a segment zeroed ahead (its file is a whole
 /// `segment_bytes` from the start and appends do not grow it); a kill -9 leaves zeros after
 /// the last record, which recovery reads as the segment's unused end: nothing is cut or

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use common::{disk, wait_until};
 use common::{Client, Daemon, PairFiles, DEADLINE};
 use resilient::{Connection, Next};
 use serde_json::json;
@@ -715,73 +715,6 @@ fn a_client_that_reaches_the_backup_during_detection_is_welcomed_when_it_takes_o
     assert!(acked > seq);
 }
 
-/// Runs a command that must succeed.
-fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program}: {e} (the stuck-disk test needs util-linux and e2fsprogs)")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A small ext4 file system on a loop device, mounted where a node keeps its data, so that
-/// `fsfreeze` can make its disk stop answering: writes and fsyncs block until thawed, as on
-/// a hung disk. Unmounted (and the loop device freed) on drop.
-struct LoopMount {
-    image: std::path::PathBuf,
-    at: std::path::PathBuf,
-}
-
-impl LoopMount {
-    fn new(at: &std::path::Path) -> LoopMount {
-        let image = at.with_extension("img");
-        run_ok("truncate", &["-s", "64M", image.to_str().unwrap()]);
-        run_ok("mkfs.ext4", &["-q", image.to_str().unwrap()]);
-        std::fs::create_dir_all(at).unwrap();
-        run_ok(
-            "mount",
-            &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
-        );
-        LoopMount {
-            image,
-            at: at.to_path_buf(),
-        }
-    }
-
-    /// The disk stops answering until the returned guard is dropped.
-    fn freeze(&self) -> Frozen<'_> {
-        run_ok("fsfreeze", &["--freeze", self.at.to_str().unwrap()]);
-        Frozen(self)
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        // Lazy: a process that still has files open there does not keep the device.
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
-/// A frozen file system; thawed on drop, before anything tries to stop a process blocked
-/// on it (such a process cannot exit until then).
-struct Frozen<'a>(&'a LoopMount);
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("fsfreeze")
-            .arg("--unfreeze")
-            .arg(&self.0.at)
-            .status();
-    }
-}
-
 /// The primary's disk stops answering under load (its file system frozen: every write and
 /// fsync blocks). Its heartbeats go on, so nothing else would move: after the detection
 /// time without a completed write it says so and hands the role to the backup, its clients
@@ -789,17 +722,11 @@ impl Drop for Frozen<'_> {
 /// old primary follows; nothing acknowledged is lost or doubled.
 #[test]
 fn a_primary_whose_disk_stops_answering_gives_up_the_role_within_the_detection_time() {
-    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
-    if String::from_utf8_lossy(&uid).trim() != "0" {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the stuck-disk test needs root (mount, fsfreeze), and CI runs as root"
-        );
-        eprintln!("skipped: needs root to mount and freeze a file system");
+    if !disk::root_or_skip("the stuck-disk test") {
         return;
     }
     let pair = PairFiles::new("");
-    let disk = LoopMount::new(&pair.dir.join("data-a"));
+    let disk = disk::LoopMount::new(&pair.dir.join("data-a"));
     let (a, b) = start_pair(&pair);
     let traffic = Traffic::start(&[pair.client_a, pair.client_b]);
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pbchat::wire::client::{decode_server_frame, ServerFrame};
 use serde_json::{json, Value};
 
+pub mod disk;
 mod ports;
 pub use ports::free_port;
 
