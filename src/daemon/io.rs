@@ -18,9 +18,11 @@
 //! first its one HTTP request, answered by `web::route` (the page, or a refusal, then
 //! closed), or upgraded to a WebSocket. Only then does the core learn of it
 //! (`Input::Connected`), so a page load costs the core nothing. Each WebSocket text message
-//! is one frame, decoded like a line; each queued line goes out as one text message. The
-//! limits are the TCP client's: the line length bounds a message, the send queue bounds
-//! `out` (tungstenite's own write buffer takes from it only while the socket takes bytes).
+//! is one frame, decoded like a line; each queued line goes out as one text message: a
+//! fan-out's batch framed once for all of a worker's WebSocket members (`web::text_frames`)
+//! and written as it is, any other frame through tungstenite. The limits are the TCP
+//! client's: the line length bounds a message, the send queue bounds `out` (tungstenite's
+//! own write buffer takes from it only while the socket takes bytes).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -149,6 +151,9 @@ struct Queued {
     bytes: Frame,
     /// Frames in `bytes`, for the frames-sent counter.
     frames: u32,
+    /// `bytes` are WebSocket messages already (`web::text_frames`), written to the socket as
+    /// they are; otherwise lines (for a WebSocket, each becomes a message in tungstenite).
+    framed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -263,8 +268,20 @@ impl Conn {
     }
 
     fn push_frames(&mut self, bytes: Frame, frames: u32) {
+        self.push_queued(bytes, frames, false);
+    }
+
+    fn push_queued(&mut self, bytes: Frame, frames: u32, framed: bool) {
         self.out_bytes += bytes.len();
-        self.out.push_back(Queued { bytes, frames });
+        self.out.push_back(Queued {
+            bytes,
+            frames,
+            framed,
+        });
+    }
+
+    fn is_websocket(&self) -> bool {
+        matches!(self.web.as_deref(), Some(Phase::Open { .. }))
     }
 }
 
@@ -279,6 +296,15 @@ fn release_if_empty<T>(queue: &mut VecDeque<T>) {
 struct Wire<'a> {
     stream: &'a mut TcpStream,
     tls: Option<&'a mut ServerConnection>,
+    /// A framed item (`Queued::framed`) partly written: its rest goes out before any byte
+    /// tungstenite writes, or a pong, a ping or a message would land inside a frame.
+    unfinished: Option<Unfinished<'a>>,
+}
+
+/// The queue's front item and how much of it the socket took (`Conn::out_offset`).
+struct Unfinished<'a> {
+    bytes: &'a [u8],
+    offset: &'a mut usize,
 }
 
 impl<'a> Wire<'a> {
@@ -286,7 +312,69 @@ impl<'a> Wire<'a> {
         Wire {
             stream,
             tls: tls.as_deref_mut(),
+            unfinished: None,
         }
+    }
+
+    /// The wire of a WebSocket whose queue is `out`, for tungstenite: a framed item
+    /// begun at its front is finished before tungstenite's bytes.
+    fn websocket(
+        stream: &'a mut TcpStream,
+        tls: &'a mut Option<Box<ServerConnection>>,
+        out: &'a VecDeque<Queued>,
+        offset: &'a mut usize,
+    ) -> Self {
+        let mut wire = Wire::of(stream, tls);
+        wire.unfinished = match out.front() {
+            Some(front) if front.framed && *offset > 0 => Some(Unfinished {
+                bytes: &front.bytes,
+                offset,
+            }),
+            _ => None,
+        };
+        wire
+    }
+
+    /// Writes `bytes[*offset..]`, moving `offset`, until all is written or the socket
+    /// would block (`WouldBlock`).
+    fn write_rest(&mut self, bytes: &[u8], offset: &mut usize) -> io::Result<()> {
+        while *offset < bytes.len() {
+            match self.write_now(&bytes[*offset..])? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => *offset += n,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_unfinished(&mut self) -> io::Result<()> {
+        let Some(unfinished) = self.unfinished.take() else {
+            return Ok(());
+        };
+        let result = self.write_rest(unfinished.bytes, unfinished.offset);
+        if result.is_err() {
+            self.unfinished = Some(unfinished);
+        }
+        result
+    }
+
+    fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.stream.write(buf);
+        };
+        let taken = tls.writer().write(buf)?;
+        // Best effort now; the rest goes on `flush` or the writable event.
+        while tls.wants_write() {
+            match tls.write_tls(self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                written => written?,
+            };
+        }
+        if taken == 0 && !buf.is_empty() {
+            // rustls's bounded buffer is full because the socket is.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
     }
 }
 
@@ -313,25 +401,12 @@ impl Read for Wire<'_> {
 
 impl Write for Wire<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_deref_mut() else {
-            return self.stream.write(buf);
-        };
-        let taken = tls.writer().write(buf)?;
-        // Best effort now; the rest goes on `flush` or the writable event.
-        while tls.wants_write() {
-            match tls.write_tls(self.stream) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                written => written?,
-            };
-        }
-        if taken == 0 && !buf.is_empty() {
-            // rustls's bounded buffer is full because the socket is.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(taken)
+        self.finish_unfinished()?;
+        self.write_now(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.finish_unfinished()?;
         match self.tls.as_deref_mut() {
             // Writes out what rustls holds; WouldBlock leaves the rest for the writable event.
             Some(tls) => {
@@ -665,6 +740,8 @@ impl Worker {
             return;
         };
         let mut overflowed = Vec::new();
+        // Framed once for all of this worker's WebSocket members, when it has any.
+        let mut websocket: Option<Frame> = None;
         for &conn in subscribers {
             if Some(conn) == except {
                 continue;
@@ -682,11 +759,17 @@ impl Worker {
             {
                 continue;
             }
-            if c.out_bytes + frame.len() > self.limits.send_queue_bytes {
+            let (bytes, framed) = if c.is_websocket() {
+                let framed = websocket.get_or_insert_with(|| web::text_frames(frame).into());
+                (&*framed, true)
+            } else {
+                (frame, false)
+            };
+            if c.out_bytes + bytes.len() > self.limits.send_queue_bytes {
                 overflowed.push(conn);
                 continue;
             }
-            c.push_frames(frame.clone(), frames);
+            c.push_queued(bytes.clone(), frames, framed);
             list_once(&mut self.dirty, conn, &mut c.dirty);
         }
         for conn in overflowed {
@@ -1104,7 +1187,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if matches!(c.web.as_deref(), Some(Phase::Open { .. })) {
+        if c.is_websocket() {
             self.flush_websocket(conn);
             return;
         }
@@ -1276,7 +1359,12 @@ impl Worker {
                     Err(_) => return self.drop_conn(conn),
                 },
             };
-            match socket.read(&mut Wire::of(&mut c.stream, &mut c.tls)) {
+            match socket.read(&mut Wire::websocket(
+                &mut c.stream,
+                &mut c.tls,
+                &c.out,
+                &mut c.out_offset,
+            )) {
                 Ok(message) => {
                     c.last_read = Instant::now();
                     if let Phase::Open { pinged, .. } = phase {
@@ -1376,12 +1464,11 @@ impl Worker {
         true
     }
 
-    /// [`Worker::flush`] for a WebSocket: each queued line becomes one text message (a
-    /// queued buffer may hold several lines, see `batch`). tungstenite's buffer takes them
-    /// until the socket would block; the rest waits in `out`, counted against the limit.
-    /// A message's text is a slice of the queued buffer that every member shares, not a
-    /// copy: the copy and its allocation per message per member made a WebSocket member
-    /// cost 1.5× a TCP one per delivery.
+    /// [`Worker::flush`] for a WebSocket. A framed item (a fan-out's batch, framed once for
+    /// every WebSocket member) is written to the socket as it is, after whatever tungstenite
+    /// holds; any other item's lines each become one text message in tungstenite, whose
+    /// buffer takes them until the socket would block (the rest waits in `out`, counted
+    /// against the limit). A line's text is a slice of the queued buffer, not a copy.
     fn flush_websocket(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -1390,40 +1477,48 @@ impl Worker {
             return;
         };
         let mut wire = Wire::of(&mut c.stream, &mut c.tls);
-        'queue: while let Some(front) = c.out.front() {
-            let (shared, frames) = (Bytes::from_owner(front.bytes.clone()), front.frames);
-            let mut blocked = false;
-            while c.out_offset < shared.len() && !blocked {
-                let rest = &shared[c.out_offset..];
-                let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
-                let end = c.out_offset + taken - usize::from(rest[taken - 1] == b'\n');
-                let line = shared.slice(c.out_offset..end);
-                debug_assert!(std::str::from_utf8(&line).is_ok());
-                // SAFETY: the queued lines are the node's own frames, written by its JSON
-                // encoder from `String`s, and split here only at `\n` (ASCII): each is
-                // UTF-8. Checking it again per message per member cost ~4 % of the node's
-                // CPU at N = 100 (perf).
-                #[allow(unsafe_code)]
-                let text = unsafe { Utf8Bytes::from_bytes_unchecked(line) };
-                blocked = match socket.write(&mut wire, Message::Text(text)) {
-                    Ok(()) => false,
-                    // The message is in tungstenite's buffer; the socket is full.
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
-                    Err(tungstenite::Error::WriteBufferFull(_)) => break 'queue,
-                    Err(_) => return self.drop_conn(conn),
+        while let Some(front) = c.out.front() {
+            if !front.framed {
+                let (taken, stop) = match queue_lines(socket, &mut wire, front, &mut c.out_offset) {
+                    Handed::Taken(taken) => (taken, false),
+                    Handed::Stop(taken) => (taken, true),
+                    Handed::Failed => return self.drop_conn(conn),
                 };
                 c.out_bytes -= taken;
                 self.flushed_bytes += taken as u64;
-                c.out_offset += taken;
+                if c.out_offset == front.bytes.len() {
+                    self.flushed_frames += u64::from(front.frames);
+                    c.out.pop_front();
+                    c.out_offset = 0;
+                }
+                if stop {
+                    break;
+                }
+                continue;
             }
-            if c.out_offset == shared.len() {
-                self.flushed_frames += u64::from(frames);
-                c.out.pop_front();
-                c.out_offset = 0;
+            // A framed item: tungstenite's bytes go first; once begun, the item goes before
+            // any more of them (`Wire::websocket`).
+            if c.out_offset == 0 {
+                match socket.flush(&mut wire) {
+                    Ok(()) => {}
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return
+                    }
+                    Err(_) => return self.drop_conn(conn),
+                }
             }
-            if blocked {
-                break;
+            self.flushed_writes += 1;
+            match wire.write_rest(&front.bytes, &mut c.out_offset) {
+                Ok(()) => {}
+                // The writable event brings it back here.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_conn(conn),
             }
+            c.out_bytes -= front.bytes.len();
+            self.flushed_bytes += front.bytes.len() as u64;
+            self.flushed_frames += u64::from(front.frames);
+            c.out.pop_front();
+            c.out_offset = 0;
         }
         match socket.flush(&mut wire) {
             Ok(()) => self.flushed_writes += 1,
@@ -1443,7 +1538,7 @@ impl Worker {
             *pinged = true;
             // WouldBlock keeps it buffered; any other failure shows on the flush.
             let _ = socket.write(
-                &mut Wire::of(&mut c.stream, &mut c.tls),
+                &mut Wire::websocket(&mut c.stream, &mut c.tls, &c.out, &mut c.out_offset),
                 Message::Ping(Default::default()),
             );
             // At once: the sweep runs after this turn's flush.
@@ -1496,6 +1591,52 @@ impl Worker {
             self.close(id);
         }
     }
+}
+
+/// How far `queue_lines` got with a queued item's lines.
+enum Handed {
+    /// These bytes of lines went into tungstenite's buffer: all that were left.
+    Taken(usize),
+    /// These went in, and tungstenite takes no more now: the socket or its buffer is full.
+    Stop(usize),
+    /// The connection failed.
+    Failed,
+}
+
+/// Hands `front`'s lines from `offset` on to tungstenite, one text message each, moving
+/// `offset` past each one it took.
+fn queue_lines(
+    socket: &mut tungstenite::protocol::WebSocketContext,
+    wire: &mut Wire,
+    front: &Queued,
+    offset: &mut usize,
+) -> Handed {
+    let shared = Bytes::from_owner(front.bytes.clone());
+    let start = *offset;
+    while *offset < shared.len() {
+        let rest = &shared[*offset..];
+        let taken = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+        let end = *offset + taken - usize::from(rest[taken - 1] == b'\n');
+        let line = shared.slice(*offset..end);
+        debug_assert!(std::str::from_utf8(&line).is_ok());
+        // SAFETY: the queued lines are the node's own frames, written by its JSON
+        // encoder from `String`s, and split here only at `\n` (ASCII): each is
+        // UTF-8. Checking it again per message per member cost ~4 % of the node's
+        // CPU at N = 100 (perf).
+        #[allow(unsafe_code)]
+        let text = unsafe { Utf8Bytes::from_bytes_unchecked(line) };
+        match socket.write(wire, Message::Text(text)) {
+            Ok(()) => *offset += taken,
+            // The message is in tungstenite's buffer; the socket is full.
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                *offset += taken;
+                return Handed::Stop(*offset - start);
+            }
+            Err(tungstenite::Error::WriteBufferFull(_)) => return Handed::Stop(*offset - start),
+            Err(_) => return Handed::Failed,
+        }
+    }
+    Handed::Taken(*offset - start)
 }
 
 /// What the core gets for one frame a client sent (a line, or a WebSocket text message).

@@ -102,6 +102,33 @@ impl Site {
     }
 }
 
+/// `lines` (the node's `\n`-ended JSON lines) as the WebSocket text messages a server
+/// sends for them, one unmasked single-frame message per line (RFC 6455 5.2), byte for byte
+/// what tungstenite writes. A fan-out frames a batch once here and queues the same bytes to
+/// every WebSocket member, as it queues the lines to every TCP member, instead of each
+/// member's tungstenite framing and copying each message again.
+pub fn text_frames(lines: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() + lines.len() / 16 + 16);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        // FIN + opcode 1 (text); no mask bit: servers do not mask.
+        out.push(0x81);
+        match text.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(text);
+    }
+    out
+}
+
 /// The text between `<tag>` and `</tag>` in the page (the page has one of each).
 fn inline<'a>(page: &'a str, tag: &str) -> &'a str {
     let open = format!("<{tag}>");
@@ -291,6 +318,33 @@ mod tests {
             Routed::Upgrade { .. } => 101,
             Routed::Incomplete => 0,
         }
+    }
+
+    /// Every length class of the header (7-bit, 16-bit, 64-bit), against tungstenite's own
+    /// writer: a browser reads what `text_frames` queues as what tungstenite would send.
+    #[test]
+    fn text_frames_are_what_tungstenite_writes() {
+        let lines: Vec<String> = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
+            .iter()
+            .map(|&n| "x".repeat(n))
+            .collect();
+        let mut joined = Vec::new();
+        let mut expected = std::io::Cursor::new(Vec::new());
+        let mut socket = WebSocketContext::new(Role::Server, None);
+        for line in &lines {
+            joined.extend_from_slice(line.as_bytes());
+            joined.push(b'\n');
+            socket
+                .write(&mut expected, tungstenite::Message::text(line.as_str()))
+                .unwrap();
+        }
+        socket.flush(&mut expected).unwrap();
+        assert_eq!(text_frames(&joined), expected.get_ref()[..]);
+        // A last line without its newline is framed the same.
+        assert_eq!(
+            text_frames(b"ab\ncd"),
+            [0x81, 2, b'a', b'b', 0x81, 2, b'c', b'd']
+        );
     }
 
     #[test]

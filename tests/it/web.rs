@@ -241,6 +241,56 @@ fn server_pings_keep_a_quiet_websocket_open_past_the_idle_timeout() {
     hear_type(&mut quiet, "pong");
 }
 
+/// A WebSocket member gets a fan-out's messages as bytes framed once for every member,
+/// written as they are; when its socket is full one such buffer is left half written. Its
+/// pings, answered while it drains, must come between whole frames: a pong inside a
+/// message's bytes would break the stream (the client would fail with a protocol error).
+#[test]
+fn pongs_to_a_draining_member_come_between_whole_frames() {
+    let node = start("send_queue_bytes = 33554432");
+    let mut carol = welcomed(node.web, "carol");
+    say(&mut carol, json!({"type":"join","room":"r"}));
+    hear_type(&mut carol, "joined");
+    // Far more than the kernel's socket buffers hold, so the node's writes to carol stop
+    // half way through a buffer while she is not reading.
+    let (messages, window, body) = (2_000, 50, "x".repeat(4_000));
+    let mut bob = node.daemon.hello("bob", "s-bob");
+    bob.join("r");
+    for round in 0..messages / window {
+        for i in 0..window {
+            let id = format!("b-{}", round * window + i);
+            bob.send(json!({"type":"send","room":"r","id":id,"body":body}));
+        }
+        let mut acks = 0;
+        while acks < window {
+            acks += usize::from(bob.recv().kind == "ack");
+        }
+    }
+    let (mut next, mut pongs, mut pinged) = (0, 0, 0);
+    // Each ping is answered; the last pongs may come after the last message.
+    while next < messages || pongs == 0 {
+        if next % 20 == 0 && pinged <= next / 20 && next < messages {
+            carol.send(Message::Ping(vec![1, 2, 3].into())).unwrap();
+            pinged += 1;
+        }
+        match carol.read() {
+            Ok(Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "msg" {
+                    assert_eq!(frame["id"], format!("b-{next}"), "in order, none missing");
+                    next += 1;
+                }
+            }
+            Ok(Message::Pong(payload)) => {
+                assert_eq!(&payload[..], &[1, 2, 3]);
+                pongs += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("after {next} messages and {pongs} pongs: {e}"),
+        }
+    }
+}
+
 #[test]
 fn wss_uses_the_client_listeners_certificate_and_carries_frames() {
     let dir: PathBuf = tempfile::tempdir().unwrap().keep();
