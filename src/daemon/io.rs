@@ -264,11 +264,7 @@ impl Conn {
     }
 
     fn push(&mut self, frame: Frame) {
-        self.push_frames(frame, 1);
-    }
-
-    fn push_frames(&mut self, bytes: Frame, frames: u32) {
-        self.push_queued(bytes, frames, false);
+        self.push_queued(frame, 1, false);
     }
 
     fn push_queued(&mut self, bytes: Frame, frames: u32, framed: bool) {
